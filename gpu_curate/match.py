@@ -1,0 +1,240 @@
+"""Match texts against metadata: one string column in, CSR of matched entry ids out.
+
+The kernels read the Arrow string layout (offsets, UTF-8 bytes, validity bitmap), which
+pyarrow (host) and cuDF (device) share; this module only gets those buffers in and out.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .backend import Backend, resolve
+from .errors import CurateError
+from .metadata import Metadata
+
+__all__ = ["match_arrow", "match_texts", "csr_to_lists"]
+
+
+def _host_buffers(array: pa.Array):
+    """(offsets n+1 absolute, data uint8, validity uint8 or empty, bit offset) of a string array."""
+    if pa.types.is_string_view(array.type):
+        array = array.cast(pa.large_string())
+    if pa.types.is_string(array.type):
+        off_type = np.int32
+    elif pa.types.is_large_string(array.type):
+        off_type = np.int64
+    else:
+        raise CurateError(f"texts must be strings, got an Arrow column of type {array.type}")
+    n = len(array)
+    validity_buf, offsets_buf, data_buf = array.buffers()[:3]
+    if offsets_buf is None or n == 0:
+        offsets = np.zeros(n + 1, off_type)
+    else:
+        offsets = np.frombuffer(offsets_buf, off_type)[array.offset : array.offset + n + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    if array.null_count and validity_buf is not None:
+        validity = np.frombuffer(validity_buf, np.uint8)
+    else:
+        validity = np.zeros(0, np.uint8)
+    return offsets, data, validity, array.offset
+
+
+def _chunks(array) -> list[pa.Array]:
+    if isinstance(array, pa.ChunkedArray):
+        return list(array.chunks) or [pa.array([], array.type)]
+    if isinstance(array, pa.Array):
+        return [array]
+    raise CurateError(f"expected a pyarrow string array, got {type(array).__name__}")
+
+
+def _concat_csr(xp, parts):
+    if len(parts) == 1:
+        return parts[0]
+    offsets = [parts[0][0]]
+    for ro, _ in parts[1:]:
+        offsets.append(ro[1:] + offsets[-1][-1])
+    return xp.concatenate(offsets), xp.concatenate([ids for _, ids in parts])
+
+
+def match_arrow(array, metadata: Metadata | Sequence[str], backend: str | Backend = "auto"):
+    """Match each text of a pyarrow string column against the metadata.
+
+    Parameters
+    ----------
+    array
+        ``pa.StringArray``, ``pa.LargeStringArray`` (or string view) or a ``ChunkedArray``
+        of those; nulls allowed (they match nothing).
+    metadata
+        A :class:`Metadata` or a list of entry strings.
+    backend
+        "auto", "cpu" or "gpu". On gpu the buffers are copied to the device.
+
+    Returns
+    -------
+    (row_offsets, entry_ids)
+        CSR: the ids matched by text ``i`` are ``entry_ids[row_offsets[i]:row_offsets[i+1]]``,
+        distinct and ascending. ``row_offsets`` is int64 (n + 1), ``entry_ids`` int32;
+        NumPy arrays on cpu, CuPy arrays on gpu.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> ro, ids = match_arrow(pa.array(["a new york dog", None]), ["dog", "new york"], "cpu")
+    >>> ro.tolist(), ids.tolist()
+    ([0, 2, 2], [0, 1])
+    """
+    md = Metadata.coerce(metadata)
+    be = resolve(backend)
+    parts = [_match_chunk(chunk, md, be) for chunk in _chunks(array)]
+    return _concat_csr(be.xp, parts)
+
+
+def _match_chunk(chunk: pa.Array, md: Metadata, be: Backend):
+    offsets, data, validity, bit_offset = _host_buffers(chunk)
+    if be.is_gpu:
+        return _match_on_device(offsets, data, validity, bit_offset, md, be.xp)
+    from .kernels import cpu
+
+    return cpu.match_rows(offsets, data, validity, bit_offset, md.tables)
+
+
+def _match_on_device(offsets, data, validity, bit_offset, md, xp):
+    """Copy host Arrow buffers to the device (only the rows' bytes) and match there."""
+    from .kernels import gpu
+
+    lo = int(offsets[0]) if len(offsets) else 0
+    hi = int(offsets[-1]) if len(offsets) else 0
+    d_offsets = xp.asarray(offsets.astype(np.int64) - lo)
+    d_data = xp.asarray(data[lo:hi] if hi > lo else np.zeros(1, np.uint8))
+    if validity.size:
+        d_validity = xp.asarray(validity[bit_offset // 8 :])
+        bit_offset = bit_offset % 8
+    else:
+        d_validity = xp.zeros(0, np.uint8)
+    return gpu.match_rows(d_offsets, d_data, d_validity, bit_offset, device_tables(md, xp), xp)
+
+
+class DeviceTables:
+    """The metadata's lookup tables copied to the device once."""
+
+    def __init__(self, tables, xp) -> None:
+        self.vt = xp.asarray(tables.vt)
+        self.vmask = tables.vmask
+        self.vbloom = xp.asarray(tables.vbloom)
+        self.bmask = tables.bmask
+        self.long_data = xp.asarray(tables.long_data)
+        self.et = xp.asarray(tables.et)
+        self.emask = tables.emask
+
+
+_DEVICE_TABLES: dict[tuple[str, str], DeviceTables] = {}
+_DEVICE_LOCK = threading.Lock()
+
+
+def device_tables(md: Metadata, xp) -> DeviceTables:
+    """Device copy of ``md``'s tables, cached per process, metadata and array module."""
+    key = (md.fingerprint, xp.__name__)
+    with _DEVICE_LOCK:
+        if key not in _DEVICE_TABLES:
+            _DEVICE_TABLES.clear()  # one metadata at a time on a device is the normal case
+            _DEVICE_TABLES[key] = DeviceTables(md.tables, xp)
+        return _DEVICE_TABLES[key]
+
+
+def match_cudf(series, metadata: Metadata | Sequence[str]):
+    """Match a cuDF string Series on the device, without leaving it.
+
+    Returns CuPy ``(row_offsets, entry_ids)``. Reads the column's device buffers through
+    pylibcudf (cuDF 26.x: ``Series.to_pylibcudf()``).
+    """
+    import cupy
+
+    from .kernels import gpu
+
+    md = Metadata.coerce(metadata)
+    offsets, data, validity, bit_offset = cudf_string_buffers(series)
+    return gpu.match_rows(offsets, data, validity, bit_offset, device_tables(md, cupy), cupy)
+
+
+def cudf_string_buffers(series):
+    """Device (offsets n+1 int64 rebased, chars uint8, validity uint8, bit offset) of a cuDF
+    string Series: the only place that knows cuDF's column internals."""
+    import cupy
+
+    col = series.to_pylibcudf()
+    if isinstance(col, tuple):  # some versions return (column, metadata)
+        col = col[0]
+    n = col.size()
+    if n == 0:
+        return cupy.zeros(1, np.int64), cupy.zeros(1, np.uint8), cupy.zeros(0, np.uint8), 0
+    off_col = col.children()[0]
+    off_dtype = np.int64 if "64" in str(off_col.type().id()) else np.int32
+    all_offsets = cupy.asarray(off_col.data()).view(off_dtype)
+    offsets = all_offsets[col.offset() : col.offset() + n + 1].astype(np.int64)
+    chars = col.data()
+    data = cupy.asarray(chars).view(np.uint8) if chars is not None else cupy.zeros(1, np.uint8)
+    mask = col.null_mask()
+    if mask is not None and col.null_count() > 0:
+        validity = cupy.asarray(mask).view(np.uint8)
+    else:
+        validity = cupy.zeros(0, np.uint8)
+    return offsets, data, validity, col.offset()
+
+
+def csr_to_lists(row_offsets, entry_ids) -> list[list[int]]:
+    """CSR (host or device) to a list of lists of ints."""
+    ro = row_offsets.get() if hasattr(row_offsets, "get") else np.asarray(row_offsets)
+    ids = (entry_ids.get() if hasattr(entry_ids, "get") else np.asarray(entry_ids)).tolist()
+    return [ids[ro[i] : ro[i + 1]] for i in range(len(ro) - 1)]
+
+
+def _to_arrow(texts) -> pa.Array | pa.ChunkedArray:
+    if isinstance(texts, pa.Array | pa.ChunkedArray):
+        return texts
+    module = type(texts).__module__
+    if module.startswith("pandas"):
+        try:
+            return pa.array(texts, from_pandas=True, type=pa.large_string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise CurateError(f"texts must be strings (or null): {exc}") from None
+    if isinstance(texts, str) or not isinstance(texts, Iterable):
+        raise CurateError("texts must be a list of strings, a Series or an Arrow array")
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)]
+    if bad:
+        raise CurateError(
+            f"texts must be strings or None; item {bad[0]} is {type(texts[bad[0]]).__name__}"
+        )
+    return pa.array(texts, type=pa.large_string())
+
+
+def match_texts(texts, metadata: Metadata | Sequence[str], backend: str | Backend = "auto"):
+    """Matched entry ids of each text, as a list of lists (for notebooks and tests).
+
+    Parameters
+    ----------
+    texts
+        A list of str (None allowed), a pandas Series, a pyarrow array, or a cuDF Series.
+    metadata
+        A :class:`Metadata` or a list of entry strings.
+    backend
+        "auto", "cpu" or "gpu".
+
+    Examples
+    --------
+    >>> match_texts(["New York, new york!", "a dog's life", None], ["new york", "dog"], "cpu")
+    [[0], [], []]
+    """
+    if type(texts).__module__.startswith("cudf"):
+        be = resolve(backend if backend != "auto" else "gpu")
+        if not be.is_gpu:
+            texts = texts.to_arrow()
+        else:
+            return csr_to_lists(*match_cudf(texts, metadata))
+    return csr_to_lists(*match_arrow(_to_arrow(texts), metadata, backend))
+
+

@@ -1,0 +1,189 @@
+"""Metadata: MetaCLIP's list of entries, validated, fingerprinted and compiled for the kernels."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .errors import MetadataError
+
+_SHOWN = 5  # how many offending entries an error message lists
+
+
+def _ids(ids: list[int]) -> str:
+    shown = ", ".join(str(i) for i in ids[:_SHOWN])
+    return shown + (f" and {len(ids) - _SHOWN} more" if len(ids) > _SHOWN else "")
+
+
+def validate_entries(entries: object, source: str = "metadata") -> tuple[str, ...]:
+    """Check MetaCLIP metadata (a list of distinct, non-blank strings); return it as a tuple.
+
+    Raises :class:`MetadataError` naming the offending entries and their ids.
+
+    Examples
+    --------
+    >>> validate_entries(["dog", "new york"])
+    ('dog', 'new york')
+    """
+    if isinstance(entries, str | bytes) or not isinstance(entries, Sequence | Iterable):
+        raise MetadataError(
+            f"{source}: metadata must be a JSON list of strings, got {type(entries).__name__}"
+        )
+    if isinstance(entries, dict):
+        raise MetadataError(f"{source}: metadata must be a JSON list of strings, got an object")
+    entries = tuple(entries)
+    bad = [i for i, e in enumerate(entries) if not isinstance(e, str)]
+    if bad:
+        kinds = sorted({type(entries[i]).__name__ for i in bad})
+        raise MetadataError(
+            f"{source}: {len(bad)} metadata entries are not strings ({', '.join(kinds)}) "
+            f"at ids {_ids(bad)}"
+        )
+    blank = [i for i, e in enumerate(entries) if not e.strip()]
+    if blank:
+        raise MetadataError(
+            f"{source}: {len(blank)} metadata entries are empty or whitespace-only at ids "
+            f"{_ids(blank)}"
+        )
+    if len(set(entries)) != len(entries):
+        first: dict[str, int] = {}
+        dups: list[str] = []
+        for i, e in enumerate(entries):
+            j = first.setdefault(e, i)
+            if j != i:
+                dups.append(f"{e!r} at ids {j} and {i}")
+        raise MetadataError(
+            f"{source}: {len(dups)} duplicate metadata entries: " + "; ".join(dups[:_SHOWN])
+        )
+    if len(entries) >= 2**31 - 1:
+        raise MetadataError(f"{source}: too many entries ({len(entries)}) for int32 entry ids")
+    return entries
+
+
+class Metadata:
+    """MetaCLIP metadata: a list of entries; the entry id is the list index.
+
+    Parameters
+    ----------
+    entries
+        Distinct, non-blank strings (validated; see :func:`validate_entries`).
+    source
+        Where the entries come from, used in error messages.
+
+    Examples
+    --------
+    >>> md = Metadata(["dog", "new york", "new york city"])
+    >>> len(md), md[1]
+    (3, 'new york')
+    >>> len(md.fingerprint)
+    64
+    """
+
+    def __init__(self, entries: Iterable[str], source: str = "metadata") -> None:
+        self.entries: tuple[str, ...] = validate_entries(entries, source)
+        self.source = source
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Metadata:
+        """Load a JSON list of strings (MetaCLIP's ``metadata.json``) or a ``.txt`` file with
+        one entry per line.
+
+        Examples
+        --------
+        >>> Metadata.from_file("metadata.json")  # doctest: +SKIP
+        """
+        p = Path(path)
+        if not p.exists():
+            raise MetadataError(f"metadata file not found: {p}")
+        if p.is_dir():
+            raise MetadataError(f"metadata path is a folder, not a file: {p}")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise MetadataError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if p.suffix.lower() == ".txt":
+            # One entry per line; only the line break is removed, spaces are kept (exact).
+            lines = text.split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()
+            entries = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+            blank = [i + 1 for i, e in enumerate(entries) if not e.strip()]
+            if blank:
+                raise MetadataError(f"{p}: empty or whitespace-only entries on lines {_ids(blank)}")
+            return cls(entries, source=str(p))
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MetadataError(
+                f"{p}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            ) from None
+        if not isinstance(entries, list):
+            raise MetadataError(
+                f"{p}: metadata must be a JSON list of strings, got a JSON "
+                f"{'object' if isinstance(entries, dict) else type(entries).__name__}"
+            )
+        return cls(entries, source=str(p))
+
+    @classmethod
+    def coerce(cls, metadata: Metadata | Iterable[str]) -> Metadata:
+        """A :class:`Metadata` from itself or from a list of strings."""
+        return metadata if isinstance(metadata, Metadata) else cls(metadata, source="metadata list")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> str:
+        return self.entries[i]
+
+    def __repr__(self) -> str:
+        return f"Metadata({len(self)} entries, sha256={self.fingerprint[:12]}, source={self.source!r})"
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the entries (as a JSON list): names the metadata in reports and caches."""
+        blob = json.dumps(self.entries, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    @property
+    def tables(self):
+        """The compiled lookup tables (:class:`gpu_curate.kernels.tables.MatchTables`).
+
+        Compiled once per process and metadata (cached by fingerprint), so Dask workers
+        that receive the same metadata compile it once.
+        """
+        return compiled_tables(self)
+
+    def __getstate__(self):
+        # Ship entries only; tables are rebuilt (once) where they are needed.
+        return {"entries": self.entries, "source": self.source}
+
+    def __setstate__(self, state):
+        self.entries = state["entries"]
+        self.source = state["source"]
+
+
+_TABLES: OrderedDict[str, object] = OrderedDict()
+_TABLES_KEPT = 4
+_TABLES_LOCK = threading.Lock()
+
+
+def compiled_tables(metadata: Metadata):
+    """The lookup tables of ``metadata``, compiled once per process (cached by fingerprint)."""
+    key = metadata.fingerprint
+    with _TABLES_LOCK:
+        if key in _TABLES:
+            _TABLES.move_to_end(key)
+            return _TABLES[key]
+        from .kernels.tables import build_tables
+
+        tables = build_tables(list(metadata.entries))
+        _TABLES[key] = tables
+        while len(_TABLES) > _TABLES_KEPT:
+            _TABLES.popitem(last=False)
+        return tables

@@ -1,0 +1,298 @@
+"""Per-row matching logic, written once and compiled twice.
+
+This module is plain Python on purpose: it carries no decorator. ``kernels/compile.py``
+loads it twice, once wrapping each function in ``numba.njit`` (CPU) and once in
+``numba.cuda.jit(device=True)`` (GPU, or the CUDA simulator), so the CPU and GPU matchers
+run literally the same token / hash / lookup code.
+
+Semantics (DESIGN.md section 2): a text is split into tokens as MetaCLIP's ``spacing``
+would leave it: space, tab, LF and CR end a token (two separators in a row give an empty
+token); each of the seven wrap characters ``, . ; : ? ! ` `` ends the current token and is a
+token of its own. An entry matches when its tokens occur as a contiguous run.
+
+Lookup tables (built by ``kernels/tables.py``):
+
+* ``vt`` (uint64, shape (vslots, 4)): open-addressing table of every token that occurs in a
+  matchable entry. Columns: key0, key1, info, long_offset. A token of at most 15 bytes is
+  its own key (bytes + length), so equal keys mean equal bytes; a longer token's key is a
+  hash plus its length, and a key hit is confirmed against the stored bytes
+  (``long_data[long_offset:]``). No hash collision can produce a wrong match.
+  ``info`` packs ``entry + 1`` (the one-token entry, or 0) and ``node + 1`` (the trie node
+  reached by this token when it starts a longer entry, or 0). The token id is the slot.
+* ``et`` (uint64, shape (eslots, 2)): the trie's edges, key ``(node << 32 | token_slot) + 1``
+  (exact integer keys) and the child's ``info`` packed the same way.
+"""
+
+import numpy as np
+
+# Token-ending bytes: ' ' \t \n \r. Wrap bytes: , . ; : ? ! `
+SPACE = 32
+TAB = 9
+LF = 10
+CR = 13
+
+U0 = np.uint64(0)
+U1 = np.uint64(1)
+U8 = np.uint64(8)
+U32 = np.uint64(32)
+U33 = np.uint64(33)
+U56 = np.uint64(56)
+LOW32 = np.uint64(0xFFFFFFFF)
+FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+FNV_PRIME = np.uint64(0x100000001B3)
+MIX1 = np.uint64(0xFF51AFD7ED558CCD)
+MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+SHORT_FLAG = np.uint64(0x20)
+LONG_FLAG = np.uint64(0x40)
+MAX_SHORT = 15
+
+# Tokenizer states.
+NORMAL = 0
+WRAP = 1
+DONE = 2
+
+
+def fmix64(k):
+    """MurmurHash3's 64-bit finalizer: a bijection on uint64 with full avalanche."""
+    k = k ^ (k >> U33)
+    k = k * MIX1
+    k = k ^ (k >> U33)
+    k = k * MIX2
+    k = k ^ (k >> U33)
+    return k
+
+
+def is_wrap(b):
+    return b == 44 or b == 46 or b == 59 or b == 58 or b == 63 or b == 33 or b == 96
+
+
+def is_sep(b):
+    return b == SPACE or b == TAB or b == LF or b == CR
+
+
+def token_key(data, s, e):
+    """Key of the token data[s:e]: its own bytes when at most 15 long, else hash + length."""
+    length = e - s
+    if length <= MAX_SHORT:
+        k0 = U0
+        k1 = U0
+        for j in range(length):
+            b = np.uint64(data[s + j])
+            if j < 8:
+                k0 = k0 | (b << (U8 * np.uint64(j)))
+            else:
+                k1 = k1 | (b << (U8 * np.uint64(j - 8)))
+        return k0, k1 | ((SHORT_FLAG | np.uint64(length)) << U56)
+    h = FNV_OFFSET
+    for q in range(s, e):
+        h = (h ^ np.uint64(data[q])) * FNV_PRIME
+    return fmix64(h), (LONG_FLAG << U56) | np.uint64(length)
+
+
+def next_token(data, p, end, state):
+    """The token at cursor (p, state) of the row data[.., end).
+
+    Returns (start, length, key0, key1, next_p, next_state).
+    """
+    if state == WRAP:
+        key0, key1 = token_key(data, p, p + 1)
+        return p, 1, key0, key1, p + 1, NORMAL
+    q = p
+    while q < end:
+        c = data[q]
+        if is_sep(c) or is_wrap(c):
+            break
+        q += 1
+    key0, key1 = token_key(data, p, q)
+    if q >= end:
+        return p, q - p, key0, key1, q, DONE
+    if is_wrap(data[q]):
+        return p, q - p, key0, key1, q, WRAP
+    return p, q - p, key0, key1, q + 1, NORMAL
+
+
+def vocab_find(vt, vmask, vbloom, bmask, long_data, data, start, length, key0, key1):
+    """Slot of the token with key (key0, key1) in the vocabulary table, or -1.
+
+    ``length`` is the token's byte length when it is longer than 15 bytes (its key is then
+    a hash and the bytes data[start:start+length] are compared), else 0.
+    """
+    h = fmix64(key0 ^ (key1 * GOLDEN))
+    # Most text tokens are in no entry: a small bitmap (L2-resident) turns most of them
+    # away before the big table is touched.
+    b = (h >> U32) & bmask
+    if (vbloom[np.int64(b >> np.uint64(6))] >> (b & np.uint64(63))) & U1 == U0:
+        return -1
+    slot = h & vmask
+    while True:
+        s = np.int64(slot)
+        k1 = vt[s, 1]
+        if k1 == U0:
+            return -1
+        if k1 == key1 and vt[s, 0] == key0:
+            if length <= MAX_SHORT:
+                return s
+            # Long token: the key is a hash, so confirm the bytes.
+            off = np.int64(vt[s, 3])
+            same = True
+            for j in range(length):
+                if long_data[off + j] != data[start + j]:
+                    same = False
+                    break
+            if same:
+                return s
+        slot = (slot + U1) & vmask
+
+
+def edge_find(et, emask, node, token_slot):
+    """Packed info of the trie child (node, token_slot), or 0 when there is none."""
+    key = ((np.uint64(node) << U32) | np.uint64(token_slot)) + U1
+    slot = fmix64(key) & emask
+    while True:
+        s = np.int64(slot)
+        k = et[s, 0]
+        if k == U0:
+            return U0
+        if k == key:
+            return et[s, 1]
+        slot = (slot + U1) & emask
+
+
+def max_tokens(nbytes):
+    """An upper bound on the tokens of a row of nbytes bytes (a wrap byte makes two)."""
+    return 2 * nbytes + 1
+
+
+def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, tstart, base):
+    """Look up every token of the row data[s:e] in the vocabulary table.
+
+    Writes the token's table slot (-1 when no entry uses it) to tslot[base + k] and its
+    packed info to tinfo[base + k]; returns the number of tokens (at most max_tokens).
+    ``tstart`` is scratch of the same size.
+    """
+    # First cut the row into token keys, then probe the table in a separate tight loop:
+    # the probes are independent, so the CPU overlaps their cache misses.
+    k = 0
+    p = s
+    state = NORMAL
+    while state != DONE:
+        start, length, key0, key1, p, state = next_token(data, p, e, state)
+        tinfo[base + k] = key0
+        tslot[base + k] = np.int64(key1)
+        tstart[base + k] = start
+        k += 1
+    for j in range(base, base + k):
+        key1 = np.uint64(tslot[j])
+        length = np.int64(key1 & LOW32) if (key1 >> U56) == LONG_FLAG else 0
+        slot = vocab_find(
+            vt, vmask, vbloom, bmask, long_data, data, tstart[j], length, tinfo[j], key1
+        )
+        tslot[j] = slot
+        tinfo[j] = vt[slot, 2] if slot >= 0 else U0
+    return k
+
+
+def walk_row(tslot, tinfo, base, ntok, et, emask, out, out_pos, write):
+    """Every entry occurrence among the looked-up tokens of one row, in text order.
+
+    Writes the entry ids to out[out_pos:] when ``write`` is true; returns their number
+    (repeats included: ``sort_unique`` makes the set).
+    """
+    n = 0
+    for k in range(ntok):
+        info = tinfo[base + k]
+        if info == U0:
+            continue
+        entry = np.int64(info & LOW32) - 1
+        if entry >= 0:
+            if write:
+                out[out_pos + n] = entry
+            n += 1
+        node = np.int64(info >> U32) - 1
+        # Longer entries that start at token k: follow the trie over the next tokens.
+        j = k + 1
+        while node >= 0 and j < ntok:
+            slot = tslot[base + j]
+            if slot < 0:
+                break
+            child = edge_find(et, emask, node, slot)
+            if child == U0:
+                break
+            entry = np.int64(child & LOW32) - 1
+            if entry >= 0:
+                if write:
+                    out[out_pos + n] = entry
+                n += 1
+            node = np.int64(child >> U32) - 1
+            j += 1
+    return n
+
+
+def sort_unique(a, lo, n):
+    """Sort a[lo:lo+n] in place (heapsort: no scratch memory) and drop repeats.
+
+    Returns the number of distinct values, now in a[lo:lo+count], ascending.
+    """
+    if n <= 1:
+        return n
+    # Heapify.
+    start = n // 2 - 1
+    while start >= 0:
+        root = start
+        while True:
+            child = 2 * root + 1
+            if child >= n:
+                break
+            if child + 1 < n and a[lo + child] < a[lo + child + 1]:
+                child += 1
+            if a[lo + root] < a[lo + child]:
+                tmp = a[lo + root]
+                a[lo + root] = a[lo + child]
+                a[lo + child] = tmp
+                root = child
+            else:
+                break
+        start -= 1
+    end = n - 1
+    while end > 0:
+        tmp = a[lo]
+        a[lo] = a[lo + end]
+        a[lo + end] = tmp
+        root = 0
+        while True:
+            child = 2 * root + 1
+            if child >= end:
+                break
+            if child + 1 < end and a[lo + child] < a[lo + child + 1]:
+                child += 1
+            if a[lo + root] < a[lo + child]:
+                tmp = a[lo + root]
+                a[lo + root] = a[lo + child]
+                a[lo + child] = tmp
+                root = child
+            else:
+                break
+        end -= 1
+    m = 1
+    for j in range(1, n):
+        if a[lo + j] != a[lo + m - 1]:
+            a[lo + m] = a[lo + j]
+            m += 1
+    return m
+
+
+def is_valid(validity, bit_offset, i):
+    """Arrow validity bit of row i; an empty bitmap means every row is valid."""
+    if validity.shape[0] == 0:
+        return True
+    k = bit_offset + i
+    return (validity[k >> 3] >> (k & 7)) & 1 == 1
+
+
+def hash_bytes(data, s, e, seed):
+    """A 64-bit hash of data[s:e] (FNV-1a, then fmix64 with the length and a seed)."""
+    h = FNV_OFFSET ^ seed
+    for q in range(s, e):
+        h = (h ^ np.uint64(data[q])) * FNV_PRIME
+    return fmix64(h ^ fmix64(np.uint64(e - s) + GOLDEN))
