@@ -236,5 +236,3 @@ def match_texts(texts, metadata: Metadata | Sequence[str], backend: str | Backen
         else:
             return csr_to_lists(*match_cudf(texts, metadata))
     return csr_to_lists(*match_arrow(_to_arrow(texts), metadata, backend))
-
-

@@ -142,7 +142,9 @@ class Metadata:
         return self.entries[i]
 
     def __repr__(self) -> str:
-        return f"Metadata({len(self)} entries, sha256={self.fingerprint[:12]}, source={self.source!r})"
+        return (
+            f"Metadata({len(self)} entries, sha256={self.fingerprint[:12]}, source={self.source!r})"
+        )
 
     @functools.cached_property
     def fingerprint(self) -> str:

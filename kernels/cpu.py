@@ -37,8 +37,18 @@ def _match_block(
         if is_valid(validity, bit_offset, i):
             base = 2 * (offsets[i] - byte0) + ii
             t = tokenize_row(
-                data, offsets[i], offsets[i + 1], vt, vmask, vbloom, bmask, long_data,
-                tslot, tinfo, tstart, base,
+                data,
+                offsets[i],
+                offsets[i + 1],
+                vt,
+                vmask,
+                vbloom,
+                bmask,
+                long_data,
+                tslot,
+                tinfo,
+                tstart,
+                base,
             )
             ntok[ii] = t
             counts[ii + 1] = walk_row(tslot, tinfo, base, t, et, emask, dummy, 0, False)

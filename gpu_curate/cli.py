@@ -1,0 +1,198 @@
+"""The ``gpu-curate`` command line.
+
+Each subcommand is a thin shell over the Python API: it parses options, calls one
+function and prints a summary. Errors derived from :class:`CurateError` (and click's own)
+become one line on stderr and exit code 2 (1 for unexpected errors), unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .errors import CurateError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (CurateError, OSError) as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"gpu-curate: error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="gpu-curate")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """MetaCLIP-style curation of image-text pools on GPU or CPU dataframes."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _common(f):
+    """Options shared by curate and match."""
+    opts = [
+        click.option(
+            "--metadata",
+            "metadata_path",
+            required=True,
+            type=click.Path(dir_okay=False),
+            help="MetaCLIP metadata: a JSON list of strings (or .txt, one per line).",
+        ),
+        click.option("--out", required=True, help="Output folder (local path or fsspec URL)."),
+        click.option(
+            "--text-column",
+            default=None,
+            help="Text column (default: the first of TEXT, text, caption, alt_text).",
+        ),
+        click.option(
+            "--id-column",
+            default=None,
+            help="Unique id column; uids are its hashed values (default: file + row).",
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["parquet", "jsonl", "csv", "tsv"]),
+            default=None,
+            help="Input format (default: by file extension).",
+        ),
+        click.option(
+            "--backend",
+            type=click.Choice(["auto", "cpu", "gpu"]),
+            default="auto",
+            show_default=True,
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Local workers (default: one per core / per GPU).",
+        ),
+        click.option(
+            "--processes",
+            "use_processes",
+            is_flag=True,
+            help="CPU: worker processes instead of threads in one process.",
+        ),
+        click.option(
+            "--scheduler",
+            default=None,
+            help="Address of an existing Dask scheduler (multi-node runs).",
+        ),
+        click.option(
+            "--partition-rows",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Split Parquet files into parts of at most this many rows.",
+        ),
+        click.option("--keep-unmatched", is_flag=True, help="Keep texts that match no entry."),
+        click.option("--quiet", is_flag=True, help="Print nothing but errors."),
+        click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _options(kw: dict):
+    from .pipeline import Options
+
+    return Options(
+        text_column=kw["text_column"], id_column=kw["id_column"], backend=kw["backend"],
+        workers=kw["workers"], scheduler=kw["scheduler"], processes=kw["use_processes"],
+        quiet=kw["quiet"], overwrite=kw["overwrite"], resume=kw["resume"],
+        keep_unmatched=kw["keep_unmatched"], partition_rows=kw["partition_rows"],
+        format=kw["fmt"], echo=click.echo,
+    )  # fmt: skip
+
+
+def _check_flags(kw: dict) -> None:
+    if kw["overwrite"] and kw["resume"]:
+        raise click.UsageError("--overwrite and --resume exclude each other")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@_common
+@click.option("--t", "t", default="20000", show_default=True, help="Balancing threshold t > 0.")
+@click.option("--seed", default="0", show_default=True, help="Integer seed of the draws.")
+def curate(inputs, metadata_path, out, t, seed, **kw):
+    """Match INPUT... against the metadata, count entries and balance: the whole recipe."""
+    from .pipeline import check_seed, check_t
+    from .pipeline import curate as run
+
+    _check_flags(kw)
+    run(inputs, metadata_path, out, check_t(t), check_seed(seed), _options(kw))
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@_common
+def match(inputs, metadata_path, out, **kw):
+    """Match INPUT... and count entries; write the matched dataset for `balance` and `plan`."""
+    from .pipeline import curate as run
+
+    _check_flags(kw)
+    run(inputs, metadata_path, out, options=_options(kw), match_only=True)
+
+
+@main.command()
+@click.argument("matched_dir")
+@click.option("--t", "t", required=True, help="Balancing threshold t > 0.")
+@click.option("--seed", default="0", show_default=True, help="Integer seed of the draws.")
+@click.option("--out", required=True, help="Output folder.")
+@click.option(
+    "--backend", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True
+)
+@click.option("--workers", type=click.IntRange(min=1), default=None)
+@click.option("--processes", "use_processes", is_flag=True)
+@click.option("--scheduler", default=None)
+@click.option("--quiet", is_flag=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--resume", is_flag=True)
+def balance(matched_dir, t, seed, out, **kw):
+    """Balance MATCHED_DIR (a `match` or `curate` output) with a threshold t and a seed."""
+    from .pipeline import Options, balance_matched, check_seed, check_t
+
+    _check_flags(kw)
+    opts = Options(
+        backend=kw["backend"], workers=kw["workers"], scheduler=kw["scheduler"],
+        processes=kw["use_processes"], quiet=kw["quiet"], overwrite=kw["overwrite"],
+        resume=kw["resume"], echo=click.echo,
+    )  # fmt: skip
+    balance_matched(matched_dir, out, check_t(t), check_seed(seed), opts)
+
+
+@main.command()
+@click.option("--out", default="gpu-curate-demo", show_default=True, help="Output folder.")
+@click.option("--rows", default=200_000, show_default=True, type=click.IntRange(min=100))
+@click.option("--t", "t", default="200", show_default=True)
+@click.option("--seed", default="0", show_default=True)
+@click.option(
+    "--backend", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True
+)
+@click.option("--overwrite", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def demo(out, rows, t, seed, backend, overwrite, quiet):
+    """Generate a synthetic long-tailed pool and its metadata, curate it, print a summary."""
+    from .demo import run_demo
+    from .pipeline import check_seed, check_t
+
+    run_demo(out, rows, check_t(t), check_seed(seed), backend, overwrite, quiet, click.echo)
+
+
+# --- subcommands registered by their modules (one line each) ---
+from .plan import plan_command  # noqa: E402
+
+main.add_command(plan_command, name="plan")
+from .build_metadata.commands import metadata  # noqa: E402
+
+main.add_command(metadata)

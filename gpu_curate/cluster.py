@@ -1,0 +1,97 @@
+"""Where the Dask graph runs: local threads or processes, all local GPUs, or a cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .backend import Backend
+from .errors import CurateError
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    kind: str  # "local-processes" | "local-threads" | "local-cuda" | "scheduler"
+    workers: int
+    threads: int
+    address: str
+
+    def describe(self) -> str:
+        if self.kind == "scheduler":
+            return (
+                f"Dask cluster at {self.address} ({self.workers} workers, {self.threads} threads)"
+            )
+        if self.kind == "local-cuda":
+            return f"LocalCUDACluster ({self.workers} GPU workers)"
+        per = self.threads // max(self.workers, 1)
+        return f"local {self.kind.split('-')[1]} ({self.workers} workers x {per} threads)"
+
+
+@contextlib.contextmanager
+def open_client(
+    backend: Backend,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    processes: bool = False,
+) -> Iterator[tuple[object, ClusterInfo]]:
+    """A ``distributed.Client`` for the run, closed (with its local cluster) at the end.
+
+    * ``scheduler``: connect to an existing cluster (multi-node) at that address;
+    * gpu backend: ``dask_cuda.LocalCUDACluster``, one worker per visible GPU (or ``workers``);
+    * cpu backend: ``LocalCluster`` with one process of ``workers`` threads (default: one
+      per core; the kernels release the GIL), or ``workers`` single-threaded worker
+      processes when ``processes`` is True.
+    """
+    from distributed import Client, LocalCluster
+
+    if workers is not None and workers < 1:
+        raise CurateError(f"--workers must be at least 1, got {workers}")
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise CurateError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        with client:
+            info = client.scheduler_info(n_workers=-1)
+            ws = info.get("workers", {})
+            threads = sum(w.get("nthreads", 1) for w in ws.values())
+            if not ws:
+                raise CurateError(f"the Dask scheduler at {scheduler} has no workers")
+            yield client, ClusterInfo("scheduler", len(ws), threads, scheduler)
+        return
+    if backend.is_gpu:
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            raise CurateError(
+                "the gpu backend needs dask-cuda for a local cluster: pip install "
+                "'gpu-curate[cuda12]' (or pass --scheduler)"
+            ) from None
+        cluster = LocalCUDACluster(n_workers=workers)
+        n = len(cluster.workers)
+        with cluster, Client(cluster) as client:
+            yield client, ClusterInfo("local-cuda", n, n, cluster.scheduler_address)
+        return
+    n = workers or os.cpu_count() or 1
+    if processes:
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        )
+    else:
+        cluster = LocalCluster(
+            n_workers=1,
+            threads_per_worker=n,
+            processes=False,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        )
+    kind = "local-processes" if processes else "local-threads"
+    with cluster, Client(cluster) as client:
+        yield client, ClusterInfo(kind, n if processes else 1, n, cluster.scheduler_address)

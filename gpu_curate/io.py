@@ -1,0 +1,264 @@
+"""Inputs and outputs: find the pool's files, read one partition, write parts atomically.
+
+A *part* is a contiguous row range of one input file. Its rows keep their identity (the
+file's path relative to the input root and the row number within the file) whatever the
+partitioning, which is what makes uids, and so the curated set, partition-independent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import PurePosixPath
+
+import fsspec
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from .errors import CurateError
+
+FORMATS = ("parquet", "jsonl", "csv", "tsv")
+_EXTENSIONS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+}
+TEXT_COLUMN_CANDIDATES = ("TEXT", "text", "caption", "alt_text")
+RESERVED_COLUMNS = ("uid", "entry_ids")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One file of the pool: its URL/path, its path relative to the input root, its format."""
+
+    path: str
+    relpath: str
+    format: str
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows [row_start, row_end) of one input file (row_end None: to the end of the file)."""
+
+    index: int
+    file: InputFile
+    row_start: int
+    row_end: int | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _format_of(path: str, fmt: str | None) -> str | None:
+    if fmt:
+        return fmt
+    name = path.lower()
+    for suffix in (".gz", ".bz2", ".zst", ".xz"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return _EXTENSIONS.get(os.path.splitext(name)[1])
+
+
+def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
+    """Expand files, folders, globs and fsspec URLs into the pool's files, in sorted order.
+
+    Examples
+    --------
+    >>> discover(["pool/"])  # doctest: +SKIP
+    [InputFile(path='pool/a.parquet', relpath='a.parquet', format='parquet'), ...]
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise CurateError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if not inputs:
+        raise CurateError("no input given")
+    files: list[InputFile] = []
+    for spec in inputs:
+        fs, _, paths = fsspec.get_fs_token_paths(spec)
+        protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
+        prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+        found: list[tuple[str, str]] = []
+        if any(ch in spec for ch in "*?["):
+            root = _glob_root(paths[0] if paths else spec)
+            found = [(p, _rel(p, root)) for p in paths if fs.isfile(p)]
+        elif fs.isdir(paths[0]):
+            root = paths[0].rstrip("/")
+            found = [
+                (p, _rel(p, root))
+                for p in sorted(fs.find(root))
+                if not PurePosixPath(p).name.startswith((".", "_"))
+            ]
+        elif fs.exists(paths[0]):
+            found = [(paths[0], PurePosixPath(paths[0]).name)]
+        else:
+            raise CurateError(f"input not found: {spec}")
+        kept = [(p, r, _format_of(p, fmt)) for p, r in found]
+        kept = [(p, r, f) for p, r, f in kept if f is not None]
+        if not kept:
+            raise CurateError(
+                f"no readable input files in {spec} (looked for "
+                f"{', '.join(sorted(set(_EXTENSIONS)))}; use --format to force one)"
+            )
+        files.extend(InputFile(prefix + p if prefix else p, r, f) for p, r, f in kept)
+    rels = [f.relpath for f in files]
+    if len(set(rels)) != len(rels):
+        dup = sorted({r for r in rels if rels.count(r) > 1})[0]
+        raise CurateError(
+            f"two inputs share the relative path {dup!r} (uids would collide): "
+            "give one folder or glob, or use --id-column"
+        )
+    return files
+
+
+def _glob_root(pattern: str) -> str:
+    parts = PurePosixPath(pattern).parts
+    fixed = []
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    return str(PurePosixPath(*fixed)) if fixed else ""
+
+
+def _rel(path: str, root: str) -> str:
+    if root and path.startswith(root.rstrip("/") + "/"):
+        return path[len(root.rstrip("/")) + 1 :]
+    return PurePosixPath(path).name
+
+
+def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) -> list[Part]:
+    """Cut the files into parts of at most ``partition_rows`` rows (Parquet only; other
+    formats are one part per file, because a row number needs the rows before it)."""
+    parts: list[Part] = []
+    for f in files:
+        if f.format == "parquet":
+            n = parquet_rows(f.path)
+            step = partition_rows or max(n, 1)
+            for start in range(0, max(n, 1), step):
+                parts.append(Part(len(parts), f, start, min(start + step, n)))
+        else:
+            parts.append(Part(len(parts), f, 0, None))
+    return parts
+
+
+def parquet_rows(path: str) -> int:
+    try:
+        with fsspec.open(path, "rb") as fh:
+            return pq.ParquetFile(fh).metadata.num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CurateError(f"cannot read Parquet file {path}: {exc}") from None
+
+
+def read_part(part: Part, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read the rows of one part as an Arrow table (host memory)."""
+    f = part.file
+    try:
+        with fsspec.open(f.path, "rb", compression="infer") as fh:
+            if f.format == "parquet":
+                pf = pq.ParquetFile(fh)
+                table = _parquet_range(pf, part.row_start, part.row_end, columns)
+            elif f.format == "jsonl":
+                table = pajson.read_json(fh)
+            else:
+                table = _read_delimited(fh, f.format)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError) as exc:
+        raise CurateError(f"cannot read {f.path}: {str(exc).splitlines()[0]}") from None
+    if columns is not None and f.format != "parquet":
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise CurateError(f"{f.path}: no column {missing[0]!r}")
+        table = table.select(list(columns))
+    return table
+
+
+def _parquet_range(pf: pq.ParquetFile, start: int, end: int | None, columns) -> pa.Table:
+    md = pf.metadata
+    end = md.num_rows if end is None else end
+    groups, first, pos = [], None, 0
+    for g in range(md.num_row_groups):
+        n = md.row_group(g).num_rows
+        if pos + n > start and pos < end:
+            groups.append(g)
+            first = pos if first is None else first
+        pos += n
+    if not groups:
+        return (
+            pf.schema_arrow.empty_table().select(columns)
+            if columns
+            else pf.schema_arrow.empty_table()
+        )
+    table = pf.read_row_groups(groups, columns=columns)
+    return table.slice(start - first, end - start)
+
+
+def _read_delimited(fh, fmt: str) -> pa.Table:
+    # A header is recognised by a first line whose fields name a known text column;
+    # otherwise columns are named f0, f1, ... (CC3M's caption<TAB>url has no header).
+    head = fh.read(1 << 16)
+    fh.seek(0)
+    delimiter = "\t" if fmt == "tsv" else ","
+    first = head.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r").split(delimiter)
+    has_header = any(c in TEXT_COLUMN_CANDIDATES for c in first)
+    read = pacsv.ReadOptions(autogenerate_column_names=not has_header, block_size=1 << 24)
+    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char=False if fmt == "tsv" else '"')
+    convert = pacsv.ConvertOptions(strings_can_be_null=False)
+    return pacsv.read_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
+
+
+def text_column(schema: pa.Schema, requested: str | None, where: str) -> str:
+    """The text column: the requested one, or the first of TEXT, text, caption, alt_text;
+    for header-less CSV/TSV the first column (f0)."""
+    names = schema.names
+    if requested is not None:
+        if requested not in names:
+            raise CurateError(
+                f"{where}: text column {requested!r} not found; columns are: {', '.join(names)}"
+            )
+        return requested
+    for c in TEXT_COLUMN_CANDIDATES:
+        if c in names:
+            return c
+    if names and names[0] == "f0":
+        return "f0"
+    raise CurateError(
+        f"{where}: no text column (looked for {', '.join(TEXT_COLUMN_CANDIDATES)}); columns "
+        f"are: {', '.join(names)}; name one with --text-column"
+    )
+
+
+def check_text_type(table: pa.Table, column: str, where: str) -> None:
+    t = table.schema.field(column).type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+        if pa.types.is_null(t):
+            return
+        raise CurateError(f"{where}: text column {column!r} is {t}, not strings")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name and a rename."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as fh:
+        fh.write(data)
+    fs.mv(tmp, path)
+
+
+def atomic_write_json(fs, path: str, obj) -> None:
+    atomic_write_bytes(fs, path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def atomic_write_parquet(fs, path: str, table: pa.Table) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+    fs.mv(tmp, path)

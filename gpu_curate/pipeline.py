@@ -1,0 +1,423 @@
+"""The curation run as a Dask graph: read -> match -> count -> balance -> write.
+
+Each part (a row range of one input file) is one task that reads, matches and writes its
+own output file atomically; entry counts are summed by a Dask tree reduction; balancing
+is a second map over the matched parts. Nothing is marked complete (``_SUCCESS``,
+``report.json``) before everything under it is written, and ``resume`` reuses the parts a
+previous, interrupted run completed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import dask
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+
+from . import __version__
+from .backend import resolve
+from .balance import entry_probabilities
+from .cluster import ClusterInfo, open_client
+from .counts import counts_json, counts_table, partition_counts, sum_counts
+from .errors import CurateError
+from .io import (
+    Part,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+    discover,
+    plan_parts,
+    read_part,
+)
+from .metadata import Metadata
+from .steps import BalanceStep, MatchStep, csr_of
+
+MATCHED = "matched"
+CURATED = "curated"
+SUCCESS = "_SUCCESS"
+MANIFEST = "_run.json"
+
+
+@dataclass
+class Options:
+    """Options of a run (the CLI's flags)."""
+
+    text_column: str | None = None
+    id_column: str | None = None
+    backend: str = "auto"
+    workers: int | None = None
+    scheduler: str | None = None
+    processes: bool = False
+    quiet: bool = False
+    overwrite: bool = False
+    resume: bool = False
+    keep_unmatched: bool = False
+    partition_rows: int | None = None
+    format: str | None = None
+    echo: Callable[[str], None] = field(default=print, repr=False)
+
+
+def _say(opts: Options, msg: str) -> None:
+    if not opts.quiet:
+        opts.echo(msg)
+
+
+def check_t(t) -> float:
+    try:
+        tf = float(t)
+    except (TypeError, ValueError):
+        raise CurateError(f"t must be a number, got {t!r}") from None
+    if not np.isfinite(tf) or tf <= 0:
+        raise CurateError(f"t must be a positive number, got {t!r}")
+    return tf
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        try:
+            seed = int(str(seed), 10)
+        except ValueError:
+            raise CurateError(f"seed must be an integer, got {seed!r}") from None
+    if not 0 <= int(seed) < 2**64:
+        raise CurateError(f"seed must be in [0, 2**64), got {seed}")
+    return int(seed)
+
+
+def prepare_out(out: str, opts: Options) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Create (or, with overwrite, empty) the output folder; refuse a non-empty one."""
+    fs, path = fsspec.core.url_to_fs(out)
+    path = path.rstrip("/")
+    if fs.exists(path):
+        if not fs.isdir(path):
+            raise CurateError(f"output {out} exists and is not a folder")
+        if fs.ls(path):
+            if opts.overwrite:
+                fs.rm(path, recursive=True)
+            elif not opts.resume:
+                raise CurateError(
+                    f"output folder {out} exists and is not empty (use --overwrite to replace "
+                    "it or --resume to continue an interrupted run)"
+                )
+    fs.makedirs(path, exist_ok=True)
+    return fs, path
+
+
+def _check_manifest(fs, out: str, manifest: dict, opts: Options) -> None:
+    path = f"{out}/{MANIFEST}"
+    if fs.exists(path):
+        with fs.open(path, "rb") as fh:
+            previous = json.load(fh)
+        if previous != manifest:
+            changed = sorted(k for k in manifest if previous.get(k) != manifest.get(k))
+            raise CurateError(
+                f"--resume: {out} was written by a different run (differs in: "
+                f"{', '.join(changed)}); use --overwrite to start again"
+            )
+    else:
+        atomic_write_json(fs, path, manifest)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def _numba_threads(threads: int) -> None:
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
+def _match_task(part: Part, step: MatchStep, out: str, resume: bool, threads: int):
+    fs, _ = fsspec.core.url_to_fs(out)
+    name = f"part-{part.index:05d}"
+    data_path = f"{out}/{MATCHED}/{name}.parquet"
+    stats_path = f"{out}/{MATCHED}/_parts/{name}.json"
+    if resume and fs.exists(stats_path) and fs.exists(data_path):
+        with fs.open(stats_path, "rb") as fh:
+            stats = json.load(fh)
+        with fs.open(data_path, "rb") as fh:
+            ids = pq.read_table(fh, columns=["entry_ids"]).column("entry_ids")
+        _, values = csr_of(ids)
+        return stats, partition_counts(values, len(step.metadata))
+    _numba_threads(threads)
+    table = read_part(part)
+    where = part.file.path
+    matched, stats, counts = step.run(table, part.file.relpath, part.row_start, where)
+    stats = {"part": name, "file": part.file.relpath, "row_start": part.row_start, **stats}
+    stats["rows_written"] = matched.num_rows
+    atomic_write_parquet(fs, data_path, matched)
+    atomic_write_json(fs, stats_path, stats)  # written last: marks the part complete
+    return stats, counts
+
+
+def _balance_task(src: str, name: str, step: BalanceStep, out: str, resume: bool):
+    fs, _ = fsspec.core.url_to_fs(out)
+    data_path = f"{out}/{CURATED}/{name}.parquet"
+    stats_path = f"{out}/{CURATED}/_parts/{name}.json"
+    counts_path = f"{out}/{CURATED}/_parts/{name}.counts.npy"
+    if resume and fs.exists(stats_path) and fs.exists(data_path) and fs.exists(counts_path):
+        with fs.open(stats_path, "rb") as fh:
+            stats = json.load(fh)
+        with fs.open(counts_path, "rb") as fh:
+            return stats, np.load(fh)
+    sfs, _ = fsspec.core.url_to_fs(src)
+    with sfs.open(src, "rb") as fh:
+        table = pq.read_table(fh)
+    kept, stats, counts = step.run(table)
+    stats = {"part": name, **stats}
+    atomic_write_parquet(fs, data_path, kept)
+    import io as _io
+
+    buf = _io.BytesIO()
+    np.save(buf, counts)
+    atomic_write_bytes(fs, counts_path, buf.getvalue())
+    atomic_write_json(fs, stats_path, stats)
+    return stats, counts
+
+
+def _compute(client, stats_tasks: list, counts_total, opts: Options):
+    futures = client.compute([stats_tasks, counts_total])
+    if not opts.quiet:
+        from distributed import progress
+
+        progress(futures)
+        opts.echo("")
+    stats, total = client.gather(futures)
+    return stats, np.asarray(total, dtype=np.int64)
+
+
+def _success(fs, folder: str, stats: list[dict], rows_key: str) -> None:
+    parts = [{"file": f"{s['part']}.parquet", "rows": s[rows_key]} for s in stats]
+    atomic_write_json(
+        fs, f"{folder}/{SUCCESS}", {"parts": parts, "rows": sum(p["rows"] for p in parts)}
+    )
+
+
+def _sum(stats: list[dict], key: str) -> int:
+    return int(sum(s[key] for s in stats))
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def match_stage(client, info: ClusterInfo, inputs, metadata: Metadata, fs, out, opts) -> dict:
+    """Match every part; write matched/ and the entry counts. Returns report figures."""
+    t0 = time.perf_counter()
+    files = discover(inputs, opts.format)
+    parts = plan_parts(files, opts.partition_rows)
+    be = resolve(opts.backend)
+    manifest = {
+        "inputs": [f.path for f in files],
+        "metadata_sha256": metadata.fingerprint,
+        "text_column": opts.text_column,
+        "id_column": opts.id_column,
+        "keep_unmatched": opts.keep_unmatched,
+        "partition_rows": opts.partition_rows,
+    }
+    _check_manifest(fs, out, manifest, opts)
+    _say(opts, f"matching {len(parts)} parts of {len(files)} files")
+    fs.makedirs(f"{out}/{MATCHED}/_parts", exist_ok=True)
+    step = MatchStep(metadata, opts.text_column, opts.id_column, opts.keep_unmatched, be.name)
+    threads = max(1, (os.cpu_count() or 1) // max(info.threads, 1))
+    md_future = client.scatter(step, broadcast=True) if parts else step
+    results = [
+        dask.delayed(_match_task, pure=False)(p, md_future, out, opts.resume, threads)
+        for p in parts
+    ]
+    stats_tasks = [dask.delayed(lambda r: r[0], pure=True)(r) for r in results]
+    counts_tasks = [dask.delayed(lambda r: r[1], pure=True)(r) for r in results]
+    stats, counts = _compute(client, stats_tasks, sum_counts(counts_tasks, len(metadata)), opts)
+    _success(fs, f"{out}/{MATCHED}", stats, "rows_written")
+    atomic_write_parquet(fs, f"{out}/entry_counts.parquet", counts_table(metadata, counts))
+    atomic_write_bytes(fs, f"{out}/entry_counts.json", counts_json(metadata, counts))
+    return {
+        "pool_rows": _sum(stats, "pool_rows"),
+        "matched_rows": _sum(stats, "matched_rows"),
+        "null_texts": _sum(stats, "null_texts"),
+        "empty_texts": _sum(stats, "empty_texts"),
+        "matches": _sum(stats, "matches"),
+        "input_files": len(files),
+        "parts": len(parts),
+        "metadata_entries": len(metadata),
+        "metadata_sha256": metadata.fingerprint,
+        "entries_matched": int((counts > 0).sum()),
+        "seconds_match": round(time.perf_counter() - t0, 3),
+        "_counts": counts,
+    }
+
+
+def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: int, fs, out, opts):
+    """Balance every matched part into curated/; returns report figures."""
+    t0 = time.perf_counter()
+    be = resolve(opts.backend)
+    mfs, mpath = fsspec.core.url_to_fs(matched_dir)
+    success = f"{mpath.rstrip('/')}/{MATCHED}/{SUCCESS}"
+    if not mfs.exists(success):
+        raise CurateError(
+            f"{matched_dir} has no complete matched dataset ({MATCHED}/{SUCCESS} missing)"
+        )
+    with mfs.open(success, "rb") as fh:
+        parts = json.load(fh)["parts"]
+    fs.makedirs(f"{out}/{CURATED}/_parts", exist_ok=True)
+    step = BalanceStep(entry_probabilities(counts, t), seed, be.name)
+    step_future = client.scatter(step, broadcast=True) if parts else step
+    prefix = matched_dir.rstrip("/")
+    results = [
+        dask.delayed(_balance_task, pure=False)(
+            f"{prefix}/{MATCHED}/{p['file']}",
+            p["file"][: -len(".parquet")],
+            step_future,
+            out,
+            opts.resume,
+        )  # fmt: skip
+        for p in parts
+    ]
+    stats_tasks = [dask.delayed(lambda r: r[0], pure=True)(r) for r in results]
+    counts_tasks = [dask.delayed(lambda r: r[1], pure=True)(r) for r in results]
+    _say(opts, f"balancing {len(parts)} parts (t={t:g}, seed={seed})")
+    stats, kept_counts = _compute(client, stats_tasks, sum_counts(counts_tasks, len(counts)), opts)
+    _success(fs, f"{out}/{CURATED}", stats, "curated_rows")
+    return {
+        "curated_rows": _sum(stats, "curated_rows"),
+        "expected_curated_rows": float(sum(s["expected"] for s in stats)),
+        "head_entries": int((counts >= t).sum()),
+        "seconds_balance": round(time.perf_counter() - t0, 3),
+        "_kept_counts": kept_counts,
+    }
+
+
+def _finish(fs, out, metadata: Metadata, report: dict, kept_counts, opts: Options) -> dict:
+    atomic_write_parquet(
+        fs, f"{out}/curated_entry_counts.parquet", counts_table(metadata, kept_counts)
+    )
+    report = {k: v for k, v in report.items() if not k.startswith("_")}
+    report["version"] = __version__
+    atomic_write_json(fs, f"{out}/report.json", report)  # last: the run is complete
+    _say(
+        opts,
+        f"pool {report.get('pool_rows', 0):,} rows -> matched {report.get('matched_rows', 0):,}"
+        f" -> curated {report['curated_rows']:,} (expected {report['expected_curated_rows']:,.1f})"
+        f"; wrote {out}",
+    )
+    return report
+
+
+def _header(opts: Options, info: ClusterInfo, backend: str) -> dict:
+    _say(opts, f"gpu-curate {__version__}: backend {backend}, {info.describe()}")
+    return {
+        "backend": backend,
+        "workers": info.workers,
+        "threads": info.threads,
+        "cluster": info.kind,
+    }
+
+
+def curate(
+    inputs: Sequence[str],
+    metadata: Metadata | str | os.PathLike,
+    out: str,
+    t: float = 20_000,
+    seed: int = 0,
+    options: Options | None = None,
+    match_only: bool = False,
+) -> dict:
+    """Run the whole recipe on a pool and write the output layout (README) under ``out``.
+
+    Parameters
+    ----------
+    inputs
+        Files, folders, globs or fsspec URLs of Parquet / JSONL / CSV / TSV files.
+    metadata
+        A :class:`Metadata` or the path of a metadata file.
+    out
+        Output folder (must be new or empty unless ``options.overwrite``/``resume``).
+    t, seed
+        Balancing threshold and seed (DESIGN section 3).
+    match_only
+        Stop after matching and counting (``gpu-curate match``).
+
+    Returns
+    -------
+    dict
+        The figures written to ``report.json``.
+
+    Examples
+    --------
+    >>> report = curate(["pool/"], "metadata.json", "out/", t=20_000)  # doctest: +SKIP
+    >>> report["curated_rows"]  # doctest: +SKIP
+    """
+    opts = options or Options()
+    t = check_t(t)
+    seed = check_seed(seed)
+    md = metadata if isinstance(metadata, Metadata) else Metadata.from_file(metadata)
+    be = resolve(opts.backend)
+    discover(inputs, opts.format)  # fail on missing inputs before touching the output
+    fs, path = prepare_out(out, opts)
+    with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
+        report = _header(opts, info, be.name)
+        report.update(match_stage(client, info, inputs, md, fs, path, opts))
+        counts = report["_counts"]
+        report.update({"t": t, "seed": seed})
+        if match_only:
+            report.pop("t")
+            report.pop("seed")
+            report = {k: v for k, v in report.items() if not k.startswith("_")}
+            report["version"] = __version__
+            atomic_write_json(fs, f"{path}/report.json", report)
+            _say(
+                opts,
+                f"pool {report['pool_rows']:,} rows -> matched "
+                f"{report['matched_rows']:,}; wrote {out}",
+            )
+            return report
+        report.update(balance_stage(client, out, counts, t, seed, fs, path, opts))
+        return _finish(fs, path, md, report, report["_kept_counts"], opts)
+
+
+def balance_matched(
+    matched_dir: str, out: str, t: float, seed: int = 0, options: Options | None = None
+) -> dict:
+    """Balance an existing matched dataset (``gpu-curate match`` output) with another t or seed.
+
+    Writes the same layout as :func:`curate` without ``matched/``; the pool's entry counts
+    are copied from ``matched_dir``.
+
+    Examples
+    --------
+    >>> balance_matched("out/", "out_t5000/", t=5_000, seed=1)  # doctest: +SKIP
+    """
+    opts = options or Options()
+    t = check_t(t)
+    seed = check_seed(seed)
+    be = resolve(opts.backend)
+    mfs, mpath = fsspec.core.url_to_fs(matched_dir)
+    mpath = mpath.rstrip("/")
+    for need in (f"{MATCHED}/{SUCCESS}", "entry_counts.parquet"):
+        if not mfs.exists(f"{mpath}/{need}"):
+            raise CurateError(f"{matched_dir} is not a complete matched dataset ({need} missing)")
+    with mfs.open(f"{mpath}/entry_counts.parquet", "rb") as fh:
+        table = pq.read_table(fh)
+    md = Metadata(table.column("entry").to_pylist(), source=f"{matched_dir}/entry_counts.parquet")
+    counts = table.column("count").to_numpy().astype(np.int64)
+    pool = {}
+    if mfs.exists(f"{mpath}/report.json"):
+        with mfs.open(f"{mpath}/report.json", "rb") as fh:
+            prev = json.load(fh)
+        keep = ("pool_rows", "matched_rows", "null_texts", "empty_texts", "matches",
+                "input_files", "metadata_entries", "metadata_sha256", "entries_matched",
+                "seconds_match")  # fmt: skip
+        pool = {k: prev[k] for k in keep if k in prev}
+    fs, path = prepare_out(out, opts)
+    with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
+        report = _header(opts, info, be.name)
+        report.update(pool)
+        report.update({"t": t, "seed": seed, "matched_dir": matched_dir})
+        atomic_write_parquet(fs, f"{path}/entry_counts.parquet", table)
+        atomic_write_bytes(fs, f"{path}/entry_counts.json", counts_json(md, counts))
+        report.update(balance_stage(client, matched_dir, counts, t, seed, fs, path, opts))
+        return _finish(fs, path, md, report, report["_kept_counts"], opts)

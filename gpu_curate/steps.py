@@ -1,0 +1,128 @@
+"""The per-partition steps: match one part, balance one part (each with its stats).
+
+A step takes one partition and returns the transformed partition plus a small stats dict,
+so the pipeline can write parts independently and sum their stats. CPU partitions are
+Arrow tables (zero-copy to and from pandas with Arrow dtypes); on the gpu backend the
+kernel and the draws run on the device (``match_arrow`` / CuPy), the columns stay Arrow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import balance as bal
+from .backend import resolve
+from .counts import partition_counts
+from .errors import CurateError
+from .io import RESERVED_COLUMNS, check_text_type, text_column
+from .match import match_arrow
+from .metadata import Metadata
+from .uid import position_uids, value_uids
+
+
+@dataclass(frozen=True)
+class MatchStep:
+    """Match a partition's texts; add ``uid`` and ``entry_ids`` (list<int32>).
+
+    Accepts the ``cpu`` and ``gpu`` backends (the gpu one runs the kernel on the device).
+    """
+
+    metadata: Metadata
+    text_column: str | None = None
+    id_column: str | None = None
+    keep_unmatched: bool = False
+    backend: str = "cpu"
+
+    accepts = ("cpu", "gpu")
+
+    def run(self, table: pa.Table, relpath: str, row_start: int, where: str):
+        """Return (matched table, stats dict, per-entry counts of this partition)."""
+        be = resolve(self.backend)
+        if be.name not in self.accepts:  # pragma: no cover - defensive
+            raise CurateError(f"MatchStep does not accept backend {be.name}")
+        clash = [c for c in RESERVED_COLUMNS if c in table.column_names]
+        if clash:
+            raise CurateError(
+                f"{where}: the input has a column named {clash[0]!r}, which gpu-curate adds; "
+                "rename it"
+            )
+        col = text_column(table.schema, self.text_column, where)
+        check_text_type(table, col, where)
+        texts = table.column(col)
+        if pa.types.is_null(texts.type):
+            texts = texts.cast(pa.string())
+        n = table.num_rows
+        if self.id_column is not None:
+            if self.id_column not in table.column_names:
+                raise CurateError(
+                    f"{where}: id column {self.id_column!r} not found; columns are: "
+                    f"{', '.join(table.column_names)}"
+                )
+            uids = value_uids(table.column(self.id_column), self.id_column)
+        else:
+            uids = position_uids(relpath, row_start, n)
+        row_offsets, ids = match_arrow(texts, self.metadata, be)
+        counts = partition_counts(ids, len(self.metadata), be.xp)
+        row_offsets = be.asnumpy(row_offsets)
+        ids = be.asnumpy(ids)
+        lengths = np.diff(row_offsets)
+        entry_ids = pa.ListArray.from_arrays(pa.array(row_offsets.astype(np.int32)), pa.array(ids))
+        out = table.append_column("uid", pa.array(uids, pa.uint64())).append_column(
+            "entry_ids", entry_ids
+        )
+        matched = lengths > 0
+        if not self.keep_unmatched:
+            out = out.filter(pa.array(matched))
+        nulls = texts.null_count
+        empty = int(pc.sum(pc.equal(pc.binary_length(texts), 0)).as_py() or 0)
+        stats = {
+            "pool_rows": n,
+            "matched_rows": int(matched.sum()),
+            "null_texts": int(nulls),
+            "empty_texts": empty,
+            "matches": int(ids.size),
+        }
+        return out, stats, counts
+
+
+def csr_of(entry_ids: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(row_offsets int64, values int32) of a list<int32> column, without Python loops."""
+    if isinstance(entry_ids, pa.ChunkedArray):
+        entry_ids = entry_ids.combine_chunks() if entry_ids.num_chunks != 1 else entry_ids.chunk(0)
+    offsets = entry_ids.offsets.to_numpy().astype(np.int64)
+    values = entry_ids.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    return offsets, values
+
+
+@dataclass(frozen=True)
+class BalanceStep:
+    """Keep a text iff U(seed, uid, e) < p[e] for one of its entries (DESIGN section 3).
+
+    Accepts the ``cpu`` and ``gpu`` backends (draws on NumPy or CuPy, bit-identical).
+    """
+
+    p: np.ndarray
+    seed: int
+    backend: str = "cpu"
+
+    accepts = ("cpu", "gpu")
+
+    def run(self, table: pa.Table):
+        """Return (kept rows, stats dict, per-entry counts over the kept rows)."""
+        be = resolve(self.backend)
+        xp = be.xp
+        offsets, values = csr_of(table.column("entry_ids"))
+        uids = table.column("uid").to_numpy()
+        d_off, d_val, d_uid = xp.asarray(offsets), xp.asarray(values), xp.asarray(uids)
+        d_p = xp.asarray(self.p)
+        mask = bal.keep_mask(d_off, d_val, d_uid, d_p, self.seed)
+        expected = float(bal.expected_rows(d_off, d_val, d_p))
+        kept_counts = be.asnumpy(bal.kept_entry_counts(d_off, d_val, mask, self.p.shape[0]))
+        mask = be.asnumpy(mask)
+        kept = table.filter(pa.array(mask))
+        stats = {"rows": table.num_rows, "curated_rows": int(mask.sum()), "expected": expected}
+        return kept, stats, np.asarray(kept_counts, dtype=np.int64)
