@@ -196,3 +196,7 @@ main.add_command(plan_command, name="plan")
 from .build_metadata.commands import metadata  # noqa: E402
 
 main.add_command(metadata)
+
+from .report import report_command  # noqa: E402
+
+main.add_command(report_command, name="report")

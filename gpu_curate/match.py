@@ -55,8 +55,10 @@ def _concat_csr(xp, parts):
     if len(parts) == 1:
         return parts[0]
     offsets = [parts[0][0]]
+    total = int(parts[0][0][-1])
     for ro, _ in parts[1:]:
-        offsets.append(ro[1:] + offsets[-1][-1])
+        offsets.append(ro[1:] + total)
+        total += int(ro[-1])
     return xp.concatenate(offsets), xp.concatenate([ids for _, ids in parts])
 
 

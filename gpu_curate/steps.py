@@ -113,6 +113,11 @@ class BalanceStep:
 
     def run(self, table: pa.Table):
         """Return (kept rows, stats dict, per-entry counts over the kept rows)."""
+        mask, stats, kept_counts = self.decide(table)
+        return table.filter(pa.array(mask)), stats, kept_counts
+
+    def decide(self, table: pa.Table):
+        """Return (keep mask, stats dict, per-entry counts over the kept rows)."""
         be = resolve(self.backend)
         xp = be.xp
         offsets, values = csr_of(table.column("entry_ids"))
@@ -123,6 +128,5 @@ class BalanceStep:
         expected = float(bal.expected_rows(d_off, d_val, d_p))
         kept_counts = be.asnumpy(bal.kept_entry_counts(d_off, d_val, mask, self.p.shape[0]))
         mask = be.asnumpy(mask)
-        kept = table.filter(pa.array(mask))
         stats = {"rows": table.num_rows, "curated_rows": int(mask.sum()), "expected": expected}
-        return kept, stats, np.asarray(kept_counts, dtype=np.int64)
+        return mask, stats, np.asarray(kept_counts, dtype=np.int64)

@@ -1,0 +1,109 @@
+"""End-to-end benchmark: `gpu-curate curate` on a Parquet pool built from the LAION texts.
+
+    python benchmarks/bench_pipeline.py --rows 10000000 --files 20
+
+Builds (once, cached in --workdir) a pool of --rows rows in --files Parquet files by
+replicating ../shared/data/captions/laion_alt_text_10k.parquet, runs the CLI end to end
+(read -> match -> count -> balance -> write) in a subprocess, and reports rows/s and the
+peak RSS of the run. For a baseline in the same run it also times the MetaCLIP-style
+reference matcher (pyahocorasick, per-text calls) on 20,000 of the texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def build_pool(laion: Path, folder: Path, rows: int, files: int) -> None:
+    marker = folder / f".built-{rows}-{files}"
+    if marker.exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.parquet"):
+        old.unlink()
+    base = pq.read_table(laion, columns=["URL", "TEXT"])
+    per = -(-rows // files)
+    for f in range(files):
+        n = min(per, rows - f * per)
+        reps = -(-n // base.num_rows)
+        table = pa.concat_tables([base] * reps).slice(0, n)
+        pq.write_table(table, folder / f"pool-{f:04d}.parquet", row_group_size=100_000)
+    marker.touch()
+
+
+def reference_rate(laion: Path, metadata: Path, n: int = 20_000) -> float:
+    import ahocorasick
+
+    texts = [t for t in pq.read_table(laion, columns=["TEXT"]).column(0).to_pylist() if t]
+    texts = (texts * (n // len(texts) + 1))[:n]
+    entries = json.loads(metadata.read_text())
+    auto = ahocorasick.Automaton()
+    for i, e in enumerate(entries):
+        auto.add_word(f" {e} ", i)
+    auto.make_automaton()
+    table = str.maketrans({c: f" {c} " for c in ",.;:?!`"} | {c: " " for c in "\t\n\r"})
+    t0 = time.perf_counter()
+    for text in texts:
+        {i for _, i in auto.iter(f" {text} ".translate(table))}
+    return n / (time.perf_counter() - t0)
+
+
+def run_cli(pool: Path, metadata: Path, out: Path, extra: list[str]) -> tuple[float, float, dict]:
+    cmd = [sys.executable, "-c", "from gpu_curate.cli import main; main()", "curate", str(pool), "--metadata",
+           str(metadata), "--out", str(out), "--t", "20000", "--quiet", "--overwrite", *extra]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    report = json.loads((out / "report.json").read_text())
+    return wall, max(peak_kb, before) / 1024**2, report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--files", type=int, default=20)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/gpu-curate-bench"))
+    ap.add_argument("--data", type=Path, default=SHARED)
+    ap.add_argument("--processes", action="store_true", help="also time --processes")
+    args = ap.parse_args()
+    laion = args.data / "captions" / "laion_alt_text_10k.parquet"
+    metadata = args.data / "metadata" / "metadata_proxy_en.json"
+    if not laion.exists():
+        sys.exit(f"shared data not found under {args.data}")
+    pool = args.workdir / "pool"
+    build_pool(laion, pool, args.rows, args.files)
+    print(
+        f"# bench_pipeline: {args.rows:,} rows in {args.files} files; {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
+    print(f"command: {' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
+    ref = reference_rate(laion, metadata)
+    modes = [("threads", [])] + ([("processes", ["--processes"])] if args.processes else [])
+    print(
+        "\n| mode | wall s | rows/s end to end | peak RSS GB | match s | balance s | curated rows |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, extra in modes:
+        wall, rss_gb, rep = run_cli(pool, metadata, args.workdir / f"out-{name}", extra)
+        print(f"| {name} | {wall:.1f} | {rep['pool_rows'] / wall:,.0f} | {rss_gb:.2f} | "
+              f"{rep['seconds_match']:.1f} | {rep['seconds_balance']:.1f} | {rep['curated_rows']:,} |")  # fmt: skip
+    print(f"\nreference (pyahocorasick per-text, matching only, 1 core): {ref:,.0f} texts/s")
+
+
+if __name__ == "__main__":
+    main()

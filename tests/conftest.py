@@ -1,0 +1,128 @@
+"""Shared test helpers: the shared data folder and reference matchers.
+
+The references below are written from DESIGN.md section 2, independently of the kernels:
+``reference_match`` is the literal definition (``" " + e + " " in spacing(text)``) and
+``AhoCorasickReference`` is the same rule run with pyahocorasick, fast enough for the
+374,565-entry proxy metadata. Import them with ``from conftest import ...``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SHARED_MISSING = "../shared/data not found: the shared test data is not present"
+
+LAION_PARQUET = "captions/laion_alt_text_10k.parquet"
+CC3M_TSV = "captions/cc3m_validation_alt_text.tsv"
+PROXY_METADATA = "metadata/metadata_proxy_en.json"
+
+# The seven characters that spacing() surrounds by spaces, and the three it turns into one.
+WRAP_CHARS = ",.;:?!`"
+SPACE_CHARS = "\t\n\r"
+
+
+def shared_data(relpath: str) -> Path:
+    """Path of a file under ../shared/data, or skip the test when it is absent."""
+    path = SHARED / relpath
+    if not path.is_file():
+        pytest.skip(f"{SHARED_MISSING} (missing {relpath})")
+    return path
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def spacing(text: str) -> str:
+    """MetaCLIP's text normalisation (DESIGN.md section 2).
+
+    Pad with one space on each side, surround each of the seven wrap characters by spaces
+    and turn tab, LF and CR into a space. Nothing else changes.
+    """
+    out = [" "]
+    for ch in text:
+        if ch in WRAP_CHARS:
+            out.append(" " + ch + " ")
+        elif ch in SPACE_CHARS:
+            out.append(" ")
+        else:
+            out.append(ch)
+    out.append(" ")
+    return "".join(out)
+
+
+def reference_match(text: str | None, entries: Sequence[str]) -> list[int]:
+    """Sorted ids of the entries e with ``" " + e + " "`` in ``spacing(text)`` (None: [])."""
+    if text is None:
+        return []
+    spaced = spacing(text)
+    return [i for i, e in enumerate(entries) if " " + e + " " in spaced]
+
+
+class AhoCorasickReference:
+    """The same rule as :func:`reference_match` with pyahocorasick, for big metadata."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        import ahocorasick
+
+        self.automaton = ahocorasick.Automaton()
+        for i, e in enumerate(entries):
+            self.automaton.add_word(" " + e + " ", i)
+        self.automaton.make_automaton()
+
+    def __call__(self, text: str | None) -> list[int]:
+        if text is None:
+            return []
+        # iter() reports every occurrence, overlapping ones included.
+        return sorted({i for _, i in self.automaton.iter(spacing(text))})
+
+
+# ----------------------------------------------------------------------------- shared data
+
+
+def read_laion_texts(path: Path) -> list[str]:
+    """The ``TEXT`` column of the LAION parquet sample."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["TEXT"]).column("TEXT").to_pylist()
+
+
+def read_cc3m_texts(path: Path) -> list[str]:
+    """The captions (first column) of the CC3M tsv (``caption<TAB>url``, no header)."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.split("\t", 1)[0] for line in lines]
+
+
+@pytest.fixture(scope="session")
+def laion_texts() -> list[str]:
+    return read_laion_texts(shared_data(LAION_PARQUET))
+
+
+@pytest.fixture(scope="session")
+def cc3m_texts() -> list[str]:
+    return read_cc3m_texts(shared_data(CC3M_TSV))
+
+
+@pytest.fixture(scope="session")
+def proxy_entries() -> list[str]:
+    """The 374,565 entries of the shared proxy metadata (a JSON list of strings)."""
+    return json.loads(shared_data(PROXY_METADATA).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def proxy_metadata(proxy_entries):
+    from gpu_curate.metadata import Metadata
+
+    return Metadata(proxy_entries, source=PROXY_METADATA)
+
+
+@pytest.fixture(scope="session")
+def proxy_reference(proxy_entries) -> AhoCorasickReference:
+    return AhoCorasickReference(proxy_entries)

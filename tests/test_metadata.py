@@ -1,0 +1,283 @@
+"""Metadata: validation, file loading, fingerprint and table compilation."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import SPACE_CHARS, WRAP_CHARS
+
+from gpu_curate.errors import CurateError, MetadataError
+from gpu_curate.metadata import Metadata
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_valid_entries_kept_exactly():
+    entries = ["dog", "new york", " leading", "trailing ", "a  b", "Café", "東京", "rock , paper"]
+    md = Metadata(entries)
+    assert list(md.entries) == entries
+    assert len(md) == len(entries)
+    assert md[1] == "new york"
+
+
+def test_metadata_error_is_a_curate_error_and_value_error():
+    assert issubclass(MetadataError, CurateError)
+    assert issubclass(MetadataError, ValueError)
+
+
+def test_duplicate_names_entry_and_both_ids():
+    with pytest.raises(MetadataError) as info:
+        Metadata(["dog", "cat", "bird", "dog"])
+    msg = str(info.value)
+    assert "'dog'" in msg
+    assert re.search(r"\b0\b.*\b3\b", msg), msg
+    assert "duplicate" in msg
+
+
+def test_duplicates_are_exact_not_case_or_space_folded():
+    # Different strings are different entries: no folding of case or spaces.
+    Metadata(["dog", "Dog", "dog ", " dog", "new york", "new  york"])
+
+
+def test_several_duplicates_all_named():
+    with pytest.raises(MetadataError) as info:
+        Metadata(["a", "b", "a", "c", "b"])
+    msg = str(info.value)
+    assert "'a' at ids 0 and 2" in msg
+    assert "'b' at ids 1 and 4" in msg
+
+
+@pytest.mark.parametrize(
+    "entries, bad_ids",
+    [
+        ([""], [0]),
+        (["dog", " "], [1]),
+        (["dog", "\t", "cat", " \n \r "], [1, 3]),
+    ],
+)
+def test_empty_or_whitespace_only_entries(entries, bad_ids):
+    with pytest.raises(MetadataError) as info:
+        Metadata(entries)
+    msg = str(info.value)
+    assert "empty or whitespace-only" in msg
+    for i in bad_ids:
+        assert re.search(rf"\b{i}\b", msg), msg
+
+
+@pytest.mark.parametrize(
+    "entries, bad_ids, kind",
+    [
+        (["dog", 1], [1], "int"),
+        (["dog", None, "cat"], [1], "NoneType"),
+        ([b"dog"], [0], "bytes"),
+        (["a", ["b"], 2.5], [1, 2], "list"),
+    ],
+)
+def test_non_string_entries(entries, bad_ids, kind):
+    with pytest.raises(MetadataError) as info:
+        Metadata(entries)
+    msg = str(info.value)
+    assert "not strings" in msg
+    assert kind in msg
+    for i in bad_ids:
+        assert re.search(rf"\b{i}\b", msg), msg
+
+
+@pytest.mark.parametrize("value", ["dog", b"dog", 42, {"dog": 0}, None])
+def test_metadata_must_be_a_list(value):
+    with pytest.raises(MetadataError):
+        Metadata(value)
+
+
+def test_source_named_in_errors():
+    with pytest.raises(MetadataError, match="my-list"):
+        Metadata(["a", "a"], source="my-list")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_json_file_roundtrip(tmp_path):
+    entries = ["dog", "new york", " a  b ", "Café", "😀", "rock , paper"]
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
+    md = Metadata.from_file(p)
+    assert list(md.entries) == entries
+    assert str(p) in md.source
+    assert Metadata.from_file(str(p)).entries == md.entries
+
+
+@pytest.mark.parametrize(
+    "content, word",
+    [
+        ('{"dog": 0}', "object"),
+        ('"dog"', "str"),
+        ("42", "int"),
+        ("null", "NoneType"),
+    ],
+)
+def test_json_value_not_a_list(tmp_path, content, word):
+    p = tmp_path / "m.json"
+    p.write_text(content, encoding="utf-8")
+    with pytest.raises(MetadataError) as info:
+        Metadata.from_file(p)
+    msg = str(info.value)
+    assert "list" in msg and word in msg, msg
+    assert str(p) in msg
+
+
+def test_json_file_with_bad_entries_names_file(tmp_path):
+    p = tmp_path / "m.json"
+    p.write_text('["dog", "cat", "dog", 3]', encoding="utf-8")
+    with pytest.raises(MetadataError) as info:
+        Metadata.from_file(p)
+    assert str(p) in str(info.value)
+
+
+@pytest.mark.parametrize("content", ['["dog", "cat"', "dog\ncat\n", "", "[1,]"])
+def test_not_json(tmp_path, content):
+    p = tmp_path / "m.json"
+    p.write_text(content, encoding="utf-8")
+    with pytest.raises(MetadataError) as info:
+        Metadata.from_file(p)
+    msg = str(info.value)
+    assert "not valid JSON" in msg and str(p) in msg
+    assert "line" in msg
+
+
+def test_missing_file(tmp_path):
+    p = tmp_path / "nope.json"
+    with pytest.raises(MetadataError) as info:
+        Metadata.from_file(p)
+    assert "not found" in str(info.value) and str(p) in str(info.value)
+
+
+def test_folder_is_not_a_file(tmp_path):
+    with pytest.raises(MetadataError, match="folder"):
+        Metadata.from_file(tmp_path)
+
+
+def test_not_utf8(tmp_path):
+    p = tmp_path / "m.json"
+    p.write_bytes(b'["caf\xe9"]')
+    with pytest.raises(MetadataError, match="UTF-8"):
+        Metadata.from_file(p)
+
+
+def test_txt_keeps_inner_and_trailing_spaces(tmp_path):
+    p = tmp_path / "m.txt"
+    p.write_bytes(" new york \nrock , paper\na  b\n\tdog\ncafé  \n".encode())
+    md = Metadata.from_file(p)
+    assert list(md.entries) == [" new york ", "rock , paper", "a  b", "\tdog", "café  "]
+
+
+def test_txt_without_final_newline(tmp_path):
+    p = tmp_path / "m.txt"
+    p.write_bytes(b"dog\ncat")
+    assert list(Metadata.from_file(p).entries) == ["dog", "cat"]
+
+
+def test_txt_crlf(tmp_path):
+    p = tmp_path / "m.TXT"
+    p.write_bytes(b"dog\r\nnew york \r\ncat\r\n")
+    assert list(Metadata.from_file(p).entries) == ["dog", "new york ", "cat"]
+
+
+def test_txt_blank_line_is_an_error(tmp_path):
+    p = tmp_path / "m.txt"
+    p.write_bytes(b"dog\n\ncat\n   \n")
+    with pytest.raises(MetadataError) as info:
+        Metadata.from_file(p)
+    msg = str(info.value)
+    assert "empty or whitespace-only" in msg and str(p) in msg
+    assert re.search(r"\b2\b.*\b4\b", msg), msg  # line numbers
+
+
+def test_txt_duplicates(tmp_path):
+    p = tmp_path / "m.txt"
+    p.write_bytes(b"dog\ncat\ndog\r\n")
+    with pytest.raises(MetadataError, match=r"'dog' at ids 0 and 2"):
+        Metadata.from_file(p)
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+def test_fingerprint_stable():
+    entries = ["dog", "new york", "Café", "東京"]
+    a, b = Metadata(entries), Metadata(list(entries), source="elsewhere")
+    assert a.fingerprint == b.fingerprint
+    assert re.fullmatch(r"[0-9a-f]{64}", a.fingerprint)
+    assert pickle.loads(pickle.dumps(a)).fingerprint == a.fingerprint
+
+
+def test_fingerprint_same_in_another_process():
+    entries = ["dog", "new york", "Café", "東京"]
+    code = (
+        "import json, sys; from gpu_curate.metadata import Metadata; "
+        "print(Metadata(json.loads(sys.argv[1])).fingerprint)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(entries)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == Metadata(entries).fingerprint
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ["new york", "dog"],  # order
+        ["dog", "new  york"],  # content
+        ["dog", "new york "],  # trailing space
+        ["Dog", "new york"],  # case
+        ["dog"],  # fewer
+        ["dog", "new york", "cat"],  # more
+        ["dognew", "york"],  # same characters, other split
+        ["dog new york"],
+    ],
+)
+def test_fingerprint_sensitive_to_order_and_content(other):
+    assert Metadata(other).fingerprint != Metadata(["dog", "new york"]).fingerprint
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _unmatchable(entry: str) -> bool:
+    """DESIGN.md section 2: a token holding tab/LF/CR, or a wrap character next to other
+    characters, never occurs in spacing(text), so such an entry can never match."""
+    for tok in entry.split(" "):
+        if any(c in SPACE_CHARS for c in tok):
+            return True
+        if len(tok) > 1 and any(c in WRAP_CHARS for c in tok):
+            return True
+    return False
+
+
+def test_small_tables():
+    entries = ["dog", "Washington, D.C.", "rock , paper", "a\tb", "new york", "e.g", "!"]
+    t = Metadata(entries).tables
+    assert t.n_entries == len(entries)
+    assert sorted(t.unmatchable.tolist()) == [1, 3, 5]
+    assert t.max_tokens == 3
+
+
+def test_tables_compile_for_shared_proxy(proxy_entries, proxy_metadata):
+    md = proxy_metadata
+    assert len(md) == len(proxy_entries) == 374_565
+    t = md.tables
+    assert md.tables is t  # compiled once per process
+    assert t.n_entries == len(md)
+    assert t.max_tokens == max(len(e.split(" ")) for e in proxy_entries if not _unmatchable(e))
+    expected = [i for i, e in enumerate(proxy_entries) if _unmatchable(e)]
+    assert t.unmatchable.tolist() == expected
+    assert t.nbytes > 0

@@ -1,0 +1,228 @@
+"""Tests of gpu_curate.sampler.BalancedSampler (online, per-epoch balancing)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gpu_curate.balance import entry_probabilities, keep_mask
+from gpu_curate.sampler import BalancedSampler
+
+# --------------------------------------------------------------------------- data
+
+
+def build(n_rows: int = 300, seed: int = 11):
+    """Rows with 0..4 entries of varied p; counts fixed by hand; returns CSR + ref probs."""
+    rng = np.random.default_rng(seed)
+    counts = np.array([40, 80, 100, 150, 250, 400, 800, 2000, 5000, 90])
+    t = 80
+    rows = []
+    for i in range(n_rows):
+        k = 0 if i % 25 == 0 else int(rng.integers(1, 5))
+        rows.append(sorted(map(int, rng.choice(len(counts), size=k, replace=False))))
+    offsets = np.zeros(n_rows + 1, np.int64)
+    offsets[1:] = np.cumsum([len(r) for r in rows])
+    ids = np.array([e for r in rows for e in r], np.int32)
+    uids = rng.integers(0, 2**64 - 1, size=n_rows, dtype=np.uint64, endpoint=True)
+    # Reference keep probabilities by hand: p = t / max(count, t), 1 - prod(1 - p).
+    ref = []
+    for r in rows:
+        q = 1.0
+        for e in r:
+            q *= 1.0 - t / max(int(counts[e]), t)
+        ref.append(1.0 - q)
+    return offsets, ids, uids, counts, t, rows, np.array(ref)
+
+
+def _binom_two_sided_pvalue(k: int, n: int, prob: float) -> float:
+    if prob <= 0.0:
+        return 1.0 if k == 0 else 0.0
+    if prob >= 1.0:
+        return 1.0 if k == n else 0.0
+    pmf = [
+        math.exp(
+            math.lgamma(n + 1)
+            - math.lgamma(i + 1)
+            - math.lgamma(n - i + 1)
+            + i * math.log(prob)
+            + (n - i) * math.log1p(-prob)
+        )
+        for i in range(n + 1)
+    ]
+    return min(1.0, 2.0 * min(math.fsum(pmf[: k + 1]), math.fsum(pmf[k:])))
+
+
+def rejected(freq: np.ndarray, n: int, prob: np.ndarray) -> list[str]:
+    """Bonferroni exact binomial per row (family level 1e-3) + chi-square (5 sd)."""
+    reasons = []
+    pv = min(_binom_two_sided_pvalue(int(k), n, float(q)) for k, q in zip(freq, prob, strict=True))
+    if pv * len(freq) < 1e-3:
+        reasons.append(f"binomial min p {pv:.2g}")
+    inner = (prob > 0) & (prob < 1)
+    chi2 = float(
+        ((freq[inner] - n * prob[inner]) ** 2 / (n * prob[inner] * (1 - prob[inner]))).sum()
+    )
+    df = int(inner.sum())
+    if chi2 > df + 5 * math.sqrt(2 * df):
+        reasons.append(f"chi2 {chi2:.0f} on {df} df")
+    return reasons
+
+
+@pytest.fixture
+def data():
+    return build()
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_epoch_indices_are_sorted_int64_and_reproducible(data):
+    offsets, ids, uids, counts, t, rows, ref = data
+    s = BalancedSampler(offsets, ids, uids, counts, t, seed=123)
+    a = s.epoch(4)
+    assert a.dtype == np.int64 and np.all(np.diff(a) > 0)
+    assert np.array_equal(a, s.epoch(4))
+    s2 = BalancedSampler(offsets.copy(), ids.copy(), uids.copy(), counts.copy(), t, seed=123)
+    assert np.array_equal(a, s2.epoch(4))
+    # Other seed: different subset.
+    s3 = BalancedSampler(offsets, ids, uids, counts, t, seed=124)
+    assert not np.array_equal(a, s3.epoch(4))
+
+
+def test_epochs_differ_and_epoch_0_is_the_offline_set(data):
+    offsets, ids, uids, counts, t, rows, ref = data
+    s = BalancedSampler(offsets, ids, uids, counts, t, seed=9)
+    epochs = [s.epoch(k) for k in range(6)]
+    for i in range(6):
+        for j in range(i + 1, 6):
+            assert not np.array_equal(epochs[i], epochs[j])
+    offline = keep_mask(offsets, ids, uids, entry_probabilities(counts, t), 9, stream=0)
+    assert np.array_equal(epochs[0], np.flatnonzero(offline))
+    assert np.array_equal(s.keep_mask(3), np.isin(np.arange(len(rows)), epochs[3]))
+
+
+def test_always_kept_and_never_kept_rows(data):
+    offsets, ids, uids, counts, t, rows, ref = data
+    s = BalancedSampler(offsets, ids, uids, counts, t, seed=1)
+    always = [i for i, r in enumerate(rows) if any(counts[e] <= t for e in r)]
+    never = [i for i, r in enumerate(rows) if not r]
+    assert always and never
+    for k in range(30):
+        kept = set(s.epoch(k).tolist())
+        assert set(always) <= kept
+        assert not kept & set(never)
+
+
+def test_per_epoch_keep_frequencies_follow_one_minus_prod(data):
+    offsets, ids, uids, counts, t, rows, ref = data
+    s = BalancedSampler(offsets, ids, uids, counts, t, seed=2**63 + 77)
+    n_epochs = 400
+    freq = np.zeros(len(rows), np.int64)
+    for k in range(n_epochs):
+        freq[s.epoch(k)] += 1
+    assert not rejected(freq, n_epochs, ref)
+    # The same test has power against the usual wrong rules.
+    p = [t / max(int(c), t) for c in counts]
+    sum_rule = np.array([min(sum(p[e] for e in r), 1.0) for r in rows])
+    max_rule = np.array([max((p[e] for e in r), default=0.0) for r in rows])
+    assert rejected(freq, n_epochs, sum_rule)
+    assert rejected(freq, n_epochs, max_rule)
+
+
+def test_len_and_expected_rows(data):
+    offsets, ids, uids, counts, t, rows, ref = data
+    s = BalancedSampler(offsets, ids, uids, counts, t, seed=0)
+    assert s.expected_rows == pytest.approx(math.fsum(ref), rel=1e-13)
+    assert len(s) == round(math.fsum(ref))
+    sizes = [s.epoch(k).size for k in range(200)]
+    sd = math.sqrt(float((ref * (1 - ref)).sum()) / 200)
+    assert abs(np.mean(sizes) - math.fsum(ref)) < 5 * sd
+
+
+def test_iteration_follows_set_epoch(data):
+    offsets, ids, uids, counts, t, rows, ref = data
+    s = BalancedSampler(offsets, ids, uids, counts, t, seed=5)
+    assert list(s) == s.epoch(0).tolist()
+    s.set_epoch(7)
+    assert list(s) == s.epoch(7).tolist()
+    with pytest.raises(ValueError):
+        s.set_epoch(-1)
+    with pytest.raises(ValueError):
+        s.epoch(2**63)
+
+
+def test_shuffle_is_a_seeded_permutation(data):
+    offsets, ids, uids, counts, t, rows, ref = data
+    s = BalancedSampler(offsets, ids, uids, counts, t, seed=5, shuffle=True)
+    s.set_epoch(2)
+    order = list(s)
+    assert sorted(order) == s.epoch(2).tolist()
+    assert order != sorted(order)
+    assert order == list(
+        BalancedSampler(offsets, ids, uids, counts, t, seed=5, shuffle=True).indices(2)
+    )
+    s.set_epoch(3)
+    assert sorted(list(s)) == s.epoch(3).tolist()
+
+
+def test_from_matched_dir(tmp_path, data):
+    offsets, ids, uids, counts, t, rows, ref = data
+    (tmp_path / "matched").mkdir()
+    half = len(rows) // 2
+    for name, lo, hi in (("part-0.parquet", 0, half), ("part-1.parquet", half, len(rows))):
+        pq.write_table(
+            pa.table(
+                {
+                    "uid": pa.array(uids[lo:hi]),
+                    "entry_ids": pa.array(rows[lo:hi], pa.list_(pa.int32())),
+                }
+            ),
+            tmp_path / "matched" / name,
+        )
+    pq.write_table(
+        pa.table(
+            {
+                "entry_id": pa.array(range(len(counts)), pa.int32()),
+                "entry": pa.array([f"e{i}" for i in range(len(counts))]),
+                "count": pa.array(counts, pa.int64()),
+            }
+        ),
+        tmp_path / "entry_counts.parquet",
+    )
+    from_dir = BalancedSampler.from_matched_dir(tmp_path, t, seed=31)
+    in_mem = BalancedSampler(offsets, ids, uids, counts, t, seed=31)
+    assert from_dir.n_rows == len(rows)
+    for k in (0, 1, 5):
+        assert np.array_equal(from_dir.epoch(k), in_mem.epoch(k))
+
+
+def test_constructor_validation(data):
+    offsets, ids, uids, counts, t, rows, ref = data
+    with pytest.raises(ValueError):
+        BalancedSampler(offsets, ids, uids, counts, 0, seed=1)
+    with pytest.raises(ValueError):
+        BalancedSampler(offsets, ids, uids, counts, t, seed=-1)
+    with pytest.raises(ValueError):
+        BalancedSampler(offsets, ids, uids[:-1], counts, t, seed=1)
+    with pytest.raises(ValueError):
+        BalancedSampler(offsets, ids, uids, counts[:3], t, seed=1)
+
+
+def test_gpu_sampler_matches_cpu(data):
+    pytest.importorskip("cupy", reason="CuPy is not installed: no GPU sampler check")
+    from gpu_curate.backend import gpu_unavailable_reason
+
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no usable GPU: {reason}")
+    offsets, ids, uids, counts, t, rows, ref = data
+    cpu = BalancedSampler(offsets, ids, uids, counts, t, seed=3, shuffle=True)
+    gpu = BalancedSampler(offsets, ids, uids, counts, t, seed=3, shuffle=True, backend="gpu")
+    for k in range(4):
+        assert np.array_equal(cpu.epoch(k), gpu.epoch(k))
+        assert np.array_equal(cpu.indices(k), gpu.indices(k))
+    assert cpu.expected_rows == pytest.approx(gpu.expected_rows, rel=1e-12)
