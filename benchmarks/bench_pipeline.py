@@ -63,8 +63,9 @@ def reference_rate(laion: Path, metadata: Path, n: int = 20_000) -> float:
 
 
 def run_cli(pool: Path, metadata: Path, out: Path, extra: list[str]) -> tuple[float, float, dict]:
-    cmd = [sys.executable, "-c", "from gpu_curate.cli import main; main()", "curate", str(pool), "--metadata",
-           str(metadata), "--out", str(out), "--t", "20000", "--quiet", "--overwrite", *extra]  # fmt: skip
+    entry = "from gpu_curate.cli import main; main()"
+    cmd = [sys.executable, "-c", entry, "curate", str(pool), "--metadata", str(metadata),
+           "--out", str(out), "--t", "20000", "--quiet", "--overwrite", *extra]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -88,8 +89,9 @@ def main() -> None:
         sys.exit(f"shared data not found under {args.data}")
     pool = args.workdir / "pool"
     build_pool(laion, pool, args.rows, args.files)
+    cpu = platform.processor() or platform.machine()
     print(
-        f"# bench_pipeline: {args.rows:,} rows in {args.files} files; {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        f"# bench_pipeline: {args.rows:,} rows, {args.files} files; {cpu}, {os.cpu_count()} cores"
     )
     print(f"command: {' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
     ref = reference_rate(laion, metadata)
@@ -100,9 +102,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name, extra in modes:
         wall, rss_gb, rep = run_cli(pool, metadata, args.workdir / f"out-{name}", extra)
-        print(f"| {name} | {wall:.1f} | {rep['pool_rows'] / wall:,.0f} | {rss_gb:.2f} | "
-              f"{rep['seconds_match']:.1f} | {rep['seconds_balance']:.1f} | {rep['curated_rows']:,} |")  # fmt: skip
-    print(f"\nreference (pyahocorasick per-text, matching only, 1 core): {ref:,.0f} texts/s")
+        rate = rep["pool_rows"] / wall
+        m, b = rep["seconds_match"], rep["seconds_balance"]
+        print(f"| {name} | {wall:.1f} | {rate:,.0f} | {rss_gb:.2f} | {m:.1f} | {b:.1f} | "
+              f"{rep['curated_rows']:,} |")  # fmt: skip
+    print(f"\nreference (pyahocorasick per-text, matching only, 1 core): {ref:,.0f} texts/s")  # noqa: E501
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ def balance(matched_dir, t, seed, out, **kw):
 @main.command()
 @click.option("--out", default="gpu-curate-demo", show_default=True, help="Output folder.")
 @click.option("--rows", default=200_000, show_default=True, type=click.IntRange(min=100))
-@click.option("--t", "t", default="200", show_default=True)
+@click.option("--t", "t", default=None, help="Threshold (default: rows / 1000).")
 @click.option("--seed", default="0", show_default=True)
 @click.option(
     "--backend", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True
@@ -186,7 +186,8 @@ def demo(out, rows, t, seed, backend, overwrite, quiet):
     from .demo import run_demo
     from .pipeline import check_seed, check_t
 
-    run_demo(out, rows, check_t(t), check_seed(seed), backend, overwrite, quiet, click.echo)
+    t = check_t(t if t is not None else max(1, rows // 1000))
+    run_demo(out, rows, t, check_seed(seed), backend, overwrite, quiet, click.echo)
 
 
 # --- subcommands registered by their modules (one line each) ---

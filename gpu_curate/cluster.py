@@ -81,7 +81,7 @@ def open_client(
             n_workers=n,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.CRITICAL,
         )
     else:
@@ -89,7 +89,7 @@ def open_client(
             n_workers=1,
             threads_per_worker=n,
             processes=False,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.CRITICAL,
         )
     kind = "local-processes" if processes else "local-threads"

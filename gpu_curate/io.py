@@ -157,8 +157,14 @@ def parquet_rows(path: str) -> int:
         raise CurateError(f"cannot read Parquet file {path}: {exc}") from None
 
 
-def read_part(part: Part, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read the rows of one part as an Arrow table (host memory)."""
+def read_part(
+    part: Part, columns: Sequence[str] | None = None, header_names: Sequence[str] = ()
+) -> pa.Table:
+    """Read the rows of one part as an Arrow table (host memory).
+
+    ``header_names``: column names (e.g. the requested text and id columns) whose presence
+    on a CSV/TSV file's first line marks it as a header.
+    """
     f = part.file
     try:
         with fsspec.open(f.path, "rb", compression="infer") as fh:
@@ -168,7 +174,7 @@ def read_part(part: Part, columns: Sequence[str] | None = None) -> pa.Table:
             elif f.format == "jsonl":
                 table = pajson.read_json(fh)
             else:
-                table = _read_delimited(fh, f.format)
+                table = _read_delimited(fh, f.format, header_names)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError) as exc:
         raise CurateError(f"cannot read {f.path}: {str(exc).splitlines()[0]}") from None
     if columns is not None and f.format != "parquet":
@@ -199,16 +205,22 @@ def _parquet_range(pf: pq.ParquetFile, start: int, end: int | None, columns) -> 
     return table.slice(start - first, end - start)
 
 
-def _read_delimited(fh, fmt: str) -> pa.Table:
+def _read_delimited(fh, fmt: str, header_names: Sequence[str] = ()) -> pa.Table:
     # A header is recognised by a first line whose fields name a known text column;
     # otherwise columns are named f0, f1, ... (CC3M's caption<TAB>url has no header).
     head = fh.read(1 << 16)
     fh.seek(0)
     delimiter = "\t" if fmt == "tsv" else ","
     first = head.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r").split(delimiter)
-    has_header = any(c in TEXT_COLUMN_CANDIDATES for c in first)
+    known = set(TEXT_COLUMN_CANDIDATES) | {c for c in header_names if c}
+    has_header = any(c.strip('"') in known for c in first)
     read = pacsv.ReadOptions(autogenerate_column_names=not has_header, block_size=1 << 24)
-    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char=False if fmt == "tsv" else '"')
+    # Quoted captions may hold line breaks (valid CSV), which need the slower parser mode.
+    parse = pacsv.ParseOptions(
+        delimiter=delimiter,
+        quote_char=False if fmt == "tsv" else '"',
+        newlines_in_values=fmt != "tsv",
+    )
     convert = pacsv.ConvertOptions(strings_can_be_null=False)
     return pacsv.read_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
 

@@ -145,7 +145,7 @@ def _match_task(part: Part, step: MatchStep, out: str, resume: bool, threads: in
         _, values = csr_of(ids)
         return stats, partition_counts(values, len(step.metadata))
     _numba_threads(threads)
-    table = read_part(part)
+    table = read_part(part, header_names=(step.text_column, step.id_column))
     where = part.file.path
     matched, stats, counts = step.run(table, part.file.relpath, part.row_start, where)
     stats = {"part": name, "file": part.file.relpath, "row_start": part.row_start, **stats}
@@ -416,7 +416,12 @@ def balance_matched(
     with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
         report = _header(opts, info, be.name)
         report.update(pool)
-        report.update({"t": t, "seed": seed, "matched_dir": matched_dir})
+        where = (
+            mfs.unstrip_protocol(mpath)
+            if mfs.protocol not in ("file", ("file", "local"))
+            else mpath
+        )
+        report.update({"t": t, "seed": seed, "matched_dir": where})
         atomic_write_parquet(fs, f"{path}/entry_counts.parquet", table)
         atomic_write_bytes(fs, f"{path}/entry_counts.json", counts_json(md, counts))
         report.update(balance_stage(client, matched_dir, counts, t, seed, fs, path, opts))

@@ -250,7 +250,7 @@ def default_sweep(t: float, max_count: int) -> list[float]:
     >>> len(ts), ts[0], ts[8], ts[-1]
     (17, 2.0, 200.0, 20000.0)
     """
-    grid = [float(t) * 10.0**e for e in np.linspace(-2.0, 2.0, 17)]
+    grid = [float(t) * 10.0 ** float(e) for e in np.linspace(-2.0, 2.0, 17)]
     cap = max(2.0 * float(max_count), float(t))
     floor = min(1.0, float(t))
     return sorted({v for v in grid if floor <= v <= cap} | {float(t)})
@@ -497,20 +497,20 @@ def _explanation(run: RunData, s: dict[str, float]) -> str:
     return (
         f"Every text of the pool ({r.get('pool_rows', 0):,} rows) was matched against "
         f"{r.get('metadata_entries', run.entries.size):,} metadata entries (visual concepts); "
-        f"the {r.get('matched_rows', 0):,} texts that contain at least one entry were kept for "
-        f"balancing and the others dropped. The threshold t = {t:,g} caps how many texts any "
-        f"one concept may bring: an entry found in t texts or more (a <em>head</em> entry; "
-        f"{s['head_entries_before']:,} here) keeps each of its texts with probability "
-        f"t / count, so about t of them survive, while an entry found in fewer texts (the "
+        f"the {r.get('matched_rows', 0):,} texts that contain at least one entry go on to "
+        f"balancing. The threshold t = {t:,g} caps how many texts any one concept may "
+        f"bring: an entry found in t texts or more (a <em>head</em> entry; "
+        f"{s['head_entries_before']:,} here) draws each of its texts with probability "
+        f"t / count, about t in all, while an entry found in fewer texts (the "
         f"<em>tail</em>, {s['tail_entries_before']:,} entries) keeps all of them. A text "
-        f"survives when any of its entries keeps it, which is why a head entry can end a "
-        f"little above t. The effect is a flatter, more diverse distribution: tail entries "
-        f"held {100 * s['tail_share_before']:.1f}% of the matches before and "
-        f"{100 * s['tail_share_after']:.1f}% after, and the result has "
-        f"{r['curated_rows']:,} rows (expected {r['expected_curated_rows']:,.1f}). A smaller t "
-        f"gives a smaller, more balanced set; a t above the largest count keeps every "
-        f"matched text. The draws depend only on (seed, text uid, entry), so the same "
-        f"inputs, t and seed always give the same set."
+        f"survives when any of its entries draws it, so a head entry also keeps the texts it "
+        f"shares with other entries and can end above t. The result is flatter and more "
+        f"diverse: tail entries held {100 * s['tail_share_before']:.1f}% of the matches "
+        f"before and {100 * s['tail_share_after']:.1f}% after, in "
+        f"{r['curated_rows']:,} curated rows (expected {r['expected_curated_rows']:,.1f}). "
+        f"A smaller t gives a smaller, more balanced set; a t above the largest count keeps "
+        f"every matched text. The draws depend only on (seed, text uid, entry), so the same "
+        f"pool, metadata, t and seed always give the same set."
     )
 
 

@@ -63,6 +63,7 @@ class MatchStep:
                     f"{', '.join(table.column_names)}"
                 )
             uids = value_uids(table.column(self.id_column), self.id_column)
+            _check_unique(uids, table.column(self.id_column), self.id_column, where)
         else:
             uids = position_uids(relpath, row_start, n)
         row_offsets, ids = match_arrow(texts, self.metadata, be)
@@ -87,6 +88,18 @@ class MatchStep:
             "matches": int(ids.size),
         }
         return out, stats, counts
+
+
+def _check_unique(uids: np.ndarray, column, name: str, where: str) -> None:
+    # Within a part; the ids must be unique over the pool, which a part alone cannot see.
+    order = np.argsort(uids, kind="stable")
+    same = np.flatnonzero(uids[order][1:] == uids[order][:-1])
+    if same.size:
+        i, j = int(order[same[0]]), int(order[same[0] + 1])
+        raise CurateError(
+            f"{where}: id column {name!r} has duplicate values ({column[i].as_py()!r} at rows "
+            f"{i} and {j}); ids must be unique"
+        )
 
 
 def csr_of(entry_ids: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,15 @@ would leave it: space, tab, LF and CR end a token (two separators in a row give 
 token); each of the seven wrap characters ``, . ; : ? ! ` `` ends the current token and is a
 token of its own. An entry matches when its tokens occur as a contiguous run.
 
+Per row, in two steps that both backends share:
+
+1. ``tokenize_row`` cuts the row into tokens and looks each one up in the vocabulary table
+   (one pass over the text; the keys are made first and probed in a separate tight loop
+   so the CPU overlaps the probes' cache misses);
+2. ``walk_row`` finds the entry occurrences from those looked-up tokens: a one-token entry
+   straight from the token's info, longer entries by walking the trie of entry token
+   sequences; ``sort_unique`` then makes each row's ids a sorted set.
+
 Lookup tables (built by ``kernels/tables.py``):
 
 * ``vt`` (uint64, shape (vslots, 4)): open-addressing table of every token that occurs in a
@@ -19,6 +28,9 @@ Lookup tables (built by ``kernels/tables.py``):
   (``long_data[long_offset:]``). No hash collision can produce a wrong match.
   ``info`` packs ``entry + 1`` (the one-token entry, or 0) and ``node + 1`` (the trie node
   reached by this token when it starts a longer entry, or 0). The token id is the slot.
+* ``vbloom`` (uint64 bitmap, ~8 bits per vocabulary token): most text tokens are in no
+  entry; one bit test in this small, cache-resident bitmap turns most of them away
+  before the big table is touched (a set bit only means "look in the table").
 * ``et`` (uint64, shape (eslots, 2)): the trie's edges, key ``(node << 32 | token_slot) + 1``
   (exact integer keys) and the child's ``info`` packed the same way.
 """

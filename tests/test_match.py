@@ -174,6 +174,11 @@ HAND_CASES = {
         ["e.g.", "e . g .", "e . g", "3 . 5", "3.5", "a ; b", "g .  3"],
         [1, 2, 3, 5, 6],
     ),
+    "NUL bytes are ordinary bytes": (
+        "a\x00 a \x00 abcdefg\x00",
+        ["a\x00", "a", "\x00", "abcdefg", "abcdefg\x00", "a\x00 a"],
+        [0, 1, 2, 4, 5],
+    ),
     "empty text": ("", ["dog", " , "], []),
     "only separators": (" \t\n\r ", ["dog", ","], []),
 }
@@ -302,6 +307,29 @@ def test_more_than_1000_distinct_matches_in_one_text():
     assert got[0] == expected
     assert got[1] == [1]
     assert got[2] == reference_match(text[:50], entries)
+
+
+def test_rows_of_wrap_chars_only():
+    # A wrap character makes two tokens (an empty one and itself): these rows fill the
+    # kernel's per-row token scratch (2 * bytes + 1) exactly, back to back.
+    texts = [",,,", "", ".", ",.;:?!`", "!!", None, "?", "``` `", ",", ", ,"] * 20
+    entries = [",", ".", " , ", "! !", "!  !", "` `", "`  `", " ` ", "? ", " ?", ", ,"]
+    expected = [reference_match(t, entries) for t in texts]
+    assert any(expected)
+    assert_rows_equal(texts, cpu_lists(texts, entries), expected)
+
+
+def test_bytes_under_a_null_are_not_read():
+    # Arrow lets a null slot span bytes; the row must still match nothing.
+    data = b"dogcatdog"
+    offsets = np.array([0, 3, 6, 9], np.int32).tobytes()
+    validity = bytes([0b101])  # row 1 ("cat") is null
+    arr = pa.Array.from_buffers(
+        pa.string(), 3, [pa.py_buffer(validity), pa.py_buffer(offsets), pa.py_buffer(data)], 1
+    )
+    assert arr.to_pylist() == ["dog", None, "dog"]
+    assert cpu_lists(arr, ["dog", "cat"]) == [[0], [], [0]]
+    assert cpu_lists(arr.slice(1), ["dog", "cat"]) == [[], [0]]
 
 
 def test_many_rows():

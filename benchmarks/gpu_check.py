@@ -1,0 +1,371 @@
+#!/usr/bin/env python
+"""GPU check without cuDF: the CUDA kernel against the CPU kernel, plus GPU speed.
+
+For a CUDA machine with CuPy, Numba and numba-cuda (cuDF not needed; DESIGN.md section 7).
+In well under 3 minutes it:
+
+1. builds ``--rows`` real texts (the LAION alt-texts replicated, default 1,000,000);
+2. matches them on the CPU (all threads) and on the GPU, and compares the CSR arrays
+   (row_offsets and entry_ids) exactly; also the device string hash ``hash_rows``;
+3. times the GPU kernel alone (data already on the device, after a warm-up) and
+   including the host-to-device copy, beside the CPU of the same machine;
+4. checks ``gpu_curate.balance`` on the device against the host, when that module exists.
+
+Prints a compact summary ending in ``RESULT: PASS`` or ``RESULT: FAIL`` (exit 0 / 1;
+exit 2 when it cannot run).
+
+Data: ``--data DIR`` (default ../shared/data next to the repository), or explicit
+``--laion PATH --metadata PATH`` (a machine that only has the repository copy).
+
+Without a GPU, ``--simulate`` runs the same code under the Numba CUDA simulator with NumPy
+standing in for CuPy (slow: use a few hundred rows)::
+
+    python benchmarks/gpu_check.py --simulate --rows 200
+    python benchmarks/gpu_check.py --laion laion.parquet --metadata metadata.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+LAION = "captions/laion_alt_text_10k.parquet"
+METADATA = "metadata/metadata_proxy_en.json"
+NO_CUPY = "cupy not installed: run this on a CUDA machine (or try --simulate --rows 200)"
+
+
+class CheckError(Exception):
+    """The check cannot run here (one line says why)."""
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
+    ap.add_argument("--laion", type=Path, help=f"LAION parquet, or a tsv (default DATA/{LAION})")
+    ap.add_argument("--metadata", type=Path, help=f"metadata .json/.txt (default DATA/{METADATA})")
+    ap.add_argument("--rows", type=int, default=1_000_000, help="texts (default 1,000,000)")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions (best is reported)")
+    ap.add_argument("--t", type=float, default=None, help="balancing threshold (default: auto)")
+    ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    ap.add_argument(
+        "--simulate",
+        action="store_true",
+        help="no GPU: run the CUDA kernels under the Numba CUDA simulator with NumPy",
+    )
+    return ap.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- device
+
+
+class Device:
+    """The array module (CuPy, or NumPy under the simulator) and how to wait for it."""
+
+    def __init__(self, simulate: bool) -> None:
+        self.simulate = simulate
+        if simulate:
+            if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+                if "numba" in sys.modules:
+                    raise CheckError("--simulate needs NUMBA_ENABLE_CUDASIM=1 before numba loads")
+                os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+            import warnings
+
+            import numpy
+
+            # uint64 hashing wraps around on purpose; the simulator does it as NumPy scalars.
+            warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+            self.xp = numpy
+            self.name = "Numba CUDA simulator (NumPy stands in for CuPy)"
+            return
+        try:
+            import cupy
+        except ImportError:
+            raise CheckError(NO_CUPY) from None
+        try:
+            n = cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # no driver, no device
+            raise CheckError(f"CuPy sees no CUDA device ({type(exc).__name__}: {exc})") from None
+        if n < 1:
+            raise CheckError("CuPy sees no CUDA device")
+        from numba import cuda
+
+        if not cuda.is_available():
+            raise CheckError("numba.cuda sees no CUDA device (is numba-cuda installed?)")
+        self.xp = cupy
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        self.name = name.decode() if isinstance(name, bytes) else str(name)
+        self.name += f", {props['totalGlobalMem'] / 2**30:.0f} GiB, CuPy {cupy.__version__}"
+
+    def sync(self) -> None:
+        if not self.simulate:
+            self.xp.cuda.Device().synchronize()
+
+    def host(self, a):
+        import numpy as np
+
+        return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def timed(dev: Device, reps: int, fn):
+    """(best seconds over reps, last result), synchronising the device around each call."""
+    best = float("inf")
+    out = None
+    for _ in range(max(1, reps)):
+        dev.sync()
+        t0 = time.perf_counter()
+        out = fn()
+        dev.sync()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def read_texts(path: Path) -> list[str]:
+    """The ``TEXT`` column of a parquet file, or the first column of a tsv/txt file."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return [t for t in pq.read_table(path, columns=["TEXT"]).column("TEXT").to_pylist() if t]
+    lines = path.read_text(encoding="utf-8").split("\n")
+    return [ln.split("\t", 1)[0] for ln in lines if ln]
+
+
+def load_inputs(args):
+    import pyarrow as pa
+
+    from gpu_curate.metadata import Metadata
+
+    laion = args.laion or args.data / LAION
+    meta = args.metadata or args.data / METADATA
+    for p, flag in ((laion, "--laion"), (meta, "--metadata")):
+        if not p.is_file():
+            raise CheckError(f"not found: {p} (pass --data DIR, or {flag} PATH)")
+    base = read_texts(laion)
+    if not base:
+        raise CheckError(f"no texts in {laion}")
+    texts = (base * (args.rows // len(base) + 1))[: args.rows]
+    # Some nulls, so that the validity bitmap is exercised too.
+    texts = [None if i % 997 == 13 else t for i, t in enumerate(texts)]
+    nbytes = sum(len(t.encode()) for t in texts if t is not None)
+    arr = pa.array(texts, pa.string() if nbytes < 2**31 - 1 else pa.large_string())
+    return arr, nbytes, Metadata.from_file(meta), laion, meta
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def compare_csr(arr, cpu, gpu) -> tuple[bool, str]:
+    """Exact equality of two CSRs; on a difference, the first differing row."""
+    import numpy as np
+
+    (c_ro, c_ids), (g_ro, g_ids) = cpu, gpu
+    if g_ro.dtype != np.int64 or g_ids.dtype != np.int32:
+        return False, f"GPU dtypes {g_ro.dtype}/{g_ids.dtype}, expected int64/int32"
+    if np.array_equal(c_ro, g_ro) and np.array_equal(c_ids, g_ids):
+        return True, f"{len(c_ids):,} ids in {len(c_ro) - 1:,} rows identical"
+    n = min(len(c_ro), len(g_ro)) - 1
+    for i in range(n):
+        a = c_ids[c_ro[i] : c_ro[i + 1]]
+        b = g_ids[g_ro[i] : g_ro[i + 1]]
+        if not np.array_equal(a, b):
+            text = arr[i].as_py()
+            return False, (
+                f"row {i} differs: text={text!r:.200} cpu={a.tolist()[:20]} gpu={b.tolist()[:20]}"
+            )
+    return False, f"row counts differ: cpu {len(c_ro) - 1}, gpu {len(g_ro) - 1}"
+
+
+def check_balance(dev: Device, ro, ids, n_entries: int, t: float | None = None):
+    """PLACEHOLDER until gpu_curate.balance settles: device vs host balancing.
+
+    Returns None when ``gpu_curate.balance`` does not exist; else a dict with ``ok`` and a
+    ``detail`` line. Checks that the device (CuPy) keep mask, keep probabilities and entry
+    probabilities equal the host (NumPy) ones bit for bit (DESIGN.md section 3).
+    """
+    try:
+        from gpu_curate import balance
+    except ImportError:
+        return None
+    import numpy as np
+
+    xp = dev.xp
+    try:
+        counts = np.bincount(ids, minlength=n_entries).astype(np.int64)
+        if t is None:  # a threshold that puts some entries in the head
+            t = float(max(1.0, np.quantile(counts[counts > 0], 0.99))) if counts.any() else 1.0
+        uids = np.arange(len(ro) - 1, dtype=np.uint64) * np.uint64(2654435761)
+        seed = 20230926
+        p_h = balance.entry_probabilities(counts, t)
+        keep_h = balance.keep_mask(ro, ids, uids, p_h, seed)
+        prob_h = balance.keep_probabilities(ro, ids, p_h)
+        d_ro, d_ids, d_uids = xp.asarray(ro), xp.asarray(ids), xp.asarray(uids)
+        p_d = balance.entry_probabilities(xp.asarray(counts), t)
+        secs, keep_d = timed(dev, 1, lambda: balance.keep_mask(d_ro, d_ids, d_uids, p_d, seed))
+        prob_d = balance.keep_probabilities(d_ro, d_ids, p_d)
+        problems = []
+        if not np.array_equal(p_h, dev.host(p_d)):
+            problems.append("entry_probabilities differ")
+        if not np.array_equal(keep_h, dev.host(keep_d)):
+            problems.append(f"keep_mask differs in {int((keep_h != dev.host(keep_d)).sum())} rows")
+        if not np.array_equal(prob_h, dev.host(prob_d)):
+            problems.append("keep_probabilities differ")
+        kept, expected = int(keep_h.sum()), float(prob_h.sum())
+        detail = (
+            f"t={t:g}: kept {kept:,} of {len(keep_h):,} (expected {expected:,.0f}); "
+            f"device keep_mask {secs * 1e3:.1f} ms"
+        )
+        if problems:
+            return {"ok": False, "detail": "; ".join(problems) + " | " + detail}
+        return {"ok": True, "detail": "device == host; " + detail}
+    except Exception as exc:  # report, do not crash the whole check
+        return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run(args) -> dict:
+    if args.simulate and args.rows > 5000:
+        raise CheckError(
+            f"--simulate runs every GPU thread in Python: use --rows 5000 or fewer, not {args.rows}"
+        )
+    dev = Device(args.simulate)  # before numba is imported (simulator switch)
+    import numba
+    import numpy as np
+    from gpu_curate.kernels import cpu as cpu_kernels
+    from gpu_curate.kernels import gpu as gpu_kernels
+
+    from gpu_curate.match import _host_buffers, _match_on_device, device_tables, match_arrow
+
+    res: dict = {"device": dev.name, "rows": args.rows, "simulate": args.simulate}
+    t0 = time.perf_counter()
+    arr, nbytes, md, laion, meta = load_inputs(args)
+    res.update(
+        texts_mb=nbytes / 1e6,
+        entries=len(md),
+        laion=str(laion),
+        metadata=str(meta),
+        load_s=time.perf_counter() - t0,
+    )
+    t0 = time.perf_counter()
+    tables = md.tables
+    res["tables_build_s"] = time.perf_counter() - t0
+    res["tables_mb"] = tables.nbytes / 1e6
+
+    # CPU, all threads.
+    match_arrow(arr[:1000], md, "cpu")  # JIT / cache load
+    threads = numba.config.NUMBA_NUM_THREADS
+    cpu_s, cpu_csr = timed(dev, args.reps, lambda: match_arrow(arr, md, "cpu"))
+    res.update(cpu_threads=threads, cpu_s=cpu_s, cpu_texts_per_s=len(arr) / cpu_s)
+
+    # GPU: tables to the device once, warm-up (JIT), then timed runs.
+    xp = dev.xp
+    offsets, data, validity, bit_offset = _host_buffers(arr)
+    t0 = time.perf_counter()
+    dtables = device_tables(md, xp)
+    dev.sync()
+    res["tables_to_device_s"] = time.perf_counter() - t0
+    warm = arr[: min(len(arr), 256)]
+    t0 = time.perf_counter()
+    _match_on_device(*_host_buffers(warm), md, xp)
+    dev.sync()
+    res["gpu_first_call_s"] = time.perf_counter() - t0
+
+    reps = 1 if args.simulate else args.reps
+    copy_s, gpu_csr = timed(
+        dev, reps, lambda: _match_on_device(offsets, data, validity, bit_offset, md, xp)
+    )
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    d_offsets = xp.asarray(offsets.astype(np.int64) - lo)
+    d_data = xp.asarray(data[lo:hi] if hi > lo else np.zeros(1, np.uint8))
+    d_validity = xp.asarray(validity[bit_offset // 8 :]) if validity.size else xp.zeros(0, np.uint8)
+    kernel_s, kernel_csr = timed(
+        dev,
+        reps,
+        lambda: gpu_kernels.match_rows(d_offsets, d_data, d_validity, bit_offset % 8, dtables, xp),
+    )
+    res.update(
+        gpu_incl_copy_s=copy_s,
+        gpu_incl_copy_texts_per_s=len(arr) / copy_s,
+        gpu_kernel_s=kernel_s,
+        gpu_kernel_texts_per_s=len(arr) / kernel_s,
+        gpu_kernel_gb_per_s=nbytes / kernel_s / 1e9,
+    )
+
+    # Correctness: both GPU runs against the CPU CSR.
+    host_gpu = (dev.host(gpu_csr[0]), dev.host(gpu_csr[1]))
+    ok, detail = compare_csr(arr, cpu_csr, host_gpu)
+    ok2, detail2 = compare_csr(arr, cpu_csr, (dev.host(kernel_csr[0]), dev.host(kernel_csr[1])))
+    res.update(csr_ok=ok and ok2, csr_detail=detail if not ok else detail2)
+
+    seed = np.uint64(0x5EED)
+    h_cpu = cpu_kernels.hash_rows(offsets, data, seed)
+    h_gpu = dev.host(gpu_kernels.hash_rows(d_offsets, d_data, seed, xp))
+    res["hash_ok"] = bool(np.array_equal(h_cpu, h_gpu))
+
+    bal = check_balance(dev, cpu_csr[0], cpu_csr[1], len(md), args.t)
+    res["balance"] = bal
+    res["ok"] = res["csr_ok"] and res["hash_ok"] and (bal is None or bal["ok"])
+    return res
+
+
+def summary(res: dict) -> str:
+    def pf(ok):
+        return "PASS" if ok else "FAIL"
+
+    bal = res["balance"]
+    lines = [
+        f"gpu_check on {res['device']}",
+        f"  input            {res['rows']:,} texts ({res['texts_mb']:.1f} MB) x "
+        f"{res['entries']:,} entries",
+        f"  tables           build {res['tables_build_s']:.2f} s ({res['tables_mb']:.0f} MB), "
+        f"to device {res['tables_to_device_s']:.2f} s, GPU first call (JIT) "
+        f"{res['gpu_first_call_s']:.1f} s",
+        f"  CPU              {res['cpu_texts_per_s']:>14,.0f} texts/s  ({res['cpu_threads']} "
+        f"threads, {res['cpu_s']:.3f} s)",
+        f"  GPU kernel only  {res['gpu_kernel_texts_per_s']:>14,.0f} texts/s  "
+        f"({res['gpu_kernel_s']:.3f} s, {res['gpu_kernel_gb_per_s']:.2f} GB/s of text)",
+        f"  GPU incl. H2D    {res['gpu_incl_copy_texts_per_s']:>14,.0f} texts/s  "
+        f"({res['gpu_incl_copy_s']:.3f} s)",
+        f"  GPU vs CPU       {res['gpu_kernel_texts_per_s'] / res['cpu_texts_per_s']:.1f}x "
+        f"(kernel only), {res['gpu_incl_copy_texts_per_s'] / res['cpu_texts_per_s']:.1f}x "
+        "(incl. copy)",
+        f"  CSR GPU == CPU   {pf(res['csr_ok'])}: {res['csr_detail']}",
+        f"  hash_rows        {pf(res['hash_ok'])}",
+        "  balance          "
+        + ("SKIP (gpu_curate.balance not found)" if bal is None else f"{pf(bal['ok'])}: ")
+        + ("" if bal is None else bal["detail"]),
+        f"RESULT: {pf(res['ok'])}",
+    ]
+    if res["simulate"]:
+        lines.insert(1, "  (simulator: timings are not GPU timings)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        res = run(args)
+    except CheckError as exc:
+        print(f"gpu_check: {exc}", file=sys.stderr)
+        return 2
+    res["total_s"] = time.perf_counter() - t0
+    print(summary(res))
+    print(f"  total            {res['total_s']:.1f} s")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2, default=str))
+    return 0 if res["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
