@@ -97,6 +97,10 @@ class Device:
 
         if not cuda.is_available():
             raise CheckError("numba.cuda sees no CUDA device (is numba-cuda installed?)")
+        import warnings
+
+        # Small warm-up grids trigger Numba's under-utilisation warning; it is expected.
+        warnings.filterwarnings("ignore", message=".*[Gg]rid size.*")
         self.xp = cupy
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         name = props["name"]

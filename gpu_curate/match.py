@@ -110,10 +110,12 @@ def _match_on_device(offsets, data, validity, bit_offset, md, xp):
 
     lo = int(offsets[0]) if len(offsets) else 0
     hi = int(offsets[-1]) if len(offsets) else 0
-    d_offsets = xp.asarray(offsets.astype(np.int64) - lo)
-    d_data = xp.asarray(data[lo:hi] if hi > lo else np.zeros(1, np.uint8))
+    # xp.array copies: to the device with CuPy, and off Arrow's read-only memory under the
+    # simulator (NumPy), whose kernels write their arguments back.
+    d_offsets = xp.array(offsets.astype(np.int64) - lo)
+    d_data = xp.array(data[lo:hi] if hi > lo else np.zeros(1, np.uint8))
     if validity.size:
-        d_validity = xp.asarray(validity[bit_offset // 8 :])
+        d_validity = xp.array(validity[bit_offset // 8 :])
         bit_offset = bit_offset % 8
     else:
         d_validity = xp.zeros(0, np.uint8)

@@ -84,6 +84,16 @@ def test_shared_captions_chunked_large_and_sliced(laion_texts, proxy_metadata, p
     assert_rows_equal(texts[1234:2011], cpu_lists(sliced, proxy_metadata), expected[1234:2011])
 
 
+def test_references_agree(laion_texts, proxy_entries):
+    """The Aho-Corasick reference equals the literal definition (checks the checker)."""
+    entries = proxy_entries[:3000] + [e for e in proxy_entries if " " in e][:3000]
+    entries += [",", " , ", "rock , paper", " dog", "dog ", "a  b", "Washington, D.C."]
+    texts = laion_texts[:300] + [text for text, _, _ in HAND_CASES.values()]
+    ac = AhoCorasickReference(entries)
+    assert [ac(t) for t in texts] == [reference_match(t, entries) for t in texts]
+    assert sum(len(ac(t)) for t in texts) > 100
+
+
 # ----------------------------------------------------------------------------- hand cases
 
 WASHINGTON = [
@@ -330,6 +340,20 @@ def test_bytes_under_a_null_are_not_read():
     assert arr.to_pylist() == ["dog", None, "dog"]
     assert cpu_lists(arr, ["dog", "cat"]) == [[0], [], [0]]
     assert cpu_lists(arr.slice(1), ["dog", "cat"]) == [[], [0]]
+
+
+def test_read_only_buffers(tmp_path):
+    # Memory-mapped Arrow IPC files give immutable buffers (read-only NumPy views).
+    import pyarrow.ipc as ipc
+
+    path = tmp_path / "texts.arrow"
+    with ipc.new_file(path, pa.schema([("t", pa.large_string())])) as w:
+        w.write_table(pa.table({"t": pa.array(ROWS, pa.large_string())}))
+    with pa.memory_map(str(path)) as source:
+        col = ipc.open_file(source).read_all().column("t")
+        assert not col.chunk(0).buffers()[2].is_mutable
+        assert cpu_lists(col, ENTRIES) == ROWS_EXPECTED
+        assert cpu_lists(col.slice(3, 11), ENTRIES) == ROWS_EXPECTED[3:14]
 
 
 def test_many_rows():

@@ -247,8 +247,9 @@ def test_balance_output_finds_its_relative_matched_dir(demo, tmp_path, monkeypat
     )
     assert res.exit_code == 0, res.output
     bal = work / "bal"
-    assert json.loads((bal / "report.json").read_text())["matched_dir"] == "demo/result"
-    # From another cwd the recorded relative path only resolves via bal's parent.
+    # The matched dataset is recorded as an absolute path, so any cwd finds it.
+    recorded = json.loads((bal / "report.json").read_text())["matched_dir"]
+    assert recorded == str((work / "demo" / "result").resolve())
     monkeypatch.chdir(tmp_path)
     files = write_report(bal)
     assert sorted(files.images) == sorted(PLOT_NAMES) and not files.notes
