@@ -245,9 +245,9 @@ def run(args) -> dict:
     dev = Device(args.simulate)  # before numba is imported (simulator switch)
     import numba
     import numpy as np
+
     from gpu_curate.kernels import cpu as cpu_kernels
     from gpu_curate.kernels import gpu as gpu_kernels
-
     from gpu_curate.match import _host_buffers, _match_on_device, device_tables, match_arrow
 
     res: dict = {"device": dev.name, "rows": args.rows, "simulate": args.simulate}
@@ -289,9 +289,10 @@ def run(args) -> dict:
         dev, reps, lambda: _match_on_device(offsets, data, validity, bit_offset, md, xp)
     )
     lo, hi = int(offsets[0]), int(offsets[-1])
-    d_offsets = xp.asarray(offsets.astype(np.int64) - lo)
-    d_data = xp.asarray(data[lo:hi] if hi > lo else np.zeros(1, np.uint8))
-    d_validity = xp.asarray(validity[bit_offset // 8 :]) if validity.size else xp.zeros(0, np.uint8)
+    # xp.array copies (to the device; under the simulator off Arrow's read-only memory).
+    d_offsets = xp.array(offsets.astype(np.int64) - lo)
+    d_data = xp.array(data[lo:hi] if hi > lo else np.zeros(1, np.uint8))
+    d_validity = xp.array(validity[bit_offset // 8 :]) if validity.size else xp.zeros(0, np.uint8)
     kernel_s, kernel_csr = timed(
         dev,
         reps,

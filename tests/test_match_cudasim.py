@@ -293,7 +293,6 @@ def test_real_laion_and_cc3m_sample(laion_texts, cc3m_texts, proxy_metadata, pro
 @pytest.mark.parametrize("seed", [0, 7, 2**63 + 5, 2**64 - 1])
 def test_device_hash_rows_equals_cpu(seed):
     from gpu_curate.kernels import cpu, gpu
-
     from gpu_curate.match import _host_buffers
 
     texts = ["", "a", "dog", "café 東京 😀", LONG, LONG + "q", "x" * 300, "dog "] + [
