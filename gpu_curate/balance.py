@@ -38,6 +38,7 @@ __all__ = [
     "array_module",
     "entry_probabilities",
     "fmix64",
+    "fmix64_array",
     "pair_hashes",
     "pair_uniforms",
     "keep_mask",
@@ -285,6 +286,20 @@ def _fmix64_inplace(h: Any, xp: ModuleType) -> Any:
     h *= xp.uint64(_FMIX_C2)
     h ^= h >> s33
     return h
+
+
+def fmix64_array(h: Any) -> Any:
+    """Murmur3's 64-bit finalizer applied in place to a uint64 NumPy or CuPy array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> hex(int(fmix64_array(np.array([1], np.uint64))[0]))
+    '0xb456bcfc34c2cb2c'
+    """
+    xp = array_module(h)
+    with _wrap_ok(xp):
+        return _fmix64_inplace(h, xp)
 
 
 def _stream_key(seed: int, stream: int) -> int:

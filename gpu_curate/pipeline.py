@@ -10,6 +10,7 @@ previous, interrupted run completed.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -132,18 +133,29 @@ def _numba_threads(threads: int) -> None:
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
+def _finished_part(fs, data_path: str, stats_path: str, n_entries: int):
+    """(stats, entry counts) of a part a previous run completed, or None.
+
+    The stats file is written after the data file, so its presence means the part is
+    whole; the counts are the bincount of the part's own ``entry_ids``.
+    """
+    if not (fs.exists(stats_path) and fs.exists(data_path)):
+        return None
+    with fs.open(stats_path, "rb") as fh:
+        stats = json.load(fh)
+    with fs.open(data_path, "rb") as fh:
+        ids = pq.read_table(fh, columns=["entry_ids"]).column("entry_ids")
+    _, values = csr_of(ids, data_path)
+    return stats, partition_counts(values, n_entries)
+
+
 def _match_task(part: Part, step: MatchStep, out: str, resume: bool, threads: int):
     fs, _ = fsspec.core.url_to_fs(out)
     name = f"part-{part.index:05d}"
     data_path = f"{out}/{MATCHED}/{name}.parquet"
     stats_path = f"{out}/{MATCHED}/_parts/{name}.json"
-    if resume and fs.exists(stats_path) and fs.exists(data_path):
-        with fs.open(stats_path, "rb") as fh:
-            stats = json.load(fh)
-        with fs.open(data_path, "rb") as fh:
-            ids = pq.read_table(fh, columns=["entry_ids"]).column("entry_ids")
-        _, values = csr_of(ids)
-        return stats, partition_counts(values, len(step.metadata))
+    if resume and (done := _finished_part(fs, data_path, stats_path, len(step.metadata))):
+        return done
     _numba_threads(threads)
     table = read_part(part, header_names=(step.text_column, step.id_column))
     where = part.file.path
@@ -159,29 +171,23 @@ def _balance_task(src: str, name: str, step: BalanceStep, out: str, resume: bool
     fs, _ = fsspec.core.url_to_fs(out)
     data_path = f"{out}/{CURATED}/{name}.parquet"
     stats_path = f"{out}/{CURATED}/_parts/{name}.json"
-    counts_path = f"{out}/{CURATED}/_parts/{name}.counts.npy"
-    if resume and fs.exists(stats_path) and fs.exists(data_path) and fs.exists(counts_path):
-        with fs.open(stats_path, "rb") as fh:
-            stats = json.load(fh)
-        with fs.open(counts_path, "rb") as fh:
-            return stats, np.load(fh)
+    if resume and (done := _finished_part(fs, data_path, stats_path, step.p.shape[0])):
+        return done
     sfs, _ = fsspec.core.url_to_fs(src)
     with sfs.open(src, "rb") as fh:
         table = pq.read_table(fh)
     kept, stats, counts = step.run(table)
     stats = {"part": name, **stats}
     atomic_write_parquet(fs, data_path, kept)
-    import io as _io
-
-    buf = _io.BytesIO()
-    np.save(buf, counts)
-    atomic_write_bytes(fs, counts_path, buf.getvalue())
-    atomic_write_json(fs, stats_path, stats)
+    atomic_write_json(fs, stats_path, stats)  # written last: marks the part complete
     return stats, counts
 
 
-def _compute(client, stats_tasks: list, counts_total, opts: Options):
-    futures = client.compute([stats_tasks, counts_total])
+def _compute(client, results: list, n_entries: int, opts: Options):
+    """Run the part tasks; return their stats and the tree-summed entry counts."""
+    stats_tasks = [dask.delayed(operator.itemgetter(0), pure=True)(r) for r in results]
+    counts_tasks = [dask.delayed(operator.itemgetter(1), pure=True)(r) for r in results]
+    futures = client.compute([stats_tasks, sum_counts(counts_tasks, n_entries)])
     if not opts.quiet:
         from distributed import progress
 
@@ -229,9 +235,7 @@ def match_stage(client, info: ClusterInfo, inputs, metadata: Metadata, fs, out, 
         dask.delayed(_match_task, pure=False)(p, md_future, out, opts.resume, threads)
         for p in parts
     ]
-    stats_tasks = [dask.delayed(lambda r: r[0], pure=True)(r) for r in results]
-    counts_tasks = [dask.delayed(lambda r: r[1], pure=True)(r) for r in results]
-    stats, counts = _compute(client, stats_tasks, sum_counts(counts_tasks, len(metadata)), opts)
+    stats, counts = _compute(client, results, len(metadata), opts)
     _success(fs, f"{out}/{MATCHED}", stats, "rows_written")
     atomic_write_parquet(fs, f"{out}/entry_counts.parquet", counts_table(metadata, counts))
     atomic_write_bytes(fs, f"{out}/entry_counts.json", counts_json(metadata, counts))
@@ -277,10 +281,8 @@ def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: 
         )  # fmt: skip
         for p in parts
     ]
-    stats_tasks = [dask.delayed(lambda r: r[0], pure=True)(r) for r in results]
-    counts_tasks = [dask.delayed(lambda r: r[1], pure=True)(r) for r in results]
     _say(opts, f"balancing {len(parts)} parts (t={t:g}, seed={seed})")
-    stats, kept_counts = _compute(client, stats_tasks, sum_counts(counts_tasks, len(counts)), opts)
+    stats, kept_counts = _compute(client, results, len(counts), opts)
     _success(fs, f"{out}/{CURATED}", stats, "curated_rows")
     return {
         "curated_rows": _sum(stats, "curated_rows"),
@@ -295,15 +297,21 @@ def _finish(fs, out, metadata: Metadata, report: dict, kept_counts, opts: Option
     atomic_write_parquet(
         fs, f"{out}/curated_entry_counts.parquet", counts_table(metadata, kept_counts)
     )
-    report = {k: v for k, v in report.items() if not k.startswith("_")}
-    report["version"] = __version__
-    atomic_write_json(fs, f"{out}/report.json", report)  # last: the run is complete
+    report = _write_report(fs, out, report)
     _say(
         opts,
         f"pool {report.get('pool_rows', 0):,} rows -> matched {report.get('matched_rows', 0):,}"
         f" -> curated {report['curated_rows']:,} (expected {report['expected_curated_rows']:,.1f})"
         f"; wrote {out}",
     )
+    return report
+
+
+def _write_report(fs, out: str, report: dict) -> dict:
+    """Write report.json (its public keys and the version): last, it marks the run complete."""
+    report = {k: v for k, v in report.items() if not k.startswith("_")}
+    report["version"] = __version__
+    atomic_write_json(fs, f"{out}/report.json", report)
     return report
 
 
@@ -362,19 +370,15 @@ def curate(
         report = _header(opts, info, be.name)
         report.update(match_stage(client, info, inputs, md, fs, path, opts))
         counts = report["_counts"]
-        report.update({"t": t, "seed": seed})
         if match_only:
-            report.pop("t")
-            report.pop("seed")
-            report = {k: v for k, v in report.items() if not k.startswith("_")}
-            report["version"] = __version__
-            atomic_write_json(fs, f"{path}/report.json", report)
+            report = _write_report(fs, path, report)
             _say(
                 opts,
                 f"pool {report['pool_rows']:,} rows -> matched "
                 f"{report['matched_rows']:,}; wrote {out}",
             )
             return report
+        report.update({"t": t, "seed": seed})
         report.update(balance_stage(client, out, counts, t, seed, fs, path, opts))
         return _finish(fs, path, md, report, report["_kept_counts"], opts)
 

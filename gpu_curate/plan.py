@@ -23,12 +23,12 @@ from typing import Any, NamedTuple
 import click
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import balance
 from .backend import BACKENDS, BackendError, resolve
 from .errors import CurateError
+from .steps import list_chunk_csr
 
 __all__ = [
     "TargetT",
@@ -55,26 +55,6 @@ def _matched_files(matched_dir: str | Path) -> list[Path]:
     if not files:
         raise CurateError(f"{sub} holds no .parquet files")
     return files
-
-
-def _list_chunk_csr(chunk: pa.Array, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(row lengths, values) of one list chunk, honouring its slice offset and nulls."""
-    if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)):
-        raise CurateError(f"{where}: entry_ids must be a list of integers, got {chunk.type}")
-    if not pa.types.is_integer(chunk.type.value_type):
-        raise CurateError(f"{where}: entry_ids must be a list of integers, got {chunk.type}")
-    if chunk.null_count:
-        # A null list may own a non-empty child segment: go through flatten(), which
-        # skips it, and count it as a row without entries.
-        lengths = pc.list_value_length(chunk).fill_null(0).to_numpy().astype(np.int64)
-        values = chunk.flatten()
-    else:
-        offs = chunk.offsets.to_numpy().astype(np.int64)
-        lengths = np.diff(offs)
-        values = chunk.values.slice(int(offs[0]), int(offs[-1] - offs[0]))
-    if values.null_count:
-        raise CurateError(f"{where}: entry_ids contains null ids")
-    return lengths, values.to_numpy(zero_copy_only=False)
 
 
 def load_matched_csr(
@@ -119,7 +99,7 @@ def load_matched_csr(
             raise CurateError(f"{f}: missing column(s) {', '.join(missing)}")
         table = pq.read_table(f, columns=columns)
         for chunk in table.column("entry_ids").chunks:
-            ln, vals = _list_chunk_csr(chunk, str(f))
+            ln, vals = list_chunk_csr(chunk, str(f))
             lengths.append(ln)
             values.append(vals)
         if with_uids:

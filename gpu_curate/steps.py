@@ -102,13 +102,38 @@ def _check_unique(uids: np.ndarray, column, name: str, where: str) -> None:
         )
 
 
-def csr_of(entry_ids: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(row_offsets int64, values int32) of a list<int32> column, without Python loops."""
-    if isinstance(entry_ids, pa.ChunkedArray):
-        entry_ids = entry_ids.combine_chunks() if entry_ids.num_chunks != 1 else entry_ids.chunk(0)
-    offsets = entry_ids.offsets.to_numpy().astype(np.int64)
-    values = entry_ids.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    return offsets, values
+def list_chunk_csr(chunk: pa.Array, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(row lengths, values) of one list chunk, honouring its slice offset and nulls."""
+    if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)):
+        raise CurateError(f"{where}: entry_ids must be a list of integers, got {chunk.type}")
+    if not pa.types.is_integer(chunk.type.value_type):
+        raise CurateError(f"{where}: entry_ids must be a list of integers, got {chunk.type}")
+    if chunk.null_count:
+        # A null list may own a non-empty child segment: go through flatten(), which
+        # skips it, and count it as a row without entries.
+        lengths = pc.list_value_length(chunk).fill_null(0).to_numpy().astype(np.int64)
+        values = chunk.flatten()
+    else:
+        offs = chunk.offsets.to_numpy().astype(np.int64)
+        lengths = np.diff(offs)
+        values = chunk.values.slice(int(offs[0]), int(offs[-1] - offs[0]))
+    if values.null_count:
+        raise CurateError(f"{where}: entry_ids contains null ids")
+    return lengths, values.to_numpy(zero_copy_only=False)
+
+
+def csr_of(
+    entry_ids: pa.ChunkedArray | pa.Array, where: str = "entry_ids"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row_offsets int64 from 0, values int32) of a list column, without Python loops."""
+    chunks = entry_ids.chunks if isinstance(entry_ids, pa.ChunkedArray) else [entry_ids]
+    parts = [list_chunk_csr(c, where) for c in chunks]
+    lengths = [ln for ln, _ in parts]
+    offsets = np.zeros(sum(ln.size for ln in lengths) + 1, np.int64)
+    if lengths:
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+    values = np.concatenate([v for _, v in parts]) if parts else np.zeros(0, np.int32)
+    return offsets, values.astype(np.int32, copy=False)
 
 
 @dataclass(frozen=True)

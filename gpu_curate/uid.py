@@ -13,24 +13,13 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-from .balance import fmix64
+from .balance import fmix64_array
 from .errors import CurateError
 
-_MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 # Distinct domains, so an integer id and a row position never hash alike by construction.
 _INT_DOMAIN = 0x5851F42D4C957F2D
 _STR_SEED = 0x14057B7EF767814F
-
-
-def _fmix64_array(h: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        h ^= h >> np.uint64(33)
-        h *= np.uint64(0xFF51AFD7ED558CCD)
-        h ^= h >> np.uint64(33)
-        h *= np.uint64(0xC4CEB9FE1A85EC53)
-        h ^= h >> np.uint64(33)
-    return h
 
 
 def path_key(relpath: str) -> int:
@@ -52,9 +41,9 @@ def position_uids(relpath: str, row_start: int, n: int) -> np.ndarray:
     rows = np.arange(row_start, row_start + n, dtype=np.uint64)
     with np.errstate(over="ignore"):
         rows += np.uint64(_GOLDEN)
-    h = _fmix64_array(rows)
+    h = fmix64_array(rows)
     h ^= np.uint64(path_key(relpath))
-    return _fmix64_array(h)
+    return fmix64_array(h)
 
 
 def value_uids(column: pa.Array | pa.ChunkedArray, name: str = "id") -> np.ndarray:
@@ -69,7 +58,7 @@ def value_uids(column: pa.Array | pa.ChunkedArray, name: str = "id") -> np.ndarr
     if pa.types.is_integer(t):
         values = column.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64).copy()
         values ^= np.uint64(_INT_DOMAIN)
-        return _fmix64_array(values)
+        return fmix64_array(values)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         from .kernels import cpu
         from .match import _host_buffers
@@ -79,4 +68,4 @@ def value_uids(column: pa.Array | pa.ChunkedArray, name: str = "id") -> np.ndarr
     raise CurateError(f"id column {name!r} is {t}; use an integer or string column")
 
 
-__all__ = ["path_key", "position_uids", "value_uids", "fmix64"]
+__all__ = ["path_key", "position_uids", "value_uids"]

@@ -23,7 +23,7 @@ FUNCTIONS = (
     "next_token",
     "vocab_find",
     "edge_find",
-    "max_tokens",
+    "token_base",
     "tokenize_row",
     "walk_row",
     "sort_unique",

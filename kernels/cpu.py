@@ -7,6 +7,7 @@ from .compile import invalidate_stale_cache, load_rowlogic
 
 invalidate_stale_cache()
 _rl = load_rowlogic(numba.njit(cache=True, nogil=True), "gpu_curate.kernels._rowlogic_cpu")
+token_base = _rl.token_base
 tokenize_row = _rl.tokenize_row
 walk_row = _rl.walk_row
 sort_unique = _rl.sort_unique
@@ -24,7 +25,7 @@ def _match_block(
 ):
     n = r1 - r0
     byte0 = offsets[r0]
-    ntok_max = 2 * (offsets[r1] - byte0) + n
+    ntok_max = token_base(offsets[r1], byte0, n)
     tslot = np.empty(ntok_max, np.int64)
     tinfo = np.empty(ntok_max, np.uint64)
     tstart = np.empty(ntok_max, np.int64)
@@ -35,7 +36,7 @@ def _match_block(
     for ii in numba.prange(n):
         i = r0 + ii
         if is_valid(validity, bit_offset, i):
-            base = 2 * (offsets[i] - byte0) + ii
+            base = token_base(offsets[i], byte0, ii)
             t = tokenize_row(
                 data,
                 offsets[i],
@@ -60,7 +61,7 @@ def _match_block(
         c = counts[ii + 1]
         if c > 0:
             i = r0 + ii
-            base = 2 * (offsets[i] - byte0) + ii
+            base = token_base(offsets[i], byte0, ii)
             walk_row(tslot, tinfo, base, ntok[ii], et, emask, occ, occ_off[ii], True)
             uniq[ii + 1] = sort_unique(occ, occ_off[ii], c)
     row_off = np.cumsum(uniq)

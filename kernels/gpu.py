@@ -12,6 +12,7 @@ from numba import cuda
 from .compile import load_rowlogic
 
 _rl = load_rowlogic(cuda.jit(device=True), "gpu_curate.kernels._rowlogic_cuda")
+token_base = _rl.token_base
 tokenize_row = _rl.tokenize_row
 walk_row = _rl.walk_row
 sort_unique = _rl.sort_unique
@@ -35,7 +36,7 @@ def _tokens_count(
         ntok[ii] = 0
         counts[ii] = 0
         if is_valid(validity, bit_offset, i):
-            base = 2 * (offsets[i] - byte0) + ii
+            base = token_base(offsets[i], byte0, ii)
             t = tokenize_row(
                 data, offsets[i], offsets[i + 1], vt, vmask, vbloom, bmask, long_data,
                 tslot, tinfo, tstart, base,
@@ -52,7 +53,7 @@ def _write_unique(offsets, r0, byte0, et, emask, tslot, tinfo, ntok, counts, occ
         c = counts[ii]
         if c > 0:
             i = r0 + ii
-            base = 2 * (offsets[i] - byte0) + ii
+            base = token_base(offsets[i], byte0, ii)
             walk_row(tslot, tinfo, base, ntok[ii], et, emask, occ, occ_off[ii], True)
             uniq[ii] = sort_unique(occ, occ_off[ii], c)
 
@@ -103,7 +104,7 @@ def match_rows(offsets, data, validity, bit_offset, tables, xp):
         r1 = min(max(r1, r0 + 1), n)
         m = r1 - r0
         byte0 = int(host_offsets[r0])
-        ntok_max = 2 * (int(host_offsets[r1]) - byte0) + m
+        ntok_max = 2 * (int(host_offsets[r1]) - byte0) + m  # token_base(), on the host
         tslot = xp.empty(ntok_max, np.int64)
         tinfo = xp.empty(ntok_max, np.uint64)
         tstart = xp.empty(ntok_max, np.int64)

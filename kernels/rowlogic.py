@@ -171,16 +171,22 @@ def edge_find(et, emask, node, token_slot):
         slot = (slot + U1) & emask
 
 
-def max_tokens(nbytes):
-    """An upper bound on the tokens of a row of nbytes bytes (a wrap byte makes two)."""
-    return 2 * nbytes + 1
+def token_base(row_byte, byte0, row):
+    """Where a row's tokens start in the per-token scratch of a block.
+
+    A row of b bytes has at most 2 * b + 1 tokens, so laying rows out at twice their byte
+    offset (plus one per row) needs no prefix sum; the block's scratch size is the base of
+    the row just past it.
+    """
+    return 2 * (row_byte - byte0) + row
 
 
 def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, tstart, base):
     """Look up every token of the row data[s:e] in the vocabulary table.
 
     Writes the token's table slot (-1 when no entry uses it) to tslot[base + k] and its
-    packed info to tinfo[base + k]; returns the number of tokens (at most max_tokens).
+    packed info to tinfo[base + k]; returns the number of tokens, at most
+    2 * (e - s) + 1 (a wrap byte makes two).
     ``tstart`` is scratch of the same size.
     """
     # First cut the row into token keys, then probe the table in a separate tight loop:

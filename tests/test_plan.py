@@ -129,9 +129,9 @@ def test_load_sliced_and_large_list_chunks(tmp_path):
     offsets, ids, _ = load_matched_csr(tmp_path)
     assert offsets.tolist() == [0, 2, 2, 3, 6] and ids.tolist() == [1, 2, 3, 4, 5, 6]
     # In memory, the sliced chunk itself goes through the same conversion.
-    from gpu_curate.plan import _list_chunk_csr
+    from gpu_curate.steps import list_chunk_csr
 
-    lengths, values = _list_chunk_csr(chunk, "mem")
+    lengths, values = list_chunk_csr(chunk, "mem")
     assert lengths.tolist() == [2, 0, 1, 3] and values.tolist() == [1, 2, 3, 4, 5, 6]
 
 
