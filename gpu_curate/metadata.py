@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -10,6 +11,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from .errors import MetadataError
 
@@ -174,17 +177,87 @@ _TABLES: OrderedDict[str, object] = OrderedDict()
 _TABLES_KEPT = 4
 _TABLES_LOCK = threading.Lock()
 
+CACHE_ENV = "GPU_CURATE_CACHE_DIR"
+
+
+def cache_dir() -> Path | None:
+    """Where compiled tables are kept between runs, or None when caching is off.
+
+    ``$GPU_CURATE_CACHE_DIR`` (``off`` or empty disables it), else
+    ``$XDG_CACHE_HOME/gpu-curate``, else ``~/.cache/gpu-curate``.
+
+    Examples
+    --------
+    >>> cache_dir()  # doctest: +SKIP
+    PosixPath('/home/me/.cache/gpu-curate')
+    """
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off", "0", "none") else Path(value)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gpu-curate"
+
+
+@functools.cache
+def _layout_version() -> str:
+    # The tables' layout and hashing live in these two files: a change to either makes
+    # every cached table stale.
+    from .kernels import rowlogic, tables
+
+    digest = hashlib.sha256()
+    for mod in (rowlogic, tables):
+        digest.update(Path(mod.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _cache_file(metadata: Metadata) -> Path | None:
+    folder = cache_dir()
+    if folder is None:
+        return None
+    return folder / f"tables-{metadata.fingerprint[:32]}-{_layout_version()}.npz"
+
+
+def _load_cached(path: Path | None):
+    if path is None or not path.is_file():
+        return None
+    from .kernels.tables import MatchTables
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return MatchTables.from_arrays({k: z[k] for k in z.files})
+    except Exception:  # noqa: BLE001 - any unreadable, truncated or foreign file
+        return None  # is only a cache miss: rebuild (and overwrite) it
+
+
+def _store_cached(path: Path | None, tables) -> None:
+    if path is None:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **tables.to_arrays())
+        os.replace(tmp, path)  # readers see a whole file or none
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
 
 def compiled_tables(metadata: Metadata):
-    """The lookup tables of ``metadata``, compiled once per process (cached by fingerprint)."""
+    """The lookup tables of ``metadata``: compiled once per process, and kept on disk
+    between runs (see :func:`cache_dir`), both keyed by the metadata's fingerprint."""
     key = metadata.fingerprint
     with _TABLES_LOCK:
         if key in _TABLES:
             _TABLES.move_to_end(key)
             return _TABLES[key]
-        from .kernels.tables import build_tables
+        path = _cache_file(metadata)
+        tables = _load_cached(path)
+        if tables is None or tables.n_entries != len(metadata):
+            from .kernels.tables import build_tables
 
-        tables = build_tables(list(metadata.entries))
+            tables = build_tables(list(metadata.entries))
+            _store_cached(path, tables)
         _TABLES[key] = tables
         while len(_TABLES) > _TABLES_KEPT:
             _TABLES.popitem(last=False)

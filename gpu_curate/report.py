@@ -35,17 +35,18 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import click
 import numpy as np
 import pyarrow.parquet as pq
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from .backend import BACKENDS, BackendError
 from .errors import CurateError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "RunData",
@@ -278,6 +279,10 @@ def t_sweep(
 
 
 def _figure(width: float = 7.5, height: float = 4.5) -> Figure:
+    # matplotlib loads here, not at import: every `gpu-curate` command imports this module.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig

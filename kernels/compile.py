@@ -19,6 +19,7 @@ FUNCTIONS = (
     "fmix64",
     "is_wrap",
     "is_sep",
+    "is_special",
     "token_key",
     "next_token",
     "vocab_find",
@@ -27,6 +28,7 @@ FUNCTIONS = (
     "tokenize_row",
     "walk_row",
     "sort_unique",
+    "_dedupe",
     "is_valid",
     "hash_bytes",
 )

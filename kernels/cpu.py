@@ -1,4 +1,4 @@
-"""CPU build of the matcher: ``rowlogic`` under ``numba.njit``, parallel over rows."""
+"""CPU build of the matcher: ``rowlogic`` under ``numba.njit``, parallel over chunks of rows."""
 
 import numba
 import numpy as np
@@ -7,71 +7,122 @@ from .compile import invalidate_stale_cache, load_rowlogic
 
 invalidate_stale_cache()
 _rl = load_rowlogic(numba.njit(cache=True, nogil=True), "gpu_curate.kernels._rowlogic_cpu")
-token_base = _rl.token_base
 tokenize_row = _rl.tokenize_row
 walk_row = _rl.walk_row
 sort_unique = _rl.sort_unique
 is_valid = _rl.is_valid
 hash_bytes = _rl.hash_bytes
 
-# Rows are matched in blocks of about this many text bytes, so the per-token scratch
-# (24 bytes per possible token) stays a few tens of MB whatever the partition size.
-BLOCK_BYTES = 1 << 18
+# A thread matches a chunk of consecutive rows (about this many text bytes) on its own:
+# the token scratch is one row's worth and stays in L1, and each row's ids go straight to
+# the chunk's stretch of the output.
+CHUNK_BYTES = 1 << 16
+
+
+@numba.njit(cache=True, nogil=True)
+def _match_chunk(
+    offsets, data, validity, bit_offset, r0, r1, vt, vmask, vbloom, bmask, long_data, et,
+    emask, depth, counts, out, lo, hi,
+):  # fmt: skip
+    """Match rows r0..r1 into out[lo:hi]; return the first row that did not fit (r1: all did)."""
+    maxlen = 0
+    for i in range(r0, r1):
+        maxlen = max(maxlen, np.int64(offsets[i + 1] - offsets[i]))
+    m = 2 * maxlen + 1  # a row of b bytes has at most 2b + 1 tokens
+    tslot = np.empty(m, np.int64)
+    tinfo = np.empty(m, np.uint64)
+    tstart = np.empty(m, np.int64)
+    pos = lo
+    for i in range(r0, r1):
+        c = 0
+        if is_valid(validity, bit_offset, i):
+            s = offsets[i]
+            e = offsets[i + 1]
+            k = tokenize_row(
+                data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, tstart, 0
+            )
+            # Each token starts at most ``depth`` occurrences (the longest entry's tokens),
+            # so most rows need no counting walk before writing.
+            if pos + k * depth > hi:
+                need = walk_row(tslot, tinfo, 0, k, et, emask, out, pos, False)
+                if pos + need > hi:
+                    return i
+            occ = walk_row(tslot, tinfo, 0, k, et, emask, out, pos, True)
+            c = sort_unique(out, pos, occ)
+        counts[i] = c
+        pos += c
+    return r1
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_occurrences(
+    offsets, data, validity, bit_offset, r0, r1, vt, vmask, vbloom, bmask, long_data, et, emask
+):  # fmt: skip
+    """Occurrences (repeats included) of rows r0..r1: the exact room they need."""
+    maxlen = 0
+    for i in range(r0, r1):
+        maxlen = max(maxlen, np.int64(offsets[i + 1] - offsets[i]))
+    m = 2 * maxlen + 1
+    tslot = np.empty(m, np.int64)
+    tinfo = np.empty(m, np.uint64)
+    tstart = np.empty(m, np.int64)
+    dummy = np.empty(1, np.int32)
+    total = 0
+    for i in range(r0, r1):
+        if is_valid(validity, bit_offset, i):
+            k = tokenize_row(
+                data, offsets[i], offsets[i + 1], vt, vmask, vbloom, bmask, long_data,
+                tslot, tinfo, tstart, 0,
+            )  # fmt: skip
+            total += walk_row(tslot, tinfo, 0, k, et, emask, dummy, 0, False)
+    return total
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _match_block(
-    offsets, data, validity, bit_offset, r0, r1, vt, vmask, vbloom, bmask, long_data, et, emask
-):
-    n = r1 - r0
-    byte0 = offsets[r0]
-    ntok_max = token_base(offsets[r1], byte0, n)
-    tslot = np.empty(ntok_max, np.int64)
-    tinfo = np.empty(ntok_max, np.uint64)
-    tstart = np.empty(ntok_max, np.int64)
-    ntok = np.zeros(n, np.int64)
-    counts = np.zeros(n + 1, np.int64)
-    dummy = np.empty(1, np.int32)
-    # Pass 1: one read of the text: tokens -> table slots, then count occurrences.
-    for ii in numba.prange(n):
-        i = r0 + ii
-        if is_valid(validity, bit_offset, i):
-            base = token_base(offsets[i], byte0, ii)
-            t = tokenize_row(
-                data,
-                offsets[i],
-                offsets[i + 1],
-                vt,
-                vmask,
-                vbloom,
-                bmask,
-                long_data,
-                tslot,
-                tinfo,
-                tstart,
-                base,
-            )
-            ntok[ii] = t
-            counts[ii + 1] = walk_row(tslot, tinfo, base, t, et, emask, dummy, 0, False)
-    occ_off = np.cumsum(counts)
-    occ = np.empty(occ_off[n], np.int32)
-    uniq = np.zeros(n + 1, np.int64)
-    # Pass 2: write the occurrences (from the cached slots) and make each row a sorted set.
-    for ii in numba.prange(n):
-        c = counts[ii + 1]
-        if c > 0:
-            i = r0 + ii
-            base = token_base(offsets[i], byte0, ii)
-            walk_row(tslot, tinfo, base, ntok[ii], et, emask, occ, occ_off[ii], True)
-            uniq[ii + 1] = sort_unique(occ, occ_off[ii], c)
-    row_off = np.cumsum(uniq)
-    ids = np.empty(row_off[n], np.int32)
-    for ii in numba.prange(n):
-        lo = occ_off[ii]
-        dst = row_off[ii]
-        for j in range(uniq[ii + 1]):
-            ids[dst + j] = occ[lo + j]
-    return uniq[1:], ids
+def _match_chunks(
+    offsets, data, validity, bit_offset, bounds, todo, room, vt, vmask, vbloom, bmask,
+    long_data, et, emask, depth, counts, out, fits,
+):  # fmt: skip
+    for j in numba.prange(todo.shape[0]):
+        c = todo[j]
+        stop = _match_chunk(
+            offsets, data, validity, bit_offset, bounds[c], bounds[c + 1], vt, vmask, vbloom,
+            bmask, long_data, et, emask, depth, counts, out, room[j], room[j + 1],
+        )  # fmt: skip
+        fits[j] = stop == bounds[c + 1]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _exact_room(
+    offsets, data, validity, bit_offset, bounds, todo, vt, vmask, vbloom, bmask, long_data,
+    et, emask,
+):  # fmt: skip
+    need = np.empty(todo.shape[0], np.int64)
+    for j in numba.prange(todo.shape[0]):
+        c = todo[j]
+        need[j] = _chunk_occurrences(
+            offsets, data, validity, bit_offset, bounds[c], bounds[c + 1], vt, vmask, vbloom,
+            bmask, long_data, et, emask,
+        )  # fmt: skip
+    return need
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _gather(out, starts, todo, bounds, row_offsets, ids):
+    for j in numba.prange(todo.shape[0]):
+        c = todo[j]
+        lo = row_offsets[bounds[c]]
+        src = starts[j]
+        for q in range(row_offsets[bounds[c + 1]] - lo):
+            ids[lo + q] = out[src + q]
+
+
+def _chunk_bounds(offsets: np.ndarray) -> np.ndarray:
+    """Row bounds of chunks of about CHUNK_BYTES text bytes (a huge row is a chunk alone)."""
+    n = offsets.shape[0] - 1
+    marks = np.arange(int(offsets[0]) + CHUNK_BYTES, int(offsets[-1]), CHUNK_BYTES)
+    cuts = np.searchsorted(offsets, marks, side="left")
+    return np.unique(np.concatenate([[0], cuts, [n]]).clip(0, n)).astype(np.int64)
 
 
 def match_rows(offsets, data, validity, bit_offset, tables):
@@ -82,24 +133,36 @@ def match_rows(offsets, data, validity, bit_offset, tables):
     and ``bit_offset`` the array's slice offset into that bitmap.
     """
     n = offsets.shape[0] - 1
-    counts = np.zeros(n + 1, np.int64)
-    parts = []
-    r0 = 0
-    while r0 < n:
-        # Rows up to BLOCK_BYTES of text (at least one row, so huge texts still go).
-        r1 = int(np.searchsorted(offsets, offsets[r0] + BLOCK_BYTES, side="right")) - 1
-        r1 = min(max(r1, r0 + 1), n)
-        c, ids = _match_block(
-            offsets, data, validity, bit_offset, r0, r1,
-            tables.vt, tables.vmask, tables.vbloom, tables.bmask, tables.long_data,
-            tables.et, tables.emask,
-        )  # fmt: skip
-        counts[r0 + 1 : r1 + 1] = c
-        parts.append(ids)
-        r0 = r1
-    row_offsets = np.cumsum(counts)
-    entry_ids = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-    return row_offsets, entry_ids
+    counts = np.zeros(n, np.int64)
+    if n == 0:
+        return np.zeros(1, np.int64), np.zeros(0, np.int32)
+    bounds = _chunk_bounds(offsets)
+    depth = max(1, tables.max_tokens)
+    args = (tables.vt, tables.vmask, tables.vbloom, tables.bmask, tables.long_data,
+            tables.et, tables.emask)  # fmt: skip
+    # Round one guesses each chunk's room from its bytes (real text has ~1 id per 20 bytes);
+    # a chunk that overflows is matched again with the exact room its occurrences need.
+    todo = np.arange(bounds.size - 1, dtype=np.int64)
+    nbytes = (offsets[bounds[1:]] - offsets[bounds[:-1]]).astype(np.int64)
+    guess = nbytes // 4 + 256
+    rounds = []
+    while todo.size:
+        room = np.zeros(todo.size + 1, np.int64)
+        np.cumsum(guess, out=room[1:])
+        out = np.empty(room[-1], np.int32)
+        fits = np.zeros(todo.size, np.bool_)
+        _match_chunks(offsets, data, validity, bit_offset, bounds, todo, room, *args, depth,
+                      counts, out, fits)  # fmt: skip
+        rounds.append((out, room[:-1][fits], todo[fits]))
+        todo = todo[~fits]
+        if todo.size:
+            guess = _exact_room(offsets, data, validity, bit_offset, bounds, todo, *args)
+    row_offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=row_offsets[1:])
+    ids = np.empty(row_offsets[-1], np.int32)
+    for out, starts, done in rounds:
+        _gather(out, starts, done, bounds, row_offsets, ids)
+    return row_offsets, ids
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)

@@ -58,6 +58,19 @@ GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 SHORT_FLAG = np.uint64(0x20)
 LONG_FLAG = np.uint64(0x40)
 MAX_SHORT = 15
+# Bits of the bytes below 64 that end a token: \t \n \r space ! , . : ; ?
+SPECIAL_MASK = np.uint64(
+    (1 << 9)
+    | (1 << 10)
+    | (1 << 13)
+    | (1 << 32)
+    | (1 << 33)
+    | (1 << 44)
+    | (1 << 46)
+    | (1 << 58)
+    | (1 << 59)
+    | (1 << 63)
+)
 
 # Tokenizer states.
 NORMAL = 0
@@ -102,6 +115,17 @@ def token_key(data, s, e):
     return fmix64(h), (LONG_FLAG << U56) | np.uint64(length)
 
 
+def is_special(c):
+    """Whether byte c ends a token (a separator or a wrap byte); letters exit on one test."""
+    if c > 96:
+        return False
+    if c == 96:
+        return True
+    if c >= 64:
+        return False
+    return (SPECIAL_MASK >> np.uint64(c)) & U1 == U1
+
+
 def next_token(data, p, end, state):
     """The token at cursor (p, state) of the row data[.., end).
 
@@ -112,8 +136,7 @@ def next_token(data, p, end, state):
         return p, 1, key0, key1, p + 1, NORMAL
     q = p
     while q < end:
-        c = data[q]
-        if is_sep(c) or is_wrap(c):
+        if is_special(data[q]):
             break
         q += 1
     key0, key1 = token_key(data, p, q)
@@ -172,7 +195,9 @@ def edge_find(et, emask, node, token_slot):
 
 
 def token_base(row_byte, byte0, row):
-    """Where a row's tokens start in the per-token scratch of a block.
+    """Where a row's tokens start in the per-token scratch of a GPU tile.
+
+    (The CPU build matches a chunk of rows on one thread and reuses one row's scratch.)
 
     A row of b bytes has at most 2 * b + 1 tokens, so laying rows out at twice their byte
     offset (plus one per row) needs no prefix sum; the block's scratch size is the base of
@@ -254,6 +279,16 @@ def sort_unique(a, lo, n):
     """
     if n <= 1:
         return n
+    if n <= 24:
+        # Most rows have a handful of ids: insertion sort beats the heap there.
+        for j in range(1, n):
+            v = a[lo + j]
+            q = j - 1
+            while q >= 0 and a[lo + q] > v:
+                a[lo + q + 1] = a[lo + q]
+                q -= 1
+            a[lo + q + 1] = v
+        return _dedupe(a, lo, n)
     # Heapify.
     start = n // 2 - 1
     while start >= 0:
@@ -292,6 +327,11 @@ def sort_unique(a, lo, n):
             else:
                 break
         end -= 1
+    return _dedupe(a, lo, n)
+
+
+def _dedupe(a, lo, n):
+    """Drop repeats from the sorted a[lo:lo+n]; return the number left."""
     m = 1
     for j in range(1, n):
         if a[lo + j] != a[lo + m - 1]:

@@ -4,7 +4,7 @@ The tables are plain NumPy arrays (described in ``rowlogic.py``), so the same ta
 the CPU kernel directly and the CUDA kernel after one copy to the device.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numba
 import numpy as np
@@ -33,6 +33,34 @@ class MatchTables:
     @property
     def nbytes(self) -> int:
         return self.vt.nbytes + self.long_data.nbytes + self.et.nbytes
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Every field as a NumPy array (for ``np.savez``)."""
+        return {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "MatchTables":
+        """Inverse of :meth:`to_arrays`; checks the types, so a stale file fails loudly."""
+        t = cls(
+            vt=np.ascontiguousarray(arrays["vt"], np.uint64),
+            vmask=np.uint64(arrays["vmask"]),
+            vbloom=np.ascontiguousarray(arrays["vbloom"], np.uint64),
+            bmask=np.uint64(arrays["bmask"]),
+            long_data=np.ascontiguousarray(arrays["long_data"], np.uint8),
+            et=np.ascontiguousarray(arrays["et"], np.uint64),
+            emask=np.uint64(arrays["emask"]),
+            n_entries=int(arrays["n_entries"]),
+            unmatchable=np.asarray(arrays["unmatchable"], np.int64),
+            max_tokens=int(arrays["max_tokens"]),
+        )
+        ok = (
+            t.vt.ndim == 2 and t.vt.shape[1] == 4 and t.et.ndim == 2 and t.et.shape[1] == 2
+            and int(t.vmask) == t.vt.shape[0] - 1 and int(t.emask) == t.et.shape[0] - 1
+            and int(t.bmask) == t.vbloom.shape[0] * 64 - 1
+        )  # fmt: skip
+        if not ok:
+            raise ValueError("inconsistent match tables")
+        return t
 
 
 def entry_tokens(entry: str) -> list[str] | None:

@@ -9,6 +9,9 @@ The references below are written from DESIGN.md section 2, independently of the 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -25,6 +28,15 @@ PROXY_METADATA = "metadata/metadata_proxy_en.json"
 # The seven characters that spacing() surrounds by spaces, and the three it turns into one.
 WRAP_CHARS = ",.;:?!`"
 SPACE_CHARS = "\t\n\r"
+
+
+def pytest_configure(config):
+    # Compiled metadata tables are cached on disk between runs; tests (and the CLI runs they
+    # start, which inherit the environment) use a private folder, not the user's cache.
+    if "GPU_CURATE_CACHE_DIR" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="gpu-curate-test-cache-")
+        os.environ["GPU_CURATE_CACHE_DIR"] = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 def shared_data(relpath: str) -> Path:

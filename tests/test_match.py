@@ -302,6 +302,42 @@ def test_text_longer_than_a_kernel_block():
     assert_rows_equal(texts, cpu_lists(texts, entries), expected)
 
 
+@pytest.mark.parametrize("chunk_bytes, overflows", [(64, True), (512, True), (1 << 16, False)])
+def test_rows_denser_than_the_output_guess(monkeypatch, chunk_bytes, overflows):
+    # The CPU kernel guesses each chunk's output room from its bytes (one id per 4 bytes,
+    # plus 256). A row's occurrences are written before they are made a set, and
+    # "a b a b ..." starts up to three occurrences on every 2 bytes, so small chunks of it
+    # overflow and go through the exact-room second round, while the sparse rows beside them
+    # fit the guess. Big chunks have room for any of these rows.
+    from gpu_curate.kernels import cpu
+
+    calls = []
+    exact_room = cpu._exact_room
+
+    def spy(*args):
+        calls.append(args[5].size)
+        return exact_room(*args)
+
+    monkeypatch.setattr(cpu, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(cpu, "_exact_room", spy)
+    entries = ["a", "b", "a b", "b a", "a b a", "dog"]
+    rng = random.Random(11)
+    texts = []
+    for i in range(300):
+        kind = rng.randrange(4)
+        if kind == 0:
+            texts.append("a b " * rng.randrange(1, 400))
+        elif kind == 1:
+            texts.append(None)
+        else:
+            texts.append("the dog sat " * rng.randrange(0, 30))
+    expected = [reference_match(t, entries) for t in texts]
+    ro, ids = match_arrow(pa.array(texts), entries, "cpu")
+    check_csr(ro, ids, len(texts))
+    assert_rows_equal(texts, csr_to_lists(ro, ids), expected)
+    assert (sum(calls) > 0) == overflows
+
+
 def test_more_than_1000_distinct_matches_in_one_text():
     words = [f"w{i:04d}" for i in range(1500)]
     entries = ["zzz"] + words + ["w0001 w0002", "not there"]

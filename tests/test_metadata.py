@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SPACE_CHARS, WRAP_CHARS
+from conftest import SPACE_CHARS, WRAP_CHARS, reference_match
 
 from gpu_curate.errors import CurateError, MetadataError
+from gpu_curate.match import match_texts
 from gpu_curate.metadata import Metadata
 
 # ----------------------------------------------------------------------------- validation
@@ -281,3 +282,95 @@ def test_tables_compile_for_shared_proxy(proxy_entries, proxy_metadata):
     expected = [i for i, e in enumerate(proxy_entries) if _unmatchable(e)]
     assert t.unmatchable.tolist() == expected
     assert t.nbytes > 0
+
+
+# ----------------------------------------------------------------------------- table cache
+
+
+def _fresh(entries):
+    """A Metadata whose tables are not in this process's memory cache."""
+    from gpu_curate import metadata as mdmod
+
+    md = Metadata(entries)
+    mdmod._TABLES.pop(md.fingerprint, None)
+    return md
+
+
+CACHE_ENTRIES = ["dog", "new york", "new york city", "a" * 20, "cat , dog"]
+CACHE_TEXTS = ["a dog in new york city", "cat, dog", "x " + "a" * 20 + " y", None]
+
+
+def test_tables_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
+    from gpu_curate import metadata as mdmod
+    from gpu_curate.kernels import tables as tmod
+
+    monkeypatch.setenv("GPU_CURATE_CACHE_DIR", str(tmp_path))
+    expected = [reference_match(t, CACHE_ENTRIES) for t in CACHE_TEXTS]
+    md = _fresh(CACHE_ENTRIES)
+    assert match_texts(CACHE_TEXTS, md, "cpu") == expected
+    files = list(tmp_path.glob("tables-*.npz"))
+    assert len(files) == 1 and md.fingerprint[:32] in files[0].name
+    assert not list(tmp_path.glob(".*tmp")), "a temporary file was left behind"
+
+    # A new process would find the file: nothing is rebuilt, the results are the same.
+    def no_build(entries):
+        raise AssertionError("tables rebuilt although a cached copy exists")
+
+    monkeypatch.setattr(tmod, "build_tables", no_build)
+    md2 = _fresh(CACHE_ENTRIES)
+    assert match_texts(CACHE_TEXTS, md2, "cpu") == expected
+    assert mdmod.compiled_tables(md2).max_tokens == 3
+
+
+def test_corrupt_or_foreign_cache_file_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPU_CURATE_CACHE_DIR", str(tmp_path))
+    expected = [reference_match(t, CACHE_ENTRIES) for t in CACHE_TEXTS]
+    md = _fresh(CACHE_ENTRIES)
+    match_texts(CACHE_TEXTS, md, "cpu")
+    (path,) = tmp_path.glob("tables-*.npz")
+    for damage in (b"not an npz file", path.read_bytes()[:100]):
+        path.write_bytes(damage)
+        assert match_texts(CACHE_TEXTS, _fresh(CACHE_ENTRIES), "cpu") == expected
+        assert path.stat().st_size > 1000, "the damaged file was not replaced"
+    # Another metadata's tables under this name (inconsistent fields) are not trusted.
+    other = _fresh(["zebra", "giraffe"])
+    match_texts(["zebra"], other, "cpu")
+    (other_path,) = [p for p in tmp_path.glob("tables-*.npz") if p != path]
+    path.write_bytes(other_path.read_bytes())
+    assert match_texts(CACHE_TEXTS, _fresh(CACHE_ENTRIES), "cpu") == expected
+
+
+@pytest.mark.parametrize("value", ["off", ""])
+def test_cache_can_be_switched_off(tmp_path, monkeypatch, value):
+    from gpu_curate.metadata import cache_dir
+
+    monkeypatch.setenv("GPU_CURATE_CACHE_DIR", value)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() is None
+    md = _fresh(CACHE_ENTRIES)
+    assert match_texts(CACHE_TEXTS, md, "cpu") == [
+        reference_match(t, CACHE_ENTRIES) for t in CACHE_TEXTS
+    ]
+    assert not list(tmp_path.rglob("*.npz"))
+
+
+def test_cache_folder_defaults(tmp_path, monkeypatch):
+    from gpu_curate.metadata import cache_dir
+
+    monkeypatch.delenv("GPU_CURATE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "gpu-curate"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / ".cache" / "gpu-curate"
+
+
+def test_unwritable_cache_folder_is_not_an_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("GPU_CURATE_CACHE_DIR", str(blocker / "sub"))
+    md = _fresh(CACHE_ENTRIES)
+    assert match_texts(CACHE_TEXTS, md, "cpu") == [
+        reference_match(t, CACHE_ENTRIES) for t in CACHE_TEXTS
+    ]
