@@ -38,6 +38,16 @@ from .io import (
 )
 from .metadata import Metadata
 from .steps import BalanceStep, MatchStep, csr_of
+from .unique import (
+    UIDS,
+    WORK,
+    UidCheck,
+    bucket_count,
+    find_duplicate,
+    uid_file,
+    uid_file_ok,
+    write_part_uids,
+)
 
 MATCHED = "matched"
 CURATED = "curated"
@@ -149,20 +159,32 @@ def _finished_part(fs, data_path: str, stats_path: str, n_entries: int):
     return stats, partition_counts(values, n_entries)
 
 
-def _match_task(part: Part, step: MatchStep, out: str, resume: bool, threads: int):
+def _match_task(
+    part: Part, step: MatchStep, out: str, resume: bool, threads: int, uid_buckets: int = 0
+):
+    """Match one part; with ``uid_buckets``, also write its uid file (gpu_curate.unique)."""
     fs, _ = fsspec.core.url_to_fs(out)
     name = f"part-{part.index:05d}"
     data_path = f"{out}/{MATCHED}/{name}.parquet"
     stats_path = f"{out}/{MATCHED}/_parts/{name}.json"
-    if resume and (done := _finished_part(fs, data_path, stats_path, len(step.metadata))):
+    uids_path = uid_file(out, part.index) if uid_buckets else None
+    if (
+        resume
+        and (uids_path is None or uid_file_ok(fs, uids_path, uid_buckets))
+        and (done := _finished_part(fs, data_path, stats_path, len(step.metadata)))
+    ):
         return done
     _numba_threads(threads)
     table = read_part(part, header_names=(step.text_column, step.id_column))
     where = part.file.path
-    matched, stats, counts = step.run(table, part.file.relpath, part.row_start, where)
+    matched, stats, counts, uids = step.run_with_uids(
+        table, part.file.relpath, part.row_start, where
+    )
     stats = {"part": name, "file": part.file.relpath, "row_start": part.row_start, **stats}
     stats["rows_written"] = matched.num_rows
     atomic_write_parquet(fs, data_path, matched)
+    if uids_path is not None:
+        write_part_uids(fs, uids_path, uids, uid_buckets)
     atomic_write_json(fs, stats_path, stats)  # written last: marks the part complete
     return stats, counts
 
@@ -228,15 +250,33 @@ def match_stage(client, info: ClusterInfo, inputs, metadata: Metadata, fs, out, 
     _check_manifest(fs, out, manifest, opts)
     _say(opts, f"matching {len(parts)} parts of {len(files)} files")
     fs.makedirs(f"{out}/{MATCHED}/_parts", exist_ok=True)
+    # --id-column: the ids must be unique over the pool. Unless a previous run already
+    # checked them (its matched/_SUCCESS is written after the check), each part writes
+    # its uids for the cross-part check below.
+    checked = opts.resume and fs.exists(f"{out}/{MATCHED}/{SUCCESS}")
+    buckets = bucket_count(parts) if opts.id_column is not None and not checked else 0
+    if buckets:
+        fs.makedirs(f"{out}/{UIDS}", exist_ok=True)
     step = MatchStep(metadata, opts.text_column, opts.id_column, opts.keep_unmatched, be.name)
     threads = max(1, (os.cpu_count() or 1) // max(info.threads, 1))
     md_future = client.scatter(step, broadcast=True) if parts else step
     results = [
-        dask.delayed(_match_task, pure=False)(p, md_future, out, opts.resume, threads)
+        dask.delayed(_match_task, pure=False)(p, md_future, out, opts.resume, threads, buckets)
         for p in parts
     ]
     stats, counts = _compute(client, results, len(metadata), opts)
+    seconds_ids = None
+    if buckets:
+        t1 = time.perf_counter()
+        _say(opts, f"checking that {opts.id_column!r} is unique over the pool ({buckets} buckets)")
+        check = UidCheck(tuple(parts), out, opts.id_column, opts.text_column, buckets)
+        duplicate = find_duplicate(client, check)
+        if duplicate is not None:
+            raise CurateError(duplicate.message(opts.id_column))
+        seconds_ids = round(time.perf_counter() - t1, 3)
     _success(fs, f"{out}/{MATCHED}", stats, "rows_written")
+    if opts.id_column is not None and fs.exists(f"{out}/{WORK}"):
+        fs.rm(f"{out}/{WORK}", recursive=True)  # the uid files are not needed any more
     atomic_write_parquet(fs, f"{out}/entry_counts.parquet", counts_table(metadata, counts))
     atomic_write_bytes(fs, f"{out}/entry_counts.json", counts_json(metadata, counts))
     return {
@@ -251,6 +291,7 @@ def match_stage(client, info: ClusterInfo, inputs, metadata: Metadata, fs, out, 
         "metadata_sha256": metadata.fingerprint,
         "entries_matched": int((counts > 0).sum()),
         "seconds_match": round(time.perf_counter() - t0, 3),
+        **({"seconds_id_check": seconds_ids} if seconds_ids is not None else {}),
         "_counts": counts,
     }
 

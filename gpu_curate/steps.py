@@ -22,6 +22,7 @@ from .io import RESERVED_COLUMNS, check_text_type, text_column
 from .match import match_arrow
 from .metadata import Metadata
 from .uid import position_uids, value_uids
+from .unique import first_duplicate
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,29 @@ class MatchStep:
 
     def run(self, table: pa.Table, relpath: str, row_start: int, where: str):
         """Return (matched table, stats dict, per-entry counts of this partition)."""
+        return self.run_with_uids(table, relpath, row_start, where)[:3]
+
+    def run_with_uids(
+        self, table: pa.Table, relpath: str, row_start: int, where: str
+    ) -> tuple[pa.Table, dict, np.ndarray, np.ndarray]:
+        """Like :meth:`run`, plus the uids of *all* the partition's rows (matched or not).
+
+        Parameters
+        ----------
+        table : pyarrow.Table
+            The partition's rows.
+        relpath : str
+            The input file's path relative to the input root (for position uids).
+        row_start : int
+            Row number of the partition's first row within that file.
+        where : str
+            Where the rows come from, for error messages (the file's path).
+
+        Returns
+        -------
+        tuple
+            (matched table, stats dict, per-entry counts, uids as uint64 of every row).
+        """
         be = resolve(self.backend)
         if be.name not in self.accepts:  # pragma: no cover - defensive
             raise CurateError(f"MatchStep does not accept backend {be.name}")
@@ -63,7 +87,7 @@ class MatchStep:
                     f"{', '.join(table.column_names)}"
                 )
             uids = value_uids(table.column(self.id_column), self.id_column)
-            _check_unique(uids, table.column(self.id_column), self.id_column, where)
+            _check_unique(uids, table.column(self.id_column), self.id_column, where, row_start)
         else:
             uids = position_uids(relpath, row_start, n)
         row_offsets, ids = match_arrow(texts, self.metadata, be)
@@ -87,19 +111,15 @@ class MatchStep:
             "empty_texts": empty,
             "matches": int(ids.size),
         }
-        return out, stats, counts
+        return out, stats, counts, uids
 
 
-def _check_unique(uids: np.ndarray, column, name: str, where: str) -> None:
-    # Within a part; the ids must be unique over the pool, which a part alone cannot see.
-    order = np.argsort(uids, kind="stable")
-    same = np.flatnonzero(uids[order][1:] == uids[order][:-1])
-    if same.size:
-        i, j = int(order[same[0]]), int(order[same[0] + 1])
-        raise CurateError(
-            f"{where}: id column {name!r} has duplicate values ({column[i].as_py()!r} at rows "
-            f"{i} and {j}); ids must be unique"
-        )
+def _check_unique(uids: np.ndarray, column, name: str, where: str, row_start: int) -> None:
+    # Within a part, where it is cheap and fails before the rest of the match stage; the
+    # pipeline checks across parts afterwards (gpu_curate.unique).
+    found = first_duplicate(uids, column, where, row_start)
+    if found is not None:
+        raise CurateError(found.message(name))
 
 
 def list_chunk_csr(chunk: pa.Array, where: str) -> tuple[np.ndarray, np.ndarray]:

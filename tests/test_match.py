@@ -323,7 +323,7 @@ def test_rows_denser_than_the_output_guess(monkeypatch, chunk_bytes, overflows):
     entries = ["a", "b", "a b", "b a", "a b a", "dog"]
     rng = random.Random(11)
     texts = []
-    for i in range(300):
+    for _ in range(300):
         kind = rng.randrange(4)
         if kind == 0:
             texts.append("a b " * rng.randrange(1, 400))

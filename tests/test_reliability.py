@@ -355,43 +355,176 @@ def test_id_column_with_nulls(small, tmp_path):
     assert_clean_error(r, out, "'id'", "null")
 
 
-_CROSS_PART = pytest.mark.xfail(
-    strict=True,
-    reason="duplicate --id-column values in different parts (files, or --partition-rows "
-    "slices of one file) are not detected: steps._check_unique sees one part only, so uids "
-    "collide silently",
-)
+def _id_pool(folder: Path, files: dict[str, tuple[list, list]], fmt: str = "parquet") -> Path:
+    """Write {name: (texts, ids)} as Parquet or CSV files with the columns TEXT and id."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (texts, ids) in files.items():
+        table = pa.table({"TEXT": texts, "id": ids})
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            pacsv.write_csv(table, folder / f"{name}.csv")
+        else:
+            pq.write_table(table, folder / f"{name}.parquet", row_group_size=2)
+    return folder
 
 
-@pytest.mark.parametrize(
-    "layout",
-    [
-        "same-part",
-        pytest.param("across-files", marks=_CROSS_PART),
-        pytest.param("across-parts", marks=_CROSS_PART),
-    ],
-)
+TEXTS4 = ["dog", "cat", "tree", "bird"]
+NO_MATCH4 = ["xx", "yy zz", "", "the a"]
+
+# layout: (files {name: (texts, ids)}, format, extra flags, the error's value and rows)
+DUPLICATE_LAYOUTS = {
+    "same-part": ({"a": (TEXTS4, [1, 2, 2, 4])}, "parquet", [], "2: {a} rows 1 and 2"),
+    "across-files": (
+        {"a": (TEXTS4, [1, 2, 3, 4]), "b": (TEXTS4, [5, 6, 3, 7])},
+        "parquet",
+        [],
+        "3: {a} row 2 and {b} row 2",
+    ),
+    "across-parts": (
+        {"a": (TEXTS4, [1, 2, 3, 1])},
+        "parquet",
+        ["--partition-rows", "2"],
+        "1: {a} rows 0 and 3",
+    ),
+    # the uniqueness is over the pool: rows that match nothing count too
+    "unmatched-rows": (
+        {"a": (TEXTS4 + NO_MATCH4, list(range(8))), "b": (NO_MATCH4, [10, 11, 5, 12])},
+        "parquet",
+        ["--partition-rows", "3"],
+        "5: {a} row 5 and {b} row 2",
+    ),
+    "strings-csv": (
+        {"a": (TEXTS4, ["k1", "k2", "k3", "k4"]), "b": (TEXTS4, ["k5", "k6", "k7", "k2"])},
+        "csv",
+        [],
+        "'k2': {a} row 1 and {b} row 3",
+    ),
+}
+
+
+@pytest.mark.parametrize("layout", list(DUPLICATE_LAYOUTS))
 def test_id_column_with_duplicates(small, tmp_path, layout):
     _, md = small
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    texts = ["dog", "cat", "tree", "bird"]
-    extra = []
-    if layout == "same-part":
-        ids = [1, 2, 2, 4]
-    elif layout == "across-files":
-        ids = [1, 2, 3, 4]
-        pq.write_table(pa.table({"TEXT": texts, "id": [5, 6, 3, 7]}), pool / "b.parquet")
-    else:
-        ids = [1, 2, 3, 1]
-        extra = ["--partition-rows", "2"]
-    pq.write_table(pa.table({"TEXT": texts, "id": ids}), pool / "a.parquet")
+    files, fmt, extra, where = DUPLICATE_LAYOUTS[layout]
+    pool = _id_pool(tmp_path / "pool", files, fmt)
     out = tmp_path / "out"
     r = run_cli(
         "curate", pool, "--metadata", md, "--out", out, "--id-column", "id",
         "--backend", "cpu", "--quiet", *extra,
     )  # fmt: skip
-    assert_clean_error(r, out, "'id'", "duplicate")
+    paths = {name: str(pool / f"{name}.{fmt}") for name in files}
+    assert_clean_error(r, out, "id column 'id' has duplicate value", where.format(**paths))
+
+
+def _weak_uids(column, name="id"):
+    """A 2-bit "hash" of integer ids: distinct values collide all the time."""
+    values = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return (values % 4).astype(np.uint64)
+
+
+def test_id_hash_collisions_are_not_duplicates(small, tmp_path, monkeypatch):
+    """Equal uids of different id values (a 64-bit collision, here forced) are no error."""
+    import gpu_curate.steps
+    import gpu_curate.unique
+
+    monkeypatch.setattr(gpu_curate.steps, "value_uids", _weak_uids)
+    monkeypatch.setattr(gpu_curate.unique, "value_uids", _weak_uids)
+    _, md = small
+    texts = _texts(40, 3)
+    files = {"a": (texts[:20], list(range(20))), "b": (texts[20:], list(range(20, 40)))}
+    pool = _id_pool(tmp_path / "pool", files)
+    common = ["--metadata", md, "--id-column", "id", "--backend", "cpu", "--quiet",
+              "--workers", "1", "--partition-rows", "7", "--t", "3"]  # fmt: skip
+    r = run_cli("curate", pool, "--out", tmp_path / "out", *common)
+    assert r.exit_code == 0, (r.output, r.stderr, r.exception)
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["pool_rows"] == 40
+    # ... while a real duplicate among the colliding uids still is one.
+    files["b"] = (texts[20:], list(range(20, 39)) + [13])
+    pool = _id_pool(tmp_path / "pool2", files)
+    r = run_cli("curate", pool, "--out", tmp_path / "out2", *common)
+    a, b = pool / "a.parquet", pool / "b.parquet"
+    assert_clean_error(r, tmp_path / "out2", f"duplicate value 13: {a} row 13 and {b} row 19")
+    # within one part too
+    files["b"] = (texts[20:], list(range(20, 26)) + [21] + list(range(27, 40)))
+    pool = _id_pool(tmp_path / "pool3", files)
+    r = run_cli("curate", pool, "--out", tmp_path / "out3", *common)
+    b = pool / "b.parquet"
+    assert_clean_error(r, tmp_path / "out3", f"duplicate value 21: {b} rows 1 and 6")
+
+
+def test_id_check_with_many_buckets(small, tmp_path, monkeypatch):
+    """Small buckets (so a pool has many): the check finds a duplicate in any bucket, and
+    a unique pool passes, with the working folder removed afterwards."""
+    import gpu_curate.unique
+
+    monkeypatch.setattr(gpu_curate.unique, "BUCKET_ROWS", 4)
+    _, md = small
+    texts = _texts(300, 4)
+    ids = [f"id-{i}" for i in range(300)]
+    files = {"a": (texts[:150], ids[:150]), "b": (texts[150:], ids[150:])}
+    pool = _id_pool(tmp_path / "pool", files)
+    common = ["--metadata", md, "--id-column", "id", "--backend", "cpu", "--quiet",
+              "--partition-rows", "40", "--t", "20"]  # fmt: skip
+    out = tmp_path / "out"
+    r = run_cli("curate", pool, "--out", out, *common)
+    assert r.exit_code == 0, (r.output, r.stderr, r.exception)
+    assert not (out / "_work").exists()
+    assert "seconds_id_check" in json.loads((out / "report.json").read_text())
+    # every row duplicated once somewhere else: bucket order decides which one is named
+    from gpu_curate.uid import value_uids
+
+    uids = value_uids(pa.array(ids), "id")
+    assert len(np.unique(uids >> np.uint64(58))) > 16  # the ids spread over the buckets
+    for i in (0, 77, 149):
+        dup = dict(files)
+        dup["b"] = (texts[150:], ids[150:299] + [ids[i]])
+        pool = _id_pool(tmp_path / f"pool{i}", dup)
+        r = run_cli("curate", pool, "--out", tmp_path / f"out{i}", *common)
+        a, b = pool / "a.parquet", pool / "b.parquet"
+        assert_clean_error(
+            r, tmp_path / f"out{i}", f"duplicate value 'id-{i}': {a} row {i} and {b} row 149"
+        )
+
+
+def test_id_check_resume(small, tmp_path):
+    """Finished parts keep their uid files for --resume; the check runs over them again."""
+    _, md = small
+    texts = _texts(60, 5)
+    files = {"a": (texts[:30], list(range(30))), "b": (texts[30:], list(range(29, 59)))}
+    pool = _id_pool(tmp_path / "pool", files)
+    out = tmp_path / "out"
+    common = ["--metadata", md, "--out", out, "--id-column", "id", "--backend", "cpu",
+              "--quiet", "--partition-rows", "10", "--t", "5"]  # fmt: skip
+    needle = f"duplicate value 29: {pool / 'a.parquet'} row 29 and {pool / 'b.parquet'} row 0"
+    assert_clean_error(run_cli("curate", pool, *common), out, needle)
+    uid_files = sorted((out / "_work" / "uids").glob("part-*.npy"))
+    assert len(uid_files) == 6
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "matched").rglob("*") if p.is_file()}
+    stamps.update({p: p.stat().st_mtime_ns for p in uid_files})
+    assert_clean_error(run_cli("curate", pool, *common, "--resume"), out, needle)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing matched again
+
+    # A complete run with unique ids; then an interrupted state after it (markers gone,
+    # the uid files removed with the working folder): --resume re-matches and re-checks.
+    files["b"] = (texts[30:], list(range(30, 60)))
+    pool = _id_pool(tmp_path / "pool2", files)
+    common[3] = out2 = tmp_path / "out2"
+    r = run_cli("curate", pool, *common)
+    assert r.exit_code == 0, (r.output, r.stderr, r.exception)
+    assert not (out2 / "_work").exists()
+    want = curated_uids(out2)
+    for name in ("report.json", "matched/_SUCCESS", "curated/_SUCCESS"):
+        (out2 / name).unlink()
+    r = run_cli("curate", pool, *common, "--resume")
+    assert r.exit_code == 0, (r.output, r.stderr, r.exception)
+    assert not (out2 / "_work").exists()
+    assert np.array_equal(curated_uids(out2), want)
+    assert "seconds_id_check" in json.loads((out2 / "report.json").read_text())
+    # resuming a complete run does not need the uid files: the check passed before it
+    r = run_cli("curate", pool, *common, "--resume")
+    assert r.exit_code == 0, (r.output, r.stderr, r.exception)
+    assert "seconds_id_check" not in json.loads((out2 / "report.json").read_text())
 
 
 def test_output_not_empty_is_refused(small, tmp_path):
