@@ -18,10 +18,11 @@ SOURCE = Path(__file__).with_name("rowlogic.py")
 FUNCTIONS = (
     "fmix64",
     "is_wrap",
-    "is_sep",
     "is_special",
     "token_key",
-    "next_token",
+    "vocab_hash",
+    "edge_hash",
+    "bloom_has",
     "vocab_find",
     "edge_find",
     "token_base",

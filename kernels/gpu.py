@@ -42,11 +42,13 @@ def _tokens_count(
                 tslot, tinfo, tstart, base,
             )  # fmt: skip
             ntok[ii] = t
-            counts[ii] = walk_row(tslot, tinfo, base, t, et, emask, dummy, 0, False)
+            counts[ii] = walk_row(tslot, tinfo, base, t, et, emask, vbloom, bmask, dummy, 0, False)
 
 
 @cuda.jit
-def _write_unique(offsets, r0, byte0, et, emask, tslot, tinfo, ntok, counts, occ_off, occ, uniq):
+def _write_unique(
+    offsets, r0, byte0, et, emask, vbloom, bmask, tslot, tinfo, ntok, counts, occ_off, occ, uniq
+):
     ii = cuda.grid(1)
     if ii < counts.shape[0]:
         uniq[ii] = 0
@@ -54,7 +56,7 @@ def _write_unique(offsets, r0, byte0, et, emask, tslot, tinfo, ntok, counts, occ
         if c > 0:
             i = r0 + ii
             base = token_base(offsets[i], byte0, ii)
-            walk_row(tslot, tinfo, base, ntok[ii], et, emask, occ, occ_off[ii], True)
+            walk_row(tslot, tinfo, base, ntok[ii], et, emask, vbloom, bmask, occ, occ_off[ii], True)
             uniq[ii] = sort_unique(occ, occ_off[ii], c)
 
 
@@ -119,8 +121,9 @@ def match_rows(offsets, data, validity, bit_offset, tables, xp):
         occ = xp.empty(int(occ_off[-1]), np.int32)
         uniq = xp.empty(m, np.int64)
         _write_unique[_blocks(m), THREADS](
-            offsets, r0, byte0, t.et, t.emask, tslot, tinfo, ntok, counts, occ_off, occ, uniq
-        )
+            offsets, r0, byte0, t.et, t.emask, t.vbloom, t.bmask, tslot, tinfo, ntok, counts,
+            occ_off, occ, uniq,
+        )  # fmt: skip
         del tslot, tinfo
         row_off = _exclusive_cumsum(xp, uniq)
         ids = xp.empty(int(row_off[-1]), np.int32)

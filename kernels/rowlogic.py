@@ -28,20 +28,15 @@ Lookup tables (built by ``kernels/tables.py``):
   (``long_data[long_offset:]``). No hash collision can produce a wrong match.
   ``info`` packs ``entry + 1`` (the one-token entry, or 0) and ``node + 1`` (the trie node
   reached by this token when it starts a longer entry, or 0). The token id is the slot.
-* ``vbloom`` (uint64 bitmap, ~8 bits per vocabulary token): most text tokens are in no
-  entry; one bit test in this small, cache-resident bitmap turns most of them away
-  before the big table is touched (a set bit only means "look in the table").
+* ``vbloom`` (uint64 bitmap, ~8 bits per key): one Bloom bitmap over the vocabulary tokens
+  and the trie edges. Most text tokens are in no entry and most pairs of adjacent tokens
+  are no edge: one bit test in this small, cache-resident bitmap turns most of them away
+  before a big table is touched (a set bit only means "look in the table").
 * ``et`` (uint64, shape (eslots, 2)): the trie's edges, key ``(node << 32 | token_slot) + 1``
   (exact integer keys) and the child's ``info`` packed the same way.
 """
 
 import numpy as np
-
-# Token-ending bytes: ' ' \t \n \r. Wrap bytes: , . ; : ? ! `
-SPACE = 32
-TAB = 9
-LF = 10
-CR = 13
 
 U0 = np.uint64(0)
 U1 = np.uint64(1)
@@ -49,6 +44,8 @@ U8 = np.uint64(8)
 U32 = np.uint64(32)
 U33 = np.uint64(33)
 U56 = np.uint64(56)
+U64 = np.uint64(64)
+U120 = np.uint64(120)
 LOW32 = np.uint64(0xFFFFFFFF)
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
@@ -72,11 +69,6 @@ SPECIAL_MASK = np.uint64(
     | (1 << 63)
 )
 
-# Tokenizer states.
-NORMAL = 0
-WRAP = 1
-DONE = 2
-
 
 def fmix64(k):
     """MurmurHash3's 64-bit finalizer: a bijection on uint64 with full avalanche."""
@@ -90,10 +82,6 @@ def fmix64(k):
 
 def is_wrap(b):
     return b == 44 or b == 46 or b == 59 or b == 58 or b == 63 or b == 33 or b == 96
-
-
-def is_sep(b):
-    return b == SPACE or b == TAB or b == LF or b == CR
 
 
 def token_key(data, s, e):
@@ -126,25 +114,20 @@ def is_special(c):
     return (SPECIAL_MASK >> np.uint64(c)) & U1 == U1
 
 
-def next_token(data, p, end, state):
-    """The token at cursor (p, state) of the row data[.., end).
+def vocab_hash(key0, key1):
+    """Hash of a token key: the table slot is its low bits, the Bloom bit its high bits."""
+    return fmix64(key0 ^ (key1 * GOLDEN))
 
-    Returns (start, length, key0, key1, next_p, next_state).
-    """
-    if state == WRAP:
-        key0, key1 = token_key(data, p, p + 1)
-        return p, 1, key0, key1, p + 1, NORMAL
-    q = p
-    while q < end:
-        if is_special(data[q]):
-            break
-        q += 1
-    key0, key1 = token_key(data, p, q)
-    if q >= end:
-        return p, q - p, key0, key1, q, DONE
-    if is_wrap(data[q]):
-        return p, q - p, key0, key1, q, WRAP
-    return p, q - p, key0, key1, q + 1, NORMAL
+
+def edge_hash(key):
+    """Hash of a trie edge key."""
+    return fmix64(key)
+
+
+def bloom_has(bloom, bmask, h):
+    """Whether the Bloom bitmap has the bit of hash h (False: the key is surely absent)."""
+    b = (h >> U32) & bmask
+    return (bloom[np.int64(b >> np.uint64(6))] >> (b & np.uint64(63))) & U1 == U1
 
 
 def vocab_find(vt, vmask, vbloom, bmask, long_data, data, start, length, key0, key1):
@@ -153,11 +136,10 @@ def vocab_find(vt, vmask, vbloom, bmask, long_data, data, start, length, key0, k
     ``length`` is the token's byte length when it is longer than 15 bytes (its key is then
     a hash and the bytes data[start:start+length] are compared), else 0.
     """
-    h = fmix64(key0 ^ (key1 * GOLDEN))
+    h = vocab_hash(key0, key1)
     # Most text tokens are in no entry: a small bitmap (L2-resident) turns most of them
     # away before the big table is touched.
-    b = (h >> U32) & bmask
-    if (vbloom[np.int64(b >> np.uint64(6))] >> (b & np.uint64(63))) & U1 == U0:
+    if not bloom_has(vbloom, bmask, h):
         return -1
     slot = h & vmask
     while True:
@@ -180,10 +162,14 @@ def vocab_find(vt, vmask, vbloom, bmask, long_data, data, start, length, key0, k
         slot = (slot + U1) & vmask
 
 
-def edge_find(et, emask, node, token_slot):
+def edge_find(et, emask, vbloom, bmask, node, token_slot):
     """Packed info of the trie child (node, token_slot), or 0 when there is none."""
     key = ((np.uint64(node) << U32) | np.uint64(token_slot)) + U1
-    slot = fmix64(key) & emask
+    h = edge_hash(key)
+    # Most token pairs are no edge; the bitmap that filters tokens holds the edges too.
+    if not bloom_has(vbloom, bmask, h):
+        return U0
+    slot = h & emask
     while True:
         s = np.int64(slot)
         k = et[s, 0]
@@ -214,17 +200,45 @@ def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, 
     2 * (e - s) + 1 (a wrap byte makes two).
     ``tstart`` is scratch of the same size.
     """
-    # First cut the row into token keys, then probe the table in a separate tight loop:
-    # the probes are independent, so the CPU overlaps their cache misses.
+    # First cut the row into token keys (one pass over the bytes), then probe the table in
+    # a separate tight loop: the probes are independent, so the CPU overlaps their misses.
     k = 0
     p = s
-    state = NORMAL
-    while state != DONE:
-        start, length, key0, key1, p, state = next_token(data, p, e, state)
+    while True:
+        # Scan one token, building a short token's key on the way.
+        q = p
+        key0 = U0
+        key1 = U0
+        sh = U0
+        while q < e:
+            c = data[q]
+            if is_special(c):
+                break
+            if sh < U64:
+                key0 = key0 | (np.uint64(c) << sh)
+            elif sh < U120:
+                key1 = key1 | (np.uint64(c) << (sh - U64))
+            sh += U8
+            q += 1
+        length = q - p
+        if length <= MAX_SHORT:
+            key1 = key1 | ((SHORT_FLAG | np.uint64(length)) << U56)
+        else:
+            key0, key1 = token_key(data, p, q)
         tinfo[base + k] = key0
         tslot[base + k] = np.int64(key1)
-        tstart[base + k] = start
+        tstart[base + k] = p
         k += 1
+        if q >= e:
+            break
+        c = data[q]
+        if is_wrap(c):
+            # A wrap byte is a token of its own.
+            tinfo[base + k] = np.uint64(c)
+            tslot[base + k] = np.int64((SHORT_FLAG | U1) << U56)
+            tstart[base + k] = q
+            k += 1
+        p = q + 1
     for j in range(base, base + k):
         key1 = np.uint64(tslot[j])
         length = np.int64(key1 & LOW32) if (key1 >> U56) == LONG_FLAG else 0
@@ -236,7 +250,7 @@ def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, 
     return k
 
 
-def walk_row(tslot, tinfo, base, ntok, et, emask, out, out_pos, write):
+def walk_row(tslot, tinfo, base, ntok, et, emask, vbloom, bmask, out, out_pos, write):
     """Every entry occurrence among the looked-up tokens of one row, in text order.
 
     Writes the entry ids to out[out_pos:] when ``write`` is true; returns their number
@@ -259,7 +273,7 @@ def walk_row(tslot, tinfo, base, ntok, et, emask, out, out_pos, write):
             slot = tslot[base + j]
             if slot < 0:
                 break
-            child = edge_find(et, emask, node, slot)
+            child = edge_find(et, emask, vbloom, bmask, node, slot)
             if child == U0:
                 break
             entry = np.int64(child & LOW32) - 1
@@ -281,13 +295,16 @@ def sort_unique(a, lo, n):
         return n
     if n <= 24:
         # Most rows have a handful of ids: insertion sort beats the heap there.
-        for j in range(1, n):
-            v = a[lo + j]
-            q = j - 1
-            while q >= 0 and a[lo + q] > v:
-                a[lo + q + 1] = a[lo + q]
+        for j in range(lo + 1, lo + n):
+            v = a[j]
+            q = j
+            while q > lo:
+                w = a[q - 1]
+                if w <= v:
+                    break
+                a[q] = w
                 q -= 1
-            a[lo + q + 1] = v
+            a[q] = v
         return _dedupe(a, lo, n)
     # Heapify.
     start = n // 2 - 1
@@ -332,12 +349,13 @@ def sort_unique(a, lo, n):
 
 def _dedupe(a, lo, n):
     """Drop repeats from the sorted a[lo:lo+n]; return the number left."""
-    m = 1
-    for j in range(1, n):
-        if a[lo + j] != a[lo + m - 1]:
-            a[lo + m] = a[lo + j]
+    m = lo + 1
+    for j in range(lo + 1, lo + n):
+        v = a[j]
+        if v != a[m - 1]:
+            a[m] = v
             m += 1
-    return m
+    return m - lo
 
 
 def is_valid(validity, bit_offset, i):

@@ -105,7 +105,7 @@ def _insert_vocab(k0, k1, info, long_off, vt, vbloom):
     bmask = np.uint64(vbloom.shape[0] * 64 - 1)
     slots = np.empty(k0.shape[0], np.int64)
     for i in range(k0.shape[0]):
-        h = _rl.fmix64(k0[i] ^ (k1[i] * np.uint64(0x9E3779B97F4A7C15)))
+        h = _rl.vocab_hash(k0[i], k1[i])
         b = (h >> np.uint64(32)) & bmask
         vbloom[np.int64(b >> np.uint64(6))] |= np.uint64(1) << (b & np.uint64(63))
         slot = h & mask
@@ -121,11 +121,15 @@ def _insert_vocab(k0, k1, info, long_off, vt, vbloom):
 
 
 @numba.njit(cache=True)
-def _insert_edges(parents, token_slots, info, et):
+def _insert_edges(parents, token_slots, info, et, vbloom):
     mask = np.uint64(et.shape[0] - 1)
+    bmask = np.uint64(vbloom.shape[0] * 64 - 1)
     for i in range(parents.shape[0]):
         key = ((np.uint64(parents[i]) << np.uint64(32)) | np.uint64(token_slots[i])) + np.uint64(1)
-        slot = _rl.fmix64(key) & mask
+        h = _rl.edge_hash(key)
+        b = (h >> np.uint64(32)) & bmask
+        vbloom[np.int64(b >> np.uint64(6))] |= np.uint64(1) << (b & np.uint64(63))
+        slot = h & mask
         while et[np.int64(slot), 0] != 0:
             slot = (slot + np.uint64(1)) & mask
         et[np.int64(slot), 0] = key
@@ -203,7 +207,8 @@ def build_tables(entries: list[str]) -> MatchTables:
     # Tables are allocated by NumPy (which asks for huge pages) to spare TLB misses.
     vslots = _capacity(len(raw), 0.6)
     vt = np.zeros((vslots, 4), np.uint64)
-    vbloom = np.zeros(max(64, _capacity(8 * len(raw), 1.0)) // 64, np.uint64)
+    # ~8 bits per key; the bitmap holds the vocabulary tokens and the trie edges.
+    vbloom = np.zeros(max(64, _capacity(8 * (len(raw) + len(children)), 1.0)) // 64, np.uint64)
     slot_of = _insert_vocab(k0, k1, info, long_off, vt, vbloom)
 
     # Edge table.
@@ -216,7 +221,7 @@ def build_tables(entries: list[str]) -> MatchTables:
         token_slots[i] = slot_of[w]
         einfo[i] = _pack(node_entry[child], child if node_has_children[child] else -1)
     et = np.zeros((_capacity(ne, 0.5), 2), np.uint64)
-    _insert_edges(parents, token_slots, einfo, et)
+    _insert_edges(parents, token_slots, einfo, et, vbloom)
     return MatchTables(
         vt=vt,
         vmask=np.uint64(vslots - 1),
