@@ -6,6 +6,7 @@ groupby-size over ``entry_ids``); partitions are summed by a Dask tree reduction
 
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -51,5 +52,13 @@ def counts_table(metadata: Metadata, counts: np.ndarray) -> pa.Table:
 
 def counts_json(metadata: Metadata, counts: np.ndarray) -> bytes:
     """MetaCLIP's ``entry_counts.json``: {entry: count} in entry-id order."""
-    obj = dict(zip(metadata.entries, np.asarray(counts).tolist(), strict=True))
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    # The collector would scan every live object of the run (Dask's included) several times
+    # while the 500k-item dict is built; none of these objects can form a cycle.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        obj = dict(zip(metadata.entries, np.asarray(counts).tolist(), strict=True))
+        return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    finally:
+        if enabled:
+            gc.enable()

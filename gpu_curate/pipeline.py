@@ -209,7 +209,11 @@ def _compute(client, results: list, n_entries: int, opts: Options):
     """Run the part tasks; return their stats and the tree-summed entry counts."""
     stats_tasks = [dask.delayed(operator.itemgetter(0), pure=True)(r) for r in results]
     counts_tasks = [dask.delayed(operator.itemgetter(1), pure=True)(r) for r in results]
-    futures = client.compute([stats_tasks, sum_counts(counts_tasks, n_entries)])
+    # optimize_graph=False: graph optimization would fuse each part task into the counts
+    # array's chunk under a new key, so every part would be matched (and written) twice.
+    futures = client.compute(
+        [stats_tasks, sum_counts(counts_tasks, n_entries)], optimize_graph=False
+    )
     if not opts.quiet:
         from distributed import progress
 

@@ -1,5 +1,7 @@
 """CPU build of the matcher: ``rowlogic`` under ``numba.njit``, parallel over chunks of rows."""
 
+import types
+
 import numba
 import numpy as np
 
@@ -78,7 +80,24 @@ def _chunk_occurrences(
     return total
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+def _twins(fn):
+    """``fn`` compiled twice: parallel over its prange, and serial (prange runs as range).
+
+    A caller on one Numba thread (a Dask worker thread, which already runs one task per
+    core) gets the serial build: no OpenMP team to start, and no idle team spinning on
+    the cores the other tasks need. The serial twin is a renamed copy, so the two builds
+    keep separate entries in Numba's cache.
+    """
+    serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial")
+    serial.__qualname__ = fn.__qualname__ + "_serial"
+    jit = numba.njit(cache=True, nogil=True)
+    return numba.njit(cache=True, nogil=True, parallel=True)(fn), jit(serial)
+
+
+def _pick(twins):
+    return twins[0] if numba.get_num_threads() > 1 else twins[1]
+
+
 def _match_chunks(
     offsets, data, validity, bit_offset, bounds, todo, room, vt, vmask, vbloom, bmask,
     long_data, et, emask, depth, counts, out, fits,
@@ -92,7 +111,9 @@ def _match_chunks(
         fits[j] = stop == bounds[c + 1]
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+_match_chunks = _twins(_match_chunks)
+
+
 def _exact_room(
     offsets, data, validity, bit_offset, bounds, todo, vt, vmask, vbloom, bmask, long_data,
     et, emask,
@@ -107,7 +128,9 @@ def _exact_room(
     return need
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+_exact_room = _twins(_exact_room)
+
+
 def _gather(out, starts, todo, bounds, row_offsets, ids):
     for j in numba.prange(todo.shape[0]):
         c = todo[j]
@@ -115,6 +138,9 @@ def _gather(out, starts, todo, bounds, row_offsets, ids):
         src = starts[j]
         for q in range(row_offsets[bounds[c + 1]] - lo):
             ids[lo + q] = out[src + q]
+
+
+_gather = _twins(_gather)
 
 
 def _chunk_bounds(offsets: np.ndarray) -> np.ndarray:
@@ -151,25 +177,31 @@ def match_rows(offsets, data, validity, bit_offset, tables):
         np.cumsum(guess, out=room[1:])
         out = np.empty(room[-1], np.int32)
         fits = np.zeros(todo.size, np.bool_)
-        _match_chunks(offsets, data, validity, bit_offset, bounds, todo, room, *args, depth,
-                      counts, out, fits)  # fmt: skip
+        _pick(_match_chunks)(offsets, data, validity, bit_offset, bounds, todo, room, *args,
+                             depth, counts, out, fits)  # fmt: skip
         rounds.append((out, room[:-1][fits], todo[fits]))
         todo = todo[~fits]
         if todo.size:
-            guess = _exact_room(offsets, data, validity, bit_offset, bounds, todo, *args)
+            guess = _pick(_exact_room)(offsets, data, validity, bit_offset, bounds, todo, *args)
     row_offsets = np.zeros(n + 1, np.int64)
     np.cumsum(counts, out=row_offsets[1:])
     ids = np.empty(row_offsets[-1], np.int32)
     for out, starts, done in rounds:
-        _gather(out, starts, done, bounds, row_offsets, ids)
+        _pick(_gather)(out, starts, done, bounds, row_offsets, ids)
     return row_offsets, ids
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def hash_rows(offsets, data, seed):
-    """64-bit hash of each row's bytes (for string id columns)."""
+def _hash_rows(offsets, data, seed):
     n = offsets.shape[0] - 1
     out = np.empty(n, np.uint64)
     for i in numba.prange(n):
         out[i] = hash_bytes(data, offsets[i], offsets[i + 1], seed)
     return out
+
+
+_hash_rows = _twins(_hash_rows)
+
+
+def hash_rows(offsets, data, seed):
+    """64-bit hash of each row's bytes (for string id columns)."""
+    return _pick(_hash_rows)(offsets, data, seed)

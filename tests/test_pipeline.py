@@ -48,6 +48,7 @@ from conftest import (
 import gpu_curate
 from gpu_curate.balance import keep_mask
 from gpu_curate.cli import main
+from gpu_curate.metadata import Metadata
 from gpu_curate.steps import BalanceStep
 from gpu_curate.uid import position_uids, value_uids
 
@@ -815,3 +816,38 @@ def test_large_csv_with_line_breaks_in_captions(tmp_path):
     assert counts == want
     matched = read_parts(out / "matched", ["caption"])
     assert matched.column("caption").to_pylist() == captions
+
+
+def test_each_part_is_matched_and_balanced_once(tmp_path, monkeypatch):
+    # A graph optimisation once fused every part task into the counts array's chunks under
+    # new keys, so each part was matched and written twice (right result, double work).
+    import gpu_curate.pipeline as pipeline_mod
+    import gpu_curate.steps as steps_mod
+    from gpu_curate.pipeline import Options, curate
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for f in range(3):
+        pq.write_table(
+            pa.table({"TEXT": [f"a dog {i}" if i % 3 else f"cat {i}" for i in range(50)]}),
+            pool / f"p{f}.parquet",
+        )
+    matched_calls, balanced_calls = [], []
+    real_match = steps_mod.match_arrow
+    real_balance = pipeline_mod.BalanceStep.run
+
+    def count_match(texts, *args, **kw):
+        matched_calls.append(len(texts))
+        return real_match(texts, *args, **kw)
+
+    def count_balance(self, table):
+        balanced_calls.append(table.num_rows)
+        return real_balance(self, table)
+
+    monkeypatch.setattr(steps_mod, "match_arrow", count_match)
+    monkeypatch.setattr(pipeline_mod.BalanceStep, "run", count_balance)
+    opts = Options(quiet=True, backend="cpu", workers=2, partition_rows=20)
+    report = curate([str(pool)], Metadata(["dog", "cat"]), str(tmp_path / "out"), 5, 0, opts)
+    assert report["parts"] == 9  # 3 files x ceil(50 / 20)
+    assert sorted(matched_calls) == sorted([20, 20, 10] * 3)
+    assert len(balanced_calls) == 9 and sum(balanced_calls) == report["matched_rows"]
