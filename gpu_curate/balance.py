@@ -42,6 +42,7 @@ __all__ = [
     "pair_hashes",
     "pair_uniforms",
     "keep_mask",
+    "balance_partition",
     "keep_probabilities",
     "expected_rows",
     "expected_entry_counts",
@@ -435,16 +436,60 @@ def keep_mask(
     xp = array_module(row_offsets, entry_ids, uids, p)
     offsets, values = _csr(row_offsets, entry_ids, xp)
     p = _check_p(p, values, xp)
-    n = offsets.size - 1
+    uids = _check_uids(uids, offsets.size - 1, xp)
+    return _keep_mask_core(offsets, values, uids, p, seed, stream, _pair_rows(offsets, xp), xp)
+
+
+def _check_uids(uids: Any, n: int, xp: ModuleType) -> Any:
     uids = xp.asarray(uids)
     if uids.shape != (n,):
         raise ValueError(f"uids must have one value per row ({n}), got shape {uids.shape}")
-    rows = _pair_rows(offsets, xp)
-    u = pair_uniforms(seed, uids[rows], values, stream)
-    hit = u < p[values]
-    kept = xp.zeros(n, dtype=bool)
-    kept[rows[hit]] = True  # every write stores True, so duplicates are harmless
+    if uids.dtype.kind not in "iu":
+        raise TypeError(f"uids must be integers, got {uids.dtype}")
+    return uids
+
+
+def _keep_mask_core(offsets, values, uids, p, seed: int, stream: int, rows, xp) -> Any:
+    """keep_mask on validated inputs; ``rows`` is the row of each pair."""
+    key = _stream_key(_as_u64_scalar(seed, "seed"), _as_u64_scalar(stream, "stream"))
+    with _wrap_ok(xp):
+        # pair_hashes' formula, with its inner fmix64(key ^ uid) done once per row.
+        row_hash = uids.astype(np.uint64) ^ xp.uint64(key)  # a fresh copy
+        _fmix64_inplace(row_hash, xp)
+        h = row_hash[rows] ^ values.astype(np.uint64)
+        _fmix64_inplace(h, xp)
+    u = (h >> xp.uint64(11)).astype(np.float64) * _TWO_M53
+    kept = xp.zeros(offsets.size - 1, dtype=bool)
+    kept[rows[u < p[values]]] = True  # every write stores True, so duplicates are harmless
     return kept
+
+
+def balance_partition(
+    row_offsets: Any, entry_ids: Any, uids: Any, p: Any, seed: int, stream: int = 0
+) -> tuple[Any, float, Any]:
+    """One partition's balancing in one pass over its pairs.
+
+    Returns ``(keep_mask(...), expected_rows(...), kept_entry_counts(...))`` for the same
+    arguments, validating the CSR once.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> offs = np.array([0, 1, 1, 3]); ids = np.array([0, 0, 1], np.int32)
+    >>> mask, expected, kept = balance_partition(
+    ...     offs, ids, np.arange(3, dtype=np.uint64), np.array([1.0, 0.0]), 0)
+    >>> mask.tolist(), expected, kept.tolist()
+    ([True, False, True], 2.0, [2, 1])
+    """
+    xp = array_module(row_offsets, entry_ids, uids, p)
+    offsets, values = _csr(row_offsets, entry_ids, xp)
+    p = _check_p(p, values, xp)
+    uids = _check_uids(uids, offsets.size - 1, xp)
+    rows = _pair_rows(offsets, xp)
+    mask = _keep_mask_core(offsets, values, uids, p, seed, stream, rows, xp)
+    expected = float(xp.sum(_keep_probabilities_core(offsets, values, p, xp)))
+    kept_counts = xp.bincount(values[mask[rows]], minlength=p.size).astype(np.int64)
+    return mask, expected, kept_counts
 
 
 def keep_probabilities(row_offsets: Any, entry_ids: Any, p: Any) -> Any:

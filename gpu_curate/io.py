@@ -269,8 +269,36 @@ def atomic_write_json(fs, path: str, obj) -> None:
     atomic_write_bytes(fs, path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
 
 
+# Columns whose values are (nearly) unique: a dictionary would only be built to be dropped.
+_NO_DICTIONARY = frozenset({"uid", "entry_ids", "entry_id", "count"})
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or (pa.types.is_large_binary(t))
+    )
+
+
 def atomic_write_parquet(fs, path: str, table: pa.Table) -> None:
+    """Write ``table`` as zstd Parquet through a temporary name and a rename.
+
+    Dictionary encoding is kept for the input's columns (repeated values compress well)
+    and skipped for gpu-curate's near-unique ones; min/max statistics are written for the
+    non-text columns only (those of alt-texts and URLs cost time and help no reader).
+    """
+    names = table.schema.names
+    dictionary = [c for c in names if c not in _NO_DICTIONARY]
+    statistics = [f.name for f in table.schema if not _is_text(f.type)]
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     with fs.open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd")
+        pq.write_table(
+            table,
+            fh,
+            compression="zstd",
+            use_dictionary=dictionary or False,
+            write_statistics=statistics or False,
+        )
     fs.mv(tmp, path)

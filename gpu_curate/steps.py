@@ -182,9 +182,8 @@ class BalanceStep:
         uids = table.column("uid").to_numpy()
         d_off, d_val, d_uid = xp.asarray(offsets), xp.asarray(values), xp.asarray(uids)
         d_p = xp.asarray(self.p)
-        mask = bal.keep_mask(d_off, d_val, d_uid, d_p, self.seed)
-        expected = float(bal.expected_rows(d_off, d_val, d_p))
-        kept_counts = be.asnumpy(bal.kept_entry_counts(d_off, d_val, mask, self.p.shape[0]))
+        mask, expected, kept_counts = bal.balance_partition(d_off, d_val, d_uid, d_p, self.seed)
+        kept_counts = be.asnumpy(kept_counts)
         mask = be.asnumpy(mask)
         stats = {"rows": table.num_rows, "curated_rows": int(mask.sum()), "expected": expected}
         return mask, stats, np.asarray(kept_counts, dtype=np.int64)

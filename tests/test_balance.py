@@ -399,6 +399,30 @@ def test_kept_and_expected_entry_counts_by_loop(small):
     )
 
 
+def test_balance_partition_against_python_references(small):
+    from gpu_curate.balance import balance_partition
+
+    offsets, ids, rows, counts, uids = small
+    # A sliced CSR (offsets not starting at 0) and signed uids go through the same checks.
+    sl_offsets = offsets[50:] + 0
+    sl_rows = rows[50:]
+    for seed, stream, t in [(0, 0, 60), (7, 2, 150), (2**64 - 1, 0, 1)]:
+        p = entry_probabilities(counts, t)
+        mask, expected, kept = balance_partition(sl_offsets, ids, uids[50:], p, seed, stream)
+        ref_mask = ref_keep_mask(sl_rows, uids[50:], p, seed, stream)
+        assert mask.tolist() == ref_mask
+        assert expected == pytest.approx(sum(ref_keep_prob(sl_rows, p)), rel=1e-12)
+        ref_kept = np.zeros(len(p), np.int64)
+        for r, keep in zip(sl_rows, ref_mask, strict=True):
+            for e in r if keep else ():
+                ref_kept[e] += 1
+        assert kept.dtype == np.int64 and kept.tolist() == ref_kept.tolist()
+    with pytest.raises(ValueError, match="one value per row"):
+        balance_partition(offsets, ids, uids[1:], p, 0)
+    with pytest.raises(TypeError, match="uids must be integers"):
+        balance_partition(offsets, ids, uids.astype(np.float64), p, 0)
+
+
 # --------------------------------------------------------------------------- determinism
 
 

@@ -312,14 +312,17 @@ def test_rows_denser_than_the_output_guess(monkeypatch, chunk_bytes, overflows):
     from gpu_curate.kernels import cpu
 
     calls = []
-    exact_room = cpu._exact_room
 
-    def spy(*args):
-        calls.append(args[5].size)
-        return exact_room(*args)
+    def spying(build):
+        def spy(*args):
+            calls.append(args[5].size)
+            return build(*args)
+
+        return spy
 
     monkeypatch.setattr(cpu, "CHUNK_BYTES", chunk_bytes)
-    monkeypatch.setattr(cpu, "_exact_room", spy)
+    # Both builds (parallel, and serial for one-thread callers) are watched.
+    monkeypatch.setattr(cpu, "_exact_room", tuple(spying(b) for b in cpu._exact_room))
     entries = ["a", "b", "a b", "b a", "a b a", "dog"]
     rng = random.Random(11)
     texts = []
