@@ -72,9 +72,16 @@ def entry_tokens(entry: str) -> list[str] | None:
     is the reference behaviour.
     """
     tokens = entry.split(" ")
+    wrap_before = False
     for tok in tokens:
         if len(tok) == 1 and tok in WRAP_CHARS:
+            # Two wrap characters in spaced text have two spaces or more between them (an
+            # empty token), so an entry with two adjacent wrap tokens (", ,") never matches.
+            if wrap_before:
+                return None
+            wrap_before = True
             continue
+        wrap_before = False
         if not SPECIAL_CHARS.isdisjoint(tok):
             return None
     return tokens

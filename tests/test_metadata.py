@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 import re
@@ -255,21 +256,32 @@ def test_fingerprint_sensitive_to_order_and_content(other):
 
 def _unmatchable(entry: str) -> bool:
     """DESIGN.md section 2: a token holding tab/LF/CR, or a wrap character next to other
-    characters, never occurs in spacing(text), so such an entry can never match."""
-    for tok in entry.split(" "):
+    characters, never occurs in spacing(text), so such an entry can never match; neither
+    can two wrap characters one space apart (spacing leaves at least two spaces between
+    any two of them)."""
+    tokens = entry.split(" ")
+    for tok in tokens:
         if any(c in SPACE_CHARS for c in tok):
             return True
         if len(tok) > 1 and any(c in WRAP_CHARS for c in tok):
             return True
-    return False
+    wrap = [len(tok) == 1 and tok in WRAP_CHARS for tok in tokens]
+    return any(a and b for a, b in itertools.pairwise(wrap))
 
 
 def test_small_tables():
     entries = ["dog", "Washington, D.C.", "rock , paper", "a\tb", "new york", "e.g", "!"]
+    entries += [", ,", "yes ! ?", "a , b , c"]
     t = Metadata(entries).tables
     assert t.n_entries == len(entries)
-    assert sorted(t.unmatchable.tolist()) == [1, 3, 5]
-    assert t.max_tokens == 3
+    assert sorted(t.unmatchable.tolist()) == [1, 3, 5, 7, 8]
+    assert t.max_tokens == 5
+    # The ones called unmatchable really match nothing, even texts made for them.
+    texts = [", ,", ",,", ", , ", "yes!?", "yes ! ?", "a,b,c", "dog, rock,paper!"]
+    got = match_texts(texts, entries, "cpu")
+    assert got == [reference_match(x, entries) for x in texts]
+    assert not {7, 8} & {e for row in got for e in row}
+    assert got[5] == [9] and got[6] == [0, 2, 6]
 
 
 def test_tables_compile_for_shared_proxy(proxy_entries, proxy_metadata):
