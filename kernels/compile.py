@@ -24,6 +24,7 @@ FUNCTIONS = (
     "edge_hash",
     "bloom_has",
     "vocab_find",
+    "vocab_probe",
     "edge_find",
     "token_base",
     "tokenize_row",

@@ -162,6 +162,19 @@ def vocab_find(vt, vmask, vbloom, bmask, long_data, data, start, length, key0, k
         slot = (slot + U1) & vmask
 
 
+def vocab_probe(vt, vmask, key0, key1):
+    """Slot of a short token (at most 15 bytes: its key is its bytes) in the table, or -1."""
+    slot = vocab_hash(key0, key1) & vmask
+    while True:
+        s = np.int64(slot)
+        k1 = vt[s, 1]
+        if k1 == U0:
+            return -1
+        if k1 == key1 and vt[s, 0] == key0:
+            return s
+        slot = (slot + U1) & vmask
+
+
 def edge_find(et, emask, vbloom, bmask, node, token_slot):
     """Packed info of the trie child (node, token_slot), or 0 when there is none."""
     key = ((np.uint64(node) << U32) | np.uint64(token_slot)) + U1
@@ -198,7 +211,7 @@ def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, 
     Writes the token's table slot (-1 when no entry uses it) to tslot[base + k] and its
     packed info to tinfo[base + k]; returns the number of tokens, at most
     2 * (e - s) + 1 (a wrap byte makes two).
-    ``tstart`` is scratch of the same size.
+    ``tstart`` is scratch of the same size (token starts, then the tokens to probe).
     """
     # First cut the row into token keys (one pass over the bytes), then probe the table in
     # a separate tight loop: the probes are independent, so the CPU overlaps their misses.
@@ -239,12 +252,33 @@ def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, 
             tstart[base + k] = q
             k += 1
         p = q + 1
+    # The Bloom test is done without a branch (it goes either way at random): the tokens
+    # that pass are listed in tstart (a token's start is spent once it is tested, and the
+    # list never overtakes the loop), then only they probe the table.
+    c = base
     for j in range(base, base + k):
+        key0 = tinfo[j]
         key1 = np.uint64(tslot[j])
-        length = np.int64(key1 & LOW32) if (key1 >> U56) == LONG_FLAG else 0
-        slot = vocab_find(
-            vt, vmask, vbloom, bmask, long_data, data, tstart[j], length, tinfo[j], key1
-        )
+        h = vocab_hash(key0, key1)
+        b = (h >> U32) & bmask
+        maybe = np.int64((vbloom[np.int64(b >> np.uint64(6))] >> (b & np.uint64(63))) & U1)
+        if (key1 >> U56) == LONG_FLAG:
+            # Long tokens (rare) are looked up here, with their bytes.
+            slot = vocab_find(
+                vt, vmask, vbloom, bmask, long_data, data, tstart[j],
+                np.int64(key1 & LOW32), key0, key1,
+            )  # fmt: skip
+            tslot[j] = slot
+            tinfo[j] = vt[slot, 2] if slot >= 0 else U0
+            maybe = 0
+        else:
+            tslot[j] = tslot[j] if maybe == 1 else -1
+            tinfo[j] = key0 if maybe == 1 else U0
+        tstart[c] = j
+        c += maybe
+    for q in range(base, c):
+        j = tstart[q]
+        slot = vocab_probe(vt, vmask, tinfo[j], np.uint64(tslot[j]))
         tslot[j] = slot
         tinfo[j] = vt[slot, 2] if slot >= 0 else U0
     return k
