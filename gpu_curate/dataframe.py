@@ -5,11 +5,16 @@ partitions on gpu). They run the same per-partition steps as the pipeline
 (:mod:`gpu_curate.steps`). uids come from ``id_column`` when given, else from the
 DataFrame's index values (which ``dd.from_pandas`` keeps the same for any number of
 partitions), so results do not depend on partitioning.
+
+uids must be unique (DESIGN section 3): the result of :func:`match` carries a lazy check
+of its id values (or index values) over the *whole* DataFrame, which runs when the result,
+or anything computed from it (:func:`entry_counts`, :func:`balance`), is computed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,11 +22,21 @@ import pyarrow as pa
 
 from . import balance as bal
 from .counts import counts_table, partition_counts, sum_counts
+from .errors import CurateError
+from .io import RESERVED_COLUMNS
+from .io import text_column as _text_column
 from .metadata import Metadata
 from .steps import BalanceStep, MatchStep, csr_of
-from .uid import value_uids
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+    from dask.delayed import Delayed
 
 __all__ = ["match", "entry_counts", "balance"]
+
+# Without id_column, the index travels through MatchStep as this (temporary) id column, so
+# its uids are computed once, from the index values, and checked within the partition.
+_INDEX = "__gpu_curate_index__"
 
 
 def _is_cudf(df) -> bool:
@@ -46,13 +61,27 @@ def _from_arrow(table: pa.Table, template, index):
     return out
 
 
-def _match_one(df, step: MatchStep, keep_unmatched: bool):
+def _index_arrow(df) -> pa.Array:
+    return df.index.to_arrow() if _is_cudf(df) else pa.array(np.asarray(df.index))
+
+
+def _match_one(df, step: MatchStep, keep_unmatched: bool, checked=None, partition_info=None):
+    # ``checked`` is the result of the pool-wide id check: this task runs after it.
+    where = "DataFrame partition"
+    if partition_info is not None:
+        where = f"{where} {partition_info['number']}"
     table = _to_arrow(df)
-    matched, _, _ = step.run(table, "", 0, "DataFrame partition")
-    if step.id_column is None:
-        index = df.index.to_arrow() if _is_cudf(df) else pa.array(np.asarray(df.index))
-        uids = pa.array(value_uids(index, "index"), pa.uint64())
-        matched = matched.set_column(matched.schema.get_field_index("uid"), "uid", uids)
+    from_index = step.id_column == _INDEX
+    if from_index:
+        table = table.append_column(_INDEX, _index_arrow(df))
+    try:
+        matched, _, _ = step.run(table, "", 0, where)
+    except CurateError as exc:
+        if not from_index:
+            raise
+        raise CurateError(str(exc).replace(f"id column {_INDEX!r}", "the index")) from None
+    if from_index:
+        matched = matched.drop_columns([_INDEX])
     index = df.index
     if not keep_unmatched:
         keep = np.diff(csr_of(matched.column("entry_ids"))[0]) > 0
@@ -74,28 +103,143 @@ def _match_meta(meta_df):
     return out
 
 
+def _index_partitions_disjoint(ddf) -> bool:
+    """Whether known, strictly increasing divisions put each index value in one partition."""
+    if not ddf.known_divisions:
+        return False
+    divisions = list(ddf.divisions)
+    return all(a < b for a, b in zip(divisions[:-1], divisions[1:], strict=True))
+
+
+def _duplicate_message(name: str | None, value, rows: int, n_values: int) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    more = f" ({n_values} duplicated values in all)" if n_values > 1 else ""
+    if name is None:
+        return (
+            f"the DataFrame's index has duplicate value {shown} in {rows} rows{more}; uids come "
+            "from the index without id_column, so it must be unique (pass id_column=, or give "
+            "the DataFrame a unique index)"
+        )
+    return (
+        f"id column {name!r} has duplicate value {shown} in {rows} rows{more}; ids must be "
+        "unique over the DataFrame"
+    )
+
+
+def _raise_on_duplicate(name: str | None, *parts) -> bool:
+    """Reduce the partitions of ``value_counts()[counts > 1]``: raise on the smallest value."""
+    parts = [p.to_pandas() if _is_cudf(p) else p for p in parts]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return True
+    found = pd.concat(parts)
+    try:
+        value = found.index.min()
+    except TypeError:  # values that do not compare (an object column of mixed types)
+        value = found.index[0]
+    raise CurateError(_duplicate_message(name, value, int(found[value]), len(found)))
+
+
+def _unique_check(ddf, id_column: str | None) -> Delayed | None:
+    """A lazy task that raises CurateError if ids (or index values) repeat across partitions.
+
+    None where no such check is needed: one partition, or an index whose divisions keep
+    each value in one partition (MatchStep checks within a partition).
+    """
+    import dask
+
+    if ddf.npartitions == 1 or (id_column is None and _index_partitions_disjoint(ddf)):
+        return None
+    values = ddf[id_column] if id_column is not None else ddf.index.to_series()
+    counts = values.value_counts(sort=False)  # Dask's default split_out: a shuffle, not a gather
+    repeated = counts[counts > 1]
+    return dask.delayed(_raise_on_duplicate, pure=True)(id_column, *repeated.to_delayed())
+
+
 def match(
-    ddf,
+    ddf: dd.DataFrame,
     metadata: Metadata | Sequence[str],
     text_column: str | None = None,
     id_column: str | None = None,
     keep_unmatched: bool = False,
     backend: str = "cpu",
-):
+) -> dd.DataFrame:
     """Add ``uid`` and ``entry_ids`` (list<int32>) to a Dask DataFrame of texts (lazy).
+
+    The uids must be unique over the whole DataFrame (DESIGN section 3): they are the key
+    of the balancing draws. The result carries a lazy check of the ``id_column`` values
+    (without ``id_column``: of the index values) across all partitions, which runs when
+    the result or anything derived from it (``.compute()``, ``.to_parquet()``,
+    :func:`entry_counts`, :func:`balance`) is computed, before any partition is matched.
+    So even ``.head()`` reads every id once. A repeated value raises :class:`CurateError`
+    at that compute.
+
+    Parameters
+    ----------
+    ddf : dask.dataframe.DataFrame
+        The texts, one per row (pandas or cuDF partitions).
+    metadata : Metadata or sequence of str
+        The metadata entries; entry id = position.
+    text_column : str, optional
+        The text column (default: the first of ``TEXT``, ``text``, ``caption``,
+        ``alt_text``).
+    id_column : str, optional
+        A column of unique integer or string ids; uids are its hashed values. Without it,
+        uids are the hashed index values (``dd.read_parquet`` gives each file's rows the
+        index 0, 1, ..., which is not unique: pass ``id_column`` there).
+    keep_unmatched : bool, default False
+        Keep rows that match no entry (with an empty ``entry_ids``).
+    backend : {"cpu", "gpu"}, default "cpu"
+        Where the matching kernel runs.
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        The rows (matched ones only, unless ``keep_unmatched``) with ``uid`` (uint64) and
+        ``entry_ids`` added; the index is kept.
+
+    Raises
+    ------
+    CurateError
+        At once: no text column, or no such ``id_column``, or a column named ``uid`` or
+        ``entry_ids``. When computed: a duplicate id (or index value), null ids, texts that
+        are not strings.
 
     Examples
     --------
     >>> import dask.dataframe as dd, pandas as pd
-    >>> pdf = pd.DataFrame({"TEXT": ["a dog", "a cat", "nothing"]})
-    >>> m = match(dd.from_pandas(pdf, npartitions=2), ["dog", "cat"])
+    >>> pdf = pd.DataFrame({"TEXT": ["a dog", "a cat", "nothing"], "id": [10, 11, 12]})
+    >>> m = match(dd.from_pandas(pdf, npartitions=2), ["dog", "cat"], id_column="id")
     >>> m.compute()["entry_ids"].tolist()
     [[0], [1]]
+    >>> twice = dd.from_pandas(pdf.assign(id=[10, 11, 10]), npartitions=2)
+    >>> match(twice, ["dog", "cat"], id_column="id").compute()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    gpu_curate.errors.CurateError: id column 'id' has duplicate value 10 in 2 rows; ...
     """
     md = Metadata.coerce(metadata)
-    # Rows are filtered after uids are set from the index, so the step keeps everything.
-    step = MatchStep(md, text_column, id_column, True, backend)
-    return ddf.map_partitions(_match_one, step, keep_unmatched, meta=_match_meta(ddf._meta))
+    names = [str(c) for c in ddf.columns]
+    clash = [c for c in RESERVED_COLUMNS if c in names]
+    if clash:
+        raise CurateError(
+            f"the DataFrame has a column named {clash[0]!r}, which gpu-curate adds; rename it"
+        )
+    # Resolved here so that a missing column fails now, and the steps never guess.
+    schema = pa.schema([pa.field(n, pa.null()) for n in names])
+    text = _text_column(schema, text_column, "DataFrame")
+    if id_column is not None and id_column not in names:
+        raise CurateError(f"id column {id_column!r} not found; columns are: {', '.join(names)}")
+    # Rows are filtered after the step (which keeps everything) so the index stays aligned.
+    step = MatchStep(md, text, id_column if id_column is not None else _INDEX, True, backend)
+    checked = _unique_check(ddf, id_column)
+    return ddf.map_partitions(
+        _match_one, step, keep_unmatched, checked, meta=_match_meta(ddf._meta)
+    )
 
 
 def _partition_counts(df, n_entries: int):
@@ -103,8 +247,20 @@ def _partition_counts(df, n_entries: int):
     return partition_counts(values, n_entries)
 
 
-def entry_counts(matched, metadata: Metadata | Sequence[str]) -> pd.DataFrame:
-    """Count each entry over a matched Dask DataFrame: ``entry_id``, ``entry``, ``count``.
+def entry_counts(matched: dd.DataFrame, metadata: Metadata | Sequence[str]) -> pd.DataFrame:
+    """Count each entry over a matched Dask DataFrame (computes it).
+
+    Parameters
+    ----------
+    matched : dask.dataframe.DataFrame
+        The result of :func:`match` (its id check runs here too).
+    metadata : Metadata or sequence of str
+        The metadata ``matched`` was matched against.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``entry_id``, ``entry``, ``count``: every entry, in entry id order.
 
     Examples
     --------
@@ -128,11 +284,32 @@ def _balance_one(df, step: BalanceStep):
     return _from_arrow(table.filter(pa.array(mask)), df, df.index[mask])
 
 
-def balance(matched, counts, t: float, seed: int = 0, backend: str = "cpu"):
+def balance(
+    matched: dd.DataFrame,
+    counts: pd.DataFrame | np.ndarray,
+    t: float,
+    seed: int = 0,
+    backend: str = "cpu",
+) -> dd.DataFrame:
     """Keep the rows of a matched Dask DataFrame that pass the balancing draw (lazy).
 
-    ``counts`` is an int array of pool entry counts or the DataFrame from
-    :func:`entry_counts`.
+    Parameters
+    ----------
+    matched : dask.dataframe.DataFrame
+        The result of :func:`match` (its id check runs when this result is computed).
+    counts : pandas.DataFrame or ndarray of int
+        The pool's entry counts: the DataFrame from :func:`entry_counts` or an int array.
+    t : float
+        The balancing threshold: ``p[e] = t / max(count[e], t)``.
+    seed : int, default 0
+        Seed of the counter-based draws.
+    backend : {"cpu", "gpu"}, default "cpu"
+        Where the draws run (bit-identical results).
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        The kept rows, same columns and index.
 
     Examples
     --------

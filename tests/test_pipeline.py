@@ -21,6 +21,7 @@ import csv
 import hashlib
 import json
 import math
+import re
 import shutil
 import socket
 import subprocess
@@ -851,3 +852,115 @@ def test_each_part_is_matched_and_balanced_once(tmp_path, monkeypatch):
     assert report["parts"] == 9  # 3 files x ceil(50 / 20)
     assert sorted(matched_calls) == sorted([20, 20, 10] * 3)
     assert len(balanced_calls) == 9 and sum(balanced_calls) == report["matched_rows"]
+
+
+# ----------------------------------------------------------------------------- 7. progress
+
+# distributed's TextProgressBar redraws "[###   ] | 42% Completed |  0.1s" after a carriage
+# return, and erases the line (ESC [2K) when done; the pipeline then ends the line.
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+BAR = re.compile(r"\[(#*) *\] \| +(\d+)% Completed \| ")
+STAGES = ("matching", "balancing")
+
+
+def stage_bars(stdout: str) -> dict[str, list[int]]:
+    """{stage line: the percentages of the bars drawn after it, in order} of a CLI output."""
+    stages: dict[str, list[int]] = {}
+    current = None
+    for segment in re.split(r"[\r\n]", ANSI.sub("", stdout)):
+        if segment.split(" ", 1)[0] in STAGES:
+            current = segment
+            stages[current] = []
+        elif found := BAR.search(segment):
+            assert current is not None, f"a progress bar before any stage line:\n{stdout!r}"
+            assert found.start() == 0, f"bar not at the start of its segment: {segment!r}"
+            stages[current].append(int(found.group(2)))
+    return stages
+
+
+def assert_progress(stdout: str, want: list[str]) -> None:
+    """One finished bar under each stage line of ``want`` (their start), and nothing else."""
+    stages = stage_bars(stdout)
+    assert len(stages) == len(want), f"stage lines {list(stages)}, expected {want}"
+    for (line, bars), start in zip(stages.items(), want, strict=True):
+        assert line.startswith(start), f"stage line {line!r}, expected {start!r}"
+        assert bars, f"no progress bar under {line!r}:\n{stdout!r}"
+        assert all(0 <= b <= 100 for b in bars), bars
+        assert bars[-1] == 100, f"the bar under {line!r} did not reach 100%: {bars}"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """3 Parquet files of 20 texts (6 parts with --partition-rows 10) and 2 entries."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "pool").mkdir()
+    for f in range(3):
+        texts = [f"a dog {i}" if i % 3 else f"a cat {i}" for i in range(20)]
+        pq.write_table(pa.table({"TEXT": texts}), root / "pool" / f"p{f}.parquet")
+    md = root / "metadata.json"
+    md.write_text(json.dumps(["dog", "cat"]))
+    return root, md
+
+
+@pytest.fixture(scope="module")
+def tiny_matched(tiny, tmp_path_factory) -> Path:
+    root, md = tiny
+    out = tmp_path_factory.mktemp("tiny-runs") / "matched"
+    cli("match", root / "pool", "--metadata", md, "--out", out, "--partition-rows", 10, "--quiet")
+    return out
+
+
+def tiny_args(command: str, tiny, tiny_matched, out: Path) -> tuple[list, list[str]]:
+    """(argv, the stage lines it prints) of a run of ``command`` on the tiny pool."""
+    root, md = tiny
+    pool = [root / "pool", "--metadata", md, "--partition-rows", 10]
+    if command == "curate":
+        return ["curate", *pool, "--out", out, "--t", 5], ["matching 6 parts", "balancing 6 parts"]
+    if command == "match":
+        return ["match", *pool, "--out", out], ["matching 6 parts"]
+    return ["balance", tiny_matched, "--out", out, "--t", 5], ["balancing 6 parts"]
+
+
+@pytest.mark.parametrize("command", ["curate", "match", "balance"])
+def test_progress_bar_on_each_stage(command, tiny, tiny_matched, tmp_path):
+    argv, want = tiny_args(command, tiny, tiny_matched, tmp_path / "out")
+    result = cli(*argv)
+    assert_progress(result.stdout, want)
+    assert result.stdout.rstrip("\n").split("\n")[-1].startswith("pool 60 rows -> matched 60")
+
+
+@pytest.mark.parametrize("command", ["curate", "match", "balance"])
+def test_quiet_prints_no_progress(command, tiny, tiny_matched, tmp_path):
+    argv, _ = tiny_args(command, tiny, tiny_matched, tmp_path / "out")
+    result = cli(*argv, "--quiet")
+    assert result.stdout == ""
+    assert "Completed" not in result.output and "\r" not in result.output
+    assert (tmp_path / "out" / "report.json").is_file()  # it did run
+
+
+def test_progress_bar_with_scheduler(dask_cluster, tiny, tmp_path):
+    # The bar polls the scheduler the client is connected to: a remote one too.
+    root, md = tiny
+    result = cli("curate", root / "pool", "--metadata", md, "--out", tmp_path / "out",
+                 "--t", 5, "--partition-rows", 10, "--scheduler", dask_cluster)  # fmt: skip
+    assert "Dask cluster at" in result.stdout
+    assert_progress(result.stdout, ["matching 6 parts", "balancing 6 parts"])
+
+
+def test_stage_bars_parser():
+    # The parser itself, on a captured output: it must see bars, and miss none.
+    out = (
+        "gpu-curate 0.1.0: backend cpu\nmatching 2 parts of 1 files\n"
+        "\r[#    ] | 2% Completed |  0.0s\r[#####] | 100% Completed |  0.1s\x1b[2K\r\n"
+        "balancing 2 parts (t=5, seed=0)\n\r[#####] | 100% Completed |  0.0s\x1b[2K\r\npool ..."
+    )
+    assert stage_bars(out) == {
+        "matching 2 parts of 1 files": [2, 100],
+        "balancing 2 parts (t=5, seed=0)": [100],
+    }
+    assert stage_bars("matching 2 parts\nbalancing 2 parts\n") == {
+        "matching 2 parts": [],
+        "balancing 2 parts": [],
+    }
+    with pytest.raises(AssertionError, match="did not reach 100%"):
+        assert_progress(out.replace("100%", "50%"), ["matching", "balancing"])

@@ -1,0 +1,256 @@
+"""The Dask DataFrame API (``gpu_curate.dataframe``): results, and uids unique over the frame.
+
+The expectations are computed here: matches with conftest's literal ``reference_match``
+(DESIGN.md section 2), counts by counting them, the kept rows with the documented building
+blocks ``value_uids`` and ``keep_mask`` (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import LAION_PARQUET, read_laion_texts, reference_match, shared_data
+
+from gpu_curate import dataframe as gdf
+from gpu_curate.balance import keep_mask
+from gpu_curate.errors import CurateError
+from gpu_curate.uid import value_uids
+
+ENTRIES = ["dog", "cat", "photo", "new york", "red", "white", "black", "the", "of", "and",
+           "with", "for", "in", "on", "a", "blue", "green", "shirt", "women", "men"]  # fmt: skip
+T = 5
+SEED = 3
+
+
+@pytest.fixture(autouse=True)
+def _sync_scheduler():
+    # One thread: small graphs, and the other tests' CPU left alone.
+    with dask.config.set(scheduler="sync"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return read_laion_texts(shared_data(LAION_PARQUET))[:400]
+
+
+@pytest.fixture(scope="module")
+def pdf(texts) -> pd.DataFrame:
+    return pd.DataFrame({"TEXT": texts, "id": [f"row-{i}" for i in range(len(texts))]})
+
+
+def partition_ids(ddf: dd.DataFrame, column: str | None) -> list[list]:
+    """The id values (or index values) of each partition."""
+    parts = [ddf.partitions[i].compute() for i in range(ddf.npartitions)]
+    return [(p[column] if column else p.index).tolist() for p in parts]
+
+
+def with_repeat(pdf: pd.DataFrame, npartitions: int) -> dd.DataFrame:
+    """pdf's rows with the last row's id set to the first's: in two different partitions."""
+    ids = pdf["id"].tolist()
+    ids[-1] = ids[0]
+    ddf = dd.from_pandas(pdf.assign(id=ids), npartitions=npartitions)
+    parts = partition_ids(ddf, "id")
+    # What the old, per-partition check could not see: each partition is unique.
+    assert all(len(set(p)) == len(p) for p in parts)
+    assert ids[0] in parts[0] and ids[0] in parts[-1]
+    return ddf
+
+
+# ----------------------------------------------------------------------------- duplicates
+
+
+def _compute_match(m, _entries):
+    return m.compute()
+
+
+def _compute_counts(m, entries):
+    return gdf.entry_counts(m, entries)
+
+
+def _compute_balance(m, entries):
+    return gdf.balance(m, np.full(len(entries), 10), t=T, seed=SEED).compute()
+
+
+def _compute_head(m, _entries):
+    return m.head(3)
+
+
+CONSUMERS = {
+    "compute": _compute_match,
+    "entry_counts": _compute_counts,
+    "balance": _compute_balance,
+    "head": _compute_head,
+}
+
+
+@pytest.mark.parametrize("consumer", list(CONSUMERS))
+def test_duplicate_id_in_two_partitions_raises(consumer, pdf):
+    ddf = with_repeat(pdf, npartitions=4)
+    matched = gdf.match(ddf, ENTRIES, id_column="id")  # lazy: nothing checked yet
+    with pytest.raises(CurateError) as info:
+        CONSUMERS[consumer](matched, ENTRIES)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "id column 'id'" in message and "'row-0'" in message and "2 rows" in message
+
+
+def test_duplicate_id_under_distributed(pdf):
+    # The error comes back from a worker as the same one-line CurateError.
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    ddf = with_repeat(pdf, npartitions=3)
+    cluster = LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        dashboard_address=":0",
+        silence_logs=logging.CRITICAL,
+    )
+    want = r"^id column 'id' has duplicate value 'row-0' in 2 rows"
+    with cluster, Client(cluster) as client, dask.config.set(scheduler=None):
+        assert dask.base.get_scheduler() == client.get
+        with pytest.raises(CurateError, match=want):
+            gdf.entry_counts(gdf.match(ddf, ENTRIES, id_column="id"), ENTRIES)
+
+
+def test_several_duplicates_report_the_smallest_and_the_total(pdf):
+    ids = pdf["id"].tolist()
+    ids[-1], ids[-2], ids[150] = ids[7], ids[3], ids[3]  # row-3 three times, row-7 twice
+    ddf = dd.from_pandas(pdf.assign(id=ids), npartitions=5)
+    assert all(len(set(p)) == len(p) for p in partition_ids(ddf, "id"))
+    want = r"value 'row-3' in 3 rows \(2 duplicated values in all\)"
+    with pytest.raises(CurateError, match=want):
+        gdf.match(ddf, ENTRIES, id_column="id").compute()
+
+
+def test_duplicate_id_within_a_partition_still_raises(pdf):
+    ids = pdf["id"].tolist()
+    ids[1] = ids[0]
+    ddf = dd.from_pandas(pdf.assign(id=ids), npartitions=1)
+    with pytest.raises(CurateError, match=r"id column 'id' has duplicate value 'row-0'"):
+        gdf.match(ddf, ENTRIES, id_column="id").compute()
+
+
+def test_duplicate_index_within_a_partition_raises(pdf):
+    # Sorted divisions keep a value in one partition: the per-partition check finds it.
+    ddf = dd.from_pandas(pdf.set_index(pd.Index([0, *range(len(pdf) - 1)])), npartitions=3)
+    assert ddf.known_divisions
+    with pytest.raises(CurateError, match=r"^the index has duplicate value 0: ") as info:
+        gdf.match(ddf, ENTRIES).compute()
+    assert "__" not in str(info.value)  # no internal column name in the message
+
+
+def test_duplicate_index_across_files_raises(pdf, tmp_path):
+    # Without id_column the uids come from the index, and dd.read_parquet numbers each
+    # file's rows from 0: the same uids in every file.
+    for i, half in enumerate((pdf.iloc[:200], pdf.iloc[200:])):
+        pq.write_table(pa.Table.from_pandas(half, preserve_index=False), tmp_path / f"{i}.parquet")
+    ddf = dd.read_parquet(str(tmp_path))
+    parts = partition_ids(ddf, None)
+    assert len(parts) == 2 and parts[0][:3] == parts[1][:3] == [0, 1, 2]
+    want = r"^the DataFrame's index has duplicate value 0 in 2 rows"
+    with pytest.raises(CurateError, match=want):
+        gdf.entry_counts(gdf.match(ddf, ENTRIES), ENTRIES)
+    # With the id column the same files are fine.
+    counts = gdf.entry_counts(gdf.match(ddf, ENTRIES, id_column="id"), ENTRIES)
+    want = np.zeros(len(ENTRIES), np.int64)
+    for text in pdf["TEXT"]:
+        want[reference_match(text, ENTRIES)] += 1
+    assert counts["count"].tolist() == want.tolist()
+
+
+def test_duplicate_index_unsorted_partitions_raises(pdf):
+    index = list(range(len(pdf)))
+    index[-1] = 0
+    ddf = dd.from_pandas(pdf.set_index(pd.Index(index)), npartitions=3, sort=False)
+    assert not ddf.known_divisions
+    with pytest.raises(CurateError, match=r"index has duplicate value 0 in 2 rows"):
+        gdf.match(ddf, ENTRIES).compute()
+
+
+def test_missing_columns_fail_at_once(pdf):
+    ddf = dd.from_pandas(pdf, npartitions=2)
+    with pytest.raises(CurateError, match=r"id column 'nope' not found; columns are: TEXT, id"):
+        gdf.match(ddf, ENTRIES, id_column="nope")
+    with pytest.raises(CurateError, match=r"text column 'nope' not found"):
+        gdf.match(ddf, ENTRIES, text_column="nope")
+    with pytest.raises(CurateError, match=r"column named 'uid'"):
+        gdf.match(ddf.assign(uid=1), ENTRIES)
+
+
+def test_index_uids_computed_once(pdf, monkeypatch):
+    # Without id_column the uids are the index's: no position uids computed and dropped.
+    import gpu_curate.steps as steps_mod
+
+    def no_position_uids(*args, **kwargs):
+        raise AssertionError("position uids computed for a DataFrame partition")
+
+    monkeypatch.setattr(steps_mod, "position_uids", no_position_uids)
+    got = gdf.match(dd.from_pandas(pdf, npartitions=3), ENTRIES).compute()
+    assert got["uid"].tolist() == value_uids(pa.array(got.index.to_numpy())).tolist()
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@pytest.fixture(scope="module")
+def reference(pdf):
+    """(matches, uids by id, uids by index, counts, p) computed without the DataFrame API."""
+    matches = [reference_match(text, ENTRIES) for text in pdf["TEXT"]]
+    counts = np.zeros(len(ENTRIES), np.int64)
+    for m in matches:
+        counts[m] += 1
+    p = T / np.maximum(counts.astype(np.float64), T)
+    by_id = value_uids(pa.array(pdf["id"].tolist()), "id")
+    by_index = value_uids(pa.array(np.arange(len(pdf))), "index")
+    return matches, by_id, by_index, counts, p
+
+
+def direct_kept(matches, uids, p) -> np.ndarray:
+    offsets = np.zeros(len(matches) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(m) for m in matches])
+    values = np.array([e for m in matches for e in m], np.int32)
+    return keep_mask(offsets, values, uids, p, SEED)
+
+
+@pytest.mark.parametrize("id_column", [None, "id"])
+@pytest.mark.parametrize("npartitions", [1, 3, 7])
+def test_results_equal_reference(id_column, npartitions, pdf, reference):
+    matches, by_id, by_index, counts, p = reference
+    uids = by_id if id_column else by_index
+    matched_rows = [i for i, m in enumerate(matches) if m]
+    assert 0 < len(matched_rows) < len(pdf)  # some texts match nothing
+
+    ddf = dd.from_pandas(pdf, npartitions=npartitions)
+    matched = gdf.match(ddf, ENTRIES, id_column=id_column)
+    got = matched.compute()
+    assert got.index.tolist() == matched_rows
+    assert got["id"].tolist() == pdf["id"].iloc[matched_rows].tolist()
+    assert got["entry_ids"].tolist() == [matches[i] for i in matched_rows]
+    assert got["uid"].to_numpy(np.uint64).tolist() == uids[matched_rows].tolist()
+
+    table = gdf.entry_counts(matched, ENTRIES)
+    assert table["entry"].tolist() == ENTRIES
+    assert table["count"].tolist() == counts.tolist()
+
+    kept = gdf.balance(matched, table, t=T, seed=SEED).compute()
+    want = np.flatnonzero(direct_kept(matches, uids, p))
+    assert 0 < len(want) < len(matched_rows)  # balancing drops some rows, keeps some
+    assert kept.index.tolist() == want.tolist()
+    assert kept["TEXT"].tolist() == pdf["TEXT"].iloc[want].tolist()
+
+
+def test_keep_unmatched_keeps_every_row(pdf, reference):
+    matches, by_id, *_ = reference
+    got = gdf.match(dd.from_pandas(pdf, npartitions=3), ENTRIES, id_column="id",
+                    keep_unmatched=True).compute()  # fmt: skip
+    assert got["entry_ids"].tolist() == matches
+    assert got["uid"].to_numpy(np.uint64).tolist() == by_id.tolist()
