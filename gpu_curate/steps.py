@@ -94,14 +94,20 @@ class MatchStep:
         counts = partition_counts(ids, len(self.metadata), be.xp)
         row_offsets = be.asnumpy(row_offsets)
         ids = be.asnumpy(ids)
-        lengths = np.diff(row_offsets)
-        entry_ids = pa.ListArray.from_arrays(pa.array(row_offsets.astype(np.int32)), pa.array(ids))
-        out = table.append_column("uid", pa.array(uids, pa.uint64())).append_column(
+        matched = np.diff(row_offsets) > 0
+        kept_uids = uids
+        if not self.keep_unmatched and not matched.all():
+            # Unmatched rows own no ids: dropping them keeps the ids as they are and only
+            # drops their offsets, so only the input columns need filtering.
+            table = table.filter(pa.array(matched))
+            kept_uids = uids[matched]
+            row_offsets = np.append(row_offsets[:-1][matched], row_offsets[-1])
+        list_type = pa.ListArray if ids.size < 2**31 else pa.LargeListArray
+        offset_type = np.int32 if ids.size < 2**31 else np.int64
+        entry_ids = list_type.from_arrays(pa.array(row_offsets.astype(offset_type)), pa.array(ids))
+        out = table.append_column("uid", pa.array(kept_uids, pa.uint64())).append_column(
             "entry_ids", entry_ids
         )
-        matched = lengths > 0
-        if not self.keep_unmatched:
-            out = out.filter(pa.array(matched))
         nulls = texts.null_count
         empty = int(pc.sum(pc.equal(pc.binary_length(texts), 0)).as_py() or 0)
         stats = {
