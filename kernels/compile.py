@@ -23,7 +23,6 @@ FUNCTIONS = (
     "vocab_hash",
     "edge_hash",
     "bloom_has",
-    "vocab_find",
     "vocab_probe",
     "edge_find",
     "token_base",

@@ -130,18 +130,14 @@ def bloom_has(bloom, bmask, h):
     return (bloom[np.int64(b >> np.uint64(6))] >> (b & np.uint64(63))) & U1 == U1
 
 
-def vocab_find(vt, vmask, vbloom, bmask, long_data, data, start, length, key0, key1):
+def vocab_probe(vt, vmask, long_data, data, start, length, key0, key1):
     """Slot of the token with key (key0, key1) in the vocabulary table, or -1.
 
     ``length`` is the token's byte length when it is longer than 15 bytes (its key is then
-    a hash and the bytes data[start:start+length] are compared), else 0.
+    a hash, and a key hit is confirmed against the bytes data[start:start+length]), else 0.
+    The caller has done the Bloom test.
     """
-    h = vocab_hash(key0, key1)
-    # Most text tokens are in no entry: a small bitmap (L2-resident) turns most of them
-    # away before the big table is touched.
-    if not bloom_has(vbloom, bmask, h):
-        return -1
-    slot = h & vmask
+    slot = vocab_hash(key0, key1) & vmask
     while True:
         s = np.int64(slot)
         k1 = vt[s, 1]
@@ -150,7 +146,6 @@ def vocab_find(vt, vmask, vbloom, bmask, long_data, data, start, length, key0, k
         if k1 == key1 and vt[s, 0] == key0:
             if length <= MAX_SHORT:
                 return s
-            # Long token: the key is a hash, so confirm the bytes.
             off = np.int64(vt[s, 3])
             same = True
             for j in range(length):
@@ -159,19 +154,6 @@ def vocab_find(vt, vmask, vbloom, bmask, long_data, data, start, length, key0, k
                     break
             if same:
                 return s
-        slot = (slot + U1) & vmask
-
-
-def vocab_probe(vt, vmask, key0, key1):
-    """Slot of a short token (at most 15 bytes: its key is its bytes) in the table, or -1."""
-    slot = vocab_hash(key0, key1) & vmask
-    while True:
-        s = np.int64(slot)
-        k1 = vt[s, 1]
-        if k1 == U0:
-            return -1
-        if k1 == key1 and vt[s, 0] == key0:
-            return s
         slot = (slot + U1) & vmask
 
 
@@ -264,10 +246,10 @@ def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, 
         maybe = np.int64((vbloom[np.int64(b >> np.uint64(6))] >> (b & np.uint64(63))) & U1)
         if (key1 >> U56) == LONG_FLAG:
             # Long tokens (rare) are looked up here, with their bytes.
-            slot = vocab_find(
-                vt, vmask, vbloom, bmask, long_data, data, tstart[j],
-                np.int64(key1 & LOW32), key0, key1,
-            )  # fmt: skip
+            slot = -1
+            if maybe == 1:
+                length = np.int64(key1 & LOW32)
+                slot = vocab_probe(vt, vmask, long_data, data, tstart[j], length, key0, key1)
             tslot[j] = slot
             tinfo[j] = vt[slot, 2] if slot >= 0 else U0
             maybe = 0
@@ -278,7 +260,7 @@ def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, 
         c += maybe
     for q in range(base, c):
         j = tstart[q]
-        slot = vocab_probe(vt, vmask, tinfo[j], np.uint64(tslot[j]))
+        slot = vocab_probe(vt, vmask, long_data, data, 0, 0, tinfo[j], np.uint64(tslot[j]))
         tslot[j] = slot
         tinfo[j] = vt[slot, 2] if slot >= 0 else U0
     return k

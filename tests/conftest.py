@@ -76,6 +76,28 @@ def reference_match(text: str | None, entries: Sequence[str]) -> list[int]:
     return [i for i, e in enumerate(entries) if " " + e + " " in spaced]
 
 
+M64 = (1 << 64) - 1
+
+
+def ref_fmix64(k: int) -> int:
+    """Murmur3's 64-bit finalizer on Python ints, written from the documented formula
+    (independent of the NumPy code in gpu_curate/balance.py)."""
+    k &= M64
+    k ^= k >> 33
+    k = (k * 0xFF51AFD7ED558CCD) & M64
+    k ^= k >> 33
+    k = (k * 0xC4CEB9FE1A85EC53) & M64
+    k ^= k >> 33
+    return k
+
+
+def ref_uniform(seed: int, uid: int, entry: int, stream: int = 0) -> float:
+    """The documented draw U(seed, uid, entry) in [0, 1) (DESIGN section 3, balance.py)."""
+    key = ref_fmix64(seed ^ ref_fmix64((0x9E3779B97F4A7C15 * (stream + 1)) & M64))
+    h = ref_fmix64(ref_fmix64(key ^ uid) ^ entry)
+    return (h >> 11) / float(1 << 53)
+
+
 class AhoCorasickReference:
     """The same rule as :func:`reference_match` with pyahocorasick, for big metadata."""
 

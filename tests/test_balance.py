@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import M64, ref_fmix64, ref_uniform
 
 from gpu_curate import balance
 from gpu_curate.balance import (
@@ -19,26 +20,9 @@ from gpu_curate.balance import (
     pair_uniforms,
 )
 
-M64 = (1 << 64) - 1
-
 # --------------------------------------------------------------------------- references
-# Written from the documented formula, with Python ints: independent of the NumPy code.
-
-
-def ref_fmix64(k: int) -> int:
-    k &= M64
-    k ^= k >> 33
-    k = (k * 0xFF51AFD7ED558CCD) & M64
-    k ^= k >> 33
-    k = (k * 0xC4CEB9FE1A85EC53) & M64
-    k ^= k >> 33
-    return k
-
-
-def ref_uniform(seed: int, uid: int, entry: int, stream: int = 0) -> float:
-    key = ref_fmix64(seed ^ ref_fmix64((0x9E3779B97F4A7C15 * (stream + 1)) & M64))
-    h = ref_fmix64(ref_fmix64(key ^ uid) ^ entry)
-    return (h >> 11) / float(1 << 53)
+# Written from the documented formula, with Python ints (ref_fmix64 and ref_uniform are in
+# conftest): independent of the NumPy code.
 
 
 def ref_rows(offsets, ids) -> list[list[int]]:

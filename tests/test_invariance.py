@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from conftest import reference_match
+from conftest import ref_fmix64, ref_uniform, reference_match
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -46,21 +46,11 @@ ENTRY_WORDS = ["dog", "cat", "red", "car", "new", "york", "the", "(dog)", "dog's
 # ----------------------------------------------------------------------------- reference
 
 
-def fmix64(k: int) -> int:
-    """Murmur3's 64-bit finalizer, on Python ints."""
-    k &= MASK
-    k ^= k >> 33
-    k = (k * 0xFF51AFD7ED558CCD) & MASK
-    k ^= k >> 33
-    k = (k * 0xC4CEB9FE1A85EC53) & MASK
-    k ^= k >> 33
-    return k
+fmix64 = ref_fmix64
 
 
 def uniform(seed: int, uid: int, entry: int) -> float:
-    key = fmix64(seed ^ fmix64(GOLDEN))  # stream 0: GOLDEN * (0 + 1)
-    h = fmix64(fmix64(key ^ uid) ^ entry)
-    return (h >> 11) * 2.0**-53
+    return ref_uniform(seed, uid, entry)  # stream 0
 
 
 def id_uid(value: int) -> int:
