@@ -9,12 +9,14 @@ The references below are written from DESIGN.md section 2, independently of the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +98,53 @@ def ref_uniform(seed: int, uid: int, entry: int, stream: int = 0) -> float:
     key = ref_fmix64(seed ^ ref_fmix64((0x9E3779B97F4A7C15 * (stream + 1)) & M64))
     h = ref_fmix64(ref_fmix64(key ^ uid) ^ entry)
     return (h >> 11) / float(1 << 53)
+
+
+def binom_two_sided_pvalue(k: int, n: int, prob: float) -> float:
+    """Exact two-sided binomial p-value (doubling the smaller tail)."""
+    if prob <= 0.0:
+        return 1.0 if k == 0 else 0.0
+    if prob >= 1.0:
+        return 1.0 if k == n else 0.0
+    logs = [
+        math.lgamma(n + 1)
+        - math.lgamma(i + 1)
+        - math.lgamma(n - i + 1)
+        + i * math.log(prob)
+        + (n - i) * math.log1p(-prob)
+        for i in range(n + 1)
+    ]
+    pmf = [math.exp(v) for v in logs]
+    lower = math.fsum(pmf[: k + 1])
+    upper = math.fsum(pmf[k:])
+    return min(1.0, 2.0 * min(lower, upper))
+
+
+def keep_rule_rejected(freq: np.ndarray, n_draws: int, prob: np.ndarray) -> list[str]:
+    """Reasons to reject 'each text is kept with probability prob' (empty: accepted).
+
+    Per text: exact binomial test, Bonferroni-corrected at family level 1e-3.
+    Aggregate: chi-square sum of z^2 over texts with 0 < prob < 1 (df = their number,
+    5 sd), and the total number kept (z within 4).
+    """
+    reasons = []
+    m = len(freq)
+    pvals = [
+        binom_two_sided_pvalue(int(k), n_draws, float(q)) for k, q in zip(freq, prob, strict=True)
+    ]
+    if min(pvals) * m < 1e-3:
+        reasons.append(f"per-text binomial: min p-value {min(pvals):.2g} over {m} texts")
+    inner = (prob > 0) & (prob < 1)
+    var = n_draws * prob[inner] * (1 - prob[inner])
+    chi2 = float((((freq[inner] - n_draws * prob[inner]) ** 2) / var).sum())
+    df = int(inner.sum())
+    if chi2 > df + 5 * math.sqrt(2 * df):
+        reasons.append(f"chi-square {chi2:.1f} on {df} df")
+    total_var = float((n_draws * prob * (1 - prob)).sum())
+    z = (freq.sum() - n_draws * prob.sum()) / math.sqrt(max(total_var, 1e-12))
+    if abs(z) > 4:
+        reasons.append(f"total kept z = {z:.1f}")
+    return reasons
 
 
 class AhoCorasickReference:

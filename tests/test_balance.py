@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import M64, ref_fmix64, ref_uniform
+from conftest import M64, keep_rule_rejected, ref_fmix64, ref_uniform
 
 from gpu_curate import balance
 from gpu_curate.balance import (
@@ -274,53 +274,6 @@ def test_tail_entries_always_kept_and_empty_rows_never(small):
         m = keep_mask(offsets, ids, uids, p, seed)
         assert m[has_tail].all()
         assert not m[empty].any()
-
-
-def _binom_two_sided_pvalue(k: int, n: int, prob: float) -> float:
-    """Exact two-sided binomial p-value (doubling the smaller tail)."""
-    if prob <= 0.0:
-        return 1.0 if k == 0 else 0.0
-    if prob >= 1.0:
-        return 1.0 if k == n else 0.0
-    logs = [
-        math.lgamma(n + 1)
-        - math.lgamma(i + 1)
-        - math.lgamma(n - i + 1)
-        + i * math.log(prob)
-        + (n - i) * math.log1p(-prob)
-        for i in range(n + 1)
-    ]
-    pmf = [math.exp(v) for v in logs]
-    lower = math.fsum(pmf[: k + 1])
-    upper = math.fsum(pmf[k:])
-    return min(1.0, 2.0 * min(lower, upper))
-
-
-def keep_rule_rejected(freq: np.ndarray, n_draws: int, prob: np.ndarray) -> list[str]:
-    """Reasons to reject 'each text is kept with probability prob' (empty: accepted).
-
-    Per text: exact binomial test, Bonferroni-corrected at family level 1e-3.
-    Aggregate: chi-square sum of z^2 over texts with 0 < prob < 1 (df = their number,
-    5 sd), and the total number kept (z within 4).
-    """
-    reasons = []
-    m = len(freq)
-    pvals = [
-        _binom_two_sided_pvalue(int(k), n_draws, float(q)) for k, q in zip(freq, prob, strict=True)
-    ]
-    if min(pvals) * m < 1e-3:
-        reasons.append(f"per-text binomial: min p-value {min(pvals):.2g} over {m} texts")
-    inner = (prob > 0) & (prob < 1)
-    var = n_draws * prob[inner] * (1 - prob[inner])
-    chi2 = float((((freq[inner] - n_draws * prob[inner]) ** 2) / var).sum())
-    df = int(inner.sum())
-    if chi2 > df + 5 * math.sqrt(2 * df):
-        reasons.append(f"chi-square {chi2:.1f} on {df} df")
-    total_var = float((n_draws * prob * (1 - prob)).sum())
-    z = (freq.sum() - n_draws * prob.sum()) / math.sqrt(max(total_var, 1e-12))
-    if abs(z) > 4:
-        reasons.append(f"total kept z = {z:.1f}")
-    return reasons
 
 
 def test_keep_rule_is_one_minus_prod_statistically():

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import keep_rule_rejected
 
 from gpu_curate.balance import entry_probabilities, keep_mask
 from gpu_curate.sampler import BalancedSampler
@@ -36,40 +37,6 @@ def build(n_rows: int = 300, seed: int = 11):
             q *= 1.0 - t / max(int(counts[e]), t)
         ref.append(1.0 - q)
     return offsets, ids, uids, counts, t, rows, np.array(ref)
-
-
-def _binom_two_sided_pvalue(k: int, n: int, prob: float) -> float:
-    if prob <= 0.0:
-        return 1.0 if k == 0 else 0.0
-    if prob >= 1.0:
-        return 1.0 if k == n else 0.0
-    pmf = [
-        math.exp(
-            math.lgamma(n + 1)
-            - math.lgamma(i + 1)
-            - math.lgamma(n - i + 1)
-            + i * math.log(prob)
-            + (n - i) * math.log1p(-prob)
-        )
-        for i in range(n + 1)
-    ]
-    return min(1.0, 2.0 * min(math.fsum(pmf[: k + 1]), math.fsum(pmf[k:])))
-
-
-def rejected(freq: np.ndarray, n: int, prob: np.ndarray) -> list[str]:
-    """Bonferroni exact binomial per row (family level 1e-3) + chi-square (5 sd)."""
-    reasons = []
-    pv = min(_binom_two_sided_pvalue(int(k), n, float(q)) for k, q in zip(freq, prob, strict=True))
-    if pv * len(freq) < 1e-3:
-        reasons.append(f"binomial min p {pv:.2g}")
-    inner = (prob > 0) & (prob < 1)
-    chi2 = float(
-        ((freq[inner] - n * prob[inner]) ** 2 / (n * prob[inner] * (1 - prob[inner]))).sum()
-    )
-    df = int(inner.sum())
-    if chi2 > df + 5 * math.sqrt(2 * df):
-        reasons.append(f"chi2 {chi2:.0f} on {df} df")
-    return reasons
 
 
 @pytest.fixture
@@ -124,13 +91,13 @@ def test_per_epoch_keep_frequencies_follow_one_minus_prod(data):
     freq = np.zeros(len(rows), np.int64)
     for k in range(n_epochs):
         freq[s.epoch(k)] += 1
-    assert not rejected(freq, n_epochs, ref)
+    assert not keep_rule_rejected(freq, n_epochs, ref)
     # The same test has power against the usual wrong rules.
     p = [t / max(int(c), t) for c in counts]
     sum_rule = np.array([min(sum(p[e] for e in r), 1.0) for r in rows])
     max_rule = np.array([max((p[e] for e in r), default=0.0) for r in rows])
-    assert rejected(freq, n_epochs, sum_rule)
-    assert rejected(freq, n_epochs, max_rule)
+    assert keep_rule_rejected(freq, n_epochs, sum_rule)
+    assert keep_rule_rejected(freq, n_epochs, max_rule)
 
 
 def test_len_and_expected_rows(data):
