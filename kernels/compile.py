@@ -22,6 +22,8 @@ FUNCTIONS = (
     "token_key",
     "vocab_hash",
     "edge_hash",
+    "bloom_position",
+    "bloom_bit",
     "bloom_has",
     "vocab_probe",
     "edge_find",

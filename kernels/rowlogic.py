@@ -124,10 +124,21 @@ def edge_hash(key):
     return fmix64(key)
 
 
+def bloom_position(bmask, h):
+    """(word, bit) of hash h in a Bloom bitmap of bmask + 1 bits (tables.py sets them)."""
+    b = (h >> U32) & bmask
+    return np.int64(b >> np.uint64(6)), b & np.uint64(63)
+
+
+def bloom_bit(bloom, bmask, h):
+    """The Bloom bitmap's bit of hash h, as 0 or 1 (0: the key is surely absent)."""
+    word, bit = bloom_position(bmask, h)
+    return (bloom[word] >> bit) & U1
+
+
 def bloom_has(bloom, bmask, h):
     """Whether the Bloom bitmap has the bit of hash h (False: the key is surely absent)."""
-    b = (h >> U32) & bmask
-    return (bloom[np.int64(b >> np.uint64(6))] >> (b & np.uint64(63))) & U1 == U1
+    return bloom_bit(bloom, bmask, h) == U1
 
 
 def vocab_probe(vt, vmask, long_data, data, start, length, key0, key1):
@@ -241,9 +252,7 @@ def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, 
     for j in range(base, base + k):
         key0 = tinfo[j]
         key1 = np.uint64(tslot[j])
-        h = vocab_hash(key0, key1)
-        b = (h >> U32) & bmask
-        maybe = np.int64((vbloom[np.int64(b >> np.uint64(6))] >> (b & np.uint64(63))) & U1)
+        maybe = np.int64(bloom_bit(vbloom, bmask, vocab_hash(key0, key1)))
         if (key1 >> U56) == LONG_FLAG:
             # Long tokens (rare) are looked up here, with their bytes.
             slot = -1

@@ -113,8 +113,8 @@ def _insert_vocab(k0, k1, info, long_off, vt, vbloom):
     slots = np.empty(k0.shape[0], np.int64)
     for i in range(k0.shape[0]):
         h = _rl.vocab_hash(k0[i], k1[i])
-        b = (h >> np.uint64(32)) & bmask
-        vbloom[np.int64(b >> np.uint64(6))] |= np.uint64(1) << (b & np.uint64(63))
+        word, bit = _rl.bloom_position(bmask, h)
+        vbloom[word] |= np.uint64(1) << bit
         slot = h & mask
         while vt[np.int64(slot), 1] != 0:
             slot = (slot + np.uint64(1)) & mask
@@ -134,8 +134,8 @@ def _insert_edges(parents, token_slots, info, et, vbloom):
     for i in range(parents.shape[0]):
         key = ((np.uint64(parents[i]) << np.uint64(32)) | np.uint64(token_slots[i])) + np.uint64(1)
         h = _rl.edge_hash(key)
-        b = (h >> np.uint64(32)) & bmask
-        vbloom[np.int64(b >> np.uint64(6))] |= np.uint64(1) << (b & np.uint64(63))
+        word, bit = _rl.bloom_position(bmask, h)
+        vbloom[word] |= np.uint64(1) << bit
         slot = h & mask
         while et[np.int64(slot), 0] != 0:
             slot = (slot + np.uint64(1)) & mask
