@@ -351,10 +351,24 @@ def pair_hashes(seed: int, uids: Any, entry_ids: Any, stream: int = 0) -> Any:
     if e.size and e.dtype.kind == "i" and int(e.min()) < 0:
         raise ValueError("entry_ids must be non-negative")
     with _wrap_ok(xp):
-        h = u.astype(np.uint64) ^ xp.uint64(_stream_key(seed, stream))  # a fresh copy
-        _fmix64_inplace(h, xp)
-        h = h ^ e.astype(np.uint64, copy=False)
-        return _fmix64_inplace(h, xp)
+        return _entry_hashes(_uid_hashes(u, _stream_key(seed, stream), xp), e, xp)
+
+
+def _uid_hashes(uids: Any, key: int, xp: ModuleType) -> Any:
+    """fmix64(key ^ uid), in a fresh array: the first half of the pair hash."""
+    h = uids.astype(np.uint64) ^ xp.uint64(key)
+    return _fmix64_inplace(h, xp)
+
+
+def _entry_hashes(uid_hashes: Any, entry_ids: Any, xp: ModuleType) -> Any:
+    """fmix64(uid_hash ^ entry_id), in a fresh array: the pair hash H."""
+    h = uid_hashes ^ entry_ids.astype(np.uint64, copy=False)
+    return _fmix64_inplace(h, xp)
+
+
+def _uniforms(h: Any, xp: ModuleType) -> Any:
+    """U = (h >> 11) * 2**-53: the top 53 bits of each hash as a float64 in [0, 1)."""
+    return (h >> xp.uint64(11)).astype(np.float64) * _TWO_M53
 
 
 def pair_uniforms(seed: int, uids: Any, entry_ids: Any, stream: int = 0) -> Any:
@@ -394,8 +408,7 @@ def pair_uniforms(seed: int, uids: Any, entry_ids: Any, stream: int = 0) -> Any:
     True
     """
     h = pair_hashes(seed, uids, entry_ids, stream)
-    xp = array_module(h)
-    return (h >> xp.uint64(11)).astype(np.float64) * _TWO_M53
+    return _uniforms(h, array_module(h))
 
 
 def keep_mask(
@@ -453,12 +466,9 @@ def _keep_mask_core(offsets, values, uids, p, seed: int, stream: int, rows, xp) 
     """keep_mask on validated inputs; ``rows`` is the row of each pair."""
     key = _stream_key(_as_u64_scalar(seed, "seed"), _as_u64_scalar(stream, "stream"))
     with _wrap_ok(xp):
-        # pair_hashes' formula, with its inner fmix64(key ^ uid) done once per row.
-        row_hash = uids.astype(np.uint64) ^ xp.uint64(key)  # a fresh copy
-        _fmix64_inplace(row_hash, xp)
-        h = row_hash[rows] ^ values.astype(np.uint64)
-        _fmix64_inplace(h, xp)
-    u = (h >> xp.uint64(11)).astype(np.float64) * _TWO_M53
+        # pair_hashes, with its first half done once per row rather than once per pair.
+        h = _entry_hashes(_uid_hashes(uids, key, xp)[rows], values, xp)
+    u = _uniforms(h, xp)
     kept = xp.zeros(offsets.size - 1, dtype=bool)
     kept[rows[u < p[values]]] = True  # every write stores True, so duplicates are harmless
     return kept
@@ -488,8 +498,7 @@ def balance_partition(
     rows = _pair_rows(offsets, xp)
     mask = _keep_mask_core(offsets, values, uids, p, seed, stream, rows, xp)
     expected = float(xp.sum(_keep_probabilities_core(offsets, values, p, xp)))
-    kept_counts = xp.bincount(values[mask[rows]], minlength=p.size).astype(np.int64)
-    return mask, expected, kept_counts
+    return mask, expected, _kept_counts(values, mask, rows, p.size, xp)
 
 
 def keep_probabilities(row_offsets: Any, entry_ids: Any, p: Any) -> Any:
@@ -594,5 +603,8 @@ def kept_entry_counts(row_offsets: Any, entry_ids: Any, mask: Any, n_entries: in
         raise ValueError("mask must have one value per row")
     if values.size and int(values.max()) >= n_entries:
         raise ValueError(f"entry id {int(values.max())} is out of range for {n_entries} entries")
-    rows = _pair_rows(offsets, xp)
+    return _kept_counts(values, mask, _pair_rows(offsets, xp), n_entries, xp)
+
+
+def _kept_counts(values: Any, mask: Any, rows: Any, n_entries: int, xp: ModuleType) -> Any:
     return xp.bincount(values[mask[rows]], minlength=n_entries).astype(np.int64)
