@@ -9,7 +9,14 @@ In well under 3 minutes it:
    (row_offsets and entry_ids) exactly; also the device string hash ``hash_rows``;
 3. times the GPU kernel alone (data already on the device, after a warm-up) and
    including the host-to-device copy, beside the CPU of the same machine;
-4. checks ``gpu_curate.balance`` on the device against the host, when that module exists.
+4. checks ``gpu_curate.balance`` (``keep_mask``, ``keep_probabilities`` and
+   ``balance_partition``) on the device against the host, bit for bit;
+5. with ``--pipeline-rows N``, runs the whole pipeline (``gpu_curate.curate``) on an
+   N-row Parquet pool with the cpu backend (local threads) and the gpu backend (dask-cuda's
+   ``LocalCUDACluster``: its default of one thread per GPU, and 4 threads per GPU, which
+   overlap host Parquet I/O with the device work), checks that every run writes the same
+   curated uids and entry counts, and reports rows/s end to end. Needs dask, distributed
+   and dask-cuda (no cuDF: partitions are read with pyarrow on the host).
 
 Prints a compact summary ending in ``RESULT: PASS`` or ``RESULT: FAIL`` (exit 0 / 1;
 exit 2 when it cannot run).
@@ -22,6 +29,7 @@ standing in for CuPy (slow: use a few hundred rows)::
 
     python benchmarks/gpu_check.py --simulate --rows 200
     python benchmarks/gpu_check.py --laion laion.parquet --metadata metadata.json
+    python benchmarks/gpu_check.py --data DATA --rows 4000000 --pipeline-rows 10000000
 """
 
 from __future__ import annotations
@@ -53,6 +61,25 @@ def parse_args(argv=None):
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions (best is reported)")
     ap.add_argument("--t", type=float, default=None, help="balancing threshold (default: auto)")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    ap.add_argument(
+        "--pipeline-rows",
+        type=int,
+        default=0,
+        help="also run the pipeline end to end on a pool of this many rows (default: no)",
+    )
+    ap.add_argument("--pipeline-files", type=int, default=20, help="files of that pool")
+    ap.add_argument(
+        "--gpu-threads",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[4],
+        help="also time the pipeline with these threads per GPU worker (default: 4)",
+    )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/gpu-curate-check"),
+        help="where the pipeline's pool and outputs go",
+    )
     ap.add_argument(
         "--simulate",
         action="store_true",
@@ -189,17 +216,15 @@ def compare_csr(arr, cpu, gpu) -> tuple[bool, str]:
 
 
 def check_balance(dev: Device, ro, ids, n_entries: int, t: float | None = None):
-    """PLACEHOLDER until gpu_curate.balance settles: device vs host balancing.
+    """Device vs host balancing: a dict with ``ok`` and a ``detail`` line.
 
-    Returns None when ``gpu_curate.balance`` does not exist; else a dict with ``ok`` and a
-    ``detail`` line. Checks that the device (CuPy) keep mask, keep probabilities and entry
-    probabilities equal the host (NumPy) ones bit for bit (DESIGN.md section 3).
+    Checks that the device (CuPy) entry probabilities, keep mask, keep probabilities and
+    ``balance_partition`` (mask and kept entry counts) equal the host (NumPy) ones bit for
+    bit (DESIGN.md section 3); the expected row count, a sum, to rounding.
     """
-    try:
-        from gpu_curate import balance
-    except ImportError:
-        return None
     import numpy as np
+
+    from gpu_curate import balance
 
     xp = dev.xp
     try:
@@ -213,7 +238,7 @@ def check_balance(dev: Device, ro, ids, n_entries: int, t: float | None = None):
         prob_h = balance.keep_probabilities(ro, ids, p_h)
         d_ro, d_ids, d_uids = xp.asarray(ro), xp.asarray(ids), xp.asarray(uids)
         p_d = balance.entry_probabilities(xp.asarray(counts), t)
-        secs, keep_d = timed(dev, 1, lambda: balance.keep_mask(d_ro, d_ids, d_uids, p_d, seed))
+        secs, keep_d = timed(dev, 2, lambda: balance.keep_mask(d_ro, d_ids, d_uids, p_d, seed))
         prob_d = balance.keep_probabilities(d_ro, d_ids, p_d)
         problems = []
         if not np.array_equal(p_h, dev.host(p_d)):
@@ -222,6 +247,14 @@ def check_balance(dev: Device, ro, ids, n_entries: int, t: float | None = None):
             problems.append(f"keep_mask differs in {int((keep_h != dev.host(keep_d)).sum())} rows")
         if not np.array_equal(prob_h, dev.host(prob_d)):
             problems.append("keep_probabilities differ")
+        mask_h, exp_h, kept_h = balance.balance_partition(ro, ids, uids, p_h, seed)
+        mask_d, exp_d, kept_d = balance.balance_partition(d_ro, d_ids, d_uids, p_d, seed)
+        if not (np.array_equal(mask_h, keep_h) and np.array_equal(mask_h, dev.host(mask_d))):
+            problems.append("balance_partition's mask differs")
+        if not np.array_equal(kept_h, dev.host(kept_d)):
+            problems.append("balance_partition's kept entry counts differ")
+        if not np.isclose(exp_h, exp_d, rtol=1e-9):
+            problems.append(f"expected rows differ: host {exp_h!r}, device {exp_d!r}")
         kept, expected = int(keep_h.sum()), float(prob_h.sum())
         detail = (
             f"t={t:g}: kept {kept:,} of {len(keep_h):,} (expected {expected:,.0f}); "
@@ -283,6 +316,8 @@ def run(args) -> dict:
     _match_on_device(*_host_buffers(warm), md, xp)
     dev.sync()
     res["gpu_first_call_s"] = time.perf_counter() - t0
+    if not args.simulate:
+        res["gpu_first_call_new_process_s"] = first_call_in_new_process(meta)
 
     reps = 1 if args.simulate else args.reps
     copy_s, gpu_csr = timed(
@@ -319,8 +354,186 @@ def run(args) -> dict:
 
     bal = check_balance(dev, cpu_csr[0], cpu_csr[1], len(md), args.t)
     res["balance"] = bal
-    res["ok"] = res["csr_ok"] and res["hash_ok"] and (bal is None or bal["ok"])
+    res["ok"] = res["csr_ok"] and res["hash_ok"] and bal["ok"]
+    if args.pipeline_rows:
+        res["pipeline"] = pipeline_check(args, laion, meta)
+        res["ok"] = res["ok"] and res["pipeline"]["ok"]
     return res
+
+
+def first_call_in_new_process(meta: Path) -> float | str:
+    """Seconds of the first device match in a fresh process (a new Dask GPU worker's case).
+
+    The kernels were compiled by this process, so this measures Numba's on-disk cache.
+    """
+    import subprocess
+
+    code = (
+        "import time, pyarrow as pa\n"
+        "from gpu_curate.metadata import Metadata\n"
+        "from gpu_curate.match import match_arrow\n"
+        f"md = Metadata.from_file({str(meta)!r}); md.tables\n"
+        "import cupy; cupy.zeros(1)\n"
+        "t0 = time.perf_counter()\n"
+        "match_arrow(pa.array(['a photo of a dog'] * 256), md, 'gpu')\n"
+        "cupy.cuda.Device().synchronize()\n"
+        "print(time.perf_counter() - t0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode:
+        return "error: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def _curated_uids(out: Path):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    return np.sort(pq.read_table(out / "curated", columns=["uid"]).column("uid").to_numpy())
+
+
+def _counts(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["count"]).column("count").to_numpy()
+
+
+def _device_pool_bytes() -> int:
+    """Bytes held by CuPy's memory pool in this process: its peak, as freed blocks stay."""
+    import cupy
+
+    return int(cupy.get_default_memory_pool().total_bytes())
+
+
+def _task_seconds(stream: list[dict]) -> dict:
+    """Count and summed compute seconds of the match and balance part tasks."""
+    from dask.utils import key_split
+
+    out: dict = {}
+    for task in stream:
+        name = key_split(task["key"]).lstrip("_").replace("_task", "")
+        if name not in ("match", "balance"):
+            continue
+        secs = sum(s["stop"] - s["start"] for s in task["startstops"] if s["action"] == "compute")
+        n, total = out.get(name, (0, 0.0))
+        out[name] = (n + 1, total + secs)
+    return {k: {"tasks": n, "compute_s": round(total, 2)} for k, (n, total) in out.items()}
+
+
+def pipeline_check(args, laion: Path, meta: Path) -> dict:
+    """``curate`` on the cpu and gpu backends: identical outputs, and rows/s of each run."""
+    import contextlib
+    import traceback
+
+    import numpy as np
+    from bench_pipeline import build_pool
+
+    from gpu_curate.metadata import Metadata
+    from gpu_curate.pipeline import Options, curate
+
+    rows, files = args.pipeline_rows, args.pipeline_files
+    pool = args.workdir / "pool"
+    t0 = time.perf_counter()
+    build_pool(laion, pool, rows, files)
+    res: dict = {"rows": rows, "files": files, "pool_build_s": time.perf_counter() - t0}
+    md = Metadata.from_file(meta)
+    runs: list[dict] = []
+    res["runs"] = runs
+
+    def one(label: str, out: Path, **options) -> Path | None:
+        print(f"  pipeline: {label} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            rep = curate(
+                [str(pool)], md, str(out), t=20_000, seed=0,
+                options=Options(quiet=True, overwrite=True, **options),
+            )  # fmt: skip
+        except Exception as exc:  # report it and go on with the other runs
+            traceback.print_exc()
+            runs.append({"label": label, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            return None
+        wall = time.perf_counter() - t0
+        runs.append(
+            {
+                "label": label,
+                "wall_s": wall,
+                "rows_per_s": rep["pool_rows"] / wall,
+                "seconds_match": rep["seconds_match"],
+                "seconds_balance": rep["seconds_balance"],
+                "curated_rows": rep["curated_rows"],
+                "backend": rep["backend"],
+                "cluster": f"{rep['cluster']}, {rep['workers']} workers, {rep['threads']} threads",
+            }
+        )
+        return out
+
+    w = args.workdir
+    outs = [one("cpu, local threads (first: Numba JIT)", w / "out-cpu-1", backend="cpu")]
+    outs.append(one("cpu, local threads", w / "out-cpu-2", backend="cpu"))
+    # Each cluster below runs twice (the second run finds the worker warm) and records the
+    # busy seconds of its part tasks, to tell time inside the tasks from time between them.
+    # GPU workers with one default stream shared by their threads, then with one per thread
+    # (gpu_curate.cluster.PER_THREAD_STREAMS, what the pipeline's local GPU cluster uses).
+    # The one-stream clusters come first: starting a cluster with the per-thread settings
+    # also leaves them in this process's environment, which later workers inherit.
+    configs = [(k, False) for k in args.gpu_threads] + [(0, True)]
+    configs += [(k, True) for k in args.gpu_threads]
+    for threads, ptds in configs:
+        if not threads:
+            outs.append(one("gpu, LocalCUDACluster default", w / "out-gpu", backend="gpu"))
+            continue
+        label = f"gpu, {threads} threads/GPU, " + ("per-thread streams" if ptds else "one stream")
+        try:
+            from dask_cuda import LocalCUDACluster
+            from distributed import Client, get_task_stream
+
+            from gpu_curate.cluster import gpu_worker_environment
+
+            with gpu_worker_environment() if ptds else contextlib.nullcontext():
+                cluster = LocalCUDACluster(threads_per_worker=threads)
+            with cluster, Client(cluster) as c:
+                address = cluster.scheduler_address
+                for run_no in (1, 2):
+                    out = w / f"out-gpu{threads}{'-ptds' if ptds else ''}-{run_no}"
+                    name = label + (" (warm)" if run_no == 2 else "")
+                    with get_task_stream(client=c) as stream:
+                        outs.append(one(name, out, backend="gpu", scheduler=address))
+                    if "error" not in runs[-1]:
+                        runs[-1]["tasks"] = _task_seconds(stream.data)
+                        pools = c.run(_device_pool_bytes)
+                        runs[-1]["device_pool_gb"] = max(pools.values()) / 1e9
+        except Exception as exc:
+            traceback.print_exc()
+            runs.append({"label": label, "error": f"{type(exc).__name__}: {exc}"})
+
+    # Every run that finished must have written the cpu run's outputs.
+    ref = outs[1] or outs[0]
+    problems = [f"{r['label']}: {r['error']}" for r in runs if "error" in r]
+    compared = 0
+    if ref is not None:
+        ref_uids = _curated_uids(ref)
+        ref_counts = _counts(ref / "entry_counts.parquet")
+        ref_kept = _counts(ref / "curated_entry_counts.parquet")
+        for out in [o for o in outs if o is not None and o != ref]:
+            if not np.array_equal(_curated_uids(out), ref_uids):
+                problems.append(f"{out.name}: curated uids differ from {ref.name}")
+            if not np.array_equal(_counts(out / "entry_counts.parquet"), ref_counts):
+                problems.append(f"{out.name}: entry counts differ from {ref.name}")
+            if not np.array_equal(_counts(out / "curated_entry_counts.parquet"), ref_kept):
+                problems.append(f"{out.name}: curated entry counts differ from {ref.name}")
+            compared += 1
+        res["curated_rows"] = int(ref_uids.size)
+    res["compared_outputs"] = compared
+    res["problems"] = problems
+    res["ok"] = ref is not None and not problems and compared > 0
+    return res
+
+
+def _secs(v) -> str:
+    return f"{v:.1f} s" if isinstance(v, float) else str(v)
 
 
 def summary(res: dict) -> str:
@@ -334,7 +547,12 @@ def summary(res: dict) -> str:
         f"{res['entries']:,} entries",
         f"  tables           build {res['tables_build_s']:.2f} s ({res['tables_mb']:.0f} MB), "
         f"to device {res['tables_to_device_s']:.2f} s, GPU first call (JIT) "
-        f"{res['gpu_first_call_s']:.1f} s",
+        f"{res['gpu_first_call_s']:.1f} s"
+        + (
+            f", in a new process (kernel cache) {_secs(res['gpu_first_call_new_process_s'])}"
+            if "gpu_first_call_new_process_s" in res
+            else ""
+        ),
         f"  CPU              {res['cpu_texts_per_s']:>14,.0f} texts/s  ({res['cpu_threads']} "
         f"threads, {res['cpu_s']:.3f} s)",
         f"  GPU kernel only  {res['gpu_kernel_texts_per_s']:>14,.0f} texts/s  "
@@ -346,11 +564,40 @@ def summary(res: dict) -> str:
         "(incl. copy)",
         f"  CSR GPU == CPU   {pf(res['csr_ok'])}: {res['csr_detail']}",
         f"  hash_rows        {pf(res['hash_ok'])}",
-        "  balance          "
-        + ("SKIP (gpu_curate.balance not found)" if bal is None else f"{pf(bal['ok'])}: ")
-        + ("" if bal is None else bal["detail"]),
-        f"RESULT: {pf(res['ok'])}",
+        f"  balance          {pf(bal['ok'])}: {bal['detail']}",
     ]
+    pipe = res.get("pipeline")
+    if pipe is not None:
+        lines.append(
+            f"  pipeline         {pipe['rows']:,} rows in {pipe['files']} Parquet files "
+            f"(built in {pipe['pool_build_s']:.0f} s); t=20000, seed=0"
+        )
+        for r in pipe["runs"]:
+            if "error" in r:
+                lines.append(f"    {r['label']:<46} ERROR {r['error']}")
+            else:
+                lines.append(
+                    f"    {r['label']:<46} {r['rows_per_s']:>12,.0f} rows/s  "
+                    f"({r['wall_s']:.1f} s: match {r['seconds_match']:.1f}, balance "
+                    f"{r['seconds_balance']:.1f}; {r['cluster']}; curated {r['curated_rows']:,}"
+                    + (
+                        f"; device pool {r['device_pool_gb']:.1f} GB"
+                        if "device_pool_gb" in r
+                        else ""
+                    )
+                    + ")"
+                )
+                if r.get("tasks"):
+                    busy = [
+                        f"{k} {v['tasks']} tasks {v['compute_s']:.1f} s"
+                        for k, v in r["tasks"].items()
+                    ]
+                    lines.append("      busy in tasks: " + ", ".join(busy))
+        lines.append(
+            f"    same outputs   {pf(pipe['ok'])}: {pipe['compared_outputs']} outputs compared "
+            f"with the cpu run" + ("; " + "; ".join(pipe["problems"]) if pipe["problems"] else "")
+        )
+    lines.append(f"RESULT: {pf(res['ok'])}")
     if res["simulate"]:
         lines.insert(1, "  (simulator: timings are not GPU timings)")
     return "\n".join(lines)

@@ -11,6 +11,16 @@ from dataclasses import dataclass
 from .backend import Backend
 from .errors import CurateError
 
+# Threads per GPU worker of the local GPU cluster (see open_client).
+GPU_THREADS = 4
+# Each thread of a local GPU worker gets its own default CUDA stream, in CuPy and in
+# numba-cuda (through CUDA Python), so a part that waits for its own results does not
+# also wait for the kernels and copies of the worker's other threads.
+PER_THREAD_STREAMS = {
+    "CUPY_CUDA_PER_THREAD_DEFAULT_STREAM": "1",
+    "CUDA_PYTHON_CUDA_PER_THREAD_DEFAULT_STREAM": "1",
+}
+
 
 @dataclass(frozen=True)
 class ClusterInfo:
@@ -25,7 +35,8 @@ class ClusterInfo:
                 f"Dask cluster at {self.address} ({self.workers} workers, {self.threads} threads)"
             )
         if self.kind == "local-cuda":
-            return f"LocalCUDACluster ({self.workers} GPU workers)"
+            per = self.threads // max(self.workers, 1)
+            return f"LocalCUDACluster ({self.workers} GPU workers x {per} threads)"
         per = self.threads // max(self.workers, 1)
         return f"local {self.kind.split('-')[1]} ({self.workers} workers x {per} threads)"
 
@@ -40,7 +51,8 @@ def open_client(
     """A ``distributed.Client`` for the run, closed (with its local cluster) at the end.
 
     * ``scheduler``: connect to an existing cluster (multi-node) at that address;
-    * gpu backend: ``dask_cuda.LocalCUDACluster``, one worker per visible GPU (or ``workers``);
+    * gpu backend: ``dask_cuda.LocalCUDACluster``, one worker per visible GPU (or
+      ``workers``), each running ``GPU_THREADS`` parts at once (fewer if cores are few);
     * cpu backend: ``LocalCluster`` with one process of ``workers`` threads (default: one
       per core; the kernels release the GIL), or ``workers`` single-threaded worker
       processes when ``processes`` is True.
@@ -70,10 +82,17 @@ def open_client(
                 "the gpu backend needs dask-cuda for a local cluster: pip install "
                 "'gpu-curate[cuda12]' (or pass --scheduler)"
             ) from None
-        cluster = LocalCUDACluster(n_workers=workers)
+        n_gpus = workers or _visible_gpus()
+        # The device work of a part is milliseconds and its host Parquet I/O most of the
+        # time, so a GPU worker runs a few parts at once. On an H100 with 16 cores, 4
+        # threads gave 1.42M rows/s, 1 thread 0.56M and 8 threads 1.37M with twice the
+        # device memory (docs/benchmarks.md); each thread holds ~1.6 GB of tile scratch.
+        per = max(1, min(GPU_THREADS, (os.cpu_count() or 1) // n_gpus))
+        with gpu_worker_environment():
+            cluster = LocalCUDACluster(n_workers=n_gpus, threads_per_worker=per)
         n = len(cluster.workers)
         with cluster, Client(cluster) as client:
-            yield client, ClusterInfo("local-cuda", n, n, cluster.scheduler_address)
+            yield client, ClusterInfo("local-cuda", n, n * per, cluster.scheduler_address)
         return
     n = workers or os.cpu_count() or 1
     if processes:
@@ -95,3 +114,29 @@ def open_client(
     kind = "local-processes" if processes else "local-threads"
     with cluster, Client(cluster) as client:
         yield client, ClusterInfo(kind, n if processes else 1, n, cluster.scheduler_address)
+
+
+def _visible_gpus() -> int:
+    import cupy
+
+    return max(1, cupy.cuda.runtime.getDeviceCount())
+
+
+def gpu_worker_environment():
+    """Dask config under which new worker processes start with :data:`PER_THREAD_STREAMS`.
+
+    Set before the worker's Python starts (``distributed.nanny.pre-spawn-environ``), since
+    CuPy and CUDA Python read these variables when they are imported.
+
+    Examples
+    --------
+    >>> import dask
+    >>> with gpu_worker_environment():
+    ...     env = dask.config.get("distributed.nanny.pre-spawn-environ")
+    >>> env["CUPY_CUDA_PER_THREAD_DEFAULT_STREAM"]
+    '1'
+    """
+    import dask
+
+    key = "distributed.nanny.pre-spawn-environ"
+    return dask.config.set({f"{key}.{k}": v for k, v in PER_THREAD_STREAMS.items()})

@@ -6,11 +6,14 @@ the Numba CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) with NumPy arrays, which i
 checks it against the CPU build.
 """
 
+import threading
+
 import numpy as np
 from numba import cuda
 
-from .compile import load_rowlogic
+from .compile import invalidate_stale_cache, load_rowlogic
 
+invalidate_stale_cache()
 _rl = load_rowlogic(cuda.jit(device=True), "gpu_curate.kernels._rowlogic_cuda")
 token_base = _rl.token_base
 tokenize_row = _rl.tokenize_row
@@ -20,12 +23,19 @@ is_valid = _rl.is_valid
 hash_bytes = _rl.hash_bytes
 
 THREADS = 128
+# numba-cuda loads a kernel's module into the context on its first launch, and two threads
+# doing that at once fail ("key already in dictionary: <CUlibrary ...>"; numba-cuda 0.30.4
+# on an H100, four Dask threads of one GPU worker). Launches are asynchronous, so holding
+# this lock around them costs no device time.
+_LAUNCH = threading.Lock()
+# Kernels are cached on disk (cache=True): each Dask GPU worker is a new process, which
+# would otherwise compile them again on its first part.
 # Rows are matched in tiles of about this many text bytes; the per-token scratch is
 # 24 bytes per possible token (2 per byte), so 1.5 GB of device memory per tile.
 TILE_BYTES = 32 << 20
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _tokens_count(
     offsets, data, validity, bit_offset, r0, byte0, vt, vmask, vbloom, bmask, long_data,
     et, emask, tslot, tinfo, tstart, ntok, counts, dummy,
@@ -45,7 +55,7 @@ def _tokens_count(
             counts[ii] = walk_row(tslot, tinfo, base, t, et, emask, vbloom, bmask, dummy, 0, False)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _write_unique(
     offsets, r0, byte0, et, emask, vbloom, bmask, tslot, tinfo, ntok, counts, occ_off, occ, uniq
 ):
@@ -60,7 +70,7 @@ def _write_unique(
             uniq[ii] = sort_unique(occ, occ_off[ii], c)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _compact(occ, occ_off, uniq, row_off, ids):
     ii = cuda.grid(1)
     if ii < uniq.shape[0]:
@@ -70,7 +80,7 @@ def _compact(occ, occ_off, uniq, row_off, ids):
             ids[dst + j] = occ[lo + j]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _hash_rows(offsets, data, seed, out):
     i = cuda.grid(1)
     if i < out.shape[0]:
@@ -112,22 +122,25 @@ def match_rows(offsets, data, validity, bit_offset, tables, xp):
         tstart = xp.empty(ntok_max, np.int64)
         ntok = xp.empty(m, np.int64)
         counts = xp.empty(m, np.int64)
-        _tokens_count[_blocks(m), THREADS](
-            offsets, data, validity, bit_offset, r0, byte0, t.vt, t.vmask, t.vbloom, t.bmask,
-            t.long_data, t.et, t.emask, tslot, tinfo, tstart, ntok, counts, dummy,
-        )  # fmt: skip
+        with _LAUNCH:
+            _tokens_count[_blocks(m), THREADS](
+                offsets, data, validity, bit_offset, r0, byte0, t.vt, t.vmask, t.vbloom, t.bmask,
+                t.long_data, t.et, t.emask, tslot, tinfo, tstart, ntok, counts, dummy,
+            )  # fmt: skip
         del tstart
         occ_off = _exclusive_cumsum(xp, counts)
         occ = xp.empty(int(occ_off[-1]), np.int32)
         uniq = xp.empty(m, np.int64)
-        _write_unique[_blocks(m), THREADS](
-            offsets, r0, byte0, t.et, t.emask, t.vbloom, t.bmask, tslot, tinfo, ntok, counts,
-            occ_off, occ, uniq,
-        )  # fmt: skip
+        with _LAUNCH:
+            _write_unique[_blocks(m), THREADS](
+                offsets, r0, byte0, t.et, t.emask, t.vbloom, t.bmask, tslot, tinfo, ntok, counts,
+                occ_off, occ, uniq,
+            )  # fmt: skip
         del tslot, tinfo
         row_off = _exclusive_cumsum(xp, uniq)
         ids = xp.empty(int(row_off[-1]), np.int32)
-        _compact[_blocks(m), THREADS](occ, occ_off, uniq, row_off, ids)
+        with _LAUNCH:
+            _compact[_blocks(m), THREADS](occ, occ_off, uniq, row_off, ids)
         counts_all.append(uniq)
         parts.append(ids)
         r0 = r1
@@ -141,5 +154,6 @@ def hash_rows(offsets, data, seed, xp):
     """64-bit hash of each row's bytes, on the device (same values as the CPU build)."""
     n = offsets.shape[0] - 1
     out = xp.empty(n, np.uint64)
-    _hash_rows[_blocks(n), THREADS](offsets, data, np.uint64(seed), out)
+    with _LAUNCH:
+        _hash_rows[_blocks(n), THREADS](offsets, data, np.uint64(seed), out)
     return out

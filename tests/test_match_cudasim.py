@@ -307,3 +307,58 @@ def test_device_hash_rows_equals_cpu(seed):
     # Same bytes, same hash; different bytes (here) different hashes.
     by_text = dict(zip(texts[2:], want.tolist(), strict=True))
     assert len(set(by_text.values())) == len(by_text)
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+class _LaunchSpy:
+    """Stands in for a CUDA kernel: records whether each launch held the launch lock."""
+
+    def __init__(self, kernel, lock, seen: list) -> None:
+        self.kernel, self.lock, self.seen = kernel, lock, seen
+
+    def __getitem__(self, config):
+        launch = self.kernel[config]
+
+        def call(*args):
+            self.seen.append(self.lock.locked())
+            return launch(*args)
+
+        return call
+
+
+def test_threads_matching_at_once_launch_under_the_lock(monkeypatch):
+    # A Dask GPU worker runs several parts at once. On an H100, numba-cuda 0.30.4 failed
+    # when two threads launched a kernel for the first time together, so every launch
+    # holds gpu._LAUNCH; and the threads' results must be each their own.
+    import threading
+
+    from gpu_curate.kernels import gpu
+    from gpu_curate.metadata import Metadata
+
+    seen: list[bool] = []
+    for name in ("_tokens_count", "_write_unique", "_compact"):
+        monkeypatch.setattr(gpu, name, _LaunchSpy(getattr(gpu, name), gpu._LAUNCH, seen))
+    md = Metadata(ENTRIES)
+    arrays = [pa.array(built_texts(40, seed=s)) for s in range(4)]
+    got: dict[int, tuple] = {}
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            got[k] = gpu_csr(arrays[k], md)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(seen) >= 12 and all(seen)
+    for k, arr in enumerate(arrays):
+        want = cpu_csr(arr, md)
+        np.testing.assert_array_equal(got[k][0], want[0])
+        np.testing.assert_array_equal(got[k][1], want[1])
