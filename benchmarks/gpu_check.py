@@ -2,7 +2,7 @@
 """GPU check without cuDF: the CUDA kernel against the CPU kernel, plus GPU speed.
 
 For a CUDA machine with CuPy, Numba and numba-cuda (cuDF not needed; DESIGN.md section 7).
-In well under 3 minutes it:
+In about 2 minutes it:
 
 1. builds ``--rows`` real texts (the LAION alt-texts replicated, default 1,000,000);
 2. matches them on the CPU (all threads) and on the GPU, and compares the CSR arrays
@@ -12,11 +12,11 @@ In well under 3 minutes it:
 4. checks ``gpu_curate.balance`` (``keep_mask``, ``keep_probabilities`` and
    ``balance_partition``) on the device against the host, bit for bit;
 5. with ``--pipeline-rows N``, runs the whole pipeline (``gpu_curate.curate``) on an
-   N-row Parquet pool with the cpu backend (local threads) and the gpu backend (dask-cuda's
-   ``LocalCUDACluster``: its default of one thread per GPU, and 4 threads per GPU, which
-   overlap host Parquet I/O with the device work), checks that every run writes the same
-   curated uids and entry counts, and reports rows/s end to end. Needs dask, distributed
-   and dask-cuda (no cuDF: partitions are read with pyarrow on the host).
+   N-row Parquet pool with the cpu backend (local threads) and the gpu backend (the
+   pipeline's own ``LocalCUDACluster``, then clusters of ``--gpu-threads`` threads per GPU,
+   each run twice: new worker, warm worker), checks that every run writes the same curated
+   uids and entry counts, and reports rows/s end to end. Needs dask, distributed and
+   dask-cuda (no cuDF: partitions are read with pyarrow on the host).
 
 Prints a compact summary ending in ``RESULT: PASS`` or ``RESULT: FAIL`` (exit 0 / 1;
 exit 2 when it cannot run).
@@ -425,7 +425,6 @@ def _task_seconds(stream: list[dict]) -> dict:
 
 def pipeline_check(args, laion: Path, meta: Path) -> dict:
     """``curate`` on the cpu and gpu backends: identical outputs, and rows/s of each run."""
-    import contextlib
     import traceback
 
     import numpy as np
@@ -473,31 +472,21 @@ def pipeline_check(args, laion: Path, meta: Path) -> dict:
     w = args.workdir
     outs = [one("cpu, local threads (first: Numba JIT)", w / "out-cpu-1", backend="cpu")]
     outs.append(one("cpu, local threads", w / "out-cpu-2", backend="cpu"))
-    # Each cluster below runs twice (the second run finds the worker warm) and records the
-    # busy seconds of its part tasks, to tell time inside the tasks from time between them.
-    # GPU workers with one default stream shared by their threads, then with one per thread
-    # (gpu_curate.cluster.PER_THREAD_STREAMS, what the pipeline's local GPU cluster uses).
-    # The one-stream clusters come first: starting a cluster with the per-thread settings
-    # also leaves them in this process's environment, which later workers inherit.
-    configs = [(k, False) for k in args.gpu_threads] + [(0, True)]
-    configs += [(k, True) for k in args.gpu_threads]
-    for threads, ptds in configs:
-        if not threads:
-            outs.append(one("gpu, LocalCUDACluster default", w / "out-gpu", backend="gpu"))
-            continue
-        label = f"gpu, {threads} threads/GPU, " + ("per-thread streams" if ptds else "one stream")
+    outs.append(one("gpu, LocalCUDACluster default", w / "out-gpu", backend="gpu"))
+    # Clusters of --gpu-threads threads per GPU worker, each run twice (the second run finds
+    # the worker warm), with the busy seconds of the part tasks: time inside the tasks, told
+    # apart from time between them.
+    for threads in args.gpu_threads:
+        label = f"gpu, LocalCUDACluster {threads} threads/GPU"
         try:
             from dask_cuda import LocalCUDACluster
             from distributed import Client, get_task_stream
 
-            from gpu_curate.cluster import gpu_worker_environment
-
-            with gpu_worker_environment() if ptds else contextlib.nullcontext():
-                cluster = LocalCUDACluster(threads_per_worker=threads)
+            cluster = LocalCUDACluster(threads_per_worker=threads)
             with cluster, Client(cluster) as c:
                 address = cluster.scheduler_address
                 for run_no in (1, 2):
-                    out = w / f"out-gpu{threads}{'-ptds' if ptds else ''}-{run_no}"
+                    out = w / f"out-gpu{threads}-{run_no}"
                     name = label + (" (warm)" if run_no == 2 else "")
                     with get_task_stream(client=c) as stream:
                         outs.append(one(name, out, backend="gpu", scheduler=address))

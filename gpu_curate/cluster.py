@@ -13,13 +13,6 @@ from .errors import CurateError
 
 # Threads per GPU worker of the local GPU cluster (see open_client).
 GPU_THREADS = 4
-# Each thread of a local GPU worker gets its own default CUDA stream, in CuPy and in
-# numba-cuda (through CUDA Python), so a part that waits for its own results does not
-# also wait for the kernels and copies of the worker's other threads.
-PER_THREAD_STREAMS = {
-    "CUPY_CUDA_PER_THREAD_DEFAULT_STREAM": "1",
-    "CUDA_PYTHON_CUDA_PER_THREAD_DEFAULT_STREAM": "1",
-}
 
 
 @dataclass(frozen=True)
@@ -88,8 +81,7 @@ def open_client(
         # threads gave 1.42M rows/s, 1 thread 0.56M and 8 threads 1.37M with twice the
         # device memory (docs/benchmarks.md); each thread holds ~1.6 GB of tile scratch.
         per = max(1, min(GPU_THREADS, (os.cpu_count() or 1) // n_gpus))
-        with gpu_worker_environment():
-            cluster = LocalCUDACluster(n_workers=n_gpus, threads_per_worker=per)
+        cluster = LocalCUDACluster(n_workers=n_gpus, threads_per_worker=per)
         n = len(cluster.workers)
         with cluster, Client(cluster) as client:
             yield client, ClusterInfo("local-cuda", n, n * per, cluster.scheduler_address)
@@ -120,23 +112,3 @@ def _visible_gpus() -> int:
     import cupy
 
     return max(1, cupy.cuda.runtime.getDeviceCount())
-
-
-def gpu_worker_environment():
-    """Dask config under which new worker processes start with :data:`PER_THREAD_STREAMS`.
-
-    Set before the worker's Python starts (``distributed.nanny.pre-spawn-environ``), since
-    CuPy and CUDA Python read these variables when they are imported.
-
-    Examples
-    --------
-    >>> import dask
-    >>> with gpu_worker_environment():
-    ...     env = dask.config.get("distributed.nanny.pre-spawn-environ")
-    >>> env["CUPY_CUDA_PER_THREAD_DEFAULT_STREAM"]
-    '1'
-    """
-    import dask
-
-    key = "distributed.nanny.pre-spawn-environ"
-    return dask.config.set({f"{key}.{k}": v for k, v in PER_THREAD_STREAMS.items()})

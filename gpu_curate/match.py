@@ -133,10 +133,6 @@ class DeviceTables:
         self.long_data = xp.asarray(tables.long_data)
         self.et = xp.asarray(tables.et)
         self.emask = tables.emask
-        if hasattr(xp, "cuda"):
-            # Other threads read the tables from their own streams: the copies, issued
-            # on this thread's stream, must be complete before the tables are shared.
-            xp.cuda.Device().synchronize()
 
 
 _DEVICE_TABLES: dict[tuple[str, str], DeviceTables] = {}
