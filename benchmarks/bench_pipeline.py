@@ -22,18 +22,28 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def build_pool(laion: Path, folder: Path, rows: int, files: int) -> None:
-    marker = folder / f".built-{rows}-{files}"
+def build_pool(laion: Path, folder: Path, rows: int, files: int, unique: bool = False) -> None:
+    """Write the pool: the LAION rows replicated (each text 1,000 times in 10M rows).
+
+    With ``unique``, row i's URL and text get the suffix `` #i``, so that no two rows are
+    equal, as in a real pool. Replicated texts let Parquet's dictionary encoding shrink
+    the files, which makes reading and writing them much cheaper than a real pool's;
+    the suffix adds no match to the LAION texts (checked on all 10k of them).
+    """
+    marker = folder / f".built-{rows}-{files}{'-unique' if unique else ''}"
     if marker.exists():
         return
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.parquet"):
+        old.unlink()
+    for old in folder.glob(".built-*"):
         old.unlink()
     base = pq.read_table(laion, columns=["URL", "TEXT"])
     per = -(-rows // files)
@@ -41,6 +51,11 @@ def build_pool(laion: Path, folder: Path, rows: int, files: int) -> None:
         n = min(per, rows - f * per)
         reps = -(-n // base.num_rows)
         table = pa.concat_tables([base] * reps).slice(0, n)
+        if unique:
+            suffix = pa.array([f" #{f * per + i}" for i in range(n)])
+            table = pa.table(
+                {c: pc.binary_join_element_wise(table[c], suffix, "") for c in ("URL", "TEXT")}
+            )
         pq.write_table(table, folder / f"pool-{f:04d}.parquet", row_group_size=100_000)
     marker.touch()
 
@@ -78,13 +93,26 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gpu-curate-bench"))
     ap.add_argument("--data", type=Path, default=SHARED)
     ap.add_argument("--processes", action="store_true", help="also time --processes")
+    ap.add_argument(
+        "--unique",
+        action="store_true",
+        help="also run on a pool whose rows are all distinct (a suffix ' #i' on each)",
+    )
+    ap.add_argument(
+        "--compression",
+        default="zstd",
+        help="codecs of the written parts to time, comma-separated (default: zstd)",
+    )
     args = ap.parse_args()
     laion = args.data / "captions" / "laion_alt_text_10k.parquet"
     metadata = args.data / "metadata" / "metadata_proxy_en.json"
     if not laion.exists():
         sys.exit(f"shared data not found under {args.data}")
-    pool = args.workdir / "pool"
-    build_pool(laion, pool, args.rows, args.files)
+    pools = [("replicated", args.workdir / "pool")]
+    build_pool(laion, pools[0][1], args.rows, args.files)
+    if args.unique:
+        pools.append(("unique", args.workdir / "pool-unique"))
+        build_pool(laion, pools[1][1], args.rows, args.files, unique=True)
     # The compiled metadata tables come from a cache of the bench's own (built here once),
     # as on any machine after its first run with this metadata.
     os.environ["GPU_CURATE_CACHE_DIR"] = str(args.workdir / "table-cache")
@@ -98,16 +126,24 @@ def main() -> None:
     print(f"command: {' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
     ref = reference_rate(laion, metadata)
     modes = [("threads", [])] + ([("processes", ["--processes"])] if args.processes else [])
+    codecs = [c for c in args.compression.split(",") if c]
     print(
-        "\n| mode | wall s | rows/s end to end | peak RSS GB | match s | balance s | curated rows |"
+        "\n| pool | mode | compression | wall s | rows/s end to end | peak RSS GB | match s "
+        "| balance s | curated rows | output MB |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for name, extra in modes:
-        wall, rss_gb, rep = run_cli(pool, metadata, args.workdir / f"out-{name}", extra)
-        rate = rep["pool_rows"] / wall
-        m, b = rep["seconds_match"], rep["seconds_balance"]
-        print(f"| {name} | {wall:.1f} | {rate:,.0f} | {rss_gb:.2f} | {m:.1f} | {b:.1f} | "
-              f"{rep['curated_rows']:,} |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for pool_name, pool in pools:
+        for name, extra in modes:
+            for codec in codecs:
+                out = args.workdir / f"out-{pool_name}-{name}-{codec}"
+                flags = [*extra, "--compression", codec]
+                wall, rss_gb, rep = run_cli(pool, metadata, out, flags)
+                rate = rep["pool_rows"] / wall
+                m, b = rep["seconds_match"], rep["seconds_balance"]
+                mb = sum(f.stat().st_size for f in out.rglob("*.parquet")) / 1e6
+                print(f"| {pool_name} | {name} | {codec} | {wall:.1f} | {rate:,.0f} | "
+                      f"{rss_gb:.2f} | {m:.1f} | {b:.1f} | {rep['curated_rows']:,} | "
+                      f"{mb:,.0f} |")  # fmt: skip
     print(
         f"\nreference (MetaCLIP's pyahocorasick matcher, matching only, 1 core): {ref:,.0f} texts/s"
     )  # noqa: E501

@@ -35,6 +35,18 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+def _compression_option():
+    from .io import COMPRESSIONS
+
+    return click.option(
+        "--compression",
+        type=click.Choice(COMPRESSIONS),
+        default="zstd",
+        show_default=True,
+        help="Codec of the Parquet parts written (lz4/none: faster, bigger files).",
+    )
+
+
 def _common(f):
     """Options shared by curate and match."""
     opts = [
@@ -92,6 +104,7 @@ def _common(f):
             default=None,
             help="Split Parquet files into parts of at most this many rows.",
         ),
+        _compression_option(),
         click.option("--keep-unmatched", is_flag=True, help="Keep texts that match no entry."),
         click.option("--quiet", is_flag=True, help="Print nothing but errors."),
         click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder."),
@@ -110,7 +123,7 @@ def _options(kw: dict):
         workers=kw["workers"], scheduler=kw["scheduler"], processes=kw["use_processes"],
         quiet=kw["quiet"], overwrite=kw["overwrite"], resume=kw["resume"],
         keep_unmatched=kw["keep_unmatched"], partition_rows=kw["partition_rows"],
-        format=kw["fmt"], echo=click.echo,
+        format=kw["fmt"], compression=kw["compression"], echo=click.echo,
     )  # fmt: skip
 
 
@@ -158,6 +171,7 @@ def match(inputs, metadata_path, out, **kw):
 @click.option("--quiet", is_flag=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--resume", is_flag=True)
+@_compression_option()
 def balance(matched_dir, t, seed, out, **kw):
     """Balance MATCHED_DIR (a `match` or `curate` output) with a threshold t and a seed."""
     from .pipeline import Options, balance_matched, check_seed, check_t
@@ -166,7 +180,7 @@ def balance(matched_dir, t, seed, out, **kw):
     opts = Options(
         backend=kw["backend"], workers=kw["workers"], scheduler=kw["scheduler"],
         processes=kw["use_processes"], quiet=kw["quiet"], overwrite=kw["overwrite"],
-        resume=kw["resume"], echo=click.echo,
+        resume=kw["resume"], compression=kw["compression"], echo=click.echo,
     )  # fmt: skip
     balance_matched(matched_dir, out, check_t(t), check_seed(seed), opts)
 

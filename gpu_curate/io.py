@@ -33,6 +33,9 @@ _EXTENSIONS = {
     ".tsv": "tsv",
 }
 TEXT_COLUMN_CANDIDATES = ("TEXT", "text", "caption", "alt_text")
+# Parquet codecs of the written parts: zstd (the default) gives the smallest files; lz4
+# and none trade size for speed (docs/benchmarks.md measures them on a real-like pool).
+COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
 RESERVED_COLUMNS = ("uid", "entry_ids")
 
 
@@ -282,12 +285,13 @@ def _is_text(t: pa.DataType) -> bool:
     )
 
 
-def atomic_write_parquet(fs, path: str, table: pa.Table) -> None:
-    """Write ``table`` as zstd Parquet through a temporary name and a rename.
+def atomic_write_parquet(fs, path: str, table: pa.Table, compression: str = "zstd") -> None:
+    """Write ``table`` as Parquet through a temporary name and a rename.
 
     Dictionary encoding is kept for the input's columns (repeated values compress well)
     and skipped for gpu-curate's near-unique ones; min/max statistics are written for the
     non-text columns only (those of alt-texts and URLs cost time and help no reader).
+    ``compression`` is one of :data:`COMPRESSIONS`.
     """
     names = table.schema.names
     dictionary = [c for c in names if c not in _NO_DICTIONARY]
@@ -297,7 +301,7 @@ def atomic_write_parquet(fs, path: str, table: pa.Table) -> None:
         pq.write_table(
             table,
             fh,
-            compression="zstd",
+            compression=compression,
             use_dictionary=dictionary or False,
             write_statistics=statistics or False,
         )

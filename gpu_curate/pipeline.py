@@ -28,6 +28,7 @@ from .cluster import ClusterInfo, open_client
 from .counts import counts_json, counts_table, partition_counts, sum_counts
 from .errors import CurateError
 from .io import (
+    COMPRESSIONS,
     Part,
     atomic_write_bytes,
     atomic_write_json,
@@ -71,7 +72,14 @@ class Options:
     keep_unmatched: bool = False
     partition_rows: int | None = None
     format: str | None = None
+    compression: str = "zstd"
     echo: Callable[[str], None] = field(default=print, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise CurateError(
+                f"unknown compression {self.compression!r}: choose one of {', '.join(COMPRESSIONS)}"
+            )
 
 
 def _say(opts: Options, msg: str) -> None:
@@ -160,7 +168,13 @@ def _finished_part(fs, data_path: str, stats_path: str, n_entries: int):
 
 
 def _match_task(
-    part: Part, step: MatchStep, out: str, resume: bool, threads: int, uid_buckets: int = 0
+    part: Part,
+    step: MatchStep,
+    out: str,
+    resume: bool,
+    threads: int,
+    uid_buckets: int = 0,
+    compression: str = "zstd",
 ):
     """Match one part; with ``uid_buckets``, also write its uid file (gpu_curate.unique)."""
     fs, _ = fsspec.core.url_to_fs(out)
@@ -182,14 +196,16 @@ def _match_task(
     )
     stats = {"part": name, "file": part.file.relpath, "row_start": part.row_start, **stats}
     stats["rows_written"] = matched.num_rows
-    atomic_write_parquet(fs, data_path, matched)
+    atomic_write_parquet(fs, data_path, matched, compression)
     if uids_path is not None:
         write_part_uids(fs, uids_path, uids, uid_buckets)
     atomic_write_json(fs, stats_path, stats)  # written last: marks the part complete
     return stats, counts
 
 
-def _balance_task(src: str, name: str, step: BalanceStep, out: str, resume: bool):
+def _balance_task(
+    src: str, name: str, step: BalanceStep, out: str, resume: bool, compression: str = "zstd"
+):
     fs, _ = fsspec.core.url_to_fs(out)
     data_path = f"{out}/{CURATED}/{name}.parquet"
     stats_path = f"{out}/{CURATED}/_parts/{name}.json"
@@ -200,7 +216,7 @@ def _balance_task(src: str, name: str, step: BalanceStep, out: str, resume: bool
         table = pq.read_table(fh)
     kept, stats, counts = step.run(table)
     stats = {"part": name, **stats}
-    atomic_write_parquet(fs, data_path, kept)
+    atomic_write_parquet(fs, data_path, kept, compression)
     atomic_write_json(fs, stats_path, stats)  # written last: marks the part complete
     return stats, counts
 
@@ -265,7 +281,9 @@ def match_stage(client, info: ClusterInfo, inputs, metadata: Metadata, fs, out, 
     threads = max(1, (os.cpu_count() or 1) // max(info.threads, 1))
     md_future = client.scatter(step, broadcast=True) if parts else step
     results = [
-        dask.delayed(_match_task, pure=False)(p, md_future, out, opts.resume, threads, buckets)
+        dask.delayed(_match_task, pure=False)(
+            p, md_future, out, opts.resume, threads, buckets, opts.compression
+        )
         for p in parts
     ]
     stats, counts = _compute(client, results, len(metadata), opts)
@@ -323,6 +341,7 @@ def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: 
             step_future,
             out,
             opts.resume,
+            opts.compression,
         )  # fmt: skip
         for p in parts
     ]
