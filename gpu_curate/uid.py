@@ -55,6 +55,10 @@ def value_uids(column: pa.Array | pa.ChunkedArray, name: str = "id") -> np.ndarr
             f"id column {name!r} has {column.null_count} null values (uids must be unique)"
         )
     t = column.type
+    if len(column) == 0:
+        # An empty file's id column may have type null (pandas writes an empty object
+        # column so): it holds no ids, so nothing to hash and nothing to reject.
+        return np.zeros(0, np.uint64)
     if pa.types.is_integer(t):
         values = column.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64).copy()
         values ^= np.uint64(_INT_DOMAIN)

@@ -355,6 +355,46 @@ def test_id_column_with_nulls(small, tmp_path):
     assert_clean_error(r, out, "'id'", "null")
 
 
+def test_empty_file_with_a_null_typed_id_column(small, tmp_path):
+    # pandas writes an empty object column as type null; an empty file has no ids to check.
+    _, md = small
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pq.write_table(pa.table({"TEXT": ["dog", "cat", "tree"], "id": [7, 8, 9]}), pool / "a.parquet")
+    empty = pa.table({"TEXT": pa.array([], pa.string()), "id": pa.array([], pa.null())})
+    pq.write_table(empty, pool / "b.parquet")
+    out = tmp_path / "out"
+    r = run_cli(
+        "curate", pool, "--metadata", md, "--out", out, "--id-column", "id", "--t", "1000",
+        "--backend", "cpu", "--quiet",
+    )  # fmt: skip
+    assert r.exit_code == 0, (r.output, r.exception)
+    report = json.loads((out / "report.json").read_text())
+    assert report["pool_rows"] == 3 and report["input_files"] == 2
+    # The same as without the empty file.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (pool / "a.parquet").rename(alone / "a.parquet")
+    r = run_cli(
+        "curate", alone, "--metadata", md, "--out", tmp_path / "out-alone", "--id-column", "id",
+        "--t", "1000", "--backend", "cpu", "--quiet",
+    )  # fmt: skip
+    assert r.exit_code == 0, (r.output, r.exception)
+    got = pq.read_table(out / "curated", columns=["id", "uid"]).sort_by("id")
+    want = pq.read_table(tmp_path / "out-alone" / "curated", columns=["id", "uid"]).sort_by("id")
+    assert got.num_rows > 0 and got.equals(want)
+    (alone / "a.parquet").rename(pool / "a.parquet")
+    # A non-empty null-typed id column is all nulls: still an error.
+    pq.write_table(
+        pa.table({"TEXT": ["dog"], "id": pa.array([None], pa.null())}), pool / "b.parquet"
+    )
+    r = run_cli(
+        "curate", pool, "--metadata", md, "--out", tmp_path / "bad", "--id-column", "id",
+        "--backend", "cpu", "--quiet",
+    )  # fmt: skip
+    assert_clean_error(r, tmp_path / "bad", "'id'", "null")
+
+
 def _id_pool(folder: Path, files: dict[str, tuple[list, list]], fmt: str = "parquet") -> Path:
     """Write {name: (texts, ids)} as Parquet or CSV files with the columns TEXT and id."""
     folder.mkdir(parents=True, exist_ok=True)
