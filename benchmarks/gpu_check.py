@@ -69,11 +69,6 @@ def parse_args(argv=None):
     )
     ap.add_argument("--pipeline-files", type=int, default=20, help="files of that pool")
     ap.add_argument(
-        "--sort-ab",
-        action="store_true",
-        help="also time the kernel with the rows of a tile taken longest first (gpu.SORT_ROWS)",
-    )
-    ap.add_argument(
         "--gpu-threads",
         type=lambda v: [int(x) for x in v.split(",") if x],
         default=[4],
@@ -346,11 +341,6 @@ def run(args) -> dict:
         gpu_kernel_gb_per_s=nbytes / kernel_s / 1e9,
     )
 
-    if args.sort_ab:
-        res["sort_ab"] = sort_ab(dev, arr, cpu_csr, d_offsets, d_data, d_validity, bit_offset,
-                                 dtables, xp, reps)  # fmt: skip
-        res["ok_sort"] = res["sort_ab"]["csr_ok"]
-
     # Correctness: both GPU runs against the CPU CSR.
     host_gpu = (dev.host(gpu_csr[0]), dev.host(gpu_csr[1]))
     ok, detail = compare_csr(arr, cpu_csr, host_gpu)
@@ -364,42 +354,11 @@ def run(args) -> dict:
 
     bal = check_balance(dev, cpu_csr[0], cpu_csr[1], len(md), args.t)
     res["balance"] = bal
-    res["ok"] = res["csr_ok"] and res["hash_ok"] and bal["ok"] and res.get("ok_sort", True)
+    res["ok"] = res["csr_ok"] and res["hash_ok"] and bal["ok"]
     if args.pipeline_rows:
         res["pipeline"] = pipeline_check(args, laion, meta)
         res["ok"] = res["ok"] and res["pipeline"]["ok"]
     return res
-
-
-def sort_ab(dev, arr, cpu_csr, d_offsets, d_data, d_validity, bit_offset, dtables, xp, reps):
-    """Kernel-only texts/s of launch variants, rounds alternating; each CSR checked.
-
-    Variants: rows in order or longest first (gpu.SORT_ROWS), 128 or 256 threads a block.
-    """
-    from gpu_curate.kernels import gpu as gpu_kernels
-
-    variants = [(False, 128), (True, 128), (False, 256), (True, 256)]
-    saved = gpu_kernels.SORT_ROWS, gpu_kernels.THREADS
-    best = dict.fromkeys(variants, float("inf"))
-    ok = True
-    try:
-        for _ in range(max(2, reps)):
-            for v in variants:
-                gpu_kernels.SORT_ROWS, gpu_kernels.THREADS = v
-                secs, out = timed(
-                    dev,
-                    1,
-                    lambda: gpu_kernels.match_rows(
-                        d_offsets, d_data, d_validity, bit_offset % 8, dtables, xp
-                    ),
-                )
-                best[v] = min(best[v], secs)
-                ok = ok and compare_csr(arr, cpu_csr, (dev.host(out[0]), dev.host(out[1])))[0]
-    finally:
-        gpu_kernels.SORT_ROWS, gpu_kernels.THREADS = saved
-    rates = {f"{'longest first' if s else 'row order'}, {t} threads": len(arr) / best[(s, t)]
-             for s, t in variants}  # fmt: skip
-    return {"rates": rates, "csr_ok": ok}
 
 
 def first_call_in_new_process(meta: Path) -> float | str:
@@ -593,12 +552,6 @@ def summary(res: dict) -> str:
         f"(kernel only), {res['gpu_incl_copy_texts_per_s'] / res['cpu_texts_per_s']:.1f}x "
         "(incl. copy)",
         f"  CSR GPU == CPU   {pf(res['csr_ok'])}: {res['csr_detail']}",
-        *(
-            [f"  launch variants  CSR {pf(res['sort_ab']['csr_ok'])} (kernel only, alternating)"]
-            + [f"    {k:<28} {v:>14,.0f} texts/s" for k, v in res["sort_ab"]["rates"].items()]
-            if "sort_ab" in res
-            else []
-        ),
         f"  hash_rows        {pf(res['hash_ok'])}",
         f"  balance          {pf(bal['ok'])}: {bal['detail']}",
     ]

@@ -35,49 +35,39 @@ _LAUNCH = threading.Lock()
 TILE_BYTES = 32 << 20
 
 
-# Thread ii of a tile works on row order[ii] of the tile, and per-row arrays are indexed by
-# that row, so the CSR comes out in row order whatever the order. With SORT_ROWS the order
-# is by decreasing length: a warp's threads then get rows of similar length, and wait less
-# for its longest one.
-SORT_ROWS = False
-
-
 @cuda.jit(cache=True)
 def _tokens_count(
-    offsets, data, validity, bit_offset, r0, byte0, order, vt, vmask, vbloom, bmask,
-    long_data, et, emask, tslot, tinfo, tstart, ntok, counts, dummy,
+    offsets, data, validity, bit_offset, r0, byte0, vt, vmask, vbloom, bmask, long_data,
+    et, emask, tslot, tinfo, tstart, ntok, counts, dummy,
 ):  # fmt: skip
     ii = cuda.grid(1)
     if ii < counts.shape[0]:
-        k = order[ii]
-        i = r0 + k
-        ntok[k] = 0
-        counts[k] = 0
+        i = r0 + ii
+        ntok[ii] = 0
+        counts[ii] = 0
         if is_valid(validity, bit_offset, i):
-            base = token_base(offsets[i], byte0, k)
+            base = token_base(offsets[i], byte0, ii)
             t = tokenize_row(
                 data, offsets[i], offsets[i + 1], vt, vmask, vbloom, bmask, long_data,
                 tslot, tinfo, tstart, base,
             )  # fmt: skip
-            ntok[k] = t
-            counts[k] = walk_row(tslot, tinfo, base, t, et, emask, vbloom, bmask, dummy, 0, False)
+            ntok[ii] = t
+            counts[ii] = walk_row(tslot, tinfo, base, t, et, emask, vbloom, bmask, dummy, 0, False)
 
 
 @cuda.jit(cache=True)
 def _write_unique(
-    offsets, r0, byte0, order, et, emask, vbloom, bmask, tslot, tinfo, ntok, counts, occ_off,
-    occ, uniq,
-):  # fmt: skip
+    offsets, r0, byte0, et, emask, vbloom, bmask, tslot, tinfo, ntok, counts, occ_off, occ, uniq
+):
     ii = cuda.grid(1)
     if ii < counts.shape[0]:
-        k = order[ii]
-        uniq[k] = 0
-        c = counts[k]
+        uniq[ii] = 0
+        c = counts[ii]
         if c > 0:
-            i = r0 + k
-            base = token_base(offsets[i], byte0, k)
-            walk_row(tslot, tinfo, base, ntok[k], et, emask, vbloom, bmask, occ, occ_off[k], True)
-            uniq[k] = sort_unique(occ, occ_off[k], c)
+            i = r0 + ii
+            base = token_base(offsets[i], byte0, ii)
+            walk_row(tslot, tinfo, base, ntok[ii], et, emask, vbloom, bmask, occ, occ_off[ii], True)
+            uniq[ii] = sort_unique(occ, occ_off[ii], c)
 
 
 @cuda.jit(cache=True)
@@ -107,14 +97,6 @@ def _exclusive_cumsum(xp, counts):
     return out
 
 
-def _row_order(offsets, r0: int, r1: int, xp):
-    """The tile's rows in the order its threads take them (see SORT_ROWS)."""
-    if not SORT_ROWS:
-        return xp.arange(r1 - r0, dtype=np.int64)
-    lengths = offsets[r0 + 1 : r1 + 1] - offsets[r0:r1]
-    return xp.argsort(-lengths).astype(np.int64)
-
-
 def match_rows(offsets, data, validity, bit_offset, tables, xp):
     """Match every row of a device Arrow string array; CSR (row_offsets, ids) on the device.
 
@@ -140,11 +122,10 @@ def match_rows(offsets, data, validity, bit_offset, tables, xp):
         tstart = xp.empty(ntok_max, np.int64)
         ntok = xp.empty(m, np.int64)
         counts = xp.empty(m, np.int64)
-        order = _row_order(offsets, r0, r1, xp)
         with _LAUNCH:
             _tokens_count[_blocks(m), THREADS](
-                offsets, data, validity, bit_offset, r0, byte0, order, t.vt, t.vmask, t.vbloom,
-                t.bmask, t.long_data, t.et, t.emask, tslot, tinfo, tstart, ntok, counts, dummy,
+                offsets, data, validity, bit_offset, r0, byte0, t.vt, t.vmask, t.vbloom, t.bmask,
+                t.long_data, t.et, t.emask, tslot, tinfo, tstart, ntok, counts, dummy,
             )  # fmt: skip
         del tstart
         occ_off = _exclusive_cumsum(xp, counts)
@@ -152,8 +133,8 @@ def match_rows(offsets, data, validity, bit_offset, tables, xp):
         uniq = xp.empty(m, np.int64)
         with _LAUNCH:
             _write_unique[_blocks(m), THREADS](
-                offsets, r0, byte0, order, t.et, t.emask, t.vbloom, t.bmask, tslot, tinfo, ntok,
-                counts, occ_off, occ, uniq,
+                offsets, r0, byte0, t.et, t.emask, t.vbloom, t.bmask, tslot, tinfo, ntok, counts,
+                occ_off, occ, uniq,
             )  # fmt: skip
         del tslot, tinfo
         row_off = _exclusive_cumsum(xp, uniq)

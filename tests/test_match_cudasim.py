@@ -362,17 +362,3 @@ def test_threads_matching_at_once_launch_under_the_lock(monkeypatch):
         want = cpu_csr(arr, md)
         np.testing.assert_array_equal(got[k][0], want[0])
         np.testing.assert_array_equal(got[k][1], want[1])
-
-
-@pytest.mark.parametrize("tile_bytes", [1 << 20, 64])
-def test_rows_taken_longest_first_give_the_same_csr(monkeypatch, tile_bytes):
-    # gpu.SORT_ROWS hands a tile's rows to threads longest first; the CSR stays in row order.
-    from gpu_curate.kernels import gpu
-    from gpu_curate.metadata import Metadata
-
-    monkeypatch.setattr(gpu, "SORT_ROWS", True)
-    monkeypatch.setattr(gpu, "TILE_BYTES", tile_bytes)  # one tile, or many small ones
-    texts = built_texts(120, seed=11)
-    order = gpu._row_order(np.array([0, 1, 4, 6], np.int64), 0, 3, np)
-    assert order.tolist() == [1, 2, 0]
-    assert_same_csr(pa.array(texts).slice(3), Metadata(ENTRIES))
