@@ -63,7 +63,8 @@ class MatchStep:
         Returns
         -------
         tuple
-            (matched table, stats dict, per-entry counts, uids as uint64 of every row).
+            (matched table, stats dict, per-entry counts, the uids (uint64) of every row of
+            the partition in no particular order: sorted with an id column).
         """
         be = resolve(self.backend)
         if be.name not in self.accepts:  # pragma: no cover - defensive
@@ -87,9 +88,12 @@ class MatchStep:
                     f"{', '.join(table.column_names)}"
                 )
             uids = value_uids(table.column(self.id_column), self.id_column)
-            _check_unique(uids, table.column(self.id_column), self.id_column, where, row_start)
+            all_uids = np.sort(uids)  # for the check here and the pool-wide one, once
+            _check_unique(uids, all_uids, table.column(self.id_column), self.id_column, where,
+                          row_start)  # fmt: skip
         else:
             uids = position_uids(relpath, row_start, n)
+            all_uids = uids
         row_offsets, ids = match_arrow(texts, self.metadata, be)
         counts = partition_counts(ids, len(self.metadata), be.xp)
         row_offsets = be.asnumpy(row_offsets)
@@ -117,13 +121,15 @@ class MatchStep:
             "empty_texts": empty,
             "matches": int(ids.size),
         }
-        return out, stats, counts, uids
+        return out, stats, counts, all_uids
 
 
-def _check_unique(uids: np.ndarray, column, name: str, where: str, row_start: int) -> None:
+def _check_unique(
+    uids: np.ndarray, sorted_uids: np.ndarray, column, name: str, where: str, row_start: int
+) -> None:
     # Within a part, where it is cheap and fails before the rest of the match stage; the
     # pipeline checks across parts afterwards (gpu_curate.unique).
-    found = first_duplicate(uids, column, where, row_start)
+    found = first_duplicate(uids, column, where, row_start, sorted_uids)
     if found is not None:
         raise CurateError(found.message(name))
 

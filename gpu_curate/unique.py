@@ -77,7 +77,11 @@ class Duplicate:
 
 
 def first_duplicate(
-    uids: np.ndarray, values: pa.Array | pa.ChunkedArray, path: str, row_start: int = 0
+    uids: np.ndarray,
+    values: pa.Array | pa.ChunkedArray,
+    path: str,
+    row_start: int = 0,
+    sorted_uids: np.ndarray | None = None,
 ) -> Duplicate | None:
     """The first pair of rows with equal id values among rows with equal uids, or None.
 
@@ -94,6 +98,8 @@ def first_duplicate(
         The file the rows come from (named in the result).
     row_start : int, default 0
         Row number of ``values[0]`` within the file.
+    sorted_uids : ndarray of uint64, optional
+        ``np.sort(uids)``, when the caller has it already.
 
     Returns
     -------
@@ -105,7 +111,7 @@ def first_duplicate(
     >>> first_duplicate(np.array([5, 7, 5], np.uint64), pa.array([1, 2, 1]), "a.parquet")
     Duplicate(value=1, first=('a.parquet', 0), second=('a.parquet', 2))
     """
-    s = np.sort(uids)
+    s = np.sort(uids) if sorted_uids is None else sorted_uids
     if not (s[1:] == s[:-1]).any():
         return None  # the common case, without an argsort
     order = np.argsort(uids, kind="stable")
@@ -208,13 +214,16 @@ def write_part_uids(
     path : str
         The uid file (:func:`uid_file`).
     uids : ndarray of uint64
-        The uids of every row of the part.
+        The uids of every row of the part, in any order (already sorted ones are not
+        sorted again).
     n_buckets : int
         B, a power of two (:func:`bucket_count`).
     """
     if n_buckets < 1 or n_buckets & (n_buckets - 1):
         raise ValueError(f"n_buckets must be a power of two, got {n_buckets}")
-    s = np.sort(np.asarray(uids, dtype=np.uint64))
+    s = np.asarray(uids, dtype=np.uint64)
+    if s.size > 1 and not (s[1:] >= s[:-1]).all():
+        s = np.sort(s)
     offsets = _bucket_offsets(s, n_buckets)
     blob = np.concatenate([np.array([n_buckets], np.uint64), offsets.astype(np.uint64), s])
     buf = io.BytesIO()
