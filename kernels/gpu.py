@@ -87,8 +87,10 @@ def _hash_rows(offsets, data, seed, out):
         out[i] = hash_bytes(data, offsets[i], offsets[i + 1], seed)
 
 
-def _blocks(n):
-    return max(1, (n + THREADS - 1) // THREADS)
+def _launch(kernel, n: int, *args) -> None:
+    """Launch ``kernel`` with one thread per item of ``n``, holding the launch lock."""
+    with _LAUNCH:
+        kernel[max(1, (n + THREADS - 1) // THREADS), THREADS](*args)
 
 
 def _exclusive_cumsum(xp, counts):
@@ -122,25 +124,23 @@ def match_rows(offsets, data, validity, bit_offset, tables, xp):
         tstart = xp.empty(ntok_max, np.int64)
         ntok = xp.empty(m, np.int64)
         counts = xp.empty(m, np.int64)
-        with _LAUNCH:
-            _tokens_count[_blocks(m), THREADS](
-                offsets, data, validity, bit_offset, r0, byte0, t.vt, t.vmask, t.vbloom, t.bmask,
-                t.long_data, t.et, t.emask, tslot, tinfo, tstart, ntok, counts, dummy,
-            )  # fmt: skip
+        _launch(
+            _tokens_count, m, offsets, data, validity, bit_offset, r0, byte0, t.vt, t.vmask,
+            t.vbloom, t.bmask, t.long_data, t.et, t.emask, tslot, tinfo, tstart, ntok, counts,
+            dummy,
+        )  # fmt: skip
         del tstart
         occ_off = _exclusive_cumsum(xp, counts)
         occ = xp.empty(int(occ_off[-1]), np.int32)
         uniq = xp.empty(m, np.int64)
-        with _LAUNCH:
-            _write_unique[_blocks(m), THREADS](
-                offsets, r0, byte0, t.et, t.emask, t.vbloom, t.bmask, tslot, tinfo, ntok, counts,
-                occ_off, occ, uniq,
-            )  # fmt: skip
+        _launch(
+            _write_unique, m, offsets, r0, byte0, t.et, t.emask, t.vbloom, t.bmask, tslot,
+            tinfo, ntok, counts, occ_off, occ, uniq,
+        )  # fmt: skip
         del tslot, tinfo
         row_off = _exclusive_cumsum(xp, uniq)
         ids = xp.empty(int(row_off[-1]), np.int32)
-        with _LAUNCH:
-            _compact[_blocks(m), THREADS](occ, occ_off, uniq, row_off, ids)
+        _launch(_compact, m, occ, occ_off, uniq, row_off, ids)
         counts_all.append(uniq)
         parts.append(ids)
         r0 = r1
@@ -154,6 +154,5 @@ def hash_rows(offsets, data, seed, xp):
     """64-bit hash of each row's bytes, on the device (same values as the CPU build)."""
     n = offsets.shape[0] - 1
     out = xp.empty(n, np.uint64)
-    with _LAUNCH:
-        _hash_rows[_blocks(n), THREADS](offsets, data, np.uint64(seed), out)
+    _launch(_hash_rows, n, offsets, data, np.uint64(seed), out)
     return out
