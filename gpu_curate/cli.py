@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from .cli_options import backend_option, compression_option
 from .errors import CurateError
 
 
@@ -33,18 +34,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     """MetaCLIP-style curation of image-text pools on GPU or CPU dataframes."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-
-
-def _compression_option():
-    from .io import COMPRESSIONS
-
-    return click.option(
-        "--compression",
-        type=click.Choice(COMPRESSIONS),
-        default="zstd",
-        show_default=True,
-        help="Codec of the Parquet parts written (lz4/none: faster, bigger files).",
-    )
 
 
 def _common(f):
@@ -75,12 +64,7 @@ def _common(f):
             default=None,
             help="Input format (default: by file extension).",
         ),
-        click.option(
-            "--backend",
-            type=click.Choice(["auto", "cpu", "gpu"]),
-            default="auto",
-            show_default=True,
-        ),
+        backend_option(),
         click.option(
             "--workers",
             type=click.IntRange(min=1),
@@ -104,7 +88,7 @@ def _common(f):
             default=None,
             help="Split Parquet files into parts of at most this many rows.",
         ),
-        _compression_option(),
+        compression_option(),
         click.option("--keep-unmatched", is_flag=True, help="Keep texts that match no entry."),
         click.option("--quiet", is_flag=True, help="Print nothing but errors."),
         click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder."),
@@ -162,16 +146,14 @@ def match(inputs, metadata_path, out, **kw):
 @click.option("--t", "t", required=True, help="Balancing threshold t > 0.")
 @click.option("--seed", default="0", show_default=True, help="Integer seed of the draws.")
 @click.option("--out", required=True, help="Output folder.")
-@click.option(
-    "--backend", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True
-)
+@backend_option()
 @click.option("--workers", type=click.IntRange(min=1), default=None)
 @click.option("--processes", "use_processes", is_flag=True)
 @click.option("--scheduler", default=None)
 @click.option("--quiet", is_flag=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--resume", is_flag=True)
-@_compression_option()
+@compression_option()
 def balance(matched_dir, t, seed, out, **kw):
     """Balance MATCHED_DIR (a `match` or `curate` output) with a threshold t and a seed."""
     from .pipeline import Options, balance_matched, check_seed, check_t
@@ -190,9 +172,7 @@ def balance(matched_dir, t, seed, out, **kw):
 @click.option("--rows", default=200_000, show_default=True, type=click.IntRange(min=100))
 @click.option("--t", "t", default=None, help="Threshold (default: rows / 1000).")
 @click.option("--seed", default="0", show_default=True)
-@click.option(
-    "--backend", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True
-)
+@backend_option()
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", is_flag=True)
 def demo(out, rows, t, seed, backend, overwrite, quiet):

@@ -42,7 +42,8 @@ import click
 import numpy as np
 import pyarrow.parquet as pq
 
-from .backend import BACKENDS, BackendError
+from .backend import BackendError
+from .cli_options import backend_option
 from .errors import CurateError
 
 if TYPE_CHECKING:
@@ -723,13 +724,7 @@ def write_report(
     is_flag=True,
     help="Skip the expected-size-against-t plot (it reads the whole matched dataset).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(BACKENDS),
-    default="cpu",
-    show_default=True,
-    help="Where the t sweep is computed.",
-)
+@backend_option(default="cpu", help="Where the t sweep is computed.")
 def report_command(
     folder: Path, out_html: Path | None, embed: bool, no_sweep: bool, backend: str
 ) -> None:

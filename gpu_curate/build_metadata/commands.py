@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..backend import BACKENDS
+from ..cli_options import backend_option
 from .build import build_metadata
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -64,13 +64,7 @@ def metadata() -> None:
     show_default=True,
     help="Keep at most this many entries (the last in list order are cut).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(BACKENDS),
-    default="auto",
-    show_default=True,
-    help="Dataframe backend for n-gram counting: pandas (cpu) or cuDF (gpu).",
-)
+@backend_option(help="Dataframe backend for n-gram counting: pandas (cpu) or cuDF (gpu).")
 @click.option(
     "--dask",
     "use_dask",

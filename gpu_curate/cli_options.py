@@ -1,0 +1,39 @@
+"""Click options that several ``gpu-curate`` commands share, each defined once.
+
+They live outside ``cli.py`` because ``plan``, ``report`` and ``metadata build`` define
+their commands in their own modules, which ``cli.py`` imports.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .backend import BACKENDS
+from .io import COMPRESSIONS
+
+
+def backend_option(default: str = "auto", help: str | None = None):
+    """The ``--backend auto|cpu|gpu`` option, with a command's own default and help.
+
+    Examples
+    --------
+    >>> @click.command()
+    ... @backend_option(default="cpu")
+    ... def f(backend): ...
+    >>> f.params[0].default
+    'cpu'
+    """
+    return click.option(
+        "--backend", type=click.Choice(BACKENDS), default=default, show_default=True, help=help
+    )
+
+
+def compression_option():
+    """The ``--compression`` option: the codec of the Parquet parts a command writes."""
+    return click.option(
+        "--compression",
+        type=click.Choice(COMPRESSIONS),
+        default="zstd",
+        show_default=True,
+        help="Codec of the Parquet parts written (lz4/none: faster, bigger files).",
+    )
