@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import balance
-from .backend import BACKENDS, BackendError, resolve
+from .backend import BackendError, resolve
+from .cli_options import backend_option
 from .errors import CurateError
 from .steps import list_chunk_csr
 
@@ -44,10 +45,15 @@ __all__ = [
 # --------------------------------------------------------------------------- loading
 
 
-def _matched_files(matched_dir: str | Path) -> list[Path]:
+def _dataset_root(matched_dir: str | Path) -> Path:
     root = Path(matched_dir)
     if not root.is_dir():
         raise CurateError(f"matched dataset directory not found: {root}")
+    return root
+
+
+def _matched_files(matched_dir: str | Path) -> list[Path]:
+    root = _dataset_root(matched_dir)
     sub = root / "matched"
     if not sub.is_dir():
         raise CurateError(f"{root} is not a matched dataset: no matched/ folder")
@@ -138,9 +144,7 @@ def load_entry_counts(matched_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     --------
     >>> counts, entries = load_entry_counts("out/")  # doctest: +SKIP
     """
-    root = Path(matched_dir)
-    if not root.is_dir():
-        raise CurateError(f"matched dataset directory not found: {root}")
+    root = _dataset_root(matched_dir)
     path = root / "entry_counts.parquet"
     if not path.is_file():
         raise CurateError(f"{root} is not a matched dataset: no entry_counts.parquet")
@@ -484,13 +488,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     help="Also find the t whose expected curated size is this many rows.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-@click.option(
-    "--backend",
-    type=click.Choice(BACKENDS),
-    default="auto",
-    show_default=True,
-    help="Compute on cpu (NumPy) or gpu (CuPy).",
-)
+@backend_option(help="Compute on cpu (NumPy) or gpu (CuPy).")
 def plan_command(
     matched_dir: Path,
     ts: tuple[float, ...],
