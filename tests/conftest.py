@@ -168,6 +168,22 @@ class AhoCorasickReference:
 # ----------------------------------------------------------------------------- shared data
 
 
+def write_entry_counts(path: Path, counts: Sequence[int]) -> None:
+    """An ``entry_counts.parquet`` as the pipeline writes it: entry ``i`` is named entry{i}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(counts)
+    table = pa.table(
+        {
+            "entry_id": pa.array(range(n), pa.int32()),
+            "entry": pa.array([f"entry{i}" for i in range(n)]),
+            "count": pa.array(counts, pa.int64()),
+        }
+    )
+    pq.write_table(table, path)
+
+
 def read_laion_texts(path: Path) -> list[str]:
     """The ``TEXT`` column of the LAION parquet sample."""
     import pyarrow.parquet as pq

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import write_entry_counts
 
 from gpu_curate.cli import main
 from gpu_curate.errors import CurateError
@@ -56,16 +57,7 @@ def write_matched(
         )
         # Small row groups: the column arrives as several chunks.
         pq.write_table(table, root / "matched" / name, row_group_size=64)
-    pq.write_table(
-        pa.table(
-            {
-                "entry_id": pa.array(range(len(counts)), pa.int32()),
-                "entry": pa.array([f"entry{i}" for i in range(len(counts))]),
-                "count": pa.array(counts, pa.int64()),
-            }
-        ),
-        root / "entry_counts.parquet",
-    )
+    write_entry_counts(root / "entry_counts.parquet", counts)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import keep_rule_rejected
+from conftest import keep_rule_rejected, write_entry_counts
 
 from gpu_curate.balance import entry_probabilities, keep_mask
 from gpu_curate.sampler import BalancedSampler
@@ -150,16 +150,7 @@ def test_from_matched_dir(tmp_path, data):
             ),
             tmp_path / "matched" / name,
         )
-    pq.write_table(
-        pa.table(
-            {
-                "entry_id": pa.array(range(len(counts)), pa.int32()),
-                "entry": pa.array([f"e{i}" for i in range(len(counts))]),
-                "count": pa.array(counts, pa.int64()),
-            }
-        ),
-        tmp_path / "entry_counts.parquet",
-    )
+    write_entry_counts(tmp_path / "entry_counts.parquet", counts)
     from_dir = BalancedSampler.from_matched_dir(tmp_path, t, seed=31)
     in_mem = BalancedSampler(offsets, ids, uids, counts, t, seed=31)
     assert from_dir.n_rows == len(rows)
