@@ -28,8 +28,6 @@ FUNCTIONS = (
     "vocab_probe",
     "edge_find",
     "token_base",
-    "byte_direct",
-    "byte_from_words",
     "tokenize_row",
     "walk_row",
     "sort_unique",
@@ -43,13 +41,11 @@ def invalidate_stale_cache() -> None:
     """Drop Numba's on-disk cache of this folder when rowlogic.py has changed.
 
     Numba keys a cached function on its own file's timestamp only; the CPU drivers inline
-    rowlogic's functions, so an edit of rowlogic.py (or of the binding here) alone would
-    leave them stale.
+    rowlogic's functions, so an edit of rowlogic.py alone would leave them stale.
     """
     cache = SOURCE.parent / "__pycache__"
     stamp = cache / "rowlogic.sha256"
-    # This file too: it binds the build's byte reader, which the cached code inlines.
-    digest = hashlib.sha256(SOURCE.read_bytes() + Path(__file__).read_bytes()).hexdigest()
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()
     try:
         if stamp.read_text() == digest:
             return
@@ -64,14 +60,8 @@ def invalidate_stale_cache() -> None:
         pass  # read-only install: Numba then caches elsewhere or not at all
 
 
-def load_rowlogic(
-    decorator: Callable, name: str, byte_reader: str = "byte_direct"
-) -> types.ModuleType:
-    """Return rowlogic.py compiled with ``decorator``, registered as ``sys.modules[name]``.
-
-    ``byte_reader`` names the rowlogic function that ``tokenize_row`` reads text bytes
-    with (``byte_direct`` or ``byte_from_words``): the one thing a build may choose.
-    """
+def load_rowlogic(decorator: Callable, name: str) -> types.ModuleType:
+    """Return rowlogic.py compiled with ``decorator``, registered as ``sys.modules[name]``."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, SOURCE)
@@ -79,6 +69,5 @@ def load_rowlogic(
     spec.loader.exec_module(module)
     for fname in FUNCTIONS:
         setattr(module, fname, decorator(getattr(module, fname)))
-    module.read_byte = getattr(module, byte_reader)
     sys.modules[name] = module
     return module

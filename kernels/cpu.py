@@ -19,10 +19,6 @@ hash_bytes = _rl.hash_bytes
 # the token scratch is one row's worth and stays in L1, and each row's ids go straight to
 # the chunk's stretch of the output.
 CHUNK_BYTES = 1 << 16
-# This build reads text bytes directly (rowlogic.byte_direct), so the word view of the text
-# that the CUDA build reads is left empty.
-NO_WORDS = np.zeros(0, np.uint64)
-U0 = np.uint64(0)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -47,9 +43,8 @@ def _match_chunk(
             s = offsets[i]
             e = offsets[i + 1]
             k = tokenize_row(
-                data, NO_WORDS, U0, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo,
-                tstart, 0,
-            )  # fmt: skip
+                data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, tstart, 0
+            )
             # Each token starts at most ``depth`` occurrences (the longest entry's tokens),
             # so most rows need no counting walk before writing.
             if pos + k * depth > hi:
@@ -80,8 +75,8 @@ def _chunk_occurrences(
     for i in range(r0, r1):
         if is_valid(validity, bit_offset, i):
             k = tokenize_row(
-                data, NO_WORDS, U0, offsets[i], offsets[i + 1], vt, vmask, vbloom, bmask,
-                long_data, tslot, tinfo, tstart, 0,
+                data, offsets[i], offsets[i + 1], vt, vmask, vbloom, bmask, long_data,
+                tslot, tinfo, tstart, 0,
             )  # fmt: skip
             total += walk_row(tslot, tinfo, 0, k, et, emask, vbloom, bmask, dummy, 0, False)
     return total

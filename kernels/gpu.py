@@ -14,11 +14,7 @@ from numba import cuda
 from .compile import invalidate_stale_cache, load_rowlogic
 
 invalidate_stale_cache()
-# A GPU thread stalls on every load it then tests, so this build reads the text a word at a
-# time (rowlogic.byte_from_words); the CPU build reads bytes.
-_rl = load_rowlogic(
-    cuda.jit(device=True), "gpu_curate.kernels._rowlogic_cuda", byte_reader="byte_from_words"
-)
+_rl = load_rowlogic(cuda.jit(device=True), "gpu_curate.kernels._rowlogic_cuda")
 token_base = _rl.token_base
 tokenize_row = _rl.tokenize_row
 walk_row = _rl.walk_row
@@ -41,8 +37,8 @@ TILE_BYTES = 32 << 20
 
 @cuda.jit(cache=True)
 def _tokens_count(
-    offsets, data, words, tail, validity, bit_offset, r0, byte0, vt, vmask, vbloom, bmask,
-    long_data, et, emask, tslot, tinfo, tstart, ntok, counts, dummy,
+    offsets, data, validity, bit_offset, r0, byte0, vt, vmask, vbloom, bmask, long_data,
+    et, emask, tslot, tinfo, tstart, ntok, counts, dummy,
 ):  # fmt: skip
     ii = cuda.grid(1)
     if ii < counts.shape[0]:
@@ -52,8 +48,8 @@ def _tokens_count(
         if is_valid(validity, bit_offset, i):
             base = token_base(offsets[i], byte0, ii)
             t = tokenize_row(
-                data, words, tail, offsets[i], offsets[i + 1], vt, vmask, vbloom, bmask,
-                long_data, tslot, tinfo, tstart, base,
+                data, offsets[i], offsets[i + 1], vt, vmask, vbloom, bmask, long_data,
+                tslot, tinfo, tstart, base,
             )  # fmt: skip
             ntok[ii] = t
             counts[ii] = walk_row(tslot, tinfo, base, t, et, emask, vbloom, bmask, dummy, 0, False)
@@ -97,22 +93,6 @@ def _launch(kernel, n: int, *args) -> None:
         kernel[max(1, (n + THREADS - 1) // THREADS), THREADS](*args)
 
 
-def _words(data, xp):
-    """``data`` as little-endian uint64 words without its last ``size % 8`` bytes, and those
-    bytes as one zero-padded word (rowlogic.byte_from_words reads the text so)."""
-    n = data.shape[0]
-    full = n - n % 8
-    ptr = data.data.ptr if hasattr(data.data, "ptr") else data.ctypes.data
-    if ptr % 8:
-        data = data.copy()  # a fresh allocation is aligned; a word view needs that
-    words = data[:full].view(np.uint64) if full else xp.zeros(0, np.uint64)
-    tail = np.zeros(8, np.uint8)
-    if n > full:
-        rest = data[full:]
-        tail[: n - full] = rest.get() if hasattr(rest, "get") else rest
-    return words, tail.view(np.uint64)[0]
-
-
 def _exclusive_cumsum(xp, counts):
     out = xp.zeros(counts.shape[0] + 1, np.int64)
     xp.cumsum(counts, out=out[1:])
@@ -129,7 +109,6 @@ def match_rows(offsets, data, validity, bit_offset, tables, xp):
     host_offsets = offsets.get() if hasattr(offsets, "get") else np.asarray(offsets)
     n = host_offsets.shape[0] - 1
     dummy = xp.zeros(1, np.int32)
-    words, tail = _words(data, xp)
     t = tables
     counts_all = []
     parts = []
@@ -146,9 +125,9 @@ def match_rows(offsets, data, validity, bit_offset, tables, xp):
         ntok = xp.empty(m, np.int64)
         counts = xp.empty(m, np.int64)
         _launch(
-            _tokens_count, m, offsets, data, words, tail, validity, bit_offset, r0, byte0, t.vt,
-            t.vmask, t.vbloom, t.bmask, t.long_data, t.et, t.emask, tslot, tinfo, tstart, ntok,
-            counts, dummy,
+            _tokens_count, m, offsets, data, validity, bit_offset, r0, byte0, t.vt, t.vmask,
+            t.vbloom, t.bmask, t.long_data, t.et, t.emask, tslot, tinfo, tstart, ntok, counts,
+            dummy,
         )  # fmt: skip
         del tstart
         occ_off = _exclusive_cumsum(xp, counts)

@@ -40,14 +40,12 @@ import numpy as np
 
 U0 = np.uint64(0)
 U1 = np.uint64(1)
-U3 = np.uint64(3)
 U8 = np.uint64(8)
 U32 = np.uint64(32)
 U33 = np.uint64(33)
 U56 = np.uint64(56)
 U64 = np.uint64(64)
 U120 = np.uint64(120)
-U255 = np.uint64(255)
 LOW32 = np.uint64(0xFFFFFFFF)
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
@@ -200,41 +198,9 @@ def token_base(row_byte, byte0, row):
     return 2 * (row_byte - byte0) + row
 
 
-def byte_direct(data, words, tail, q, w, wi):
-    """Byte q of the text, read from ``data`` (the CPU build: a cached byte load is cheap).
-
-    Returns ``(byte, w, wi)`` with the word cache of :func:`byte_from_words` untouched, so
-    the compiler drops it.
-    """
-    return np.uint64(data[q]), w, wi
-
-
-def byte_from_words(data, words, tail, q, w, wi):
-    """Byte q of the text, cut from the 8-byte word that holds it (the CUDA build).
-
-    A GPU thread waits out a whole load latency before it can test a byte, so it loads one
-    word per 8 bytes instead of one byte per byte. ``w`` is the word last loaded and ``wi``
-    its index (-1: none yet); ``words`` is the text buffer as little-endian uint64 without
-    its last ``size % 8`` bytes, which ``tail`` holds. Returns ``(byte, w, wi)``.
-    """
-    j = q >> 3
-    if j != wi:
-        wi = j
-        w = words[j] if j < words.shape[0] else tail
-    return (w >> (np.uint64(q & 7) << U3)) & U255, w, wi
-
-
-# How tokenize_row reads a byte; kernels/compile.py binds the build's own reader here.
-read_byte = byte_direct
-
-
-def tokenize_row(
-    data, words, tail, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, tstart, base
-):
+def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, tstart, base):
     """Look up every token of the row data[s:e] in the vocabulary table.
 
-    ``words`` and ``tail`` are the same bytes for :func:`byte_from_words` (a build that
-    reads bytes directly ignores them).
     Writes the token's table slot (-1 when no entry uses it) to tslot[base + k] and its
     packed info to tinfo[base + k]; returns the number of tokens, at most
     2 * (e - s) + 1 (a wrap byte makes two).
@@ -244,8 +210,6 @@ def tokenize_row(
     # a separate tight loop: the probes are independent, so the CPU overlaps their misses.
     k = 0
     p = s
-    w = U0
-    wi = np.int64(-1)
     while True:
         # Scan one token, building a short token's key on the way.
         q = p
@@ -253,7 +217,7 @@ def tokenize_row(
         key1 = U0
         sh = U0
         while q < e:
-            c, w, wi = read_byte(data, words, tail, q, w, wi)
+            c = data[q]
             if is_special(c):
                 break
             if sh < U64:
@@ -273,10 +237,10 @@ def tokenize_row(
         k += 1
         if q >= e:
             break
-        c, w, wi = read_byte(data, words, tail, q, w, wi)
+        c = data[q]
         if is_wrap(c):
             # A wrap byte is a token of its own.
-            tinfo[base + k] = c
+            tinfo[base + k] = np.uint64(c)
             tslot[base + k] = np.int64((SHORT_FLAG | U1) << U56)
             tstart[base + k] = q
             k += 1

@@ -200,22 +200,6 @@ def test_hand_case(text, entries, expected):
     assert cpu_lists([text], entries) == [expected]
 
 
-@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 23, 64])
-def test_byte_readers_agree(size):
-    """Both ways a build may read text bytes (rowlogic, as plain Python) give data[q]."""
-    from gpu_curate.kernels import rowlogic
-
-    data = np.frombuffer(random.Random(size).randbytes(size), np.uint8)
-    full = size - size % 8
-    words = data[:full].view(np.uint64)
-    tail = np.zeros(8, np.uint8)
-    tail[: size - full] = data[full:]
-    w, wi = np.uint64(0), -1
-    for q in [*range(size), *reversed(range(size))]:  # forward and back over word edges
-        c, w, wi = rowlogic.byte_from_words(data, words, tail.view(np.uint64)[0], q, w, wi)
-        assert c == data[q] == rowlogic.byte_direct(data, words, 0, q, w, wi)[0]
-
-
 def test_hand_cases_in_one_column():
     """All hand cases as one column against one metadata (their union)."""
     entries = valid_entries(e for _, ents, _ in HAND_CASES.values() for e in ents)

@@ -362,32 +362,3 @@ def test_threads_matching_at_once_launch_under_the_lock(monkeypatch):
         want = cpu_csr(arr, md)
         np.testing.assert_array_equal(got[k][0], want[0])
         np.testing.assert_array_equal(got[k][1], want[1])
-
-
-@pytest.mark.parametrize("shift", range(8))
-def test_word_reads_of_unaligned_odd_sized_buffers(shift):
-    """The CUDA build reads text a word at a time: buffers that start off an 8-byte
-    boundary or end inside a word match exactly like the CPU build (and the spec)."""
-    from gpu_curate.kernels import gpu
-    from gpu_curate.match import _host_buffers
-    from gpu_curate.metadata import Metadata
-
-    md = Metadata(ENTRIES)
-    texts = built_texts(40, seed=shift)
-    texts.append("a new york dog"[: 7 + shift])  # vary where the last word ends
-    offsets, data, _, _ = _host_buffers(pa.array(texts))
-    # Place the bytes at `shift` past an aligned allocation, with `shift` spare bytes on
-    # the end that no row covers.
-    backing = np.zeros(data.size + 2 * shift + 8, np.uint8)
-    start = (-backing.ctypes.data) % 8 + shift
-    moved = backing[start : start + data.size + shift]
-    moved[: data.size] = data
-    ro, ids = gpu.match_rows(offsets.astype(np.int64), moved, np.zeros(0, np.uint8), 0,
-                             _device_tables(md), np)  # fmt: skip
-    assert lists(np.asarray(ro), np.asarray(ids)) == [reference_match(t, ENTRIES) for t in texts]
-
-
-def _device_tables(md):
-    from gpu_curate.match import device_tables
-
-    return device_tables(md, np)
