@@ -1,12 +1,9 @@
 """CUDA build of the matcher: ``rowlogic`` under ``numba.cuda.jit(device=True)``.
 
 One thread per row. The same per-row functions as the CPU build run in three kernels:
-tokens + count, write + sort/unique, compact. Within a tile, threads take the rows longest
-first: a warp runs as long as its longest row, so rows of like length share a warp (and
-each thread's token scratch follows that order, so a warp's scratch stays contiguous).
-Runs on a GPU with CuPy arrays, or under the Numba CUDA simulator
-(``NUMBA_ENABLE_CUDASIM=1``) with NumPy arrays, which is how CI checks it against the CPU
-build.
+tokens + count, write + sort/unique, compact. Runs on a GPU with CuPy arrays, or under
+the Numba CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) with NumPy arrays, which is how CI
+checks it against the CPU build.
 """
 
 import threading
@@ -18,6 +15,7 @@ from .compile import invalidate_stale_cache, load_rowlogic
 
 invalidate_stale_cache()
 _rl = load_rowlogic(cuda.jit(device=True), "gpu_curate.kernels._rowlogic_cuda")
+token_base = _rl.token_base
 tokenize_row = _rl.tokenize_row
 walk_row = _rl.walk_row
 sort_unique = _rl.sort_unique
@@ -39,16 +37,16 @@ TILE_BYTES = 32 << 20
 
 @cuda.jit(cache=True)
 def _tokens_count(
-    offsets, data, validity, bit_offset, r0, order, sbase, vt, vmask, vbloom, bmask, long_data,
+    offsets, data, validity, bit_offset, r0, byte0, vt, vmask, vbloom, bmask, long_data,
     et, emask, tslot, tinfo, tstart, ntok, counts, dummy,
 ):  # fmt: skip
     ii = cuda.grid(1)
     if ii < counts.shape[0]:
-        i = r0 + order[ii]
+        i = r0 + ii
         ntok[ii] = 0
         counts[ii] = 0
         if is_valid(validity, bit_offset, i):
-            base = sbase[ii]
+            base = token_base(offsets[i], byte0, ii)
             t = tokenize_row(
                 data, offsets[i], offsets[i + 1], vt, vmask, vbloom, bmask, long_data,
                 tslot, tinfo, tstart, base,
@@ -58,23 +56,26 @@ def _tokens_count(
 
 
 @cuda.jit(cache=True)
-def _write_unique(sbase, et, emask, vbloom, bmask, tslot, tinfo, ntok, counts, occ_off, occ, uniq):
+def _write_unique(
+    offsets, r0, byte0, et, emask, vbloom, bmask, tslot, tinfo, ntok, counts, occ_off, occ, uniq
+):
     ii = cuda.grid(1)
     if ii < counts.shape[0]:
         uniq[ii] = 0
         c = counts[ii]
         if c > 0:
-            base = sbase[ii]
+            i = r0 + ii
+            base = token_base(offsets[i], byte0, ii)
             walk_row(tslot, tinfo, base, ntok[ii], et, emask, vbloom, bmask, occ, occ_off[ii], True)
             uniq[ii] = sort_unique(occ, occ_off[ii], c)
 
 
 @cuda.jit(cache=True)
-def _compact(occ, occ_off, uniq, dsts, ids):
+def _compact(occ, occ_off, uniq, row_off, ids):
     ii = cuda.grid(1)
     if ii < uniq.shape[0]:
         lo = occ_off[ii]
-        dst = dsts[ii]
+        dst = row_off[ii]
         for j in range(uniq[ii]):
             ids[dst + j] = occ[lo + j]
 
@@ -116,37 +117,31 @@ def match_rows(offsets, data, validity, bit_offset, tables, xp):
         r1 = int(np.searchsorted(host_offsets, host_offsets[r0] + TILE_BYTES, side="right")) - 1
         r1 = min(max(r1, r0 + 1), n)
         m = r1 - r0
-        # A row of b bytes has at most 2b + 1 tokens: each thread's scratch starts at the
-        # running sum of that bound over the rows before it, in thread order.
-        lengths = offsets[r0 + 1 : r1 + 1] - offsets[r0:r1]
-        order = xp.argsort(-lengths)
-        sbase = _exclusive_cumsum(xp, 2 * lengths[order] + 1)
-        ntok_max = 2 * int(host_offsets[r1] - host_offsets[r0]) + m  # sbase[-1], on the host
+        byte0 = int(host_offsets[r0])
+        ntok_max = 2 * (int(host_offsets[r1]) - byte0) + m  # token_base(), on the host
         tslot = xp.empty(ntok_max, np.int64)
         tinfo = xp.empty(ntok_max, np.uint64)
         tstart = xp.empty(ntok_max, np.int64)
         ntok = xp.empty(m, np.int64)
         counts = xp.empty(m, np.int64)
         _launch(
-            _tokens_count, m, offsets, data, validity, bit_offset, r0, order, sbase, t.vt,
-            t.vmask, t.vbloom, t.bmask, t.long_data, t.et, t.emask, tslot, tinfo, tstart, ntok,
-            counts, dummy,
+            _tokens_count, m, offsets, data, validity, bit_offset, r0, byte0, t.vt, t.vmask,
+            t.vbloom, t.bmask, t.long_data, t.et, t.emask, tslot, tinfo, tstart, ntok, counts,
+            dummy,
         )  # fmt: skip
         del tstart
         occ_off = _exclusive_cumsum(xp, counts)
         occ = xp.empty(int(occ_off[-1]), np.int32)
         uniq = xp.empty(m, np.int64)
         _launch(
-            _write_unique, m, sbase, t.et, t.emask, t.vbloom, t.bmask, tslot, tinfo, ntok,
-            counts, occ_off, occ, uniq,
+            _write_unique, m, offsets, r0, byte0, t.et, t.emask, t.vbloom, t.bmask, tslot,
+            tinfo, ntok, counts, occ_off, occ, uniq,
         )  # fmt: skip
         del tslot, tinfo
-        row_uniq = xp.empty(m, np.int64)
-        row_uniq[order] = uniq  # back to row order
-        row_off = _exclusive_cumsum(xp, row_uniq)
+        row_off = _exclusive_cumsum(xp, uniq)
         ids = xp.empty(int(row_off[-1]), np.int32)
-        _launch(_compact, m, occ, occ_off, uniq, row_off[order], ids)
-        counts_all.append(row_uniq)
+        _launch(_compact, m, occ, occ_off, uniq, row_off, ids)
+        counts_all.append(uniq)
         parts.append(ids)
         r0 = r1
     if not parts:
