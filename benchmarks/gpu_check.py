@@ -81,6 +81,14 @@ def parse_args(argv=None):
         help="where the pipeline's pool and outputs go",
     )
     ap.add_argument(
+        "--kernel-split",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=None,
+        metavar="MB,MB",
+        help="also time each kernel launch (CUDA events), and whole calls with these tile "
+        "sizes in MB (e.g. 32,64,128)",
+    )
+    ap.add_argument(
         "--simulate",
         action="store_true",
         help="no GPU: run the CUDA kernels under the Numba CUDA simulator with NumPy",
@@ -352,6 +360,11 @@ def run(args) -> dict:
     h_gpu = dev.host(gpu_kernels.hash_rows(d_offsets, d_data, seed, xp))
     res["hash_ok"] = bool(np.array_equal(h_cpu, h_gpu))
 
+    if args.kernel_split:
+        res["kernel_split"] = kernel_split(
+            dev, reps, args.kernel_split, lambda: _match_on_device(*_host_buffers(arr), md, xp)
+        )
+
     bal = check_balance(dev, cpu_csr[0], cpu_csr[1], len(md), args.t)
     res["balance"] = bal
     res["ok"] = res["csr_ok"] and res["hash_ok"] and bal["ok"]
@@ -359,6 +372,52 @@ def run(args) -> dict:
         res["pipeline"] = pipeline_check(args, laion, meta)
         res["ok"] = res["ok"] and res["pipeline"]["ok"]
     return res
+
+
+def kernel_split(dev: Device, reps: int, tiles_mb: list[int], call) -> dict:
+    """Milliseconds of each kernel in one call (summed over its tiles, best of ``reps``),
+    then of the whole call (host-to-device copy included) at each tile size."""
+    from gpu_curate.kernels import gpu as gpu_kernels
+
+    launch = gpu_kernels._launch
+    spent: dict[str, float] = {}
+
+    def timed_launch(kernel, n, *args):
+        # Events around each launch, then a sync: the split adds those syncs to the call.
+        if dev.simulate:
+            t0 = time.perf_counter()
+            launch(kernel, n, *args)
+            ms = 1e3 * (time.perf_counter() - t0)
+        else:
+            start, stop = dev.xp.cuda.Event(), dev.xp.cuda.Event()
+            start.record()
+            launch(kernel, n, *args)
+            stop.record()
+            stop.synchronize()
+            ms = dev.xp.cuda.get_elapsed_time(start, stop)
+        name = getattr(kernel, "__name__", None) or getattr(kernel.py_func, "__name__", "?")
+        spent[name] = spent.get(name, 0.0) + ms
+
+    best: dict[str, float] = {}
+    gpu_kernels._launch = timed_launch
+    try:
+        for _ in range(max(1, reps)):
+            spent.clear()
+            call()
+            dev.sync()
+            for k, v in spent.items():
+                best[k] = min(best.get(k, float("inf")), v)
+    finally:
+        gpu_kernels._launch = launch
+    tile = gpu_kernels.TILE_BYTES
+    calls = {}
+    try:
+        for mb in tiles_mb:
+            gpu_kernels.TILE_BYTES = mb << 20
+            calls[mb] = 1e3 * timed(dev, reps, call)[0]
+    finally:
+        gpu_kernels.TILE_BYTES = tile
+    return {"kernel_ms": best, "call_ms_by_tile_mb": calls, "tile_mb": tile >> 20}
 
 
 def first_call_in_new_process(meta: Path) -> float | str:
@@ -555,6 +614,12 @@ def summary(res: dict) -> str:
         f"  hash_rows        {pf(res['hash_ok'])}",
         f"  balance          {pf(bal['ok'])}: {bal['detail']}",
     ]
+    split = res.get("kernel_split")
+    if split is not None:
+        kernels = ", ".join(f"{k} {v:.2f}" for k, v in split["kernel_ms"].items())
+        lines.append(f"  kernels (ms)     {kernels}  (tile {split['tile_mb']} MB)")
+        calls = ", ".join(f"{mb} MB {ms:.1f}" for mb, ms in split["call_ms_by_tile_mb"].items())
+        lines.append(f"  call by tile     {calls} ms (host-to-device copy included)")
     pipe = res.get("pipeline")
     if pipe is not None:
         lines.append(

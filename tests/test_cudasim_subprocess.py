@@ -94,6 +94,8 @@ def test_gpu_check_runs_under_the_simulator(tmp_path):
         str(metadata),
         "--json",
         str(out),
+        "--kernel-split",
+        "1",
     ]
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -102,3 +104,7 @@ def test_gpu_check_runs_under_the_simulator(tmp_path):
     assert "RESULT: PASS" in proc.stdout, text[-4000:]
     res = json.loads(out.read_text())
     assert res["csr_ok"] and res["hash_ok"] and res["rows"] == 200
+    split = res["kernel_split"]
+    assert sorted(split["kernel_ms"]) == ["_compact", "_tokens_count", "_write_unique"]
+    assert all(ms > 0 for ms in split["kernel_ms"].values())
+    assert list(split["call_ms_by_tile_mb"]) == ["1"] and split["tile_mb"] == 32
