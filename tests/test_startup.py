@@ -1,0 +1,51 @@
+"""Start-up of the ``gpu-curate`` command line: what importing it costs, and that the
+subcommands it loads on demand behave as if they were registered up front."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from gpu_curate.cli import main
+
+
+def test_importing_the_cli_does_not_import_pandas():
+    # A fresh interpreter: this one may have imported pandas already.
+    code = "import sys, gpu_curate.cli; print('pandas' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"
+
+
+def test_help_lists_every_command_in_order():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.split("Commands:\n", 1)[1].splitlines()
+    names = [line.split()[0] for line in lines if line.strip()]
+    expected = ["balance", "curate", "demo", "match", "metadata", "plan", "report"]
+    assert names == expected
+    assert "Work with MetaCLIP metadata" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["metadata", "build", "--help"], "--min-pmi"),
+        (["plan", "--help"], "Usage:"),
+        (["report", "--help"], "Usage:"),
+    ],
+)
+def test_lazy_commands_run(args, needle):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert needle in result.output
+
+
+def test_mistyped_command_suggests_a_lazy_one():
+    result = CliRunner().invoke(main, ["plann"])
+    assert result.exit_code == 2
+    assert "Did you mean 'plan'?" in result.output
