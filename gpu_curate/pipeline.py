@@ -279,7 +279,9 @@ def match_stage(client, info: ClusterInfo, inputs, metadata: Metadata, fs, out, 
         fs.makedirs(f"{out}/{UIDS}", exist_ok=True)
     step = MatchStep(metadata, opts.text_column, opts.id_column, opts.keep_unmatched, be.name)
     threads = max(1, (os.cpu_count() or 1) // max(info.threads, 1))
-    md_future = client.scatter(step, broadcast=True) if parts else step
+    # hash=False: a key derived from the contents would tokenize every entry (~0.2 s for
+    # 375k); the step is scattered once per run, so a random key does as well.
+    md_future = client.scatter(step, broadcast=True, hash=False) if parts else step
     results = [
         dask.delayed(_match_task, pure=False)(
             p, md_future, out, opts.resume, threads, buckets, opts.compression
@@ -332,7 +334,7 @@ def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: 
         parts = json.load(fh)["parts"]
     fs.makedirs(f"{out}/{CURATED}/_parts", exist_ok=True)
     step = BalanceStep(entry_probabilities(counts, t), seed, be.name)
-    step_future = client.scatter(step, broadcast=True) if parts else step
+    step_future = client.scatter(step, broadcast=True, hash=False) if parts else step
     prefix = matched_dir.rstrip("/")
     results = [
         dask.delayed(_balance_task, pure=False)(

@@ -403,7 +403,7 @@ def find_duplicate(client, check: UidCheck) -> Duplicate | None:
 
     if not check.parts:
         return None
-    shared = client.scatter(check, broadcast=True)
+    shared = client.scatter(check, broadcast=True, hash=False)
     tasks = [dask.delayed(_bucket_task, pure=False)(shared, k) for k in range(check.n_buckets)]
     for found in client.gather(client.compute(tasks)):
         if found is not None:
