@@ -27,7 +27,7 @@ FUNCTIONS = (
     "bloom_has",
     "vocab_probe",
     "edge_find",
-    "token_base",
+    "count_tokens",
     "tokenize_row",
     "walk_row",
     "sort_unique",
