@@ -27,7 +27,7 @@ FUNCTIONS = (
     "bloom_has",
     "vocab_probe",
     "edge_find",
-    "count_tokens",
+    "token_base",
     "tokenize_row",
     "walk_row",
     "sort_unique",

@@ -186,17 +186,16 @@ def edge_find(et, emask, vbloom, bmask, node, token_slot):
         slot = (slot + U1) & emask
 
 
-def count_tokens(data, s, e):
-    """How many tokens ``tokenize_row`` cuts the row data[s:e] into: one, plus one per
-    special byte, plus one more per wrap byte (it is a token of its own)."""
-    k = 1
-    for q in range(s, e):
-        c = data[q]
-        if is_special(c):
-            k += 1
-            if is_wrap(c):
-                k += 1
-    return k
+def token_base(row_byte, byte0, row):
+    """Where a row's tokens start in the per-token scratch of a GPU tile.
+
+    (The CPU build matches a chunk of rows on one thread and reuses one row's scratch.)
+
+    A row of b bytes has at most 2 * b + 1 tokens, so laying rows out at twice their byte
+    offset (plus one per row) needs no prefix sum; the block's scratch size is the base of
+    the row just past it.
+    """
+    return 2 * (row_byte - byte0) + row
 
 
 def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, tstart, base):
