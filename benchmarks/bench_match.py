@@ -249,28 +249,22 @@ def main(argv=None) -> int:
     t_ac_build = time.perf_counter() - t0
     lean = LeanReference(metaclip.automaton)
 
-    def kernel_once(metadata, threads):
+    def kernel(metadata, threads, reps):
+        """best_of ``reps`` matches of the texts on ``threads`` Numba threads."""
         numba.set_num_threads(threads)
         try:
-            t0 = time.perf_counter()
-            out = match_arrow(arr, metadata, "cpu")
-            return time.perf_counter() - t0, out
+            return best_of(reps, lambda: match_arrow(arr, metadata, "cpu"))
         finally:
             numba.set_num_threads(all_threads)
 
-    def timed(fn):
-        t0 = time.perf_counter()
-        out = fn()
-        return time.perf_counter() - t0, out
-
     t1 = tn = t_mc = t_lean = float("inf")
     for _ in range(args.reps):
-        dt, (ro, ids) = kernel_once(md, 1)
+        dt, (ro, ids) = kernel(md, 1, 1)
         t1 = min(t1, dt)
-        tn = min(tn, kernel_once(md, all_threads)[0])
-        dt, mc_lists = timed(lambda: [metaclip.match(text) for text in sub])
+        tn = min(tn, kernel(md, all_threads, 1)[0])
+        dt, mc_lists = best_of(1, lambda: [metaclip.match(text) for text in sub])
         t_mc = min(t_mc, dt)
-        dt, lean_sets = timed(lambda: [lean.match(text) for text in sub])
+        dt, lean_sets = best_of(1, lambda: [lean.match(text) for text in sub])
         t_lean = min(t_lean, dt)
     rate1, raten = len(texts) / t1, len(texts) / tn
     rate_mc, rate_lean = len(sub) / t_mc, len(sub) / t_lean
@@ -318,14 +312,6 @@ def main(argv=None) -> int:
         )
     )
 
-    def kernel(metadata, threads):
-        best = float("inf")
-        out = None
-        for _ in range(args.reps):
-            dt, out = kernel_once(metadata, threads)
-            best = min(best, dt)
-        return best, out
-
     # --- metadata sizes
     for size in args.sizes.split(","):
         k = len(entries) if size.strip() == "all" else min(int(size), len(entries))
@@ -334,8 +320,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         _ = sub_md.tables
         t_b = time.perf_counter() - t0
-        s1, (_, sids) = kernel(sub_md, 1)
-        sn, _ = kernel(sub_md, all_threads)
+        s1, (_, sids) = kernel(sub_md, 1, args.reps)
+        sn, _ = kernel(sub_md, all_threads, args.reps)
         rows.append(
             (
                 f"first {k:,} entries",
