@@ -385,9 +385,7 @@ def kernel_split(dev: Device, reps: int, tiles_mb: list[int], call) -> dict:
     def timed_launch(kernel, n, *args):
         # Events around each launch, then a sync: the split adds those syncs to the call.
         if dev.simulate:
-            t0 = time.perf_counter()
-            launch(kernel, n, *args)
-            ms = 1e3 * (time.perf_counter() - t0)
+            ms = 1e3 * timed(dev, 1, lambda: launch(kernel, n, *args))[0]
         else:
             start, stop = dev.xp.cuda.Event(), dev.xp.cuda.Event()
             start.record()
