@@ -27,10 +27,9 @@ class ClusterInfo:
             return (
                 f"Dask cluster at {self.address} ({self.workers} workers, {self.threads} threads)"
             )
-        if self.kind == "local-cuda":
-            per = self.threads // max(self.workers, 1)
-            return f"LocalCUDACluster ({self.workers} GPU workers x {per} threads)"
         per = self.threads // max(self.workers, 1)
+        if self.kind == "local-cuda":
+            return f"LocalCUDACluster ({self.workers} GPU workers x {per} threads)"
         return f"local {self.kind.split('-')[1]} ({self.workers} workers x {per} threads)"
 
 
