@@ -10,14 +10,17 @@ would leave it: space, tab, LF and CR end a token (two separators in a row give 
 token); each of the seven wrap characters ``, . ; : ? ! ` `` ends the current token and is a
 token of its own. An entry matches when its tokens occur as a contiguous run.
 
-Per row, in two steps that both backends share:
+Two steps, the same on both backends; the CPU build runs them row by row, the GPU build
+token by token (``kernels/gpu.py``):
 
-1. ``tokenize_row`` cuts the row into tokens and looks each one up in the vocabulary table
-   (one pass over the text; the keys are made first and probed in a separate tight loop
-   so the CPU overlaps the probes' cache misses);
-2. ``walk_row`` finds the entry occurrences from those looked-up tokens: a one-token entry
-   straight from the token's info, longer entries by walking the trie of entry token
-   sequences; ``sort_unique`` then makes each row's ids a sorted set.
+1. look every token up in the vocabulary table: ``tokenize_row`` for a whole row (one
+   pass over the text; the keys are made first and probed in a separate tight loop so
+   the CPU overlaps the probes' cache misses), ``lookup_token`` for one token, whose
+   bounds the GPU finds from ``token_bytes`` and a prefix sum;
+2. find the entry occurrences from those looked-up tokens: ``walk_from`` those that start
+   at one token (a one-token entry straight from the token's info, longer entries by
+   walking the trie of entry token sequences), ``walk_row`` those of a whole row;
+   ``sort_unique`` then makes each row's ids a sorted set.
 
 Lookup tables (built by ``kernels/tables.py``):
 
@@ -186,16 +189,29 @@ def edge_find(et, emask, vbloom, bmask, node, token_slot):
         slot = (slot + U1) & emask
 
 
-def token_base(row_byte, byte0, row):
-    """Where a row's tokens start in the per-token scratch of a GPU tile.
+def lookup_token(data, s, e, vt, vmask, vbloom, bmask, long_data):
+    """(slot, info) of the token data[s:e] in the vocabulary table; (-1, 0) when no entry
+    uses it. ``tokenize_row`` does the same for a whole row, with its probes batched."""
+    key0, key1 = token_key(data, s, e)
+    if not bloom_has(vbloom, bmask, vocab_hash(key0, key1)):
+        return -1, U0
+    length = e - s
+    if length <= MAX_SHORT:
+        length = 0
+    slot = vocab_probe(vt, vmask, long_data, data, s, length, key0, key1)
+    if slot < 0:
+        return -1, U0
+    return slot, vt[slot, 2]
 
-    (The CPU build matches a chunk of rows on one thread and reuses one row's scratch.)
 
-    A row of b bytes has at most 2 * b + 1 tokens, so laying rows out at twice their byte
-    offset (plus one per row) needs no prefix sum; the block's scratch size is the base of
-    the row just past it.
-    """
-    return 2 * (row_byte - byte0) + row
+def token_bytes(c):
+    """How many tokens byte c ends: 0 for a token byte, 1 for a separator, 2 for a wrap
+    byte (it ends the current token and is a token of its own)."""
+    if is_wrap(c):
+        return 2
+    if is_special(c):
+        return 1
+    return 0
 
 
 def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, tstart, base):
@@ -275,6 +291,41 @@ def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, 
     return k
 
 
+def walk_from(tslot, tinfo, k, end, et, emask, vbloom, bmask, out, out_pos, write):
+    """The entry occurrences that start at token k (the row's tokens end before ``end``).
+
+    A one-token entry comes straight from the token's info, longer entries from walking
+    the trie over the next tokens. Writes the entry ids to out[out_pos:] when ``write`` is
+    true; returns their number.
+    """
+    info = tinfo[k]
+    if info == U0:
+        return 0
+    n = 0
+    entry = np.int64(info & LOW32) - 1
+    if entry >= 0:
+        if write:
+            out[out_pos] = entry
+        n = 1
+    node = np.int64(info >> U32) - 1
+    j = k + 1
+    while node >= 0 and j < end:
+        slot = tslot[j]
+        if slot < 0:
+            break
+        child = edge_find(et, emask, vbloom, bmask, node, slot)
+        if child == U0:
+            break
+        entry = np.int64(child & LOW32) - 1
+        if entry >= 0:
+            if write:
+                out[out_pos + n] = entry
+            n += 1
+        node = np.int64(child >> U32) - 1
+        j += 1
+    return n
+
+
 def walk_row(tslot, tinfo, base, ntok, et, emask, vbloom, bmask, out, out_pos, write):
     """Every entry occurrence among the looked-up tokens of one row, in text order.
 
@@ -282,32 +333,9 @@ def walk_row(tslot, tinfo, base, ntok, et, emask, vbloom, bmask, out, out_pos, w
     (repeats included: ``sort_unique`` makes the set).
     """
     n = 0
-    for k in range(ntok):
-        info = tinfo[base + k]
-        if info == U0:
-            continue
-        entry = np.int64(info & LOW32) - 1
-        if entry >= 0:
-            if write:
-                out[out_pos + n] = entry
-            n += 1
-        node = np.int64(info >> U32) - 1
-        # Longer entries that start at token k: follow the trie over the next tokens.
-        j = k + 1
-        while node >= 0 and j < ntok:
-            slot = tslot[base + j]
-            if slot < 0:
-                break
-            child = edge_find(et, emask, vbloom, bmask, node, slot)
-            if child == U0:
-                break
-            entry = np.int64(child & LOW32) - 1
-            if entry >= 0:
-                if write:
-                    out[out_pos + n] = entry
-                n += 1
-            node = np.int64(child >> U32) - 1
-            j += 1
+    end = base + ntok
+    for k in range(base, end):
+        n += walk_from(tslot, tinfo, k, end, et, emask, vbloom, bmask, out, out_pos + n, write)
     return n
 
 

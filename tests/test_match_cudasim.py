@@ -236,6 +236,26 @@ def test_empty_and_all_null_arrays():
         assert ids.size == 0
 
 
+@pytest.mark.parametrize("tile_bytes", [1, 7, 64])
+def test_rows_split_over_many_tiles(monkeypatch, tile_bytes):
+    # Tiny tiles: rows longer than a tile (a tile of one row), empty and null rows at tile
+    # edges, bytes under a null, and a slice that starts mid-buffer.
+    from gpu_curate.kernels import gpu
+    from gpu_curate.metadata import Metadata
+
+    monkeypatch.setattr(gpu, "TILE_BYTES", tile_bytes)
+    md = Metadata(ENTRIES)
+    texts = ["", None, "new york city dog", "", "", "dog", None, "a b a, new york"]
+    texts += built_texts(30, seed=5) + ["", None]
+    arr = pa.array(texts, pa.large_string()).slice(1)
+    ro, ids = assert_same_csr(arr, md)
+    assert lists(ro, ids) == [reference_match(t, ENTRIES) for t in texts[1:]]
+    assert lists(ro, ids)[1] == [0, 1, 2, 3]  # "new york city dog", by hand
+    arr = _array_with_bytes_under_a_null(lambda b: pa.py_buffer(bytearray(b)))
+    ro, ids = assert_same_csr(arr, Metadata(["dog", "cat"]))
+    assert lists(ro, ids) == [[0], [], [0]]
+
+
 # ----------------------------------------------------------------------------- hypothesis
 
 TOKENS = ["a", "b", "dog", "new", "york", "café", "日本", LONG, "abcdefghijklmnoq", "(x)"]
@@ -312,6 +332,19 @@ def test_device_hash_rows_equals_cpu(seed):
 # ----------------------------------------------------------------------------- threads
 
 
+# The kernels one tile launches, in order (kernels/gpu.py).
+MATCH_KERNELS = (
+    "_token_ends",
+    "_row_tokens",
+    "_split_tokens",
+    "_lookup_tokens",
+    "_walk_count",
+    "_walk_write",
+    "_row_unique",
+    "_compact",
+)
+
+
 class _LaunchSpy:
     """Stands in for a CUDA kernel: records whether each launch held the launch lock."""
 
@@ -338,7 +371,7 @@ def test_threads_matching_at_once_launch_under_the_lock(monkeypatch):
     from gpu_curate.metadata import Metadata
 
     seen: list[bool] = []
-    for name in ("_tokens_count", "_write_unique", "_compact"):
+    for name in MATCH_KERNELS:
         monkeypatch.setattr(gpu, name, _LaunchSpy(getattr(gpu, name), gpu._LAUNCH, seen))
     md = Metadata(ENTRIES)
     arrays = [pa.array(built_texts(40, seed=s)) for s in range(4)]
@@ -357,7 +390,7 @@ def test_threads_matching_at_once_launch_under_the_lock(monkeypatch):
     for t in threads:
         t.join()
     assert not errors
-    assert len(seen) >= 12 and all(seen)
+    assert len(seen) == 4 * len(MATCH_KERNELS) and all(seen)
     for k, arr in enumerate(arrays):
         want = cpu_csr(arr, md)
         np.testing.assert_array_equal(got[k][0], want[0])
