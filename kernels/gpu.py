@@ -4,16 +4,17 @@ The CPU build gives each thread a run of rows. Here that would leave most lanes 
 idle (rows differ in length) and scatter every thread's reads and writes, so the work is
 cut by token instead, with the same per-token functions:
 
-1. ``_token_ends`` (one thread per text byte): how many tokens the byte ends
-   (``token_bytes``); two prefix sums over the tile's bytes (rows started, tokens ended)
-   then give every token its index, and ``_row_tokens`` / ``_split_tokens`` write each
-   token's bounds. Each row's tokens are followed by one empty *barrier* token that no
-   entry uses, so a trie walk stops at the end of its row by itself.
+1. ``_token_ends`` (threads striding over the text bytes): how many tokens each byte ends
+   (``token_bytes``); ``_row_starts`` adds two per row at the row's first byte (its first
+   token and one empty *barrier* token after its last, which no entry uses, so a trie
+   walk stops at the end of its row by itself). One prefix sum then gives every token
+   its index, and ``_row_tokens`` / ``_split_tokens`` write each token's bounds.
 2. ``_lookup_tokens`` (one thread per token): ``lookup_token``.
 3. ``_walk_count`` / ``_walk_write`` (one thread per token): ``walk_from``, the entry
    occurrences that start at that token, counted, then written in token order, so a row's
    occurrences are contiguous.
-4. ``_row_unique`` (one thread per row): ``sort_unique``; ``_compact`` packs the CSR.
+4. ``_row_unique`` (one thread per row, rows ordered by their number of occurrences):
+   ``sort_unique``; ``_compact`` packs the CSR.
 
 Runs on a GPU with CuPy arrays, or under the Numba CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``) with NumPy arrays, which is how CI checks it against the CPU
@@ -47,53 +48,90 @@ _LAUNCH = threading.Lock()
 # Rows are matched in tiles of about this many text bytes. A tile's scratch is ~13 bytes
 # per text byte plus ~32 per token (one token per 5 bytes in alt-texts; at most 2 per byte).
 TILE_BYTES = 32 << 20
+# The per-byte kernels loop over the tile's bytes with this many threads (about as many as
+# an H100 holds at once): a thread per byte spent its time starting and ending threads.
+STRIDED_THREADS = 1 << 18
 
 
 @cuda.jit(cache=True)
-def _token_ends(data, byte0, rows_to, validity, bit_offset, r0, ends):
-    """ends[q]: the tokens that text byte q of the tile ends (none in a null row)."""
+def _token_ends(data, byte0, nb, v, ends):
+    """ends[q] = v[q]: the tokens that text byte q of the tile ends (v gets rows later)."""
     q = cuda.grid(1)
-    if q < ends.shape[0]:
-        k = 0
-        if is_valid(validity, bit_offset, r0 + rows_to[q] - 1):
-            k = token_bytes(data[byte0 + q])
+    if q == 0:
+        v[nb] = 0
+    step = cuda.gridsize(1)
+    while q < nb:
+        k = token_bytes(data[byte0 + q])
         ends[q] = k
+        v[q] = k
+        q += step
 
 
 @cuda.jit(cache=True)
-def _row_tokens(offsets, validity, bit_offset, r0, m, byte0, ends_before, tstart, tend):
+def _row_starts(offsets, validity, bit_offset, r0, m, byte0, v, ends, group):
+    """Each row adds 2 to v at its first byte (its first token and its barrier); the
+    first row of the rows starting at a byte (empty rows share it) is noted in ``group``;
+    a null row's bytes end no tokens."""
+    ii = cuda.grid(1)
+    if ii < m:
+        i = r0 + ii
+        s = offsets[i] - byte0
+        cuda.atomic.add(v, s, 2)
+        if ii == 0 or offsets[i - 1] != offsets[i]:
+            group[s] = ii
+        if not is_valid(validity, bit_offset, i):
+            for j in range(s, offsets[i + 1] - byte0):
+                k = ends[j]
+                if k > 0:
+                    ends[j] = 0
+                    cuda.atomic.add(v, j, -k)
+
+
+@cuda.jit(cache=True)
+def _row_tokens(offsets, validity, bit_offset, r0, m, byte0, before, group, tstart, tend, first):
     """A row's first token starts at the row (a null row's is dead), its last ends there;
     the barrier token after it is dead too.
 
-    Row ii's tokens start at 2 * ii + ends_before[its first byte]: each row before it
-    owns one token more than the tokens its bytes end, plus its barrier.
+    ``before[q]`` counts 2 per row that starts before byte q plus the tokens that the bytes
+    before q end, so row ii's first token is 2 * ii + before[s] - 2 * (first row at s).
     """
     ii = cuda.grid(1)
     if ii < m:
         i = r0 + ii
         s = offsets[i] - byte0
         e = offsets[i + 1] - byte0
-        first = 2 * ii + ends_before[s]
-        barrier = 2 * (ii + 1) + ends_before[e] - 1
-        tstart[first] = s if is_valid(validity, bit_offset, i) else -1
+        g = group[s]
+        f = 2 * ii + before[s] - 2 * g
+        ntok = 1
+        if e > s:
+            # Rows starting in [s, e) are this row and the empty ones before it at s.
+            ntok = 1 + before[e] - before[s] - 2 * (ii - g + 1)
+        barrier = f + ntok
+        tstart[f] = s if is_valid(validity, bit_offset, i) else -1
         tend[barrier - 1] = e
         tstart[barrier] = -1
         tend[barrier] = e
+        first[ii] = f
+        if ii == m - 1:
+            first[m] = barrier + 1
 
 
 @cuda.jit(cache=True)
-def _split_tokens(rows_to, ends_before, ends, tstart, tend):
+def _split_tokens(nb, before, v, ends, tstart, tend):
     """Bounds of the tokens around each token-ending byte q."""
     q = cuda.grid(1)
-    if q < ends.shape[0]:
+    step = cuda.gridsize(1)
+    while q < nb:
         k = ends[q]
         if k > 0:
-            t = 2 * (rows_to[q] - 1) + ends_before[q]
+            # v[q] - k is 2 per row starting at q: the row holding q and the empty ones.
+            t = before[q] + v[q] - k - 2
             tend[t] = q
             if k == 2:  # a wrap byte is a token of its own
                 tstart[t + 1] = q
                 tend[t + 1] = q + 1
             tstart[t + k] = q + 1
+        q += step
 
 
 @cuda.jit(cache=True)
@@ -129,15 +167,13 @@ def _walk_write(tslot, tinfo, et, emask, vbloom, bmask, occ_off, occ):
 
 
 @cuda.jit(cache=True)
-def _row_unique(offsets, r0, byte0, ends_before, occ_off, occ, row_lo, uniq):
-    ii = cuda.grid(1)
-    if ii < uniq.shape[0]:
-        i = r0 + ii
-        first = 2 * ii + ends_before[offsets[i] - byte0]
-        after = 2 * (ii + 1) + ends_before[offsets[i + 1] - byte0]
-        lo = occ_off[first]
-        row_lo[ii] = lo
-        uniq[ii] = sort_unique(occ, lo, occ_off[after] - lo)
+def _row_unique(order, lo, n, occ, uniq):
+    """Sort/unique each row's occurrences; thread k takes row order[k] (rows by count, so a
+    warp's rows need about the same work)."""
+    k = cuda.grid(1)
+    if k < order.shape[0]:
+        r = order[k]
+        uniq[r] = sort_unique(occ, lo[r], n[r])
 
 
 @cuda.jit(cache=True)
@@ -173,20 +209,24 @@ def _match_tile(offsets, data, validity, bit_offset, r0, r1, byte0, nb, t, xp):
     """(uniq per row, ids) of rows r0..r1, whose text is data[byte0:byte0 + nb]."""
     m = r1 - r0
     # Token indices and positions fit in int32 unless a single row is over ~1 GB.
-    idx = np.int32 if 2 * (nb + m) < 2**31 else np.int64
-    # rows_to[q]: rows that start at or before byte q, so byte q is in row rows_to[q] - 1.
-    starts = offsets[r0:r1] - byte0
-    rows_to = xp.cumsum(xp.bincount(starts, minlength=nb + 1)[:nb], dtype=idx)
-    del starts
+    idx = np.int32 if 2 * (nb + m) + 2 < 2**31 else np.int64
+    strided = min(nb + 1, STRIDED_THREADS)
+    v = xp.empty(nb + 1, idx)
     ends = xp.empty(nb, np.int8)
-    _launch(_token_ends, nb, data, byte0, rows_to, validity, bit_offset, r0, ends)
-    ends_before = _exclusive_cumsum(xp, ends, idx)
-    ntok = 2 * m + int(ends_before[-1])
+    group = xp.empty(nb + 1, idx)
+    _launch(_token_ends, strided, data, byte0, nb, v, ends)
+    _launch(_row_starts, m, offsets, validity, bit_offset, r0, m, byte0, v, ends, group)
+    before = _exclusive_cumsum(xp, v, idx)
+    ntok = int(before[-1])
     tstart = xp.empty(ntok, idx)
     tend = xp.empty(ntok, idx)
-    _launch(_row_tokens, m, offsets, validity, bit_offset, r0, m, byte0, ends_before, tstart, tend)
-    _launch(_split_tokens, nb, rows_to, ends_before, ends, tstart, tend)
-    del rows_to, ends
+    first = xp.empty(m + 1, idx)
+    _launch(
+        _row_tokens, m, offsets, validity, bit_offset, r0, m, byte0, before, group, tstart,
+        tend, first,
+    )  # fmt: skip
+    _launch(_split_tokens, strided, nb, before, v, ends, tstart, tend)
+    del v, ends, group, before
     tslot = xp.empty(ntok, np.int32)
     tinfo = xp.empty(ntok, np.uint64)
     _launch(
@@ -202,10 +242,11 @@ def _match_tile(offsets, data, validity, bit_offset, r0, r1, byte0, nb, t, xp):
     occ = xp.empty(int(occ_off[-1]), np.int32)
     _launch(_walk_write, ntok, tslot, tinfo, t.et, t.emask, t.vbloom, t.bmask, occ_off, occ)
     del tslot, tinfo
-    row_lo = xp.empty(m, np.int64)
+    row_lo = occ_off[first[:-1]]
+    row_n = occ_off[first[1:]] - row_lo
+    del occ_off, first
     uniq = xp.empty(m, np.int64)
-    _launch(_row_unique, m, offsets, r0, byte0, ends_before, occ_off, occ, row_lo, uniq)
-    del ends_before, occ_off
+    _launch(_row_unique, m, xp.argsort(row_n), row_lo, row_n, occ, uniq)
     row_off = _exclusive_cumsum(xp, uniq)
     ids = xp.empty(int(row_off[-1]), np.int32)
     _launch(_compact, m, occ, row_lo, uniq, row_off, ids)

@@ -108,6 +108,7 @@ def test_gpu_check_runs_under_the_simulator(tmp_path):
     assert sorted(split["kernel_ms"]) == [
         "_compact",
         "_lookup_tokens",
+        "_row_starts",
         "_row_tokens",
         "_row_unique",
         "_split_tokens",

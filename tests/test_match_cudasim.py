@@ -256,6 +256,67 @@ def test_rows_split_over_many_tiles(monkeypatch, tile_bytes):
     assert lists(ro, ids) == [[0], [], [0]]
 
 
+def test_null_rows_over_separators_and_wrap_bytes():
+    # The null slot's bytes end tokens (", " and "."); they must neither match nor shift
+    # the tokens of the rows after them.
+    from gpu_curate.metadata import Metadata
+
+    body = b"dog" + b"cat, dog. new york" + b"" + b"new york, dog"
+    offsets = np.array([0, 3, 21, 21, 34], np.int32).tobytes()
+    validity = bytes([0b1101])
+    parts = [pa.py_buffer(validity), pa.py_buffer(offsets), pa.py_buffer(bytearray(body))]
+    arr = pa.Array.from_buffers(pa.string(), 4, parts, 1)
+    assert arr.to_pylist() == ["dog", None, "", "new york, dog"]
+    ro, ids = assert_same_csr(arr, Metadata(["dog", "new york", "cat"]))
+    assert lists(ro, ids) == [[0], [], [], [0, 1]]
+
+
+class _PoisonedNumpy:
+    """NumPy, except that ``empty`` fills with the dtype's largest value: scratch that a
+    kernel should have written, but did not, shows up (or indexes out of bounds)."""
+
+    __name__ = "numpy"
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def empty(shape, dtype=float):
+        return np.full(shape, np.iinfo(dtype).max, dtype)
+
+
+@pytest.mark.parametrize("tile_bytes", [7, 1 << 20])
+def test_every_token_bound_is_written(monkeypatch, tile_bytes):
+    from gpu_curate.kernels import gpu
+    from gpu_curate.match import _host_buffers, _match_on_device
+    from gpu_curate.metadata import Metadata
+
+    monkeypatch.setattr(gpu, "TILE_BYTES", tile_bytes)
+    checked = []
+    launch = gpu._launch
+
+    def spy(kernel, n, *args):
+        launch(kernel, n, *args)
+        if kernel is gpu._split_tokens:
+            tstart, tend = args[-2], args[-1]
+            assert (tstart != np.iinfo(tstart.dtype).max).all()
+            assert (tend != np.iinfo(tend.dtype).max).all()
+            checked.append(tstart.size)
+
+    monkeypatch.setattr(gpu, "_launch", spy)
+    md = Metadata(ENTRIES)
+    body = b"dog" + b"cat, dog. new york" + b"" + b"new york, dog"
+    offsets = np.array([0, 3, 21, 21, 34], np.int32).tobytes()
+    parts = [pa.py_buffer(bytes([0b1101])), pa.py_buffer(offsets), pa.py_buffer(body)]
+    texts = built_texts(40, seed=7)
+    for arr in [pa.Array.from_buffers(pa.string(), 4, parts, 1), pa.array(texts).slice(3)]:
+        ro, ids = _match_on_device(*_host_buffers(arr), md, _PoisonedNumpy())
+        c_ro, c_ids = cpu_csr(arr, md)
+        np.testing.assert_array_equal(ro, c_ro)
+        np.testing.assert_array_equal(ids, c_ids)
+    assert len(checked) >= 2 and sum(checked) > 100
+
+
 # ----------------------------------------------------------------------------- hypothesis
 
 TOKENS = ["a", "b", "dog", "new", "york", "café", "日本", LONG, "abcdefghijklmnoq", "(x)"]
@@ -335,6 +396,7 @@ def test_device_hash_rows_equals_cpu(seed):
 # The kernels one tile launches, in order (kernels/gpu.py).
 MATCH_KERNELS = (
     "_token_ends",
+    "_row_starts",
     "_row_tokens",
     "_split_tokens",
     "_lookup_tokens",
