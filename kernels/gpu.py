@@ -13,8 +13,9 @@ cut by token instead, with the same per-token functions:
 3. ``_walk_count`` / ``_walk_write`` (one thread per token): ``walk_from``, the entry
    occurrences that start at that token, counted, then written in token order, so a row's
    occurrences are contiguous.
-4. ``_row_unique`` (one thread per row, rows ordered by their number of occurrences):
-   ``sort_unique``; ``_compact`` packs the CSR.
+4. ``_row_unique`` (one thread per row): ``sort_unique``; ``_compact`` packs the CSR.
+   (Handing the rows out in order of their number of occurrences kept more lanes busy
+   but cost locality: 7.1-7.3 ms instead of 4.8-5.0 per 4M texts on an H100.)
 
 Runs on a GPU with CuPy arrays, or under the Numba CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``) with NumPy arrays, which is how CI checks it against the CPU
@@ -167,12 +168,9 @@ def _walk_write(tslot, tinfo, et, emask, vbloom, bmask, occ_off, occ):
 
 
 @cuda.jit(cache=True)
-def _row_unique(order, lo, n, occ, uniq):
-    """Sort/unique each row's occurrences; thread k takes row order[k] (rows by count, so a
-    warp's rows need about the same work)."""
-    k = cuda.grid(1)
-    if k < order.shape[0]:
-        r = order[k]
+def _row_unique(lo, n, occ, uniq):
+    r = cuda.grid(1)
+    if r < uniq.shape[0]:
         uniq[r] = sort_unique(occ, lo[r], n[r])
 
 
@@ -246,7 +244,7 @@ def _match_tile(offsets, data, validity, bit_offset, r0, r1, byte0, nb, t, xp):
     row_n = occ_off[first[1:]] - row_lo
     del occ_off, first
     uniq = xp.empty(m, np.int64)
-    _launch(_row_unique, m, xp.argsort(row_n), row_lo, row_n, occ, uniq)
+    _launch(_row_unique, m, row_lo, row_n, occ, uniq)
     row_off = _exclusive_cumsum(xp, uniq)
     ids = xp.empty(int(row_off[-1]), np.int32)
     _launch(_compact, m, occ, row_lo, uniq, row_off, ids)
