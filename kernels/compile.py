@@ -30,7 +30,6 @@ FUNCTIONS = (
     "lookup_token",
     "token_bytes",
     "tokenize_row",
-    "walk_from",
     "walk_row",
     "sort_unique",
     "_dedupe",

@@ -48,10 +48,10 @@ def _match_chunk(
             # Each token starts at most ``depth`` occurrences (the longest entry's tokens),
             # so most rows need no counting walk before writing.
             if pos + k * depth > hi:
-                need = walk_row(tslot, tinfo, 0, k, et, emask, vbloom, bmask, out, pos, False)
+                need = walk_row(tslot, tinfo, 0, k, k, et, emask, vbloom, bmask, out, pos, False)
                 if pos + need > hi:
                     return i
-            occ = walk_row(tslot, tinfo, 0, k, et, emask, vbloom, bmask, out, pos, True)
+            occ = walk_row(tslot, tinfo, 0, k, k, et, emask, vbloom, bmask, out, pos, True)
             c = sort_unique(out, pos, occ)
         counts[i] = c
         pos += c
@@ -78,7 +78,7 @@ def _chunk_occurrences(
                 data, offsets[i], offsets[i + 1], vt, vmask, vbloom, bmask, long_data,
                 tslot, tinfo, tstart, 0,
             )  # fmt: skip
-            total += walk_row(tslot, tinfo, 0, k, et, emask, vbloom, bmask, dummy, 0, False)
+            total += walk_row(tslot, tinfo, 0, k, k, et, emask, vbloom, bmask, dummy, 0, False)
     return total
 
 

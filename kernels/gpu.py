@@ -10,9 +10,9 @@ cut by token instead, with the same per-token functions:
    walk stops at the end of its row by itself). One prefix sum then gives every token
    its index, and ``_row_tokens`` / ``_split_tokens`` write each token's bounds.
 2. ``_lookup_tokens`` (one thread per token): ``lookup_token``.
-3. ``_walk_count`` / ``_walk_write`` (one thread per token): ``walk_from``, the entry
-   occurrences that start at that token, counted, then written in token order, so a row's
-   occurrences are contiguous.
+3. ``_walk_count`` / ``_walk_write`` (one thread per token): ``walk_row`` over that token
+   alone, the entry occurrences that start there, counted, then written in token order,
+   so a row's occurrences are contiguous.
 4. ``_row_unique`` (one thread per row): ``sort_unique``; ``_compact`` packs the CSR.
    (Handing the rows out in order of their number of occurrences kept more lanes busy
    but cost locality: 7.1-7.3 ms instead of 4.8-5.0 per 4M texts on an H100.)
@@ -33,7 +33,7 @@ invalidate_stale_cache()
 _rl = load_rowlogic(cuda.jit(device=True), "gpu_curate.kernels._rowlogic_cuda")
 token_bytes = _rl.token_bytes
 lookup_token = _rl.lookup_token
-walk_from = _rl.walk_from
+walk_row = _rl.walk_row
 sort_unique = _rl.sort_unique
 is_valid = _rl.is_valid
 hash_bytes = _rl.hash_bytes
@@ -156,7 +156,7 @@ def _walk_count(tslot, tinfo, et, emask, vbloom, bmask, counts, dummy):
     t = cuda.grid(1)
     n = tslot.shape[0]
     if t < n:
-        counts[t] = walk_from(tslot, tinfo, t, n, et, emask, vbloom, bmask, dummy, 0, False)
+        counts[t] = walk_row(tslot, tinfo, t, t + 1, n, et, emask, vbloom, bmask, dummy, 0, False)
 
 
 @cuda.jit(cache=True)
@@ -164,7 +164,7 @@ def _walk_write(tslot, tinfo, et, emask, vbloom, bmask, occ_off, occ):
     t = cuda.grid(1)
     n = tslot.shape[0]
     if t < n and occ_off[t + 1] > occ_off[t]:
-        walk_from(tslot, tinfo, t, n, et, emask, vbloom, bmask, occ, occ_off[t], True)
+        walk_row(tslot, tinfo, t, t + 1, n, et, emask, vbloom, bmask, occ, occ_off[t], True)
 
 
 @cuda.jit(cache=True)
