@@ -203,11 +203,16 @@ def _exclusive_cumsum(xp, counts, dtype=np.int64):
     return out
 
 
+def _index_type(nb: int, m: int):
+    """Dtype of a tile's token indices and byte positions: int32 unless a single row is over
+    ~1 GB (the tile's tokens, at most 2 per byte plus 2 per row, must fit)."""
+    return np.int32 if 2 * (nb + m) + 2 < 2**31 else np.int64
+
+
 def _match_tile(offsets, data, validity, bit_offset, r0, r1, byte0, nb, t, xp):
     """(uniq per row, ids) of rows r0..r1, whose text is data[byte0:byte0 + nb]."""
     m = r1 - r0
-    # Token indices and positions fit in int32 unless a single row is over ~1 GB.
-    idx = np.int32 if 2 * (nb + m) + 2 < 2**31 else np.int64
+    idx = _index_type(nb, m)
     strided = min(nb + 1, STRIDED_THREADS)
     v = xp.empty(nb + 1, idx)
     ends = xp.empty(nb, np.int8)

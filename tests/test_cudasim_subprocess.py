@@ -118,3 +118,54 @@ def test_gpu_check_runs_under_the_simulator(tmp_path):
     ]
     assert all(ms > 0 for ms in split["kernel_ms"].values())
     assert list(split["call_ms_by_tile_mb"]) == ["1"] and split["tile_mb"] == 32
+
+
+COMPILE_CHECK = TESTS.parent / "benchmarks" / "gpu_compile_check.py"
+KERNELS = {
+    "_token_ends",
+    "_row_starts",
+    "_row_tokens",
+    "_split_tokens",
+    "_lookup_tokens",
+    "_walk_count",
+    "_walk_write",
+    "_row_unique",
+    "_compact",
+    "_hash_rows",
+}
+# Kernels whose arguments include the tile's token indices or byte positions.
+INDEXED = {"_token_ends", "_row_starts", "_row_tokens", "_split_tokens", "_lookup_tokens"}
+
+
+def test_gpu_compile_check_records_every_kernel_and_both_index_types():
+    # Step 1 of benchmarks/gpu_compile_check.py runs everywhere (simulator); step 2, the
+    # PTX compile, needs NVIDIA's NVRTC and runs only where it is installed.
+    proc = subprocess.run(
+        [sys.executable, str(COMPILE_CHECK), "--record-only"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sigs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(sigs) == KERNELS
+    for name in INDEXED:
+        kinds = {"int64" if "array(int64" in " ".join(s[2:]) else "int32" for s in sigs[name]}
+        assert len(sigs[name]) == 2 and kinds == {"int32", "int64"}, (name, sigs[name])
+
+
+def test_gpu_compile_check_compiles_for_sm90():
+    try:
+        from cuda.pathfinder import load_nvidia_dynamic_lib
+
+        load_nvidia_dynamic_lib("nvrtc")
+        load_nvidia_dynamic_lib("nvvm")
+    except Exception as exc:
+        pytest.skip(f"NVIDIA's NVRTC/NVVM are not installed here ({type(exc).__name__})")
+    proc = subprocess.run(
+        [sys.executable, str(COMPILE_CHECK), "--cc", "9.0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0 and "RESULT: PASS" in proc.stdout, proc.stdout[-3000:]
