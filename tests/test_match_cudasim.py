@@ -271,6 +271,27 @@ def test_null_rows_over_separators_and_wrap_bytes():
     assert lists(ro, ids) == [[0], [], [], [0, 1]]
 
 
+def test_int64_token_indices(monkeypatch):
+    # Tiles with a row over ~1 GB index their tokens in int64; force that path here.
+    from gpu_curate.kernels import gpu
+    from gpu_curate.metadata import Metadata
+
+    monkeypatch.setattr(gpu, "_index_type", lambda nb, m: np.int64)
+    dtypes = set()
+    launch = gpu._launch
+
+    def spy(kernel, n, *args):
+        if kernel is gpu._split_tokens:
+            dtypes.update(a.dtype for a in args[-2:])  # tstart, tend
+        launch(kernel, n, *args)
+
+    monkeypatch.setattr(gpu, "_launch", spy)
+    texts = built_texts(60, seed=11)
+    ro, ids = assert_same_csr(pa.array(texts).slice(2), Metadata(ENTRIES))
+    assert lists(ro, ids) == [reference_match(t, ENTRIES) for t in texts[2:]]
+    assert dtypes == {np.dtype(np.int64)}
+
+
 class _PoisonedNumpy:
     """NumPy, except that ``empty`` fills with the dtype's largest value: scratch that a
     kernel should have written, but did not, shows up (or indexes out of bounds)."""
