@@ -1,0 +1,75 @@
+"""entry_counts.json: the same bytes as json.dumps of the {entry: count} dict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpu_curate.counts import counts_json, counts_table
+from gpu_curate.metadata import Metadata
+
+
+def reference(entries, counts) -> bytes:
+    return json.dumps(dict(zip(entries, counts.tolist(), strict=True)), ensure_ascii=False).encode()
+
+
+TRICKY = [
+    "dog",
+    'a "quoted" word',
+    "back\\slash",
+    "\\",
+    '"',
+    "ends with \\",
+    "tab\there",
+    "line\nbreak",
+    "a\rb",
+    "\x01 control",
+    "x\x1f",
+    "del\x7f",
+    "line\u2028separator",
+    "café",
+    "東京",
+    "😀",
+    " spaced ",
+    "slash/ok",
+]
+
+
+def test_tricky_entries():
+    md = Metadata(TRICKY)
+    counts = np.arange(len(TRICKY), dtype=np.int64) * 1_000_003
+    assert counts_json(md, counts) == reference(TRICKY, counts)
+    assert json.loads(counts_json(md, counts)) == dict(zip(TRICKY, counts.tolist(), strict=True))
+    again = counts + 1  # the cached keys serve new counts
+    assert counts_json(md, again) == reference(TRICKY, again)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    entries=st.lists(
+        st.text(min_size=1, max_size=12).filter(lambda s: s.strip()), unique=True, max_size=30
+    ),
+    data=st.data(),
+)
+def test_any_entries(entries, data):
+    counts = np.array(
+        data.draw(st.lists(st.integers(0, 2**62), min_size=len(entries), max_size=len(entries))),
+        dtype=np.int64,
+    )
+    assert counts_json(Metadata(entries), counts) == reference(entries, counts)
+
+
+def test_wrong_number_of_counts_raises():
+    with pytest.raises(ValueError, match="one value per entry"):
+        counts_json(Metadata(["a", "b"]), np.array([1]))
+
+
+def test_counts_table_columns():
+    md = Metadata(TRICKY)
+    table = counts_table(md, np.ones(len(TRICKY), np.int64))
+    assert table.column("entry").to_pylist() == TRICKY
+    assert table.column("entry_id").to_pylist() == list(range(len(TRICKY)))
