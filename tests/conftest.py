@@ -70,6 +70,20 @@ def spacing(text: str) -> str:
     return "".join(out)
 
 
+# The kernels the CUDA matcher launches for each tile, in order (kernels/gpu.py).
+MATCH_KERNELS = (
+    "_token_ends",
+    "_row_starts",
+    "_row_tokens",
+    "_split_tokens",
+    "_lookup_tokens",
+    "_walk_count",
+    "_walk_write",
+    "_row_unique",
+    "_compact",
+)
+
+
 def reference_match(text: str | None, entries: Sequence[str]) -> list[int]:
     """Sorted ids of the entries e with ``" " + e + " "`` in ``spacing(text)`` (None: [])."""
     if text is None:

@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import reference_match
+from conftest import MATCH_KERNELS, reference_match
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -412,20 +412,6 @@ def test_device_hash_rows_equals_cpu(seed):
 
 
 # ----------------------------------------------------------------------------- threads
-
-
-# The kernels one tile launches, in order (kernels/gpu.py).
-MATCH_KERNELS = (
-    "_token_ends",
-    "_row_starts",
-    "_row_tokens",
-    "_split_tokens",
-    "_lookup_tokens",
-    "_walk_count",
-    "_walk_write",
-    "_row_unique",
-    "_compact",
-)
 
 
 class _LaunchSpy:
