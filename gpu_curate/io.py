@@ -281,7 +281,7 @@ def _is_text(t: pa.DataType) -> bool:
         pa.types.is_string(t)
         or pa.types.is_large_string(t)
         or pa.types.is_binary(t)
-        or (pa.types.is_large_binary(t))
+        or pa.types.is_large_binary(t)
     )
 
 
