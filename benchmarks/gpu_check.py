@@ -616,6 +616,11 @@ def summary(res: dict) -> str:
     if split is not None:
         kernels = ", ".join(f"{k} {v:.2f}" for k, v in split["kernel_ms"].items())
         lines.append(f"  kernels (ms)     {kernels}  (tile {split['tile_mb']} MB)")
+        total = sum(split["kernel_ms"].values())
+        lines.append(
+            f"  kernels sum      {total:.2f} ms, of a {1e3 * res['gpu_kernel_s']:.2f} ms call "
+            "with the texts on the device (the rest: array ops between launches, host syncs)"
+        )
         calls = ", ".join(f"{mb} MB {ms:.1f}" for mb, ms in split["call_ms_by_tile_mb"].items())
         lines.append(f"  call by tile     {calls} ms (host-to-device copy included)")
     pipe = res.get("pipeline")

@@ -103,6 +103,7 @@ def test_gpu_check_runs_under_the_simulator(tmp_path):
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
     assert "RESULT: PASS" in proc.stdout, text[-4000:]
+    assert "kernels sum" in proc.stdout, text[-4000:]
     res = json.loads(out.read_text())
     assert res["csr_ok"] and res["hash_ok"] and res["rows"] == 200
     split = res["kernel_split"]
