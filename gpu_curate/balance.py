@@ -213,8 +213,11 @@ def _row_products(offsets: Any, q: Any, xp: ModuleType, *, generic: bool = False
     return out
 
 
-def _keep_probabilities_core(offsets: Any, values: Any, p: Any, xp: ModuleType) -> Any:
-    q = 1.0 - p[values]
+def _keep_probabilities_core(
+    offsets: Any, values: Any, p: Any, xp: ModuleType, p_values: Any = None
+) -> Any:
+    """Per-row keep probability; ``p_values`` is ``p[values]`` when the caller has it."""
+    q = 1.0 - (p[values] if p_values is None else p_values)
     # An empty row has product 1 -> probability 0; a pair with p == 1 makes the product
     # exactly 0 -> probability exactly 1.
     return 1.0 - _row_products(offsets, q, xp)
@@ -462,15 +465,20 @@ def _check_uids(uids: Any, n: int, xp: ModuleType) -> Any:
     return uids
 
 
-def _keep_mask_core(offsets, values, uids, p, seed: int, stream: int, rows, xp) -> Any:
-    """keep_mask on validated inputs; ``rows`` is the row of each pair."""
+def _keep_mask_core(
+    offsets, values, uids, p, seed: int, stream: int, rows, xp, p_values=None
+) -> Any:
+    """keep_mask on validated inputs; ``rows`` is the row of each pair, ``p_values`` is
+    ``p[values]`` when the caller has it."""
     key = _stream_key(_as_u64_scalar(seed, "seed"), _as_u64_scalar(stream, "stream"))
     with _wrap_ok(xp):
         # pair_hashes, with its first half done once per row rather than once per pair.
         h = _entry_hashes(_uid_hashes(uids, key, xp)[rows], values, xp)
     u = _uniforms(h, xp)
     kept = xp.zeros(offsets.size - 1, dtype=bool)
-    kept[rows[u < p[values]]] = True  # every write stores True, so duplicates are harmless
+    if p_values is None:
+        p_values = p[values]
+    kept[rows[u < p_values]] = True  # every write stores True, so duplicates are harmless
     return kept
 
 
@@ -496,8 +504,9 @@ def balance_partition(
     p = _check_p(p, values, xp)
     uids = _check_uids(uids, offsets.size - 1, xp)
     rows = _pair_rows(offsets, xp)
-    mask = _keep_mask_core(offsets, values, uids, p, seed, stream, rows, xp)
-    expected = float(xp.sum(_keep_probabilities_core(offsets, values, p, xp)))
+    p_values = p[values]  # gathered once for the draws and the expected size
+    mask = _keep_mask_core(offsets, values, uids, p, seed, stream, rows, xp, p_values)
+    expected = float(xp.sum(_keep_probabilities_core(offsets, values, p, xp, p_values)))
     return mask, expected, _kept_counts(values, mask, rows, p.size, xp)
 
 
