@@ -42,9 +42,7 @@ def _match_chunk(
         if is_valid(validity, bit_offset, i):
             s = offsets[i]
             e = offsets[i + 1]
-            k = tokenize_row(
-                data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, tstart, 0
-            )
+            k = tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, tstart)
             # Each token starts at most ``depth`` occurrences (the longest entry's tokens),
             # so most rows need no counting walk before writing.
             if pos + k * depth > hi:
@@ -76,7 +74,7 @@ def _chunk_occurrences(
         if is_valid(validity, bit_offset, i):
             k = tokenize_row(
                 data, offsets[i], offsets[i + 1], vt, vmask, vbloom, bmask, long_data,
-                tslot, tinfo, tstart, 0,
+                tslot, tinfo, tstart,
             )  # fmt: skip
             total += walk_row(tslot, tinfo, 0, k, k, et, emask, vbloom, bmask, dummy, 0, False)
     return total

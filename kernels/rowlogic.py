@@ -214,11 +214,11 @@ def token_bytes(c):
     return 0
 
 
-def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, tstart, base):
+def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, tstart):
     """Look up every token of the row data[s:e] in the vocabulary table.
 
-    Writes the token's table slot (-1 when no entry uses it) to tslot[base + k] and its
-    packed info to tinfo[base + k]; returns the number of tokens, at most
+    Writes the token's table slot (-1 when no entry uses it) to tslot[k] and its packed
+    info to tinfo[k]; returns the number of tokens, at most
     2 * (e - s) + 1 (a wrap byte makes two).
     ``tstart`` is scratch of the same size (token starts, then the tokens to probe).
     """
@@ -247,25 +247,25 @@ def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, 
             key1 = key1 | ((SHORT_FLAG | np.uint64(length)) << U56)
         else:
             key0, key1 = token_key(data, p, q)
-        tinfo[base + k] = key0
-        tslot[base + k] = np.int64(key1)
-        tstart[base + k] = p
+        tinfo[k] = key0
+        tslot[k] = np.int64(key1)
+        tstart[k] = p
         k += 1
         if q >= e:
             break
         c = data[q]
         if is_wrap(c):
             # A wrap byte is a token of its own.
-            tinfo[base + k] = np.uint64(c)
-            tslot[base + k] = np.int64((SHORT_FLAG | U1) << U56)
-            tstart[base + k] = q
+            tinfo[k] = np.uint64(c)
+            tslot[k] = np.int64((SHORT_FLAG | U1) << U56)
+            tstart[k] = q
             k += 1
         p = q + 1
     # The Bloom test is done without a branch (it goes either way at random): the tokens
     # that pass are listed in tstart (a token's start is spent once it is tested, and the
     # list never overtakes the loop), then only they probe the table.
-    c = base
-    for j in range(base, base + k):
+    c = 0
+    for j in range(k):
         key0 = tinfo[j]
         key1 = np.uint64(tslot[j])
         maybe = np.int64(bloom_bit(vbloom, bmask, vocab_hash(key0, key1)))
@@ -283,7 +283,7 @@ def tokenize_row(data, s, e, vt, vmask, vbloom, bmask, long_data, tslot, tinfo, 
             tinfo[j] = key0 if maybe == 1 else U0
         tstart[c] = j
         c += maybe
-    for q in range(base, c):
+    for q in range(c):
         j = tstart[q]
         slot = vocab_probe(vt, vmask, long_data, data, 0, 0, tinfo[j], np.uint64(tslot[j]))
         tslot[j] = slot
