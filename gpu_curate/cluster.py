@@ -78,7 +78,8 @@ def open_client(
         # The device work of a part is milliseconds and its host Parquet I/O most of the
         # time, so a GPU worker runs a few parts at once. On an H100 with 16 cores, 4
         # threads gave 1.42M rows/s, 1 thread 0.56M and 8 threads 1.37M with twice the
-        # device memory (docs/benchmarks.md); each thread holds ~1.6 GB of tile scratch.
+        # device memory (docs/benchmarks.md); each thread holds one tile's scratch (a 4-thread
+        # worker's device pool was 1.1 GB in a 4M-row run).
         per = max(1, min(GPU_THREADS, (os.cpu_count() or 1) // n_gpus))
         cluster = LocalCUDACluster(n_workers=n_gpus, threads_per_worker=per)
         n = len(cluster.workers)

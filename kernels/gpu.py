@@ -175,10 +175,10 @@ def _row_unique(lo, n, occ, uniq):
 
 
 @cuda.jit(cache=True)
-def _compact(occ, occ_off, uniq, row_off, ids):
+def _compact(occ, row_lo, uniq, row_off, ids):
     ii = cuda.grid(1)
     if ii < uniq.shape[0]:
-        lo = occ_off[ii]
+        lo = row_lo[ii]
         dst = row_off[ii]
         for j in range(uniq[ii]):
             ids[dst + j] = occ[lo + j]
