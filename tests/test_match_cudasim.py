@@ -256,18 +256,23 @@ def test_rows_split_over_many_tiles(monkeypatch, tile_bytes):
     assert lists(ro, ids) == [[0], [], [0]]
 
 
-def test_null_rows_over_separators_and_wrap_bytes():
-    # The null slot's bytes end tokens (", " and "."); they must neither match nor shift
-    # the tokens of the rows after them.
-    from gpu_curate.metadata import Metadata
-
+def _null_row_over_token_ends():
+    """["dog", None, "", "new york, dog"] where the null slot spans "cat, dog. new york"."""
     body = b"dog" + b"cat, dog. new york" + b"" + b"new york, dog"
     offsets = np.array([0, 3, 21, 21, 34], np.int32).tobytes()
     validity = bytes([0b1101])
     parts = [pa.py_buffer(validity), pa.py_buffer(offsets), pa.py_buffer(bytearray(body))]
     arr = pa.Array.from_buffers(pa.string(), 4, parts, 1)
     assert arr.to_pylist() == ["dog", None, "", "new york, dog"]
-    ro, ids = assert_same_csr(arr, Metadata(["dog", "new york", "cat"]))
+    return arr
+
+
+def test_null_rows_over_separators_and_wrap_bytes():
+    # The null slot's bytes end tokens (", " and "."); they must neither match nor shift
+    # the tokens of the rows after them.
+    from gpu_curate.metadata import Metadata
+
+    ro, ids = assert_same_csr(_null_row_over_token_ends(), Metadata(["dog", "new york", "cat"]))
     assert lists(ro, ids) == [[0], [], [], [0, 1]]
 
 
@@ -326,11 +331,8 @@ def test_every_token_bound_is_written(monkeypatch, tile_bytes):
 
     monkeypatch.setattr(gpu, "_launch", spy)
     md = Metadata(ENTRIES)
-    body = b"dog" + b"cat, dog. new york" + b"" + b"new york, dog"
-    offsets = np.array([0, 3, 21, 21, 34], np.int32).tobytes()
-    parts = [pa.py_buffer(bytes([0b1101])), pa.py_buffer(offsets), pa.py_buffer(body)]
     texts = built_texts(40, seed=7)
-    for arr in [pa.Array.from_buffers(pa.string(), 4, parts, 1), pa.array(texts).slice(3)]:
+    for arr in [_null_row_over_token_ends(), pa.array(texts).slice(3)]:
         ro, ids = _match_on_device(*_host_buffers(arr), md, _PoisonedNumpy())
         c_ro, c_ids = cpu_csr(arr, md)
         np.testing.assert_array_equal(ro, c_ro)
