@@ -10,8 +10,7 @@ script closes that gap before a device call:
    launch as Numba types them;
 2. it compiles each kernel with each recorded signature to PTX for ``--cc`` (default
    9.0, an H100) with ``numba.cuda.compile_ptx``. That needs NVIDIA's NVRTC and NVVM
-   libraries, not a GPU or a driver:
-   ``pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-nvcc-cu12``.
+   libraries, not a GPU or a driver: the ``ptx`` extra (``pip install -e '.[ptx]'``).
 
 Prints one line per kernel and signature and ends in ``RESULT: PASS`` or ``RESULT: FAIL``
 (exit 0 / 1; exit 2 when it cannot run here)::
@@ -34,9 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
-NO_NVRTC = (
-    "NVRTC/NVVM not found: pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-nvcc-cu12 (no GPU needed)"
-)
+NO_NVRTC = "NVRTC/NVVM not found: pip install -e '.[ptx]' (NVIDIA's wheels; no GPU needed)"
 
 
 def record(path: str) -> None:
