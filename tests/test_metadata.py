@@ -9,8 +9,11 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import SPACE_CHARS, WRAP_CHARS, reference_match
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpu_curate.errors import CurateError, MetadataError
 from gpu_curate.match import match_texts
@@ -88,6 +91,46 @@ def test_non_string_entries(entries, bad_ids, kind):
     assert kind in msg
     for i in bad_ids:
         assert re.search(rf"\b{i}\b", msg), msg
+
+
+def test_unicode_whitespace_only_entries_are_blank():
+    # "\u3000" (ideographic space), "\xa0" (no-break space) and "\u2003" (em space) are
+    # whitespace to str.strip, so these entries are blank.
+    with pytest.raises(MetadataError, match=r"2 metadata entries are empty.* ids 1, 2$"):
+        Metadata(["dog", "\u3000", "\xa0 \u2003", "caf\xe9 \u3000x"])
+
+
+def test_numpy_strings_are_strings():
+    md = Metadata(np.array(["dog", "new york"]))
+    assert md.entries == ("dog", "new york")
+
+
+_ENTRY = st.one_of(
+    st.text(alphabet=["a", "b", " ", "\t", "\u3000", "\xa0"], max_size=3),
+    st.integers(0, 2),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ENTRY, max_size=8))
+def test_validation_agrees_with_its_plain_definition(entries):
+    # The definition, written out: strings, none blank, all distinct.
+    strings = all(isinstance(e, str) for e in entries)
+    valid = strings and all(e.strip() for e in entries) and len(set(entries)) == len(entries)
+    if valid:
+        assert Metadata(entries).entries == tuple(entries)
+        return
+    with pytest.raises(MetadataError) as info:
+        Metadata(entries)
+    msg = str(info.value)
+    if not strings:
+        assert "not strings" in msg
+    elif not all(e.strip() for e in entries):
+        ids = [i for i, e in enumerate(entries) if not e.strip()]
+        assert f"{len(ids)} metadata entries are empty or whitespace-only" in msg
+    else:
+        assert "duplicate" in msg
 
 
 @pytest.mark.parametrize("value", ["dog", b"dog", 42, {"dog": 0}, None])
