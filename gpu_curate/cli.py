@@ -205,3 +205,7 @@ def demo(out, rows, t, seed, backend, overwrite, quiet):
 
     t = check_t(t if t is not None else max(1, rows // 1000))
     run_demo(out, rows, t, check_seed(seed), backend, overwrite, quiet, click.echo)
+
+
+if __name__ == "__main__":  # python -m gpu_curate.cli
+    main(prog_name="gpu-curate")

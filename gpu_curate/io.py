@@ -7,8 +7,10 @@ partitioning, which is what makes uids, and so the curated set, partition-indepe
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -61,9 +63,8 @@ class Part:
         return asdict(self)
 
 
-def _format_of(path: str, fmt: str | None) -> str | None:
-    if fmt:
-        return fmt
+def _format_of(path: str) -> str | None:
+    """The format its extension names (a compression suffix aside), or None."""
     name = path.lower()
     for suffix in (".gz", ".bz2", ".zst", ".xz"):
         if name.endswith(suffix):
@@ -71,8 +72,42 @@ def _format_of(path: str, fmt: str | None) -> str | None:
     return _EXTENSIONS.get(os.path.splitext(name)[1])
 
 
+# Files a folder or glob may hold beside the data: never read, even under --format.
+_NOT_DATA_NAMES = ("readme", "license", "licence", "notice", "changelog", "citation")
+_NOT_DATA_EXTENSIONS = frozenset(
+    ".md .rst .html .htm .pdf .crc .yaml .yml .toml .py .ipynb .sh .log .png .jpg .jpeg"
+    .split()
+)  # fmt: skip
+
+
+def _scanned_format(path: str, fmt: str | None) -> str | None:
+    """The format of a file found in a folder or by a glob, or None to skip it.
+
+    A known extension names the format; ``--format`` applies to the other files, except
+    documentation and other files that are never data (README, LICENSE, ``.md``, ...).
+    """
+    known = _format_of(path)
+    if known is not None or fmt is None:
+        return known
+    name = PurePosixPath(path).name.lower()
+    if name.startswith(_NOT_DATA_NAMES) or os.path.splitext(name)[1] in _NOT_DATA_EXTENSIONS:
+        return None
+    return fmt
+
+
+def _hidden(relpath: str) -> bool:
+    # Any component, not only the file name: Spark's _temporary/, .ipynb_checkpoints/ and
+    # _SUCCESS are not part of the pool.
+    return any(c.startswith((".", "_")) for c in PurePosixPath(relpath).parts)
+
+
 def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
     """Expand files, folders, globs and fsspec URLs into the pool's files, in sorted order.
+
+    A folder is scanned recursively, skipping names that start with ``.`` or ``_`` (in
+    any folder below it). Files found in a folder or by a glob are read by extension;
+    ``fmt`` (``--format``) applies to those without a known one (documentation such as
+    README or ``.md`` files is still skipped) and to every file named on its own.
 
     Examples
     --------
@@ -88,23 +123,31 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
         fs, _, paths = fsspec.get_fs_token_paths(spec)
         protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
         prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-        found: list[tuple[str, str]] = []
+        # (path, size) of each candidate file; the sizes come with the listing.
         if any(ch in spec for ch in "*?["):
-            root = _glob_root(paths[0] if paths else spec)
-            found = [(p, _rel(p, root)) for p in paths if fs.isfile(p)]
+            pattern = fs._strip_protocol(spec)
+            root = _glob_root(pattern)
+            listing = fs.glob(pattern, detail=True)
+            found = [(p, i.get("size")) for p, i in sorted(listing.items()) if i["type"] == "file"]
+            kept = [(p, n, _rel(p, root)) for p, n in found if not _hidden(_rel(p, root))]
+            kept = [(p, n, r, _scanned_format(p, fmt)) for p, n, r in kept]
         elif fs.isdir(paths[0]):
             root = paths[0].rstrip("/")
-            found = [
-                (p, _rel(p, root))
-                for p in sorted(fs.find(root))
-                if not PurePosixPath(p).name.startswith((".", "_"))
-            ]
+            listing = fs.find(root, detail=True)
+            found = [(p, i.get("size")) for p, i in sorted(listing.items())]
+            kept = [(p, n, _rel(p, root)) for p, n in found if not _hidden(_rel(p, root))]
+            kept = [(p, n, r, _scanned_format(p, fmt)) for p, n, r in kept]
         elif fs.exists(paths[0]):
-            found = [(paths[0], PurePosixPath(paths[0]).name)]
+            p = paths[0]
+            kept = [(p, fs.size(p), PurePosixPath(p).name, fmt or _format_of(p))]
         else:
             raise CurateError(f"input not found: {spec}")
-        kept = [(p, r, _format_of(p, fmt)) for p, r in found]
-        kept = [(p, r, f) for p, r, f in kept if f is not None]
+        kept = [(p, n, r, f) for p, n, r, f in kept if f is not None]
+        # An empty CSV/TSV/JSONL file holds no rows (an empty Parquet file is no Parquet).
+        empty = [p for p, n, r, f in kept if n == 0 and f != "parquet"]
+        kept = [(p, r, f) for p, n, r, f in kept if not (n == 0 and f != "parquet")]
+        if empty and not kept:
+            raise CurateError(f"every input file in {spec} is empty (0 bytes)")
         if not kept:
             raise CurateError(
                 f"no readable input files in {spec} (looked for "
@@ -154,19 +197,23 @@ def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) ->
 
 def parquet_rows(path: str) -> int:
     try:
-        with fsspec.open(path, "rb") as fh:
+        with fsspec.open(path, "rb", compression="infer") as fh:
             return pq.ParquetFile(fh).metadata.num_rows
     except (pa.ArrowInvalid, OSError) as exc:
         raise CurateError(f"cannot read Parquet file {path}: {exc}") from None
 
 
 def read_part(
-    part: Part, columns: Sequence[str] | None = None, header_names: Sequence[str] = ()
+    part: Part,
+    columns: Sequence[str] | None = None,
+    text_column: str | None = None,
+    id_column: str | None = None,
 ) -> pa.Table:
     """Read the rows of one part as an Arrow table (host memory).
 
-    ``header_names``: column names (e.g. the requested text and id columns) whose presence
-    on a CSV/TSV file's first line marks it as a header.
+    ``text_column`` and ``id_column`` are the columns the run names (None: the default):
+    on a CSV/TSV file's first line they mark it as a header. CSV/TSV columns are read as
+    strings, as written (``001`` stays ``001``).
     """
     f = part.file
     try:
@@ -175,9 +222,9 @@ def read_part(
                 pf = pq.ParquetFile(fh)
                 table = _parquet_range(pf, part.row_start, part.row_end, columns)
             elif f.format == "jsonl":
-                table = pajson.read_json(fh)
+                table = _read_json_lines(fh)
             else:
-                table = _read_delimited(fh, f.format, header_names)
+                table = _read_delimited(fh, f.format, text_column, id_column, f.path)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError) as exc:
         raise CurateError(f"cannot read {f.path}: {str(exc).splitlines()[0]}") from None
     if columns is not None and f.format != "parquet":
@@ -185,7 +232,32 @@ def read_part(
         if missing:
             raise CurateError(f"{f.path}: no column {missing[0]!r}")
         table = table.select(list(columns))
+    return _without_views(table)
+
+
+def _without_views(table: pa.Table) -> pa.Table:
+    # Arrow's filter and length kernels (pyarrow 26) take no string_view / binary_view
+    # columns, which a Parquet file written from Arrow may restore: read them as large_*.
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string_view(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(pa.large_string()))
+        elif pa.types.is_binary_view(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(pa.large_binary()))
     return table
+
+
+def _read_json_lines(fh) -> pa.Table:
+    # Arrow's reader needs each line inside one block: a block that a (rare) long line
+    # straddles is read again with blocks 8x larger, up to the whole file.
+    block = 1 << 22
+    while True:
+        try:
+            return pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=block))
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc) or block >= 1 << 31:
+                raise
+            block *= 8
+            fh.seek(0)
 
 
 def _parquet_range(pf: pq.ParquetFile, start: int, end: int | None, columns) -> pa.Table:
@@ -208,23 +280,51 @@ def _parquet_range(pf: pq.ParquetFile, start: int, end: int | None, columns) -> 
     return table.slice(start - first, end - start)
 
 
-def _read_delimited(fh, fmt: str, header_names: Sequence[str] = ()) -> pa.Table:
-    # A header is recognised by a first line whose fields name a known text column;
-    # otherwise columns are named f0, f1, ... (CC3M's caption<TAB>url has no header).
+# A first line whose fields are all like these is a header, not data: a caption has
+# spaces, a URL has ":" and "/".
+_HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+# Header-less files get columns f0, f1, ...; all of them (up to a generous count) strings.
+_AUTO_COLUMNS = 4096
+
+
+def _read_delimited(fh, fmt: str, text_column, id_column, where: str) -> pa.Table:
+    # A header is recognised by a first line with a field that names the text column (the
+    # requested one or one of TEXT_COLUMN_CANDIDATES) or the id column; otherwise the
+    # columns are f0, f1, ... (CC3M's caption<TAB>url has no header).
     head = fh.read(1 << 16)
     fh.seek(0)
     delimiter = "\t" if fmt == "tsv" else ","
-    first = head.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r").split(delimiter)
-    known = set(TEXT_COLUMN_CANDIDATES) | {c for c in header_names if c}
-    has_header = any(c.strip('"') in known for c in first)
-    read = pacsv.ReadOptions(autogenerate_column_names=not has_header, block_size=1 << 24)
+    first_line = head.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff")
+    quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"quotechar": '"'}
+    fields = next(csv.reader([first_line.rstrip("\r")], delimiter=delimiter, **quoting), [])
+    names = [c.strip() for c in fields]
+    known = set(TEXT_COLUMN_CANDIDATES) | {c for c in (text_column, id_column) if c}
+    has_header = any(c in known for c in names)
+    if not has_header and text_column is None and names:
+        if all(_HEADER_FIELD.fullmatch(c) for c in names):
+            raise CurateError(
+                f"{where}: the first line ({', '.join(names)}) looks like a header but names "
+                f"none of {', '.join(TEXT_COLUMN_CANDIDATES)}: name the text column with "
+                "--text-column (--text-column f0 if the file has no header)"
+            )
+    if has_header:
+        read = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=1 << 24)
+    else:
+        names = [f"f{i}" for i in range(_AUTO_COLUMNS)]
+        read = pacsv.ReadOptions(autogenerate_column_names=True, block_size=1 << 24)
     # Quoted captions may hold line breaks (valid CSV), which need the slower parser mode.
     parse = pacsv.ParseOptions(
         delimiter=delimiter,
         quote_char=False if fmt == "tsv" else '"',
         newlines_in_values=fmt != "tsv",
     )
-    convert = pacsv.ConvertOptions(strings_can_be_null=False)
+    # Every column is text, kept byte for byte (no type guessing, and a row that is not
+    # valid UTF-8 is a row like any other, as in a Parquet string column).
+    convert = pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in names},
+        strings_can_be_null=False,
+        check_utf8=False,
+    )
     return pacsv.read_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
 
 
@@ -251,6 +351,8 @@ def text_column(schema: pa.Schema, requested: str | None, where: str) -> str:
 
 def check_text_type(table: pa.Table, column: str, where: str) -> None:
     t = table.schema.field(column).type
+    if pa.types.is_dictionary(t):  # (a pandas Categorical, for one)
+        t = t.value_type
     if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
         if pa.types.is_null(t):
             return

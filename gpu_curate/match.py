@@ -21,6 +21,8 @@ __all__ = ["match_arrow", "match_texts", "csr_to_lists"]
 
 def _host_buffers(array: pa.Array):
     """(offsets n+1 absolute, data uint8, validity uint8 or empty, bit offset) of a string array."""
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
     if pa.types.is_string_view(array.type):
         array = array.cast(pa.large_string())
     if pa.types.is_string(array.type):

@@ -189,7 +189,7 @@ def _match_task(
     ):
         return done
     _numba_threads(threads)
-    table = read_part(part, header_names=(step.text_column, step.id_column))
+    table = read_part(part, text_column=step.text_column, id_column=step.id_column)
     where = part.file.path
     matched, stats, counts, uids = step.run_with_uids(
         table, part.file.relpath, part.row_start, where

@@ -80,6 +80,8 @@ class MatchStep:
         texts = table.column(col)
         if pa.types.is_null(texts.type):
             texts = texts.cast(pa.string())
+        elif pa.types.is_dictionary(texts.type):
+            texts = texts.cast(texts.type.value_type)  # matched as the strings it stands for
         n = table.num_rows
         if self.id_column is not None:
             if self.id_column not in table.column_names:
@@ -87,7 +89,7 @@ class MatchStep:
                     f"{where}: id column {self.id_column!r} not found; columns are: "
                     f"{', '.join(table.column_names)}"
                 )
-            uids = value_uids(table.column(self.id_column), self.id_column)
+            uids = value_uids(table.column(self.id_column), self.id_column, where, row_start)
             all_uids = np.sort(uids)  # for the check here and the pool-wide one, once
             _check_unique(uids, all_uids, table.column(self.id_column), self.id_column, where,
                           row_start)  # fmt: skip

@@ -12,6 +12,7 @@ import hashlib
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .balance import fmix64_array
 from .errors import CurateError
@@ -46,13 +47,21 @@ def position_uids(relpath: str, row_start: int, n: int) -> np.ndarray:
     return fmix64_array(h)
 
 
-def value_uids(column: pa.Array | pa.ChunkedArray, name: str = "id") -> np.ndarray:
-    """uids from an id column: integers or strings; nulls are an error."""
+def value_uids(
+    column: pa.Array | pa.ChunkedArray, name: str = "id", where: str = "", row_start: int = 0
+) -> np.ndarray:
+    """uids from an id column: integers or strings; nulls are an error.
+
+    ``where`` (the file) and ``row_start`` (the column's first row in it) place a null in
+    the error message.
+    """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if column.null_count:
+        first = row_start + int(pc.index(column.is_null(), True).as_py())
         raise CurateError(
-            f"id column {name!r} has {column.null_count} null values (uids must be unique)"
+            f"{where + ': ' if where else ''}id column {name!r} has {column.null_count} null "
+            f"values, the first at row {first} (uids must be unique)"
         )
     t = column.type
     if len(column) == 0:

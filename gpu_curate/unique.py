@@ -374,10 +374,12 @@ class UidCheck:
             if len(cache) >= 8:
                 cache.pop(next(iter(cache)))
             table = read_part(
-                part, columns=[self.id_column], header_names=(self.text_column, self.id_column)
+                part, columns=[self.id_column], text_column=self.text_column,
+                id_column=self.id_column,
             )
             column = table.column(self.id_column).combine_chunks()
-            cache[part.index] = (column, value_uids(column, self.id_column))
+            uids = value_uids(column, self.id_column, part.file.path, part.row_start)
+            cache[part.index] = (column, uids)
         return cache[part.index]
 
 

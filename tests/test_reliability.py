@@ -352,7 +352,7 @@ def test_id_column_with_nulls(small, tmp_path):
         "curate", pool, "--metadata", md, "--out", out, "--id-column", "id",
         "--backend", "cpu", "--quiet",
     )  # fmt: skip
-    assert_clean_error(r, out, "'id'", "null")
+    assert_clean_error(r, out, "'id'", "null", "a.parquet", "the first at row 1")
 
 
 def test_empty_file_with_a_null_typed_id_column(small, tmp_path):
@@ -457,7 +457,7 @@ def test_id_column_with_duplicates(small, tmp_path, layout):
     assert_clean_error(r, out, "id column 'id' has duplicate value", where.format(**paths))
 
 
-def _weak_uids(column, name="id"):
+def _weak_uids(column, name="id", where="", row_start=0):
     """A 2-bit "hash" of integer ids: distinct values collide all the time."""
     values = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
     return (values % 4).astype(np.uint64)

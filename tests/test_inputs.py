@@ -1,0 +1,236 @@
+"""Reading the pool: which files a folder or glob holds, and how CSV/TSV/JSONL/Parquet rows
+come in (``gpu_curate.io``), checked through ``gpu-curate match``.
+
+Expected matches are written out by hand from DESIGN.md section 2 (an entry matches when
+``" " + entry + " "`` is in the spaced text) on a tiny metadata.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from gpu_curate.cli import main
+from gpu_curate.io import discover
+
+ENTRIES = ["dog", "new york", "cat", "1984"]  # ids 0, 1, 2, 3
+
+
+@pytest.fixture
+def md(tmp_path) -> Path:
+    path = tmp_path / "md.json"
+    path.write_text(json.dumps(ENTRIES))
+    return path
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def match(src, md: Path, out: Path, *extra: str):
+    """``gpu-curate match`` keeping unmatched rows; the CliRunner result."""
+    args = ["match", str(src), "--metadata", str(md), "--out", str(out), "--quiet"]
+    args += ["--backend", "cpu", "--keep-unmatched", *extra]
+    return CliRunner().invoke(main, args, catch_exceptions=True)
+
+
+def matched(out: Path) -> dict:
+    """matched/ as {column: values}, strings as bytes (a row need not be UTF-8)."""
+    table = pq.read_table(out / "matched").drop(["uid"])
+    cols = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            col = col.cast(pa.large_binary())
+        cols[name] = col.to_pylist()
+    return cols
+
+
+def error_line(result) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    err = result.stderr.strip()
+    assert "\n" not in err and err.startswith("gpu-curate: error: "), err
+    return err
+
+
+# ------------------------------------------------------------------------ which files
+
+
+def test_folder_skips_hidden_and_underscore_folders(tmp_path):
+    pool = tmp_path / "pool"
+    table = pa.table({"text": ["a dog"]})
+    for rel in ["a.parquet", "_temporary/0/part-0.parquet", ".ipynb_checkpoints/a.parquet",
+                "sub/b.parquet"]:  # fmt: skip
+        (pool / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, pool / rel)
+    assert [f.relpath for f in discover([str(pool)])] == ["a.parquet", "sub/b.parquet"]
+    assert [f.relpath for f in discover([f"{pool}/*"])] == ["a.parquet"]
+
+
+def test_format_applies_to_unknown_extensions_and_skips_documentation(tmp_path, md):
+    pool = tmp_path / "pool"
+    write(pool / "captions.txt", b"a dog\thttp://x\n")
+    write(pool / "README.md", b"This dataset: a dog and a cat.\n")
+    write(pool / "LICENSE", b"cat\n")
+    pq.write_table(pa.table({"text": ["a cat"]}), pool / "more.parquet")
+    files = discover([str(pool)], "tsv")
+    assert [(f.relpath, f.format) for f in files] == [
+        ("captions.txt", "tsv"),
+        ("more.parquet", "parquet"),
+    ]
+    # A file named on its own is read in the format given, whatever its name.
+    assert discover([str(pool / "README.md")], "tsv")[0].format == "tsv"
+    (pool / "more.parquet").unlink()
+    r = match(pool, md, tmp_path / "out", "--format", "tsv")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "out") == {"f0": [b"a dog"], "f1": [b"http://x"], "entry_ids": [[0]]}
+
+
+def test_empty_text_files_hold_no_rows(tmp_path, md):
+    pool = tmp_path / "pool"
+    write(pool / "a.csv", b"")
+    write(pool / "b.csv", b"text\na dog\n")
+    write(pool / "c.jsonl", b"")
+    assert [f.relpath for f in discover([str(pool)])] == ["b.csv"]
+    r = match(pool, md, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "out") == {"text": [b"a dog"], "entry_ids": [[0]]}
+    only = tmp_path / "only"
+    write(only / "a.csv", b"")
+    assert "every input file" in error_line(match(only, md, tmp_path / "out2"))
+
+
+def test_gzip_compressed_parquet(tmp_path, md):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pq.write_table(pa.table({"text": ["a dog", "new york cat"]}), tmp_path / "p.parquet")
+    with open(tmp_path / "p.parquet", "rb") as src, gzip.open(pool / "p.parquet.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    r = match(pool, md, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "out")["entry_ids"] == [[0], [1, 2]]
+
+
+# ------------------------------------------------------------------------ CSV / TSV
+
+
+@pytest.mark.parametrize(
+    "content, columns, id_column",
+    [
+        # a UTF-8 byte-order mark before the header
+        (b"\xef\xbb\xbftext,id\na dog,1\ncat,2\n", ["text", "id"], None),
+        # spaces after the commas of the header
+        (b"id, text\n1,a dog\n2,cat\n", ["id", "text"], None),
+        # the id column named by --id-column marks the header too
+        (b"key,caption text\n1,a dog\n2,cat\n", ["key", "caption text"], "key"),
+    ],
+)
+def test_csv_header_is_recognised(tmp_path, md, content, columns, id_column):
+    write(tmp_path / "pool" / "a.csv", content)
+    extra = ["--text-column", columns[1]] if id_column else []
+    extra += ["--id-column", id_column] if id_column else []
+    r = match(tmp_path / "pool", md, tmp_path / "out", *extra)
+    assert r.exit_code == 0, r.output
+    got = matched(tmp_path / "out")
+    assert list(got) == [*columns, "entry_ids"]
+    text = "text" if "text" in columns else columns[1]
+    assert got[text] == [b"a dog", b"cat"]
+    assert got["entry_ids"] == [[0], [2]]
+
+
+@pytest.mark.parametrize("first", [b"Caption,url", b"url,title", b"id,description"])
+def test_csv_first_line_like_a_header_naming_no_text_column_is_an_error(tmp_path, md, first):
+    write(tmp_path / "pool" / "a.csv", first + b"\ndog,http://x\n")
+    err = error_line(match(tmp_path / "pool", md, tmp_path / "out"))
+    assert "a.csv" in err and "looks like a header" in err and "--text-column" in err
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_csv_named_text_column_or_f0_resolves_it(tmp_path, md):
+    write(tmp_path / "pool" / "a.csv", b"url,title\nhttp://x,a dog\n")
+    r = match(tmp_path / "pool", md, tmp_path / "out", "--text-column", "title")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "out") == {
+        "url": [b"http://x"], "title": [b"a dog"], "entry_ids": [[0]]
+    }  # fmt: skip
+    r = match(tmp_path / "pool", md, tmp_path / "out2", "--text-column", "f0")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "out2")["f0"] == [b"url", b"http://x"]
+
+
+def test_csv_header_less_with_urls_reads_f0(tmp_path, md):
+    write(tmp_path / "pool" / "a.csv", b"a dog,http://x\nnew york cat,http://y\n")
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "out") == {
+        "f0": [b"a dog", b"new york cat"],
+        "f1": [b"http://x", b"http://y"],
+        "entry_ids": [[0], [1, 2]],
+    }
+
+
+def test_csv_columns_are_strings_as_written(tmp_path, md):
+    # No type guessing: "001" and "1" are two ids, and a caption "1984" is a text.
+    write(tmp_path / "pool" / "a.csv", b"id,text\n001,1984\n1,a dog\n2001,2001\n")
+    r = match(tmp_path / "pool", md, tmp_path / "out", "--id-column", "id")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "out") == {
+        "id": [b"001", b"1", b"2001"],
+        "text": [b"1984", b"a dog", b"2001"],
+        "entry_ids": [[3], [0], []],
+    }
+
+
+def test_csv_row_that_is_not_utf8_is_data(tmp_path, md):
+    write(tmp_path / "pool" / "a.csv", b"text\ncaf\xe9 dog\ncat\n")
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "out") == {"text": [b"caf\xe9 dog", b"cat"], "entry_ids": [[0], [2]]}
+
+
+# ------------------------------------------------------------------------ JSONL / Parquet
+
+
+def test_jsonl_line_longer_than_a_read_block(tmp_path, md):
+    long_text = "dog " + "x " * 3_000_000  # ~6 MB, past Arrow's default block
+    lines = [json.dumps({"text": long_text}), json.dumps({"text": "new york"})]
+    write(tmp_path / "pool" / "a.jsonl", ("\n".join(lines) + "\n").encode())
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "out")["entry_ids"] == [[0], [1]]
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        pa.array(["a dog", "x", None, "1984 new york"], pa.string_view()),
+        pa.array(["a dog", "x", None, "1984 new york"]).dictionary_encode(),
+    ],
+    ids=["string_view", "dictionary"],
+)
+@pytest.mark.parametrize("keep", [True, False], ids=["keep-unmatched", "drop-unmatched"])
+def test_parquet_text_column_types(tmp_path, md, texts, keep):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pq.write_table(pa.table({"text": texts, "k": [1, 2, 3, 4]}), pool / "a.parquet")
+    args = ["match", str(pool), "--metadata", str(md), "--out", str(tmp_path / "out")]
+    args += ["--quiet", "--backend", "cpu"] + (["--keep-unmatched"] if keep else [])
+    r = CliRunner().invoke(main, args, catch_exceptions=True)
+    assert r.exit_code == 0, (r.output, r.exception)
+    table = pq.read_table(tmp_path / "out" / "matched")
+    want = {1: [0], 2: [], 3: [], 4: [1, 3]}
+    keys = [1, 2, 3, 4] if keep else [1, 4]
+    assert table.column("k").to_pylist() == keys
+    assert table.column("entry_ids").to_pylist() == [want[k] for k in keys]
+    assert table.column("text").cast(pa.string()).to_pylist() == [
+        {1: "a dog", 2: "x", 3: None, 4: "1984 new york"}[k] for k in keys
+    ]
