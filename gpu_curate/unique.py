@@ -374,7 +374,9 @@ class UidCheck:
             if len(cache) >= 8:
                 cache.pop(next(iter(cache)))
             table = read_part(
-                part, columns=[self.id_column], text_column=self.text_column,
+                part,
+                columns=[self.id_column],
+                text_column=self.text_column,
                 id_column=self.id_column,
             )
             column = table.column(self.id_column).combine_chunks()
