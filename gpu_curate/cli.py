@@ -2,12 +2,14 @@
 
 Each subcommand is a thin shell over the Python API: it parses options, calls one
 function and prints a summary. Errors derived from :class:`CurateError` (and click's own)
-become one line on stderr and exit code 2 (1 for unexpected errors), unless ``--debug``.
+become one line on stderr and exit code 2 (1 for unexpected errors; 130 for Ctrl-C), unless
+``--debug``.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import click
@@ -40,6 +42,7 @@ class _Group(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
+        logging.getLogger("asyncio").addFilter(_interrupted_gather)
         try:
             return super().invoke(ctx)
         except (CurateError, OSError) as exc:
@@ -47,6 +50,23 @@ class _Group(click.Group):
                 raise
             click.echo(f"gpu-curate: error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(
+                "gpu-curate: interrupted; finished parts are kept: run the same command with "
+                "--resume to continue",
+                err=True,
+            )
+            sys.exit(130)
+
+
+def _interrupted_gather(record: logging.LogRecord) -> bool:
+    # Ctrl-C during client.gather leaves Dask's waiting tasks with AllExit, which asyncio
+    # reports as "Task exception was never retrieved" when they are collected: noise, the
+    # interruption itself is reported in one line.
+    exc = record.exc_info[1] if record.exc_info else None
+    return type(exc).__name__ != "AllExit"
 
 
 @click.group(cls=_Group)

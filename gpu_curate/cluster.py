@@ -14,6 +14,15 @@ from .errors import CurateError
 # Threads per GPU worker of the local GPU cluster (see open_client).
 GPU_THREADS = 4
 
+# Dask's statistical profiler snapshots every worker thread's stack every 10 ms for the
+# dashboard's Profile page. On 2 cores that cost ~3% of a curate run's CPU
+# (docs/benchmarks.md), so the clusters gpu-curate starts run without it; a cluster passed
+# with ``scheduler`` runs as its owner configured it.
+LOCAL_CLUSTER_CONFIG = {"distributed.worker.profile.enabled": False}
+# Worker processes of a local cluster leave Ctrl-C to this process (which then closes the
+# cluster and so stops them) instead of each printing its own KeyboardInterrupt traceback.
+WORKER_PROCESS_CONFIG = {"distributed.worker.preload": ["gpu_curate.worker_setup"]}
+
 
 @dataclass(frozen=True)
 class ClusterInfo:
@@ -48,7 +57,10 @@ def open_client(
     * cpu backend: ``LocalCluster`` with one process of ``workers`` threads (default: one
       per core; the kernels release the GIL), or ``workers`` single-threaded worker
       processes when ``processes`` is True.
+
+    The local clusters run with :data:`LOCAL_CLUSTER_CONFIG` (no worker profiler).
     """
+    import dask
     from distributed import Client, LocalCluster
 
     if workers is not None and workers < 1:
@@ -81,25 +93,19 @@ def open_client(
         # device memory (docs/benchmarks.md); each thread holds one tile's scratch (a 4-thread
         # worker's device pool was 1.1 GB in a 4M-row run).
         per = max(1, min(GPU_THREADS, (os.cpu_count() or 1) // n_gpus))
-        cluster = LocalCUDACluster(n_workers=n_gpus, threads_per_worker=per)
+        with dask.config.set({**LOCAL_CLUSTER_CONFIG, **WORKER_PROCESS_CONFIG}):
+            cluster = LocalCUDACluster(n_workers=n_gpus, threads_per_worker=per)
         n = len(cluster.workers)
         with cluster, Client(cluster) as client:
             yield client, ClusterInfo("local-cuda", n, n * per, cluster.scheduler_address)
         return
     n = workers or os.cpu_count() or 1
-    if processes:
+    config = {**LOCAL_CLUSTER_CONFIG, **(WORKER_PROCESS_CONFIG if processes else {})}
+    with dask.config.set(config):
         cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.CRITICAL,
-        )
-    else:
-        cluster = LocalCluster(
-            n_workers=1,
-            threads_per_worker=n,
-            processes=False,
+            n_workers=n if processes else 1,
+            threads_per_worker=1 if processes else n,
+            processes=processes,
             dashboard_address=":0",
             silence_logs=logging.CRITICAL,
         )
