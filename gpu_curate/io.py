@@ -43,11 +43,25 @@ RESERVED_COLUMNS = ("uid", "entry_ids")
 
 @dataclass(frozen=True)
 class InputFile:
-    """One file of the pool: its URL/path, its path relative to the input root, its format."""
+    """One file of the pool: its URL/path, its path relative to the input root, its format,
+    and its size and modification stamp as listed (a resume checks they are unchanged)."""
 
     path: str
     relpath: str
     format: str
+    size: int | None = None
+    stamp: str | None = None
+
+
+# Where a file system's listing says when (or in which version) a file was written.
+_STAMP_KEYS = ("mtime", "LastModified", "last_modified", "ETag", "etag", "generation", "updated")
+
+
+def _stamp(info: dict) -> str | None:
+    for key in _STAMP_KEYS:
+        if info.get(key) is not None:
+            return str(info[key])
+    return None
 
 
 @dataclass(frozen=True)
@@ -123,29 +137,28 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
         fs, _, paths = fsspec.get_fs_token_paths(spec)
         protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
         prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-        # (path, size) of each candidate file; the sizes come with the listing.
+        # (path, listing info, relative path, format) of each candidate file.
         if any(ch in spec for ch in "*?["):
             pattern = fs._strip_protocol(spec)
             root = _glob_root(pattern)
             listing = fs.glob(pattern, detail=True)
-            found = [(p, i.get("size")) for p, i in sorted(listing.items()) if i["type"] == "file"]
-            kept = [(p, n, _rel(p, root)) for p, n in found if not _hidden(_rel(p, root))]
-            kept = [(p, n, r, _scanned_format(p, fmt)) for p, n, r in kept]
+            found = [(p, i, _rel(p, root)) for p, i in sorted(listing.items())]
+            kept = [(p, i, r, _scanned_format(p, fmt)) for p, i, r in found
+                    if i["type"] == "file" and not _hidden(r)]  # fmt: skip
         elif fs.isdir(paths[0]):
             root = paths[0].rstrip("/")
             listing = fs.find(root, detail=True)
-            found = [(p, i.get("size")) for p, i in sorted(listing.items())]
-            kept = [(p, n, _rel(p, root)) for p, n in found if not _hidden(_rel(p, root))]
-            kept = [(p, n, r, _scanned_format(p, fmt)) for p, n, r in kept]
+            found = [(p, i, _rel(p, root)) for p, i in sorted(listing.items())]
+            kept = [(p, i, r, _scanned_format(p, fmt)) for p, i, r in found if not _hidden(r)]
         elif fs.exists(paths[0]):
             p = paths[0]
-            kept = [(p, fs.size(p), PurePosixPath(p).name, fmt or _format_of(p))]
+            kept = [(p, fs.info(p), PurePosixPath(p).name, fmt or _format_of(p))]
         else:
             raise CurateError(f"input not found: {spec}")
-        kept = [(p, n, r, f) for p, n, r, f in kept if f is not None]
+        kept = [(p, i, r, f) for p, i, r, f in kept if f is not None]
         # An empty CSV/TSV/JSONL file holds no rows (an empty Parquet file is no Parquet).
-        empty = [p for p, n, r, f in kept if n == 0 and f != "parquet"]
-        kept = [(p, r, f) for p, n, r, f in kept if not (n == 0 and f != "parquet")]
+        empty = [p for p, i, r, f in kept if i.get("size") == 0 and f != "parquet"]
+        kept = [k for k in kept if not (k[1].get("size") == 0 and k[3] != "parquet")]
         if empty and not kept:
             raise CurateError(f"every input file in {spec} is empty (0 bytes)")
         if not kept:
@@ -153,7 +166,10 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
                 f"no readable input files in {spec} (looked for "
                 f"{', '.join(sorted(set(_EXTENSIONS)))}; use --format to force one)"
             )
-        files.extend(InputFile(prefix + p if prefix else p, r, f) for p, r, f in kept)
+        files.extend(
+            InputFile(prefix + p if prefix else p, r, f, i.get("size"), _stamp(i))
+            for p, i, r, f in kept
+        )
     rels = [f.relpath for f in files]
     if len(set(rels)) != len(rels):
         dup = sorted({r for r in rels if rels.count(r) > 1})[0]
@@ -362,9 +378,16 @@ def check_text_type(table: pa.Table, column: str, where: str) -> None:
 # --------------------------------------------------------------------------- outputs
 
 
+def _temporary_name(path: str) -> str:
+    # Hidden (a leading "."), so that a reader of the folder (pyarrow, pandas, Dask, a later
+    # run's scan) skips the file a killed run may leave behind; a resume removes it.
+    folder, slash, name = path.rpartition("/")
+    return f"{folder}{slash}.{name}.tmp-{uuid.uuid4().hex}"
+
+
 def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary name and a rename."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    tmp = _temporary_name(path)
     with fs.open(tmp, "wb") as fh:
         fh.write(data)
     fs.mv(tmp, path)
@@ -398,7 +421,7 @@ def atomic_write_parquet(fs, path: str, table: pa.Table, compression: str = "zst
     names = table.schema.names
     dictionary = [c for c in names if c not in _NO_DICTIONARY]
     statistics = [f.name for f in table.schema if not _is_text(f.type)]
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    tmp = _temporary_name(path)
     with fs.open(tmp, "wb") as fh:
         pq.write_table(
             table,

@@ -38,6 +38,14 @@ from .io import (
     read_part,
 )
 from .metadata import Metadata
+from .outdir import (
+    BALANCE_MANIFEST,
+    MATCH_MANIFEST,
+    balance_manifest,
+    check_apart,
+    claim,
+    prepare_out,
+)
 from .steps import BalanceStep, MatchStep, csr_of
 from .unique import (
     UIDS,
@@ -53,7 +61,6 @@ from .unique import (
 MATCHED = "matched"
 CURATED = "curated"
 SUCCESS = "_SUCCESS"
-MANIFEST = "_run.json"
 
 
 @dataclass
@@ -108,40 +115,6 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
-def prepare_out(out: str, opts: Options) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Create (or, with overwrite, empty) the output folder; refuse a non-empty one."""
-    fs, path = fsspec.core.url_to_fs(out)
-    path = path.rstrip("/")
-    if fs.exists(path):
-        if not fs.isdir(path):
-            raise CurateError(f"output {out} exists and is not a folder")
-        if fs.ls(path):
-            if opts.overwrite:
-                fs.rm(path, recursive=True)
-            elif not opts.resume:
-                raise CurateError(
-                    f"output folder {out} exists and is not empty (use --overwrite to replace "
-                    "it or --resume to continue an interrupted run)"
-                )
-    fs.makedirs(path, exist_ok=True)
-    return fs, path
-
-
-def _check_manifest(fs, out: str, manifest: dict, opts: Options) -> None:
-    path = f"{out}/{MANIFEST}"
-    if fs.exists(path):
-        with fs.open(path, "rb") as fh:
-            previous = json.load(fh)
-        if previous != manifest:
-            changed = sorted(k for k in manifest if previous.get(k) != manifest.get(k))
-            raise CurateError(
-                f"--resume: {out} was written by a different run (differs in: "
-                f"{', '.join(changed)}); use --overwrite to start again"
-            )
-    else:
-        atomic_write_json(fs, path, manifest)
-
-
 # --------------------------------------------------------------------------- tasks
 
 
@@ -159,11 +132,16 @@ def _finished_part(fs, data_path: str, stats_path: str, n_entries: int):
     """
     if not (fs.exists(stats_path) and fs.exists(data_path)):
         return None
-    with fs.open(stats_path, "rb") as fh:
-        stats = json.load(fh)
-    with fs.open(data_path, "rb") as fh:
-        ids = pq.read_table(fh, columns=["entry_ids"]).column("entry_ids")
-    _, values = csr_of(ids, data_path)
+    try:
+        with fs.open(stats_path, "rb") as fh:
+            stats = json.load(fh)
+        with fs.open(data_path, "rb") as fh:
+            ids = pq.read_table(fh, columns=["entry_ids"]).column("entry_ids")
+        _, values = csr_of(ids, data_path)
+    except (ValueError, OSError, CurateError):
+        return None  # damaged since (ArrowInvalid is a ValueError): the part is redone
+    if len(ids) != stats.get("rows_written", stats.get("curated_rows")):
+        return None
     return stats, partition_counts(values, n_entries)
 
 
@@ -266,8 +244,10 @@ def match_stage(client, info: ClusterInfo, inputs, metadata: Metadata, fs, out, 
         "id_column": opts.id_column,
         "keep_unmatched": opts.keep_unmatched,
         "partition_rows": opts.partition_rows,
+        # A file changed under the same path would leave its finished parts stale.
+        "files": [[f.relpath, f.size, f.stamp] for f in files],
     }
-    _check_manifest(fs, out, manifest, opts)
+    claim(fs, out, MATCH_MANIFEST, manifest)
     _say(opts, f"matching {len(parts)} parts of {len(files)} files")
     fs.makedirs(f"{out}/{MATCHED}/_parts", exist_ok=True)
     # --id-column: the ids must be unique over the pool. Unless a previous run already
@@ -431,7 +411,8 @@ def curate(
     md = metadata if isinstance(metadata, Metadata) else Metadata.from_file(metadata)
     be = resolve(opts.backend)
     discover(inputs, opts.format)  # fail on missing inputs before touching the output
-    fs, path = prepare_out(out, opts)
+    check_apart(out, inputs)
+    fs, path = prepare_out(out, opts.overwrite, opts.resume)
     with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
         report = _header(opts, info, be.name)
         report.update(match_stage(client, info, inputs, md, fs, path, opts))
@@ -445,6 +426,8 @@ def curate(
             )
             return report
         report.update({"t": t, "seed": seed})
+        manifest = balance_manifest(fs, f"{path}/{MATCHED}", counts, t, seed)
+        claim(fs, path, BALANCE_MANIFEST, manifest, "balance")
         report.update(balance_stage(client, out, counts, t, seed, fs, path, opts))
         return _finish(fs, path, md, report, report["_kept_counts"], opts)
 
@@ -482,7 +465,11 @@ def balance_matched(
                 "input_files", "metadata_entries", "metadata_sha256", "entries_matched",
                 "seconds_match")  # fmt: skip
         pool = {k: prev[k] for k in keep if k in prev}
-    fs, path = prepare_out(out, opts)
+    fs, path = prepare_out(out, opts.overwrite, opts.resume, keep=matched_dir)
+    # Claimed before anything is written: a resume with another t, seed or matched dataset
+    # is refused before it replaces the counts beside the finished parts.
+    manifest = balance_manifest(mfs, f"{mpath}/{MATCHED}", counts, t, seed)
+    claim(fs, path, BALANCE_MANIFEST, manifest, "balance")
     with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
         report = _header(opts, info, be.name)
         report.update(pool)

@@ -701,6 +701,35 @@ def test_sigkill_during_match_then_resume(big, tmp_path):
         assert rep[key] == ref_rep[key], key
 
 
+@pytest.mark.parametrize("mode", [[], ["--processes"]], ids=["threads", "processes"])
+def test_ctrl_c_is_one_line_then_resume(big, tmp_path, mode):
+    pool, md, ref = big
+    out = tmp_path / "out"
+    cmd = [GPU_CURATE, "curate", str(pool), "--metadata", str(md), "--out", str(out)]
+    cmd += ["--workers", "2", *RUN_FLAGS]
+    parts = out / "matched" / "_parts"
+    # Ctrl-C in a terminal: SIGINT to the whole process group, workers included.
+    proc = subprocess.Popen(
+        cmd + mode, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        caught = wait_for(lambda: len(list(parts.glob("*.json"))) >= 2, timeout=60, proc=proc)
+        finished = (out / "report.json").exists()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        kill_group(proc)
+    assert caught and not finished, "the run finished before it could be interrupted"
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert err.strip().count("\n") == 0 and "interrupted" in err and "--resume" in err, err
+    assert completion_markers(out) == []
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert np.array_equal(curated_uids(out), curated_uids(ref))
+    assert entry_counts(out) == entry_counts(ref)
+
+
 def test_resume_with_other_metadata_is_refused(small, tmp_path):
     pool, md = small
     out = tmp_path / "out"
@@ -723,6 +752,153 @@ def test_resume_with_other_metadata_is_refused(small, tmp_path):
     assert "--resume" in r.stderr and "metadata" in r.stderr, r.stderr
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert (out / "report.json").read_bytes() == report
+
+
+# ------------------------------------------------------------------------ 3b. the output folder
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _copy_pool(small, folder: Path) -> Path:
+    pool, _ = small
+    folder.mkdir(parents=True)
+    for f in pool.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize(
+    "pool_rel, out_rel, needle",
+    [
+        ("pool", "pool", "holds the input"),
+        ("nest/pool", "nest", "holds the input"),
+        ("pool", "pool/out", "inside the input folder"),
+    ],
+)
+@pytest.mark.parametrize("flag", ["--overwrite", "--resume"])
+def test_output_that_holds_or_lies_in_the_input_is_refused(small, tmp_path, pool_rel, out_rel,
+                                                           needle, flag):  # fmt: skip
+    _, md = small
+    pool = _copy_pool(small, tmp_path / pool_rel)
+    before = _files(pool)
+    out = tmp_path / out_rel
+    r = run_cli("curate", pool, "--metadata", md, "--out", out, flag, "--backend", "cpu")
+    assert_clean_error(r, out, needle)
+    assert _files(pool) == before  # nothing deleted, nothing written
+
+
+def test_output_in_an_underscore_folder_of_the_input_is_allowed(small, tmp_path):
+    _, md = small
+    pool = _copy_pool(small, tmp_path / "pool")
+    out = pool / "_curated"
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1"]
+    r = run_cli("curate", pool, "--out", out, *common)
+    assert r.exit_code == 0, (r.output, r.stderr)
+    ref = tmp_path / "ref"
+    assert (
+        run_cli("curate", _copy_pool(small, tmp_path / "p2"), "--out", ref, *common).exit_code == 0
+    )
+    assert np.array_equal(curated_uids(out), curated_uids(ref))
+    r = run_cli("curate", pool, "--out", out, "--resume", *common)  # the scan skips it
+    assert r.exit_code == 0, (r.output, r.stderr)
+
+
+def test_balance_overwrite_never_deletes_the_matched_dataset(small, tmp_path):
+    pool, md = small
+    m = tmp_path / "m"
+    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
+    before = _files(m)
+    for out in (m, tmp_path):
+        r = run_cli("balance", m, "--t", "5", "--out", out, "--overwrite", *common)
+        assert_clean_error(r, tmp_path / "nothing", "holds the matched dataset")
+        assert _files(m) == before
+
+
+@pytest.mark.parametrize("change", [["--t", "50"], ["--seed", "8"]])
+def test_resume_with_other_t_or_seed_is_refused(small, tmp_path, change):
+    pool, md = small
+    out = tmp_path / "out"
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1"]
+    r = run_cli("curate", pool, "--out", out, "--t", "30", "--seed", "7", *common)
+    assert r.exit_code == 0, r.output
+    before = _files(out)
+    args = {"--t": "30", "--seed": "7"} | dict([change])
+    flat = [x for kv in args.items() for x in kv]
+    r = run_cli("curate", pool, "--out", out, "--resume", *flat, *common)
+    assert r.exit_code == 2, (r.output, r.stderr)
+    assert "different balance" in r.stderr and change[0][2:] in r.stderr, r.stderr
+    assert _files(out) == before
+    # The same through `balance`, and with another matched dataset.
+    m, m2, b = tmp_path / "m", tmp_path / "m2", tmp_path / "b"
+    assert run_cli("match", pool, "--out", m, *common).exit_code == 0
+    other = write_metadata(tmp_path / "other.json", ENTRIES[:-1])
+    assert run_cli("match", pool, "--out", m2, *common[2:], "--metadata", other).exit_code == 0
+    bal = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("balance", m, "--out", b, "--t", "30", "--seed", "7", *bal).exit_code == 0
+    before = _files(b)
+    for src, extra in ((m, flat), (m2, ["--t", "30", "--seed", "7"])):
+        r = run_cli("balance", src, "--out", b, "--resume", *extra, *bal)
+        assert r.exit_code == 2 and "different balance" in r.stderr, (r.output, r.stderr)
+        assert _files(b) == before  # the counts beside the finished parts are untouched
+
+
+def test_resume_after_an_input_file_changed_is_refused(small, tmp_path):
+    _, md = small
+    pool = _copy_pool(small, tmp_path / "pool")
+    out = tmp_path / "out"
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("match", pool, "--out", out, *common).exit_code == 0
+    table = pq.read_table(pool / "part001.parquet")
+    pq.write_table(pa.concat_tables([table, table.slice(0, 10)]), pool / "part001.parquet")
+    r = run_cli("match", pool, "--out", out, "--resume", *common)
+    assert r.exit_code == 2, (r.output, r.stderr)
+    assert "input file part001.parquet changed" in r.stderr, r.stderr
+
+
+def test_resume_removes_temporaries_and_redoes_a_damaged_part(small, tmp_path):
+    pool, md = small
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1", "--t", "30"]
+    assert run_cli("curate", pool, "--out", ref, *common).exit_code == 0
+    assert run_cli("curate", pool, "--out", out, *common).exit_code == 0
+    # What a kill can leave: temporaries (hidden now, visible in earlier versions) ...
+    hidden = out / "curated" / f".part-00000.parquet.tmp-{'a' * 32}"
+    visible = out / "matched" / f"part-00001.parquet.tmp-{'b' * 32}"
+    hidden.write_bytes(b"PAR1 half a file")
+    visible.write_bytes(b"PAR1 half a file")
+    # ... and a part damaged since it was finished.
+    part = out / "matched" / "part-00000.parquet"
+    part.write_bytes(part.read_bytes()[:100])
+    r = run_cli("curate", pool, "--out", out, "--resume", *common)
+    assert r.exit_code == 0, (r.output, r.stderr, r.exception)
+    assert not hidden.exists() and not visible.exists()
+    assert pq.read_table(part).num_rows == pq.read_table(ref / "matched" / part.name).num_rows
+    assert np.array_equal(curated_uids(out), curated_uids(ref))
+    assert entry_counts(out) == entry_counts(ref)
+
+
+def test_temporary_files_are_hidden_from_folder_readers(tmp_path):
+    from gpu_curate.io import _temporary_name
+
+    tmp = _temporary_name(f"{tmp_path}/curated/part-00003.parquet")
+    assert tmp.startswith(f"{tmp_path}/curated/.part-00003.parquet.tmp-")
+    (tmp_path / "curated").mkdir()
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "curated" / "part-00000.parquet")
+    Path(tmp).write_bytes(b"PAR1 half a file")
+    assert pq.read_table(tmp_path / "curated").column("x").to_pylist() == [1, 2]
+
+
+def test_resume_into_a_folder_of_something_else_is_refused(small, tmp_path):
+    pool, md = small
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = run_cli("curate", pool, "--metadata", md, "--out", out, "--resume", "--backend", "cpu")
+    assert_clean_error(r, out, "holds no gpu-curate run")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
 # ----------------------------------------------------------------------------- 4. worker killed
