@@ -653,15 +653,22 @@ def test_binary_text_column(small, tmp_path):
 # ----------------------------------------------------------------------------- 3. SIGKILL + resume
 
 
-def test_sigkill_during_match_then_resume(big, tmp_path):
-    pool, md, ref = big
-    out = tmp_path / "out"
+def _start_curate(big, out: Path, *flags: str) -> tuple[list[str], subprocess.Popen]:
+    """Start ``gpu-curate curate`` on the big pool in its own session, as a terminal would."""
+    pool, md, _ = big
     cmd = [GPU_CURATE, "curate", str(pool), "--metadata", str(md), "--out", str(out)]
-    cmd += ["--workers", "1", *RUN_FLAGS]
-    parts = out / "matched" / "_parts"
+    cmd += [*RUN_FLAGS, *flags]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
+    return cmd, proc
+
+
+def test_sigkill_during_match_then_resume(big, tmp_path):
+    ref = big[2]
+    out = tmp_path / "out"
+    parts = out / "matched" / "_parts"
+    cmd, proc = _start_curate(big, out, "--workers", "1")
     try:
         caught = wait_for(
             lambda: any(parts.glob("*.json")) and not (out / "matched" / "_SUCCESS").exists(),
@@ -703,15 +710,11 @@ def test_sigkill_during_match_then_resume(big, tmp_path):
 
 @pytest.mark.parametrize("mode", [[], ["--processes"]], ids=["threads", "processes"])
 def test_ctrl_c_is_one_line_then_resume(big, tmp_path, mode):
-    pool, md, ref = big
+    ref = big[2]
     out = tmp_path / "out"
-    cmd = [GPU_CURATE, "curate", str(pool), "--metadata", str(md), "--out", str(out)]
-    cmd += ["--workers", "2", *RUN_FLAGS]
     parts = out / "matched" / "_parts"
     # Ctrl-C in a terminal: SIGINT to the whole process group, workers included.
-    proc = subprocess.Popen(
-        cmd + mode, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-    )
+    cmd, proc = _start_curate(big, out, "--workers", "2", *mode)
     try:
         caught = wait_for(lambda: len(list(parts.glob("*.json"))) >= 2, timeout=60, proc=proc)
         finished = (out / "report.json").exists()
