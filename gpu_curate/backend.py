@@ -12,11 +12,16 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
+from .errors import CurateError
+
 BACKENDS = ("auto", "cpu", "gpu")
 
 
-class BackendError(RuntimeError):
-    """The requested backend cannot run here (one sentence says why)."""
+class BackendError(CurateError, RuntimeError):
+    """The requested backend cannot run here (one sentence says why).
+
+    A :class:`CurateError` (the CLI reports it in one line) and, as before, a RuntimeError.
+    """
 
 
 @dataclass(frozen=True)

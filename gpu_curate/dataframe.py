@@ -319,6 +319,22 @@ def balance(
     >>> balance(m, entry_counts(m, ["dog", "cat"]), t=1).compute()["TEXT"].tolist()
     ['a dog', 'a cat']
     """
-    c = counts["count"].to_numpy() if hasattr(counts, "columns") else np.asarray(counts)
-    step = BalanceStep(bal.entry_probabilities(c.astype(np.int64), t), int(seed), backend)
+    from .pipeline import check_seed, check_t
+
+    t, seed = check_t(t), check_seed(seed)
+    if hasattr(counts, "columns"):
+        # Placed by entry_id, so a sorted or filtered copy of the table cannot shift them.
+        values = np.asarray(counts["count"].to_numpy(), np.int64)
+        ids = np.asarray(counts["entry_id"].to_numpy() if "entry_id" in counts.columns
+                         else np.arange(len(values)))  # fmt: skip
+        if not np.array_equal(np.sort(ids), np.arange(len(ids))):
+            raise CurateError(
+                "counts: entry_id must hold every id 0..n-1 once (the table entry_counts "
+                "returns, whole)"
+            )
+        c = np.empty(len(values), np.int64)
+        c[ids] = values
+    else:
+        c = np.asarray(counts).astype(np.int64)
+    step = BalanceStep(bal.entry_probabilities(c, t), seed, backend)
     return matched.map_partitions(_balance_one, step, meta=matched._meta)

@@ -71,16 +71,16 @@ def make_pool(folder: Path, rows: int, entries: int = 5_000, files: int = 4, see
 
 def run_demo(out, rows, t, seed, backend, overwrite, quiet, echo=print) -> dict:
     """Generate the demo pool under ``out`` and curate it into ``out/result``."""
+    from .backend import resolve
+    from .outdir import MATCH_MANIFEST, prepare_out
     from .pipeline import Options, curate
 
+    resolve(backend)  # a backend that cannot run here fails before anything is written
     folder = Path(out)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise CurateError(f"demo folder {folder} exists and is not empty (use --overwrite)")
-    if overwrite and folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    # (The output folder's own guards: --overwrite never deletes the current directory.)
+    prepare_out(str(folder), overwrite, False, MATCH_MANIFEST)
     pool, metadata = make_pool(folder, rows, seed=seed)
     if not quiet:
         echo(f"demo: wrote a {rows:,}-row synthetic pool to {pool} and its metadata")
@@ -94,5 +94,5 @@ def run_demo(out, rows, t, seed, backend, overwrite, quiet, echo=print) -> dict:
         echo("top entries, pool count -> curated count:")
         for _, r in top.iterrows():
             echo(f"  {r['entry']:<16} {r['count']:>8,} -> {int(kept['count'][r['entry_id']]):>6,}")
-        echo(f"next: gpu-curate plan {folder / 'result'} --t 100 --t 1000")
+        echo(f"next: gpu-curate plan {folder / 'result'} --t {max(1, t // 10):g} --t {t * 10:g}")
     return report

@@ -25,6 +25,8 @@ from .errors import CurateError
 from .io import _glob_root, atomic_write_json
 
 MATCH_MANIFEST = "_run.json"
+# What _run.json records of each input file after its relative path (pipeline.match_stage).
+_FILE_FIELDS = ("size", "modification time", "format")
 BALANCE_MANIFEST = "_balance.json"
 # Temporary names of io.atomic_write_* (and the visible ones of earlier versions).
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{32}$")
@@ -78,7 +80,13 @@ def check_apart(out: str, inputs: Sequence[str]) -> None:
                 f"output folder {out} is or holds the input {spec} (--overwrite would delete "
                 "it): choose another --out"
             )
-        scanned = ("**" in spec) if is_glob else fs.isdir(root)
+        if is_glob:
+            # A wildcard below the root's first level (pool/*/x.parquet, pool/**) reaches
+            # into sub-folders, where the output would be.
+            below = fs._strip_protocol(spec)[len(root) :].strip("/")
+            scanned = "/" in below or "**" in below
+        else:
+            scanned = fs.isdir(root)
         if scanned and _within(o, r) and not _hidden_below(o, r):
             raise CurateError(
                 f"output folder {out} is inside the input folder {spec}, which would read "
@@ -86,33 +94,51 @@ def check_apart(out: str, inputs: Sequence[str]) -> None:
             )
 
 
-def prepare_out(out: str, overwrite: bool, resume: bool, keep: str | None = None):
+def prepare_out(
+    out: str, overwrite: bool, resume: bool, manifest: str, keep: str | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """Create (or, with ``overwrite``, empty) the output folder; refuse a non-empty one.
 
-    ``keep``: a folder (the matched dataset a ``balance`` reads) that ``overwrite`` must not
-    delete. With ``resume``, the folder must be empty or hold a gpu-curate run, and the
-    temporary files of an interrupted write are removed.
+    ``manifest`` is the run's kind (:data:`MATCH_MANIFEST` for ``match`` and ``curate``,
+    :data:`BALANCE_MANIFEST` for ``balance``): with ``resume``, a non-empty folder must
+    hold that manifest (a ``balance`` may also continue in its own matched dataset), and
+    the temporary files of an interrupted write are removed. ``keep``: the matched dataset
+    a ``balance`` reads, which the output may neither hold (``overwrite`` would delete it)
+    nor lie in.
 
     Returns
     -------
     (fs, path)
         The folder's file system and path (no trailing slash).
     """
+    if not str(out).strip():
+        raise CurateError("--out is empty: name an output folder")
     fs, path = fsspec.core.url_to_fs(out)
-    path = path.rstrip("/")
+    path = path.rstrip("/") or "/"
+    local = _protocol(fs) in ("file", "local")
+    same_as_keep = False
+    if keep is not None:
+        kfs, kpath = fsspec.core.url_to_fs(keep)
+        if _protocol(kfs) == _protocol(fs):
+            k, o = _key(kfs, kpath), _key(fs, path)
+            same_as_keep = k == o
+            if _within(o, f"{k}/matched") or (overwrite and _within(k, o)):
+                raise CurateError(
+                    f"output folder {out} {'holds' if _within(k, o) else 'lies in'} the "
+                    f"matched dataset {keep}, which it would "
+                    f"{'delete' if _within(k, o) else 'mix with'}: choose another --out"
+                )
     if fs.exists(path):
         if not fs.isdir(path):
             raise CurateError(f"output {out} exists and is not a folder")
-        if fs.ls(path):
+        # (A folder that holds only what a write cut off at its start left is empty.)
+        if [p for p in fs.ls(path, detail=False) if not _TEMPORARY.search(p)]:
             if overwrite:
-                if keep is not None:
-                    kfs, kpath = fsspec.core.url_to_fs(keep)
-                    same = _protocol(kfs) == _protocol(fs)
-                    if same and _within(_key(kfs, kpath), _key(fs, path)):
-                        raise CurateError(
-                            f"output folder {out} holds the matched dataset {keep}: "
-                            "--overwrite would delete it; choose another --out"
-                        )
+                if local and _within(os.path.realpath(os.getcwd()), _key(fs, path)):
+                    raise CurateError(
+                        f"--overwrite would delete {out}, which holds the current directory: "
+                        "choose another --out"
+                    )
                 fs.rm(path, recursive=True)
             elif not resume:
                 raise CurateError(
@@ -120,12 +146,15 @@ def prepare_out(out: str, overwrite: bool, resume: bool, keep: str | None = None
                     "it or --resume to continue an interrupted run)"
                 )
             else:
-                if not any(fs.exists(f"{path}/{m}") for m in (MATCH_MANIFEST, BALANCE_MANIFEST)):
+                own = fs.exists(f"{path}/{manifest}")
+                if not (own or (same_as_keep and fs.exists(f"{path}/{MATCH_MANIFEST}"))):
+                    kind = "match or curate" if manifest == MATCH_MANIFEST else "balance"
                     raise CurateError(
-                        f"--resume: {out} holds no gpu-curate run (no {MATCH_MANIFEST} or "
-                        f"{BALANCE_MANIFEST}); use a new folder or --overwrite"
+                        f"--resume: {out} holds no interrupted {kind} run (no {manifest}); "
+                        "use a new folder or --overwrite"
                     )
-                _remove_temporaries(fs, path)
+        if fs.exists(path):
+            _remove_temporaries(fs, path)
     fs.makedirs(path, exist_ok=True)
     return fs, path
 
@@ -142,17 +171,25 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run") -> None:
     if not fs.exists(path):
         atomic_write_json(fs, path, manifest)
         return
-    with fs.open(path, "rb") as fh:
-        previous = json.load(fh)
+    try:
+        with fs.open(path, "rb") as fh:
+            previous = json.load(fh)
+    except (ValueError, OSError) as exc:
+        raise CurateError(f"--resume: cannot read {path} ({exc}); use --overwrite") from None
     if previous == manifest:
         return
+    if not isinstance(previous, dict):
+        raise CurateError(f"--resume: {path} is not a gpu-curate manifest; use --overwrite")
     if "files" in manifest and previous.get("inputs") == manifest.get("inputs"):
         before = {f[0]: f[1:] for f in previous.get("files", [])}
         for rel, *now in manifest["files"]:
             if before.get(rel) != now:
+                was = before.get(rel) or [None] * len(now)
+                what = [n for n, a, b in zip(_FILE_FIELDS, was, now, strict=False) if a != b]
                 raise CurateError(
-                    f"--resume: input file {rel} changed since {out} was begun (size or "
-                    "modification time); its finished parts would be stale: use --overwrite"
+                    f"--resume: input file {rel} changed since {out} was begun (its "
+                    f"{', '.join(what) or 'entry'}); its finished parts would be stale: use "
+                    "--overwrite"
                 )
     changed = sorted(k for k in manifest if previous.get(k) != manifest.get(k))
     raise CurateError(
@@ -161,9 +198,40 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run") -> None:
     )
 
 
-def balance_manifest(fs, matched: str, counts: np.ndarray, t: float, seed: int) -> dict:
-    """What a balance stage's result depends on: the matched parts, the counts, t, seed."""
-    with fs.open(f"{matched}/_SUCCESS", "rb") as fh:
-        parts = hashlib.sha256(fh.read()).hexdigest()
+def balance_manifest(fs, matched_dir: str, counts: np.ndarray, t: float, seed: int) -> dict:
+    """What a balance stage's result depends on: the matched dataset (its run manifest:
+    inputs, files, metadata, id column, ...; and its parts), the counts, t and seed."""
+
+    def sha(name: str) -> str | None:
+        if not fs.exists(f"{matched_dir}/{name}"):
+            return None  # (a matched dataset of an earlier version has no _run.json)
+        with fs.open(f"{matched_dir}/{name}", "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+
     counts_sha = hashlib.sha256(np.ascontiguousarray(counts, "<i8").tobytes()).hexdigest()
-    return {"matched_parts": parts, "entry_counts": counts_sha, "t": t, "seed": seed}
+    return {
+        "matched_run": sha(MATCH_MANIFEST),
+        "matched_parts": sha("matched/_SUCCESS"),
+        "entry_counts": counts_sha,
+        "t": t,
+        "seed": seed,
+    }
+
+
+def check_balance_settings(fs, out: str, t: float, seed: int) -> None:
+    """Refuse, before a resumed curate matches anything, a t or seed other than the run's."""
+    path = f"{out}/{BALANCE_MANIFEST}"
+    if not fs.exists(path):
+        return
+    try:
+        with fs.open(path, "rb") as fh:
+            previous = json.load(fh)
+    except (ValueError, OSError):
+        return  # claim() says it when the balance stage begins
+    if isinstance(previous, dict):
+        changed = [k for k, v in (("t", t), ("seed", seed)) if previous.get(k) != v]
+        if changed:
+            raise CurateError(
+                f"--resume: {out} was written by a different balance (differs in: "
+                f"{', '.join(changed)}); use --overwrite to start again"
+            )

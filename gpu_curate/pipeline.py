@@ -43,6 +43,7 @@ from .outdir import (
     MATCH_MANIFEST,
     balance_manifest,
     check_apart,
+    check_balance_settings,
     claim,
     prepare_out,
 )
@@ -140,7 +141,9 @@ def _finished_part(fs, data_path: str, stats_path: str, n_entries: int):
         _, values = csr_of(ids, data_path)
     except (ValueError, OSError, CurateError):
         return None  # damaged since (ArrowInvalid is a ValueError): the part is redone
-    if len(ids) != stats.get("rows_written", stats.get("curated_rows")):
+    if not isinstance(stats, dict) or len(ids) != stats.get(
+        "rows_written", stats.get("curated_rows")
+    ):
         return None
     return stats, partition_counts(values, n_entries)
 
@@ -244,8 +247,9 @@ def match_stage(client, info: ClusterInfo, inputs, metadata: Metadata, fs, out, 
         "id_column": opts.id_column,
         "keep_unmatched": opts.keep_unmatched,
         "partition_rows": opts.partition_rows,
-        # A file changed under the same path would leave its finished parts stale.
-        "files": [[f.relpath, f.size, f.stamp] for f in files],
+        # A file changed under the same path (or read in another format) would leave its
+        # finished parts stale.
+        "files": [[f.relpath, f.size, f.stamp, f.format] for f in files],
     }
     claim(fs, out, MATCH_MANIFEST, manifest)
     _say(opts, f"matching {len(parts)} parts of {len(files)} files")
@@ -408,11 +412,14 @@ def curate(
     opts = options or Options()
     t = check_t(t)
     seed = check_seed(seed)
+    inputs = [str(inputs)] if isinstance(inputs, str | os.PathLike) else [str(i) for i in inputs]
     md = metadata if isinstance(metadata, Metadata) else Metadata.from_file(metadata)
     be = resolve(opts.backend)
     discover(inputs, opts.format)  # fail on missing inputs before touching the output
-    check_apart(out, inputs)
-    fs, path = prepare_out(out, opts.overwrite, opts.resume)
+    check_apart(out, [*inputs, *([] if isinstance(metadata, Metadata) else [str(metadata)])])
+    fs, path = prepare_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST)
+    if not match_only:
+        check_balance_settings(fs, path, t, seed)
     with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
         report = _header(opts, info, be.name)
         report.update(match_stage(client, info, inputs, md, fs, path, opts))
@@ -426,7 +433,7 @@ def curate(
             )
             return report
         report.update({"t": t, "seed": seed})
-        manifest = balance_manifest(fs, f"{path}/{MATCHED}", counts, t, seed)
+        manifest = balance_manifest(fs, path, counts, t, seed)
         claim(fs, path, BALANCE_MANIFEST, manifest, "balance")
         report.update(balance_stage(client, out, counts, t, seed, fs, path, opts))
         return _finish(fs, path, md, report, report["_kept_counts"], opts)
@@ -465,10 +472,10 @@ def balance_matched(
                 "input_files", "metadata_entries", "metadata_sha256", "entries_matched",
                 "seconds_match")  # fmt: skip
         pool = {k: prev[k] for k in keep if k in prev}
-    fs, path = prepare_out(out, opts.overwrite, opts.resume, keep=matched_dir)
+    fs, path = prepare_out(out, opts.overwrite, opts.resume, BALANCE_MANIFEST, keep=matched_dir)
     # Claimed before anything is written: a resume with another t, seed or matched dataset
     # is refused before it replaces the counts beside the finished parts.
-    manifest = balance_manifest(mfs, f"{mpath}/{MATCHED}", counts, t, seed)
+    manifest = balance_manifest(mfs, mpath, counts, t, seed)
     claim(fs, path, BALANCE_MANIFEST, manifest, "balance")
     with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
         report = _header(opts, info, be.name)

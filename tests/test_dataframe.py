@@ -254,3 +254,22 @@ def test_keep_unmatched_keeps_every_row(pdf, reference):
                     keep_unmatched=True).compute()  # fmt: skip
     assert got["entry_ids"].tolist() == matches
     assert got["uid"].to_numpy(np.uint64).tolist() == by_id.tolist()
+
+
+def test_balance_places_counts_by_entry_id():
+    pdf = pd.DataFrame({"TEXT": ["a dog"] * 50 + ["a cat"] * 2 + ["a bird"] * 3})
+    entries = ["dog", "cat", "bird"]
+    m = gdf.match(dd.from_pandas(pdf, npartitions=2), entries)
+    counts = gdf.entry_counts(m, entries)
+    assert counts["count"].tolist() == [50, 2, 3]
+    kept = gdf.balance(m, counts, t=3, seed=3).compute()
+    shuffled = gdf.balance(m, counts.sort_values("count"), t=3, seed=3).compute()
+    assert kept.index.tolist() == shuffled.index.tolist()
+    # cat and bird have count <= t: all 5 kept; 50 dogs at p = 3/50 keep a few.
+    assert (kept["TEXT"] != "a dog").sum() == 5 and (kept["TEXT"] == "a dog").sum() < 15
+    with pytest.raises(CurateError, match="entry_id"):
+        gdf.balance(m, counts.iloc[1:], t=2)
+    with pytest.raises(CurateError, match="seed"):
+        gdf.balance(m, counts, t=2, seed=1.7)
+    with pytest.raises(CurateError, match="t must be"):
+        gdf.balance(m, counts, t=0)

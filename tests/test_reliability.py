@@ -883,6 +883,146 @@ def test_resume_removes_temporaries_and_redoes_a_damaged_part(small, tmp_path):
     assert entry_counts(out) == entry_counts(ref)
 
 
+def test_balance_output_inside_the_matched_folder_is_refused(small, tmp_path):
+    pool, md = small
+    m = tmp_path / "m"
+    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
+    before = _files(m)
+    for out in (m / "matched", m / "matched" / "_parts", m / "matched" / "x"):
+        for flag in ([], ["--overwrite"]):
+            r = run_cli("balance", m, "--t", "5", "--out", out, *flag, *common)
+            assert_clean_error(r, tmp_path / "nothing", "matched dataset")
+            assert _files(m) == before
+
+
+def test_resume_of_the_other_kind_of_run_is_refused(small, tmp_path):
+    pool, md = small
+    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    m, mc, b = tmp_path / "m", tmp_path / "mc", tmp_path / "b"
+    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
+    assert run_cli("match", pool, "--metadata", md, "--out", mc, *common).exit_code == 0
+    assert run_cli("balance", m, "--t", "30", "--out", b, *common).exit_code == 0
+    before_mc, before_b = _files(mc), _files(b)
+    # a balance resumed in another match output, a match resumed in a balance output
+    r = run_cli("balance", m, "--t", "30", "--out", mc, "--resume", *common)
+    assert_clean_error(r, tmp_path / "nothing", "holds no interrupted balance run")
+    r = run_cli("match", pool, "--metadata", md, "--out", b, "--resume", *common)
+    assert_clean_error(r, tmp_path / "nothing", "holds no interrupted match or curate run")
+    assert _files(mc) == before_mc and _files(b) == before_b
+    # ... while a balance may continue in its own matched dataset
+    r = run_cli("balance", m, "--t", "30", "--out", m, "--resume", *common)
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert np.array_equal(curated_uids(m), curated_uids(b))
+
+
+def test_balance_resume_with_another_matched_dataset_of_the_same_shape_is_refused(tmp_path):
+    # Same texts and parts (so the same _SUCCESS and counts), other uids (an id column).
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    texts = _texts(400, 5)
+    ids = [f"u{i}" for i in range(400)]
+    pq.write_table(pa.table({"TEXT": texts, "url": ids}), pool / "a.parquet")
+    md = write_metadata(tmp_path / "md.json")
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1"]
+    u1, u2, b = tmp_path / "u1", tmp_path / "u2", tmp_path / "b"
+    assert run_cli("match", pool, "--out", u1, *common).exit_code == 0
+    assert run_cli("match", pool, "--out", u2, "--id-column", "url", *common).exit_code == 0
+    assert (u1 / "matched" / "_SUCCESS").read_bytes() == (u2 / "matched" / "_SUCCESS").read_bytes()
+    bal = ["--t", "30", "--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("balance", u1, "--out", b, *bal).exit_code == 0
+    (b / "report.json").unlink()  # as if interrupted
+    r = run_cli("balance", u2, "--out", b, "--resume", *bal)
+    assert r.exit_code == 2 and "matched_run" in r.stderr, (r.output, r.stderr)
+
+
+def test_resume_with_another_format_is_refused(small, tmp_path):
+    _, md = small
+    pool = tmp_path / "pool"
+    write_csv = "text\n" + "\n".join(f'"{t}"' for t in _texts(50, 2)) + "\n"
+    pool.mkdir()
+    (pool / "1.txt").write_text(write_csv)
+    out = tmp_path / "out"
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("match", pool, "--out", out, "--format", "csv", *common).exit_code == 0
+    r = run_cli("match", pool, "--out", out, "--format", "tsv", "--resume", *common)
+    assert r.exit_code == 2, (r.output, r.stderr)
+    assert "format" in r.stderr, r.stderr
+
+
+def test_output_inside_a_glob_that_reaches_into_folders_is_refused(small, tmp_path):
+    _, md = small
+    pool = _copy_pool(small, tmp_path / "pool" / "d")
+    r = run_cli("curate", f"{pool.parent}/*/*.parquet", "--metadata", md, "--out",
+                pool.parent / "out", "--backend", "cpu")  # fmt: skip
+    assert_clean_error(r, pool.parent / "out", "inside the input folder")
+
+
+def test_overwrite_never_deletes_the_metadata_or_the_current_directory(small, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    pool, md = small
+    out = tmp_path / "out"
+    out.mkdir()
+    inner = write_metadata(out / "md.json")
+    r = run_cli("curate", pool, "--metadata", inner, "--out", out, "--overwrite", "--backend",
+                "cpu")  # fmt: skip
+    assert_clean_error(r, tmp_path / "nothing", "holds the input")
+    assert inner.exists()
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "keep.txt").write_text("x")
+    monkeypatch.chdir(here)
+    for cmd in (["curate", pool, "--metadata", md], ["demo", "--rows", "200"]):
+        r = run_cli(*cmd, "--out", ".", "--overwrite", "--backend", "cpu")
+        assert_clean_error(r, tmp_path / "nothing", "current directory")
+        assert (here / "keep.txt").read_text() == "x"
+    r = run_cli("curate", pool, "--metadata", md, "--out", "", "--backend", "cpu")
+    assert_clean_error(r, tmp_path / "nothing", "--out is empty")
+
+
+def test_gpu_backend_without_a_gpu_is_one_line(small, tmp_path):
+    from gpu_curate.backend import gpu_unavailable_reason
+
+    if gpu_unavailable_reason() is None:
+        pytest.skip("this machine has a GPU")
+    pool, md = small
+    r = run_cli("curate", pool, "--metadata", md, "--out", tmp_path / "o", "--backend", "gpu")
+    assert_clean_error(r, tmp_path / "o", "gpu backend")
+    r = run_cli("demo", "--out", tmp_path / "d", "--rows", "200", "--backend", "gpu")
+    assert_clean_error(r, tmp_path / "d", "gpu backend")
+    assert not (tmp_path / "d").exists()  # nothing generated before the backend check
+
+
+def test_damaged_stats_and_manifests(small, tmp_path):
+    pool, md = small
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1", "--t", "30"]
+    assert run_cli("curate", pool, "--out", ref, *common).exit_code == 0
+    assert run_cli("curate", pool, "--out", out, *common).exit_code == 0
+    (out / "matched" / "_parts" / "part-00000.json").write_text("[]")
+    (out / "report.json").unlink()
+    r = run_cli("curate", pool, "--out", out, "--resume", *common)
+    assert r.exit_code == 0, (r.output, r.stderr, r.exception)
+    assert np.array_equal(curated_uids(out), curated_uids(ref))
+    for name, content in (("_run.json", "{"), ("_balance.json", "[]")):
+        (out / name).write_text(content)
+        r = run_cli("curate", pool, "--out", out, "--resume", *common)
+        assert_clean_error(r, tmp_path / "nothing", name)
+        (out / name).write_bytes((ref / name).read_bytes())
+
+
+def test_resume_with_another_t_is_refused_before_matching(small, tmp_path):
+    pool, md = small
+    out = tmp_path / "out"
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("curate", pool, "--out", out, "--t", "30", *common).exit_code == 0
+    for f in (out / "matched" / "_parts").iterdir():
+        f.unlink()  # a resume that matched again would have to redo every part
+    r = run_cli("curate", pool, "--out", out, "--t", "31", "--resume", *common)
+    assert_clean_error(r, tmp_path / "nothing", "differs in: t")
+    assert not any((out / "matched" / "_parts").iterdir())
+
+
 def test_temporary_files_are_hidden_from_folder_readers(tmp_path):
     from gpu_curate.io import _temporary_name
 
@@ -900,7 +1040,7 @@ def test_resume_into_a_folder_of_something_else_is_refused(small, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     r = run_cli("curate", pool, "--metadata", md, "--out", out, "--resume", "--backend", "cpu")
-    assert_clean_error(r, out, "holds no gpu-curate run")
+    assert_clean_error(r, out, "holds no interrupted match or curate run")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
