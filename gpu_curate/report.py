@@ -637,6 +637,16 @@ def _img_src(png: Path, html_path: Path, data: bytes, embed: bool) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+def _check_html_target(path: Path, run_folder: Path) -> None:
+    # The page may replace an earlier page, never a file of the run or anything else.
+    if path.exists() and (path.is_dir() or path.suffix.lower() not in (".html", ".htm")):
+        raise CurateError(f"report: --out-html {path} exists and is not an HTML page")
+    inside = path.resolve().is_relative_to(run_folder.resolve())
+    if inside and not path.resolve().is_relative_to((run_folder / REPORT_FOLDER).resolve()):
+        if path.suffix.lower() not in (".html", ".htm"):
+            raise CurateError(f"report: --out-html {path} is in the run folder: name an .html")
+
+
 def write_report(
     folder: str | os.PathLike,
     out_html: str | os.PathLike | None = None,
@@ -678,6 +688,7 @@ def write_report(
     run = load_run(folder)
     out_dir = run.folder / REPORT_FOLDER
     html_path = Path(out_html) if out_html is not None else out_dir / "index.html"
+    _check_html_target(html_path, run.folder)
     notes = list(run.notes)
     rows = None
     if not sweep:

@@ -189,6 +189,17 @@ def test_out_html_elsewhere_links_relative_to_it(reported, tmp_path):
     assert "--no-sweep" in html_path.read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize("target", ["report.json", "curated/part-00000.parquet", "curated"])
+def test_out_html_never_replaces_a_file_of_the_run(reported, target):
+    path = Path(reported) / target
+    before = path.read_bytes() if path.is_file() else None
+    res = _invoke(["report", str(reported), "--out-html", str(path), "--no-sweep"])
+    assert res.exit_code == 2, res.output
+    assert "--out-html" in res.stderr and "Traceback" not in res.output + res.stderr
+    if before is not None:
+        assert path.read_bytes() == before
+
+
 def test_embed_puts_the_pngs_in_the_page(reported, tmp_path):
     html_path = tmp_path / "embedded.html"
     res = _invoke(["report", str(reported), "--out-html", str(html_path), "--embed"])
