@@ -243,7 +243,14 @@ def match(
 
 
 def _partition_counts(df, n_entries: int):
+    if "entry_ids" not in df.columns:
+        raise CurateError("entry_counts needs the result of match (no entry_ids column)")
     _, values = csr_of(_to_arrow(df[["entry_ids"]]).column("entry_ids"))
+    if values.size and int(values.max()) >= n_entries:
+        raise CurateError(
+            f"matched entry id {int(values.max())} is past the {n_entries} entries of the "
+            "metadata given: pass the metadata that match used"
+        )
     return partition_counts(values, n_entries)
 
 
@@ -279,6 +286,8 @@ def entry_counts(matched: dd.DataFrame, metadata: Metadata | Sequence[str]) -> p
 
 
 def _balance_one(df, step: BalanceStep):
+    if "entry_ids" not in df.columns:
+        raise CurateError("balance needs the result of match (no entry_ids column)")
     table = _to_arrow(df)
     mask, _, _ = step.decide(table)
     return _from_arrow(table.filter(pa.array(mask)), df, df.index[mask])

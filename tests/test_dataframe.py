@@ -273,3 +273,13 @@ def test_balance_places_counts_by_entry_id():
         gdf.balance(m, counts, t=2, seed=1.7)
     with pytest.raises(CurateError, match="t must be"):
         gdf.balance(m, counts, t=0)
+
+
+def test_counts_and_balance_name_a_wrong_input():
+    pdf = pd.DataFrame({"TEXT": ["a dog", "a cat"]})
+    ddf = dd.from_pandas(pdf, npartitions=1)
+    m = gdf.match(ddf, ["dog", "cat"])
+    with pytest.raises(CurateError, match="metadata that match used"):
+        gdf.entry_counts(m, ["dog"])
+    with pytest.raises(CurateError, match="result of match"):
+        gdf.balance(ddf, np.array([1, 1]), t=1).compute()
