@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -73,17 +72,29 @@ def reference_rate(laion: Path, metadata: Path, n: int = 20_000) -> float:
     return n / (time.perf_counter() - t0)
 
 
+# The CLI runs under this small Python process, which reports the CLI's own peak RSS.
+# Measured here, ru_maxrss would also count this process's memory (the pool builder, the
+# reference matcher): Linux records a child's RSS before its exec, and a vforked child
+# shares this process's memory until then.
+_PEAK_RSS_WRAPPER = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(code)
+"""
+
+
 def run_cli(pool: Path, metadata: Path, out: Path, extra: list[str]) -> tuple[float, float, dict]:
     entry = "from gpu_curate.cli import main; main()"
     cmd = [sys.executable, "-c", entry, "curate", str(pool), "--metadata", str(metadata),
            "--out", str(out), "--t", "20000", "--quiet", "--overwrite", *extra]  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS_WRAPPER, *cmd], check=True,
+                          stdout=subprocess.PIPE, text=True)  # fmt: skip
     wall = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak_kb = int(done.stdout.split()[-1])  # (--quiet: the CLI prints nothing)
     report = json.loads((out / "report.json").read_text())
-    return wall, max(peak_kb, before) / 1024**2, report
+    return wall, peak_kb / 1024**2, report
 
 
 def main() -> None:
