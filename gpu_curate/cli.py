@@ -45,7 +45,9 @@ class _Group(click.Group):
         logging.getLogger("asyncio").addFilter(_interrupted_gather)
         try:
             return super().invoke(ctx)
-        except (CurateError, OSError) as exc:
+        except (CurateError, OSError, ImportError) as exc:
+            # (ImportError: an optional package a URL needs, e.g. fsspec's "Install s3fs to
+            # access S3".)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"gpu-curate: error: {exc}", err=True)

@@ -68,7 +68,7 @@ def open_client(
     if scheduler:
         try:
             client = Client(scheduler, timeout="20s")
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # (ValueError: not an address at all)
             raise CurateError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
         with client:
             info = client.scheduler_info(n_workers=-1)

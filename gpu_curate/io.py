@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import posixpath
 import re
 import uuid
 from collections.abc import Sequence
@@ -139,7 +140,9 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
         prefix = "" if protocol in ("file", "local") else f"{protocol}://"
         # (path, listing info, relative path, format) of each candidate file.
         if any(ch in spec for ch in "*?["):
-            pattern = fs._strip_protocol(spec)
+            # (normpath: a "./" or "x/.." in the pattern would else differ from the paths
+            # the glob returns, and the relative paths, so the uids, would change.)
+            pattern = posixpath.normpath(fs._strip_protocol(spec))
             root = _glob_root(pattern)
             listing = fs.glob(pattern, detail=True)
             found = [(p, i, _rel(p, root)) for p, i in sorted(listing.items())]
@@ -297,8 +300,8 @@ def _parquet_range(pf: pq.ParquetFile, start: int, end: int | None, columns) -> 
 
 
 # A first line whose fields are all like these is a header, not data: a caption has
-# spaces, a URL has ":" and "/".
-_HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+# spaces, a URL has ":" and "/", a file name has ".".
+_HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
 # Header-less files get columns f0, f1, ...; all of them (up to a generous count) strings.
 _AUTO_COLUMNS = 4096
 
@@ -316,7 +319,11 @@ def _read_delimited(fh, fmt: str, text_column, id_column, where: str) -> pa.Tabl
     names = [c.strip() for c in fields]
     known = set(TEXT_COLUMN_CANDIDATES) | {c for c in (text_column, id_column) if c}
     has_header = any(c in known for c in names)
-    if not has_header and text_column is None and names:
+    if len(set(names)) < len(names) and has_header:
+        dup = next(c for c in names if names.count(c) > 1)
+        raise CurateError(f"{where}: the header names the column {dup!r} twice")
+    # (Two fields at least: a one-column file of captions may start with a one-word one.)
+    if not has_header and text_column is None and len(names) >= 2:
         if all(_HEADER_FIELD.fullmatch(c) for c in names):
             raise CurateError(
                 f"{where}: the first line ({', '.join(names)}) looks like a header but names "

@@ -319,7 +319,9 @@ def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: 
     fs.makedirs(f"{out}/{CURATED}/_parts", exist_ok=True)
     step = BalanceStep(entry_probabilities(counts, t), seed, be.name)
     step_future = client.scatter(step, broadcast=True, hash=False) if parts else step
-    prefix = matched_dir.rstrip("/")
+    # Absolute (or a full URL): the tasks may run on workers with another working directory.
+    local = mfs.protocol in ("file", ("file", "local"))
+    prefix = mpath.rstrip("/") if local else mfs.unstrip_protocol(mpath.rstrip("/"))
     results = [
         dask.delayed(_balance_task, pure=False)(
             f"{prefix}/{MATCHED}/{p['file']}",

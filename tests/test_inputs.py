@@ -76,6 +76,39 @@ def test_folder_skips_hidden_and_underscore_folders(tmp_path):
     assert [f.relpath for f in discover([f"{pool}/*"])] == ["a.parquet"]
 
 
+def test_glob_with_dot_components_gives_the_folder_scan(tmp_path):
+    pool = tmp_path / "pool"
+    for rel in ["a.parquet", "sub/b.parquet", "_out/y.parquet", ".hidden/x.parquet"]:
+        (pool / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"text": ["a dog"]}), pool / rel)
+    want = [f.relpath for f in discover([str(pool)])]
+    assert want == ["a.parquet", "sub/b.parquet"]
+    for spec in [f"{pool}/./**", f"{tmp_path}/./pool/../pool/**", f"{pool}/**/*.parquet"]:
+        assert [f.relpath for f in discover([spec])] == want, spec
+
+
+@pytest.mark.parametrize(
+    "content, first",
+    [
+        (b"Sunset\na dog on the beach\n", [b"Sunset", b"a dog on the beach"]),
+        (b"dog\timg_001.jpg\n", [b"dog"]),
+    ],
+)
+def test_header_less_files_with_a_one_word_first_caption(tmp_path, md, content, first):
+    name = "a.tsv" if b"\t" in content else "a.csv"
+    write(tmp_path / "pool" / name, content)
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "out")["f0"] == first
+
+
+def test_csv_header_naming_a_column_twice_is_an_error(tmp_path, md):
+    write(tmp_path / "pool" / "a.csv", b"TEXT,TEXT\ndog,cat\n")
+    assert "names the column 'TEXT' twice" in error_line(
+        match(tmp_path / "pool", md, tmp_path / "o")
+    )
+
+
 def test_format_applies_to_unknown_extensions_and_skips_documentation(tmp_path, md):
     pool = tmp_path / "pool"
     write(pool / "captions.txt", b"a dog\thttp://x\n")

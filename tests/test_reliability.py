@@ -1089,6 +1089,26 @@ def dask_cluster():
             kill_group(p)
 
 
+def test_relative_paths_on_a_cluster(small, dask_cluster, tmp_path, monkeypatch):
+    # The workers run in another working directory than the CLI: every path a task gets
+    # must be absolute (the balance stage got the relative --out and failed).
+    address, _ = dask_cluster
+    here = tmp_path / "cli"
+    _copy_pool(small, here / "pool")
+    md = small[1]
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--t", "30"]
+    assert run_cli("curate", small[0], "--out", tmp_path / "ref", *common).exit_code == 0
+    monkeypatch.chdir(here)
+    r = run_cli("curate", "pool", "--out", "rel", "--scheduler", address, *common)
+    assert r.exit_code == 0, (r.output, r.stderr)
+    r = run_cli("balance", "rel", "--t", "30", "--out", "bal", "--scheduler", address,
+                "--backend", "cpu", "--quiet")  # fmt: skip
+    assert r.exit_code == 0, (r.output, r.stderr)
+    want = curated_uids(tmp_path / "ref")
+    assert np.array_equal(curated_uids(here / "rel"), want)
+    assert np.array_equal(curated_uids(here / "bal"), want)
+
+
 def test_worker_killed_mid_run(big, dask_cluster, tmp_path):
     pool, md, ref = big
     address, workers = dask_cluster
