@@ -808,15 +808,18 @@ def test_output_in_an_underscore_folder_of_the_input_is_allowed(small, tmp_path)
     assert r.exit_code == 0, (r.output, r.stderr)
 
 
-def test_balance_overwrite_never_deletes_the_matched_dataset(small, tmp_path):
+def test_balance_never_deletes_or_writes_into_the_matched_dataset(small, tmp_path):
     pool, md = small
     m = tmp_path / "m"
     common = ["--backend", "cpu", "--quiet", "--workers", "1"]
     assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
     before = _files(m)
-    for out in (m, tmp_path):
-        r = run_cli("balance", m, "--t", "5", "--out", out, "--overwrite", *common)
-        assert_clean_error(r, tmp_path / "nothing", "holds the matched dataset")
+    inside = [m / "matched", m / "matched" / "_parts", m / "matched" / "x"]
+    cases = [(out, ["--overwrite"]) for out in (m, tmp_path, *inside)]  # would delete it
+    cases += [(out, []) for out in inside]  # would mix curated parts into it
+    for out, flag in cases:
+        r = run_cli("balance", m, "--t", "5", "--out", out, *flag, *common)
+        assert_clean_error(r, tmp_path / "nothing", "matched dataset")
         assert _files(m) == before
 
 
@@ -861,12 +864,18 @@ def test_resume_after_an_input_file_changed_is_refused(small, tmp_path):
     assert "input file part001.parquet changed" in r.stderr, r.stderr
 
 
-def test_resume_removes_temporaries_and_redoes_a_damaged_part(small, tmp_path):
+def _two_finished_runs(small, tmp_path: Path):
+    """The same curate run twice: ``out`` (to damage) and ``ref``; (pool, out, ref, flags)."""
     pool, md = small
     out, ref = tmp_path / "out", tmp_path / "ref"
     common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1", "--t", "30"]
     assert run_cli("curate", pool, "--out", ref, *common).exit_code == 0
     assert run_cli("curate", pool, "--out", out, *common).exit_code == 0
+    return pool, out, ref, common
+
+
+def test_resume_removes_temporaries_and_redoes_a_damaged_part(small, tmp_path):
+    pool, out, ref, common = _two_finished_runs(small, tmp_path)
     # What a kill can leave: temporaries (hidden now, visible in earlier versions) ...
     hidden = out / "curated" / f".part-00000.parquet.tmp-{'a' * 32}"
     visible = out / "matched" / f"part-00001.parquet.tmp-{'b' * 32}"
@@ -881,19 +890,6 @@ def test_resume_removes_temporaries_and_redoes_a_damaged_part(small, tmp_path):
     assert pq.read_table(part).num_rows == pq.read_table(ref / "matched" / part.name).num_rows
     assert np.array_equal(curated_uids(out), curated_uids(ref))
     assert entry_counts(out) == entry_counts(ref)
-
-
-def test_balance_output_inside_the_matched_folder_is_refused(small, tmp_path):
-    pool, md = small
-    m = tmp_path / "m"
-    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
-    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
-    before = _files(m)
-    for out in (m / "matched", m / "matched" / "_parts", m / "matched" / "x"):
-        for flag in ([], ["--overwrite"]):
-            r = run_cli("balance", m, "--t", "5", "--out", out, *flag, *common)
-            assert_clean_error(r, tmp_path / "nothing", "matched dataset")
-            assert _files(m) == before
 
 
 def test_resume_of_the_other_kind_of_run_is_refused(small, tmp_path):
@@ -994,11 +990,7 @@ def test_gpu_backend_without_a_gpu_is_one_line(small, tmp_path):
 
 
 def test_damaged_stats_and_manifests(small, tmp_path):
-    pool, md = small
-    out, ref = tmp_path / "out", tmp_path / "ref"
-    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1", "--t", "30"]
-    assert run_cli("curate", pool, "--out", ref, *common).exit_code == 0
-    assert run_cli("curate", pool, "--out", out, *common).exit_code == 0
+    pool, out, ref, common = _two_finished_runs(small, tmp_path)
     (out / "matched" / "_parts" / "part-00000.json").write_text("[]")
     (out / "report.json").unlink()
     r = run_cli("curate", pool, "--out", out, "--resume", *common)
