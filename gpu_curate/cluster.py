@@ -15,9 +15,10 @@ from .errors import CurateError
 GPU_THREADS = 4
 
 # Dask's statistical profiler snapshots every worker thread's stack every 10 ms for the
-# dashboard's Profile page. On 2 cores that cost ~3% of a curate run's CPU
-# (docs/benchmarks.md), so the clusters gpu-curate starts run without it; a cluster passed
-# with ``scheduler`` runs as its owner configured it.
+# dashboard's Profile page, which a curate run does not show. On 2 cores turning it off
+# saved at most ~2-3% of a run, within the machine's noise (docs/benchmarks.md); the
+# clusters gpu-curate starts run without it, a cluster passed with ``scheduler`` runs as
+# its owner configured it.
 LOCAL_CLUSTER_CONFIG = {"distributed.worker.profile.enabled": False}
 # Worker processes of a local cluster leave Ctrl-C to this process (which then closes the
 # cluster and so stops them) instead of each printing its own KeyboardInterrupt traceback.

@@ -110,10 +110,38 @@ def _scanned_format(path: str, fmt: str | None) -> str | None:
     return fmt
 
 
-def _hidden(relpath: str) -> bool:
+def is_hidden(relpath: str) -> bool:
     # Any component, not only the file name: Spark's _temporary/, .ipynb_checkpoints/ and
     # _SUCCESS are not part of the pool.
     return any(c.startswith((".", "_")) for c in PurePosixPath(relpath).parts)
+
+
+def protocol_of(fs: fsspec.AbstractFileSystem) -> str:
+    """The file system's protocol ("file" for a local disk, "s3", ...)."""
+    return fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return protocol_of(fs) in ("file", "local")
+
+
+def full_path(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """``path`` (as fsspec strips it: absolute) as any process can open it: the path on a
+    local disk, else the URL with its protocol."""
+    path = path.rstrip("/")
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def is_glob(spec: str) -> bool:
+    return any(ch in spec for ch in "*?[")
+
+
+def glob_pattern(fs: fsspec.AbstractFileSystem, spec: str) -> tuple[str, str]:
+    """(pattern, root) of a glob: the pattern without its protocol and normalised (a "./"
+    or "x/.." would else differ from the paths the glob returns, and the relative paths,
+    so the uids, would change), and the folder above its first wildcard."""
+    pattern = posixpath.normpath(fs._strip_protocol(spec))
+    return pattern, _glob_root(pattern)
 
 
 def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
@@ -135,35 +163,30 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
         raise CurateError("no input given")
     files: list[InputFile] = []
     for spec in inputs:
-        fs, _, paths = fsspec.get_fs_token_paths(spec)
-        protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
-        prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+        fs, path = fsspec.core.url_to_fs(spec)
+        prefix = "" if is_local(fs) else f"{protocol_of(fs)}://"
         # (path, listing info, relative path, format) of each candidate file.
-        if any(ch in spec for ch in "*?["):
-            # (normpath: a "./" or "x/.." in the pattern would else differ from the paths
-            # the glob returns, and the relative paths, so the uids, would change.)
-            pattern = posixpath.normpath(fs._strip_protocol(spec))
-            root = _glob_root(pattern)
+        if is_glob(spec):
+            pattern, root = glob_pattern(fs, spec)
             listing = fs.glob(pattern, detail=True)
             found = [(p, i, _rel(p, root)) for p, i in sorted(listing.items())]
             kept = [(p, i, r, _scanned_format(p, fmt)) for p, i, r in found
-                    if i["type"] == "file" and not _hidden(r)]  # fmt: skip
-        elif fs.isdir(paths[0]):
-            root = paths[0].rstrip("/")
+                    if i["type"] == "file" and not is_hidden(r)]  # fmt: skip
+        elif fs.isdir(path):
+            root = path.rstrip("/")
             listing = fs.find(root, detail=True)
             found = [(p, i, _rel(p, root)) for p, i in sorted(listing.items())]
-            kept = [(p, i, r, _scanned_format(p, fmt)) for p, i, r in found if not _hidden(r)]
-        elif fs.exists(paths[0]):
-            p = paths[0]
-            kept = [(p, fs.info(p), PurePosixPath(p).name, fmt or _format_of(p))]
+            kept = [(p, i, r, _scanned_format(p, fmt)) for p, i, r in found if not is_hidden(r)]
+        elif fs.exists(path):
+            kept = [(path, fs.info(path), PurePosixPath(path).name, fmt or _format_of(path))]
         else:
             raise CurateError(f"input not found: {spec}")
         kept = [(p, i, r, f) for p, i, r, f in kept if f is not None]
         # An empty CSV/TSV/JSONL file holds no rows (an empty Parquet file is no Parquet).
-        empty = [p for p, i, r, f in kept if i.get("size") == 0 and f != "parquet"]
-        kept = [k for k in kept if not (k[1].get("size") == 0 and k[3] != "parquet")]
-        if empty and not kept:
+        empty = [i.get("size") == 0 and f != "parquet" for _, i, _, f in kept]
+        if kept and all(empty):
             raise CurateError(f"every input file in {spec} is empty (0 bytes)")
+        kept = [k for k, e in zip(kept, empty, strict=True) if not e]
         if not kept:
             raise CurateError(
                 f"no readable input files in {spec} (looked for "

@@ -22,7 +22,7 @@ import fsspec
 import numpy as np
 
 from .errors import CurateError
-from .io import _glob_root, atomic_write_json
+from .io import atomic_write_json, glob_pattern, is_glob, is_hidden, is_local, protocol_of
 
 MATCH_MANIFEST = "_run.json"
 # What _run.json records of each input file after its relative path (pipeline.match_stage).
@@ -32,22 +32,13 @@ BALANCE_MANIFEST = "_balance.json"
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{32}$")
 
 
-def _protocol(fs: fsspec.AbstractFileSystem) -> str:
-    return fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
-
-
 def _key(fs, path: str) -> str:
     path = path.rstrip("/") or "/"
-    return os.path.realpath(path) if _protocol(fs) in ("file", "local") else path
+    return os.path.realpath(path) if is_local(fs) else path
 
 
 def _within(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip("/") + "/")
-
-
-def _hidden_below(child: str, parent: str) -> bool:
-    rel = PurePosixPath(child).relative_to(parent).parts
-    return any(c.startswith((".", "_")) for c in rel)
 
 
 def check_apart(out: str, inputs: Sequence[str]) -> None:
@@ -67,11 +58,10 @@ def check_apart(out: str, inputs: Sequence[str]) -> None:
     ofs, opath = fsspec.core.url_to_fs(out)
     o = _key(ofs, opath)
     for spec in inputs:
-        fs, _, paths = fsspec.get_fs_token_paths(spec)
-        if _protocol(fs) != _protocol(ofs):
+        fs, path = fsspec.core.url_to_fs(spec)
+        if protocol_of(fs) != protocol_of(ofs):
             continue
-        is_glob = any(ch in spec for ch in "*?[")
-        root = _glob_root(fs._strip_protocol(spec)) if is_glob else (paths[0] if paths else "")
+        pattern, root = glob_pattern(fs, spec) if is_glob(spec) else ("", path)
         if not root:
             continue
         r = _key(fs, root)
@@ -80,14 +70,15 @@ def check_apart(out: str, inputs: Sequence[str]) -> None:
                 f"output folder {out} is or holds the input {spec} (--overwrite would delete "
                 "it): choose another --out"
             )
-        if is_glob:
+        if pattern:
             # A wildcard below the root's first level (pool/*/x.parquet, pool/**) reaches
             # into sub-folders, where the output would be.
-            below = fs._strip_protocol(spec)[len(root) :].strip("/")
+            below = pattern[len(root) :].strip("/")
             scanned = "/" in below or "**" in below
         else:
             scanned = fs.isdir(root)
-        if scanned and _within(o, r) and not _hidden_below(o, r):
+        # (A folder scan skips names starting with . or _ below its root: io.is_hidden.)
+        if scanned and _within(o, r) and not is_hidden(str(PurePosixPath(o).relative_to(r))):
             raise CurateError(
                 f"output folder {out} is inside the input folder {spec}, which would read "
                 "it back as input: choose another --out (or a name starting with _)"
@@ -115,11 +106,10 @@ def prepare_out(
         raise CurateError("--out is empty: name an output folder")
     fs, path = fsspec.core.url_to_fs(out)
     path = path.rstrip("/") or "/"
-    local = _protocol(fs) in ("file", "local")
     same_as_keep = False
     if keep is not None:
         kfs, kpath = fsspec.core.url_to_fs(keep)
-        if _protocol(kfs) == _protocol(fs):
+        if protocol_of(kfs) == protocol_of(fs):
             k, o = _key(kfs, kpath), _key(fs, path)
             same_as_keep = k == o
             if _within(o, f"{k}/matched") or (overwrite and _within(k, o)):
@@ -134,7 +124,7 @@ def prepare_out(
         # (A folder that holds only what a write cut off at its start left is empty.)
         if [p for p in fs.ls(path, detail=False) if not _TEMPORARY.search(p)]:
             if overwrite:
-                if local and _within(os.path.realpath(os.getcwd()), _key(fs, path)):
+                if is_local(fs) and _within(os.path.realpath(os.getcwd()), _key(fs, path)):
                     raise CurateError(
                         f"--overwrite would delete {out}, which holds the current directory: "
                         "choose another --out"

@@ -29,11 +29,13 @@ from .counts import counts_json, counts_table, partition_counts, sum_counts
 from .errors import CurateError
 from .io import (
     COMPRESSIONS,
+    InputFile,
     Part,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_parquet,
     discover,
+    full_path,
     plan_parts,
     read_part,
 )
@@ -234,10 +236,12 @@ def _sum(stats: list[dict], key: str) -> int:
 # --------------------------------------------------------------------------- stages
 
 
-def match_stage(client, info: ClusterInfo, inputs, metadata: Metadata, fs, out, opts) -> dict:
-    """Match every part; write matched/ and the entry counts. Returns report figures."""
+def match_stage(
+    client, info: ClusterInfo, files: list[InputFile], metadata: Metadata, fs, out, opts
+) -> dict:
+    """Match every part of ``files`` (from :func:`~gpu_curate.io.discover`); write matched/
+    and the entry counts. Returns report figures."""
     t0 = time.perf_counter()
-    files = discover(inputs, opts.format)
     parts = plan_parts(files, opts.partition_rows)
     be = resolve(opts.backend)
     manifest = {
@@ -320,8 +324,7 @@ def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: 
     step = BalanceStep(entry_probabilities(counts, t), seed, be.name)
     step_future = client.scatter(step, broadcast=True, hash=False) if parts else step
     # Absolute (or a full URL): the tasks may run on workers with another working directory.
-    local = mfs.protocol in ("file", ("file", "local"))
-    prefix = mpath.rstrip("/") if local else mfs.unstrip_protocol(mpath.rstrip("/"))
+    prefix = full_path(mfs, mpath)
     results = [
         dask.delayed(_balance_task, pure=False)(
             f"{prefix}/{MATCHED}/{p['file']}",
@@ -417,14 +420,14 @@ def curate(
     inputs = [str(inputs)] if isinstance(inputs, str | os.PathLike) else [str(i) for i in inputs]
     md = metadata if isinstance(metadata, Metadata) else Metadata.from_file(metadata)
     be = resolve(opts.backend)
-    discover(inputs, opts.format)  # fail on missing inputs before touching the output
+    files = discover(inputs, opts.format)  # fails on missing inputs before the output is touched
     check_apart(out, [*inputs, *([] if isinstance(metadata, Metadata) else [str(metadata)])])
     fs, path = prepare_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST)
     if not match_only:
         check_balance_settings(fs, path, t, seed)
     with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
         report = _header(opts, info, be.name)
-        report.update(match_stage(client, info, inputs, md, fs, path, opts))
+        report.update(match_stage(client, info, files, md, fs, path, opts))
         counts = report["_counts"]
         if match_only:
             report = _write_report(fs, path, report)
@@ -482,12 +485,7 @@ def balance_matched(
     with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
         report = _header(opts, info, be.name)
         report.update(pool)
-        where = (
-            mfs.unstrip_protocol(mpath)
-            if mfs.protocol not in ("file", ("file", "local"))
-            else mpath
-        )
-        report.update({"t": t, "seed": seed, "matched_dir": where})
+        report.update({"t": t, "seed": seed, "matched_dir": full_path(mfs, mpath)})
         atomic_write_parquet(fs, f"{path}/entry_counts.parquet", table)
         atomic_write_bytes(fs, f"{path}/entry_counts.json", counts_json(md, counts))
         report.update(balance_stage(client, matched_dir, counts, t, seed, fs, path, opts))
