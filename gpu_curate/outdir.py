@@ -129,7 +129,7 @@ def prepare_out(
                         f"--overwrite would delete {out}, which holds the current directory: "
                         "choose another --out"
                     )
-                fs.rm(path, recursive=True)
+                _empty(fs, path)
             elif not resume:
                 raise CurateError(
                     f"output folder {out} exists and is not empty (use --overwrite to replace "
@@ -147,6 +147,17 @@ def prepare_out(
             _remove_temporaries(fs, path)
     fs.makedirs(path, exist_ok=True)
     return fs, path
+
+
+def _empty(fs, path: str) -> None:
+    # The folder's contents, not the folder: an --out that is a symbolic link (or a mount
+    # point) must stay one, so that the new run writes where the old one did.
+    # (A link inside is removed as a link: the folder it points to is not the run's.)
+    for child in fs.ls(path, detail=True):
+        if child.get("islink"):
+            fs.rm_file(child["name"])
+        else:
+            fs.rm(child["name"], recursive=True)
 
 
 def _remove_temporaries(fs, path: str) -> None:

@@ -976,6 +976,29 @@ def test_overwrite_never_deletes_the_metadata_or_the_current_directory(small, tm
     assert_clean_error(r, tmp_path / "nothing", "--out is empty")
 
 
+def test_overwrite_keeps_a_linked_output_folder_a_link(small, tmp_path):
+    # --out on another disk through a symbolic link: --overwrite must empty the folder it
+    # points to, not replace the link by a new folder here.
+    pool, md = small
+    target = tmp_path / "big_disk" / "out"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("x")
+    link = tmp_path / "out"
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1"]
+    target.mkdir(parents=True)
+    link.symlink_to(target, target_is_directory=True)
+    assert run_cli("curate", pool, "--out", link, *common).exit_code == 0
+    (target / "stale.txt").write_text("old")
+    (target / "linked").symlink_to(elsewhere, target_is_directory=True)
+    r = run_cli("curate", pool, "--out", link, "--overwrite", *common)
+    assert r.exit_code == 0, (r.output, r.stderr, r.exception)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert (target / "report.json").exists() and (target / "curated" / "_SUCCESS").exists()
+    assert not (target / "stale.txt").exists() and not (target / "linked").exists()
+    assert (elsewhere / "keep.txt").read_text() == "x"  # a link inside: removed as a link
+
+
 def test_gpu_backend_without_a_gpu_is_one_line(small, tmp_path):
     from gpu_curate.backend import gpu_unavailable_reason
 
