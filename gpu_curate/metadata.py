@@ -231,9 +231,12 @@ def _load_cached(path: Path | None):
 
     try:
         with np.load(path, allow_pickle=False) as z:
-            return MatchTables.from_arrays({k: z[k] for k in z.files})
+            tables = MatchTables.from_arrays({k: z[k] for k in z.files})
     except Exception:  # noqa: BLE001 - any unreadable, truncated or foreign file
         return None  # is only a cache miss: rebuild (and overwrite) it
+    with contextlib.suppress(OSError):
+        os.utime(path)  # its modification time says when it was last used (_prune_cache)
+    return tables
 
 
 def _store_cached(path: Path | None, tables) -> None:
@@ -248,6 +251,33 @@ def _store_cached(path: Path | None, tables) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        return
+    _prune_cache(path)
+
+
+# Table files kept in the cache folder (tens of MB each for a full-size metadata).
+CACHE_KEPT = 8
+
+
+def _prune_cache(new: Path) -> None:
+    """Remove the cached tables no run will read again, and keep the folder bounded.
+
+    Tables of the same metadata under another layout version were written by another
+    version of gpu-curate; of the rest, the :data:`CACHE_KEPT` most recently used stay.
+    """
+    metadata_key = new.name.split("-")[1]
+    files = []
+    for f in new.parent.glob("tables-*-*.npz"):
+        with contextlib.suppress(OSError):
+            if f != new and f.name.split("-")[1] == metadata_key:
+                f.unlink()
+            else:
+                files.append((f.stat().st_mtime, f))
+    files.sort(reverse=True)
+    for _, f in files[CACHE_KEPT:]:
+        if f != new:
+            with contextlib.suppress(OSError):
+                f.unlink()
 
 
 def compiled_tables(metadata: Metadata):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import pickle
 import re
 import subprocess
@@ -393,6 +394,35 @@ def test_corrupt_or_foreign_cache_file_is_rebuilt(tmp_path, monkeypatch):
     (other_path,) = [p for p in tmp_path.glob("tables-*.npz") if p != path]
     path.write_bytes(other_path.read_bytes())
     assert match_texts(CACHE_TEXTS, _fresh(CACHE_ENTRIES), "cpu") == expected
+
+
+def test_cache_drops_stale_layouts_and_keeps_the_most_recently_used(tmp_path, monkeypatch):
+    from gpu_curate import metadata as mdmod
+
+    monkeypatch.setenv("GPU_CURATE_CACHE_DIR", str(tmp_path))
+    md = _fresh(CACHE_ENTRIES)
+    key = md.fingerprint[:32]
+    stale = tmp_path / f"tables-{key}-0123456789abcdef.npz"  # an older gpu-curate's layout
+    stale.write_bytes(b"old")
+    others = []
+    for i in range(mdmod.CACHE_KEPT + 2):  # other metadata, used at times 1000, 1001, ...
+        f = tmp_path / f"tables-{i:032x}-0123456789abcdef.npz"
+        f.write_bytes(b"other")
+        os.utime(f, (1000 + i, 1000 + i))
+        others.append(f)
+    match_texts(CACHE_TEXTS, md, "cpu")
+    left = sorted(tmp_path.glob("tables-*.npz"))
+    assert not stale.exists()
+    assert len(left) == mdmod.CACHE_KEPT
+    # The new file and the CACHE_KEPT - 1 most recently used others stay.
+    assert set(left) == {*others[-(mdmod.CACHE_KEPT - 1) :], mdmod._cache_file(md)}
+    # A hit marks the file as used: it outlives files used before it.
+    old = mdmod._cache_file(md)
+    os.utime(old, (1, 1))
+    assert match_texts(CACHE_TEXTS, _fresh(CACHE_ENTRIES), "cpu") == [
+        reference_match(t, CACHE_ENTRIES) for t in CACHE_TEXTS
+    ]
+    assert old.stat().st_mtime > 2000
 
 
 @pytest.mark.parametrize("value", ["off", ""])
