@@ -233,6 +233,15 @@ def _sum(stats: list[dict], key: str) -> int:
     return int(sum(s[key] for s in stats))
 
 
+def _text_columns(stats: list[dict]) -> dict[str, int]:
+    """{text column: number of input files matched on it}, most used first."""
+    files: dict[str, set] = {}
+    for s in stats:
+        if "text_column" in s:  # (parts finished by an earlier version do not say)
+            files.setdefault(s["text_column"], set()).add(s["file"])
+    return dict(sorted(((c, len(f)) for c, f in files.items()), key=lambda cf: -cf[1]))
+
+
 # --------------------------------------------------------------------------- stages
 
 
@@ -277,6 +286,10 @@ def match_stage(
         for p in parts
     ]
     stats, counts = _compute(client, results, len(metadata), opts)
+    text_columns = _text_columns(stats)
+    if len(text_columns) > 1 or opts.text_column is None:
+        used = ", ".join(f"{c} ({n:,} file{'s' if n > 1 else ''})" for c, n in text_columns.items())
+        _say(opts, f"text column{'s' if len(text_columns) > 1 else ''}: {used or '-'}")
     seconds_ids = None
     if buckets:
         t1 = time.perf_counter()
@@ -302,6 +315,7 @@ def match_stage(
         "metadata_entries": len(metadata),
         "metadata_sha256": metadata.fingerprint,
         "entries_matched": int((counts > 0).sum()),
+        "text_columns": text_columns,
         "seconds_match": round(time.perf_counter() - t0, 3),
         **({"seconds_id_check": seconds_ids} if seconds_ids is not None else {}),
         "_counts": counts,
@@ -475,7 +489,7 @@ def balance_matched(
             prev = json.load(fh)
         keep = ("pool_rows", "matched_rows", "null_texts", "empty_texts", "matches",
                 "input_files", "metadata_entries", "metadata_sha256", "entries_matched",
-                "seconds_match")  # fmt: skip
+                "text_columns", "seconds_match")  # fmt: skip
         pool = {k: prev[k] for k in keep if k in prev}
     fs, path = prepare_out(out, opts.overwrite, opts.resume, BALANCE_MANIFEST, keep=matched_dir)
     # Claimed before anything is written: a resume with another t, seed or matched dataset

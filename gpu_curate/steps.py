@@ -122,6 +122,7 @@ class MatchStep:
             "null_texts": int(nulls),
             "empty_texts": empty,
             "matches": int(ids.size),
+            "text_column": col,  # (the default is chosen per file: a report shows which)
         }
         return out, stats, counts, all_uids
 

@@ -87,6 +87,29 @@ def test_glob_with_dot_components_gives_the_folder_scan(tmp_path):
         assert [f.relpath for f in discover([spec])] == want, spec
 
 
+def test_the_text_column_is_chosen_per_file_and_reported(tmp_path, md):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    # TEXT comes before caption in the default order; a file without it uses caption.
+    pq.write_table(pa.table({"caption": ["a cat"], "TEXT": ["a dog"]}), pool / "a.parquet")
+    write(pool / "b.jsonl", b'{"caption": "new york"}\n')
+    write(pool / "c.tsv", b"a cat\thttp://x/1.jpg\n1984\thttp://x/2.jpg\n")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["match", str(pool), "--metadata", str(md), "--out",
+                                  str(out), "--backend", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "text columns: TEXT (1 file), caption (1 file), f0 (1 file)" in r.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["text_columns"] == {"TEXT": 1, "caption": 1, "f0": 1}
+    got = sorted(pq.read_table(out / "matched", columns=["entry_ids"])[0].to_pylist())
+    assert got == [[0], [1], [2], [3]]  # dog (TEXT), new york (caption), cat and 1984 (f0)
+    r = match(pool / "b.jsonl", md, tmp_path / "out2", "--text-column", "caption")
+    assert r.exit_code == 0
+    assert json.loads((tmp_path / "out2" / "report.json").read_text())["text_columns"] == {
+        "caption": 1
+    }
+
+
 @pytest.mark.parametrize(
     "content, first",
     [

@@ -372,6 +372,7 @@ def test_match_then_balance(pool, ref, expected, tmp_path):
     rep = report(out)
     assert rep["pool_rows"] == len(ref.texts) and rep["t"] == T and rep["seed"] == SEED
     assert rep["curated_rows"] == len(expected)
+    assert rep["text_columns"] == {"TEXT": 2}  # the matched dataset's, carried over
 
 
 # ----------------------------------------------------------------------------- 3. scheduler
