@@ -296,10 +296,115 @@ def _read_json_lines(fh) -> pa.Table:
         try:
             return pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=block))
         except pa.ArrowInvalid as exc:
+            if "changed from" in str(exc):
+                # A column holds values of several JSON types ({"text": 1984} among
+                # strings): Arrow's reader takes one type a column.
+                fh.seek(0)
+                return _read_json_lines_mixed(fh)
             if "straddl" not in str(exc) or block >= 1 << 31:
                 raise
             block *= 8
             fh.seek(0)
+
+
+class _Number:
+    """A JSON number as written (``1984``, ``1.50``): a text keeps its spelling."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def value(self) -> int | float:
+        return int(self.text) if _json_kind(self) == "int" else float(self.text)
+
+
+def _json_kind(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, _Number):
+        # (An integer beyond int64 is a float, as Arrow's reader has it.)
+        int64 = v.text.lstrip("-").isdigit() and -(2**63) <= int(v.text) < 2**63
+        return "int" if int64 else "float"
+    return "bool" if isinstance(v, bool) else "nested"
+
+
+def _json_text(v) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, _Number):
+        return v.text
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_Number.value)
+
+
+# Column types of a JSONL file read by _read_json_lines_mixed, from the JSON types of its
+# values (nulls aside); any other mix, and lists or objects, are kept as JSON text.
+_JSON_TYPES = {
+    frozenset(): pa.null(),
+    frozenset({"string"}): pa.string(),
+    frozenset({"int"}): pa.int64(),
+    frozenset({"int", "float"}): pa.float64(),
+    frozenset({"float"}): pa.float64(),
+    frozenset({"bool"}): pa.bool_(),
+}
+_JSON_BATCH = 1 << 16
+
+
+def _json_records(fh):
+    for n, line in enumerate(fh, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line, parse_int=_Number, parse_float=_Number)
+        except ValueError as exc:
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+            raise pa.ArrowInvalid(f"line {n} is not valid JSON ({why})") from None
+        if not isinstance(record, dict):
+            raise pa.ArrowInvalid(f"line {n} is not a JSON object")
+        yield record
+
+
+def _read_json_lines_mixed(fh) -> pa.Table:
+    """JSON Lines whose columns may mix JSON types, in two passes of bounded memory.
+
+    The first pass finds each column's JSON types; the second builds the columns in
+    batches. A column of strings and other values is a string column in which the others
+    are their JSON text (``1984``, ``true``, ``["a"]``): a caption written as a number is
+    a row like any other, matched as the text it reads as.
+    """
+    kinds: dict[str, set] = {}
+    for record in _json_records(fh):
+        for key, v in record.items():
+            kinds.setdefault(key, set()).add(_json_kind(v))
+    schema = pa.schema(
+        [(k, _JSON_TYPES.get(frozenset(ks - {"null"}), pa.string())) for k, ks in kinds.items()]
+    )
+    fh.seek(0)
+    batches, rows = [], []
+
+    def flush():
+        cols = []
+        for field in schema:
+            values = [r.get(field.name) for r in rows]
+            if pa.types.is_string(field.type):
+                values = [_json_text(v) for v in values]
+            elif not pa.types.is_boolean(field.type):
+                values = [None if v is None else v.value() for v in values]
+            cols.append(pa.array(values, field.type))
+        batches.append(pa.Table.from_arrays(cols, schema=schema))
+        rows.clear()
+
+    for record in _json_records(fh):
+        rows.append(record)
+        if len(rows) == _JSON_BATCH:
+            flush()
+    if rows or not batches:
+        flush()
+    return pa.concat_tables(batches)
 
 
 def _parquet_range(pf: pq.ParquetFile, start: int, end: int | None, columns) -> pa.Table:

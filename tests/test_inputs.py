@@ -265,6 +265,43 @@ def test_jsonl_line_longer_than_a_read_block(tmp_path, md):
     assert matched(tmp_path / "out")["entry_ids"] == [[0], [1]]
 
 
+def test_jsonl_values_of_several_types_are_data(tmp_path, md, monkeypatch):
+    from gpu_curate import io
+
+    monkeypatch.setattr(io, "_JSON_BATCH", 2)  # several batches from a small file
+    rows = [
+        b'{"text": "a dog", "id": 1, "score": 0.5}',
+        b'{"text": 1984, "id": 2, "score": 1}',  # Arrow's reader fails the whole file
+        b"",
+        b'{"text": null, "id": 3}',
+        b'{"text": ["a new york dog", 1.50], "id": 4, "tags": {"a": true}}',
+        b'{"text": true, "id": -5, "score": 12345678901234567890}',
+        b'{"text": "caf\\u00e9 cat", "id": 6}',
+    ]
+    write(tmp_path / "pool" / "a.jsonl", b"\n".join(rows) + b"\n")
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.exception)
+    got = matched(tmp_path / "out")
+    # A non-string text is its JSON text: 1984 matches the entry "1984", the list's text
+    # ["a new york dog",1.5] matches "new york" (but not dog": " is no space character).
+    assert got["text"] == [
+        b"a dog",
+        b"1984",
+        None,
+        b'["a new york dog",1.5]',
+        b"true",
+        "café cat".encode(),
+    ]
+    assert got["entry_ids"] == [[0], [3], [], [1], [], [2]]
+    assert got["id"] == [1, 2, 3, 4, -5, 6]
+    assert got["score"] == [0.5, 1.0, None, None, 1.2345678901234567e19, None]
+    assert got["tags"] == [None, None, None, b'{"a":true}', None, None]
+    for content, why in ((b'{"text": "a"}\n{"text": 1}\n{"text": \n', "line 3 is not valid JSON"),
+                         (b'{"text": "a"}\n["b"]\n', "line 2 is not a JSON object")):  # fmt: skip
+        write(tmp_path / "bad" / "b.jsonl", content)
+        assert why in error_line(match(tmp_path / "bad", md, tmp_path / "out2", "--overwrite"))
+
+
 @pytest.mark.parametrize(
     "texts",
     [
