@@ -47,6 +47,8 @@ __all__ = [
 
 def _dataset_root(matched_dir: str | Path) -> Path:
     root = Path(matched_dir)
+    if root.exists() and not root.is_dir():
+        raise CurateError(f"{root} is a file: give the output folder of gpu-curate match or curate")
     if not root.is_dir():
         raise CurateError(f"matched dataset directory not found: {root}")
     return root
@@ -346,7 +348,8 @@ def plan_for_t(
     tf = float(t)
     tail = int(counts[counts.astype(np.float64) < tf].sum())
     expected = float(xp.sum(keep_prob))
-    top = int(xp.argmax(per_entry)) if per_entry.size else -1
+    # (-1 when no entry is expected in any kept text: there is no largest one to name.)
+    top = int(xp.argmax(per_entry)) if per_entry.size and float(per_entry.max()) > 0 else -1
     return {
         "t": tf,
         "expected_curated_rows": expected,
@@ -444,7 +447,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     if rows:
         r0 = rows[0]
         lines.append(
-            f"rows: {r0['rows']:,}  matched rows: {r0['matched_rows']:,}  "
+            f"rows in matched/: {r0['rows']:,}  with a match: {r0['matched_rows']:,}  "
             f"matches: {r0['total_matches']:,}"
         )
     lines += [header, "-" * len(header)]
@@ -464,6 +467,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 f"target {r['target_rows']:,} rows: t = {r['t']:.6g} gives "
                 f"{r['expected_curated_rows']:,.1f} expected rows (last line)"
             )
+        elif r["matched_rows"] == 0:
+            lines.append(f"target {r['target_rows']:,} rows: no text matched, no t keeps any")
         else:
             lines.append(
                 f"target {r['target_rows']:,} rows is above the {r['matched_rows']:,} matched "

@@ -245,6 +245,19 @@ def test_plan_for_t_in_memory_by_hand():
     assert got["max_expected_entry_count"] == pytest.approx(1.0)
 
 
+def test_plan_of_a_pool_without_matches_names_no_entry(tmp_path):
+    root = tmp_path / "m"
+    write_matched(root, {"a.parquet": [[], []]}, [0, 0, 0])
+    (got,) = plan(root, [5])
+    assert got["expected_curated_rows"] == 0 and got["matched_rows"] == 0
+    assert got["max_expected_entry_id"] == -1 and got["max_expected_entry"] is None
+    res = CliRunner().invoke(main, ["plan", str(root), "--target-rows", "10"])
+    assert res.exit_code == 0, res.output
+    assert "rows in matched/: 2  with a match: 0" in res.stdout
+    assert "no text matched, no t keeps any" in res.stdout
+    assert '"entry' not in res.stdout  # (the entries are named entry0, entry1, ...)
+
+
 def test_plan_argument_errors(dataset):
     root, _, _ = dataset
     with pytest.raises(CurateError):
@@ -313,6 +326,9 @@ def test_cli_missing_inputs_exit_2(tmp_path, dataset):
     res = CliRunner().invoke(main, ["plan", str(tmp_path / "missing"), "--t", "5"])
     assert res.exit_code == 2
     assert res.stderr.startswith("gpu-curate: error:") and "not found" in res.stderr
+    (tmp_path / "report.json").write_text("{}")
+    res = CliRunner().invoke(main, ["plan", str(tmp_path / "report.json"), "--t", "5"])
+    assert res.exit_code == 2 and "is a file: give the output folder" in res.stderr
     root, _, _ = dataset
     (root / "entry_counts.parquet").unlink()
     res = CliRunner().invoke(main, ["plan", str(root), "--t", "5"])
