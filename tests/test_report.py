@@ -142,7 +142,9 @@ def test_html_table_equals_report_json(reported):
         cell = shown[key]
         assert cell["attrs"]["data-key"] == key
         assert json.loads(cell["attrs"]["data-value"]) == value, key
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, dict | list):  # (text_columns) shown as JSON
+            assert cell["text"] == json.dumps(value, ensure_ascii=False), key
+        elif isinstance(value, bool) or not isinstance(value, int | float):
             assert cell["text"] == str(value), key
         elif isinstance(value, int):
             assert _number(cell["text"]) == value, key
