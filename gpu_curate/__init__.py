@@ -27,7 +27,7 @@ def __getattr__(name: str):
         "balance_matched": ("pipeline", "balance_matched"),
         "Options": ("pipeline", "Options"),
         "BalancedSampler": ("sampler", "BalancedSampler"),
-        "plan": ("plan", "plan"),
+        "plan": ("planning", "plan"),
         "dataframe": ("dataframe", None),
     }
     if name in lazy:

@@ -23,7 +23,7 @@ class _Group(click.Group):
     # --help): the `metadata` group's package imports pandas (~0.2 s), which the other
     # commands' start does not need.
     lazy_commands = {
-        "plan": "gpu_curate.plan:plan_command",
+        "plan": "gpu_curate.planning:plan_command",
         "metadata": "gpu_curate.build_metadata.commands:metadata",
         "report": "gpu_curate.report:report_command",
     }

@@ -7,7 +7,7 @@ Reads an output folder (``report.json``, ``entry_counts.parquet``,
 - ``rank_frequency.png``: entry counts by rank, before and after balancing (log-log),
   with ``t`` as a horizontal line;
 - ``head_tail.png``: entries and share of matches in head vs tail, before vs after;
-- ``t_sweep.png``: exact expected curated size against ``t`` (:func:`gpu_curate.plan.plan`
+- ``t_sweep.png``: exact expected curated size against ``t`` (:func:`gpu_curate.planning.plan`
   on the matched dataset), skipped with a note when no matched dataset is reachable;
 - ``top_entries.png``: the top entries by pool count, with their curated counts;
 - ``index.html``: the plots, the ``report.json`` figures and a plain-words explanation.
@@ -261,7 +261,7 @@ def default_sweep(t: float, max_count: int) -> list[float]:
 def t_sweep(
     run: RunData, ts: list[float] | None = None, backend: str = "cpu"
 ) -> list[dict[str, Any]] | None:
-    """Planning figures (:func:`gpu_curate.plan.plan`) for thresholds around the run's t.
+    """Planning figures (:func:`gpu_curate.planning.plan`) for thresholds around the run's t.
 
     Returns None when the run has no reachable matched dataset.
 
@@ -271,7 +271,7 @@ def t_sweep(
     >>> [round(r["expected_curated_rows"]) for r in rows]  # doctest: +SKIP
     [3967, 4101]
     """
-    from .plan import plan
+    from .planning import plan
 
     if run.matched_dir is None:
         return None
@@ -668,7 +668,7 @@ def write_report(
     sweep : bool, default True
         Draw the expected-size-against-t plot (it reads the whole matched dataset).
     backend : {"cpu", "gpu", "auto"}, default "cpu"
-        Where :func:`gpu_curate.plan.plan` computes the sweep.
+        Where :func:`gpu_curate.planning.plan` computes the sweep.
 
     Returns
     -------

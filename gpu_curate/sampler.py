@@ -113,7 +113,7 @@ class BalancedSampler:
         --------
         >>> sampler = BalancedSampler.from_matched_dir("out/", t=20_000, seed=0)  # doctest: +SKIP
         """
-        from .plan import load_entry_counts, load_matched_csr
+        from .planning import load_entry_counts, load_matched_csr
 
         counts, _ = load_entry_counts(matched_dir)
         offsets, values, uids = load_matched_csr(matched_dir, with_uids=True)

@@ -1,4 +1,4 @@
-"""Tests of gpu_curate.plan (loading, planning figures, t search) and `gpu-curate plan`."""
+"""Tests of gpu_curate.planning (loading, planning figures, t search) and `gpu-curate plan`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from conftest import write_entry_counts
 
 from gpu_curate.cli import main
 from gpu_curate.errors import CurateError
-from gpu_curate.plan import (
+from gpu_curate.planning import (
     load_entry_counts,
     load_matched_csr,
     plan,
@@ -256,6 +256,18 @@ def test_plan_of_a_pool_without_matches_names_no_entry(tmp_path):
     assert "rows in matched/: 2  with a match: 0" in res.stdout
     assert "no text matched, no t keeps any" in res.stdout
     assert '"entry' not in res.stdout  # (the entries are named entry0, entry1, ...)
+
+
+def test_plan_is_the_function_at_the_top_level_and_takes_one_t(dataset):
+    import importlib
+
+    import gpu_curate
+
+    importlib.import_module("gpu_curate.planning")  # (a submodule named plan hid it)
+    root, rows, counts = dataset
+    for _ in range(2):
+        (got,) = gpu_curate.plan(root, 60)
+        assert got["expected_curated_rows"] == pytest.approx(ref_expected(rows, counts, 60))
 
 
 def test_plan_argument_errors(dataset):

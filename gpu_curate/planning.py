@@ -8,7 +8,7 @@ solve for the ``t`` whose expected size is a target number of rows.
 
 Examples
 --------
->>> from gpu_curate.plan import plan  # doctest: +SKIP
+>>> from gpu_curate.planning import plan  # doctest: +SKIP
 >>> plan("out/", [20_000])[0]["expected_curated_rows"]  # doctest: +SKIP
 400123456.7
 """
@@ -365,7 +365,7 @@ def plan_for_t(
 
 def plan(
     matched_dir: str | Path,
-    ts: list[float] | tuple[float, ...] = (),
+    ts: float | list[float] | tuple[float, ...] = (),
     target_rows: int | None = None,
     backend: str = "cpu",
 ) -> list[dict[str, Any]]:
@@ -375,8 +375,8 @@ def plan(
     ----------
     matched_dir : str or Path
         The pipeline's output directory.
-    ts : sequence of float
-        Thresholds to evaluate (each > 0).
+    ts : float or sequence of float
+        Threshold(s) to evaluate (each > 0).
     target_rows : int, optional
         Also solve for the ``t`` whose expected size is ``target_rows``
         (:func:`t_for_target_rows`); its row comes last, with the extra keys
@@ -399,6 +399,7 @@ def plan(
     --------
     >>> rows = plan("out/", [20_000, 170_000], target_rows=1_000_000)  # doctest: +SKIP
     """
+    ts = [ts] if isinstance(ts, int | float | np.number) else ts
     ts = [float(t) for t in ts]
     for t in ts:
         if not (math.isfinite(t) and t > 0):
