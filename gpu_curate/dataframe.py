@@ -62,7 +62,14 @@ def _from_arrow(table: pa.Table, template, index):
 
 
 def _index_arrow(df) -> pa.Array:
-    return df.index.to_arrow() if _is_cudf(df) else pa.array(np.asarray(df.index))
+    if _is_cudf(df):
+        return df.index.to_arrow()
+    # (from_pandas, not via NumPy: a nullable Int64 index with a missing value stays
+    # integers with a null, which the id check names, instead of becoming doubles.)
+    index = pa.Array.from_pandas(df.index)
+    if pa.types.is_dictionary(index.type):  # a CategoricalIndex: its values
+        index = index.cast(index.type.value_type)
+    return index
 
 
 def _match_one(df, step: MatchStep, keep_unmatched: bool, checked=None, partition_info=None):

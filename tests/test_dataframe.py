@@ -176,6 +176,27 @@ def test_duplicate_index_unsorted_partitions_raises(pdf):
         gdf.match(ddf, ENTRIES).compute()
 
 
+@pytest.mark.parametrize(
+    "index, as_values",
+    [
+        (pd.array(range(400), dtype="Int64"), list(range(400))),
+        (pd.CategoricalIndex([f"k{i}" for i in range(400)]), [f"k{i}" for i in range(400)]),
+    ],
+    ids=["nullable Int64", "categorical"],
+)
+def test_index_types_give_the_uids_of_their_values(pdf, index, as_values):
+    ddf = dd.from_pandas(pdf.set_index(pd.Index(index)), npartitions=3, sort=False)
+    got = gdf.match(ddf, ENTRIES, keep_unmatched=True).compute()
+    assert got["uid"].tolist() == value_uids(pa.array(as_values)).tolist()
+
+
+def test_null_in_a_nullable_index_is_named(pdf):
+    index = pd.array([*range(399), None], dtype="Int64")
+    ddf = dd.from_pandas(pdf.set_index(pd.Index(index)), npartitions=2, sort=False)
+    with pytest.raises(CurateError, match=r"the index has 1 null values, the first at row 199"):
+        gdf.match(ddf, ENTRIES).compute()
+
+
 def test_missing_columns_fail_at_once(pdf):
     ddf = dd.from_pandas(pdf, npartitions=2)
     with pytest.raises(CurateError, match=r"id column 'nope' not found; columns are: TEXT, id"):
