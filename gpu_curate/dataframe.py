@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import balance as bal
+from .backend import resolve
 from .counts import counts_table, partition_counts, sum_counts
 from .errors import CurateError
 from .io import RESERVED_COLUMNS
@@ -43,11 +44,52 @@ def _is_cudf(df) -> bool:
     return type(df).__module__.startswith("cudf")
 
 
-def _to_arrow(df) -> pa.Table:
-    # The index is carried separately: steps see plain columns only.
+def _to_arrow(df, columns: Sequence | None = None) -> pa.Table:
+    """The ``columns`` (labels; default all) of a partition as Arrow, named by ``str``.
+
+    The index is carried separately: steps see plain columns only.
+    """
+    labels = list(df.columns) if columns is None else list(columns)
+    part = df[labels]
+    try:
+        table = (
+            part.to_arrow(preserve_index=False)
+            if _is_cudf(df)
+            else pa.Table.from_pandas(part, preserve_index=False)
+        )
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        # (An object column mixing strings and other values, for one.)
+        bad = next((c for c in labels if _arrow_fails(part[c])), labels[0])
+        raise CurateError(
+            f"column {str(bad)!r} cannot be read as one Arrow type: {str(exc).splitlines()[0]}"
+        ) from None
+    return table.rename_columns([str(c) for c in labels])
+
+
+def _arrow_fails(column) -> bool:
+    try:
+        pa.Array.from_pandas(column)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return True
+    return False
+
+
+def _with_results(df, results: pa.Table, keep: np.ndarray | None):
+    """``df`` with the columns of ``results`` (one row per row of ``df``) added, and only
+    the rows of ``keep`` (all when None). A pandas partition keeps its columns' dtypes;
+    the new columns are Arrow-backed (``uid`` uint64, ``entry_ids`` list<int32>)."""
     if _is_cudf(df):
-        return df.to_arrow(preserve_index=False)
-    return pa.Table.from_pandas(df, preserve_index=False)
+        table = _to_arrow(df)
+        for name in results.column_names:
+            table = table.append_column(name, results.column(name))
+        if keep is None:
+            return _from_arrow(table, df, df.index)
+        return _from_arrow(table.filter(pa.array(keep)), df, df.index[keep])
+    # Positional (arrays, not Series): an index with repeated labels cannot misalign.
+    out = df.assign(
+        **{n: pd.arrays.ArrowExtensionArray(results.column(n)) for n in results.column_names}
+    )
+    return out if keep is None else out[keep]
 
 
 def _from_arrow(table: pa.Table, template, index):
@@ -72,12 +114,18 @@ def _index_arrow(df) -> pa.Array:
     return index
 
 
-def _match_one(df, step: MatchStep, keep_unmatched: bool, checked=None, partition_info=None):
+def _match_one(
+    df, step: MatchStep, columns: list, keep_unmatched: bool, checked=None, partition_info=None
+):
+    # ``columns``: the labels of the text (and id) column, which alone go to the step.
     # ``checked`` is the result of the pool-wide id check: this task runs after it.
     where = "DataFrame partition"
     if partition_info is not None:
         where = f"{where} {partition_info['number']}"
-    table = _to_arrow(df)
+    try:
+        table = _to_arrow(df, columns)
+    except CurateError as exc:
+        raise CurateError(f"{where}: {exc}") from None
     from_index = step.id_column == _INDEX
     if from_index:
         table = table.append_column(_INDEX, _index_arrow(df))
@@ -87,14 +135,10 @@ def _match_one(df, step: MatchStep, keep_unmatched: bool, checked=None, partitio
         if not from_index:
             raise
         raise CurateError(str(exc).replace(f"id column {_INDEX!r}", "the index")) from None
-    if from_index:
-        matched = matched.drop_columns([_INDEX])
-    index = df.index
+    keep = None
     if not keep_unmatched:
         keep = np.diff(csr_of(matched.column("entry_ids"))[0]) > 0
-        matched = matched.filter(pa.array(keep))
-        index = index[keep]
-    return _from_arrow(matched, df, index)
+    return _with_results(df, matched.select(["uid", "entry_ids"]), keep)
 
 
 def _match_meta(meta_df):
@@ -193,11 +237,14 @@ def match(
         The metadata entries; entry id = position.
     text_column : str, optional
         The text column (default: the first of ``TEXT``, ``text``, ``caption``,
-        ``alt_text``).
+        ``alt_text``). Columns with integer labels may be named as ``0`` or ``"0"``.
     id_column : str, optional
-        A column of unique integer or string ids; uids are its hashed values. Without it,
-        uids are the hashed index values (``dd.read_parquet`` gives each file's rows the
-        index 0, 1, ..., which is not unique: pass ``id_column`` there).
+        A column of unique integer or string ids; uids are its hashed values, by type: the
+        integer 123 and the string "123" give different uids. (The CLI reads CSV/TSV
+        columns as strings: to curate the same rows as ``gpu-curate curate --id-column``
+        on a CSV, read it with ``dd.read_csv(..., dtype=str)``.) Without it, uids are the
+        hashed index values (``dd.read_parquet`` gives each file's rows the index 0, 1,
+        ..., which is not unique: pass ``id_column`` there).
     keep_unmatched : bool, default False
         Keep rows that match no entry (with an empty ``entry_ids``).
     backend : {"cpu", "gpu"}, default "cpu"
@@ -207,7 +254,10 @@ def match(
     -------
     dask.dataframe.DataFrame
         The rows (matched ones only, unless ``keep_unmatched``) with ``uid`` (uint64) and
-        ``entry_ids`` added; the index is kept.
+        ``entry_ids`` added as Arrow-backed columns; the other columns and the index are
+        kept as they are. Written with ``.to_parquet(path)``, it reads back with
+        ``dd.read_parquet(path, dtype_backend="pyarrow")`` (pandas' default NumPy
+        dtypes have no list type).
 
     Raises
     ------
@@ -230,7 +280,11 @@ def match(
     gpu_curate.errors.CurateError: id column 'id' has duplicate value 10 in 2 rows; ...
     """
     md = Metadata.coerce(metadata)
-    names = [str(c) for c in ddf.columns]
+    resolve(backend)  # (an unknown or unavailable backend fails now, not at compute)
+    # Columns are named by str(label) for Arrow: an integer label (dd.read_csv(...,
+    # header=None)) may be given as 0 or "0".
+    label = {str(c): c for c in ddf.columns}
+    names = list(label)
     clash = [c for c in RESERVED_COLUMNS if c in names]
     if clash:
         raise CurateError(
@@ -238,21 +292,23 @@ def match(
         )
     # Resolved here so that a missing column fails now, and the steps never guess.
     schema = pa.schema([pa.field(n, pa.null()) for n in names])
-    text = _text_column(schema, text_column, "DataFrame")
-    if id_column is not None and id_column not in names:
-        raise CurateError(f"id column {id_column!r} not found; columns are: {', '.join(names)}")
+    text = _text_column(schema, None if text_column is None else str(text_column), "DataFrame")
+    id_name = None if id_column is None else str(id_column)
+    if id_name is not None and id_name not in names:
+        raise CurateError(f"id column {id_name!r} not found; columns are: {', '.join(names)}")
+    columns = [label[text]] + ([label[id_name]] if id_name not in (None, text) else [])
     # Rows are filtered after the step (which keeps everything) so the index stays aligned.
-    step = MatchStep(md, text, id_column if id_column is not None else _INDEX, True, backend)
-    checked = _unique_check(ddf, id_column)
+    step = MatchStep(md, text, id_name if id_name is not None else _INDEX, True, backend)
+    checked = _unique_check(ddf, None if id_name is None else label[id_name])
     return ddf.map_partitions(
-        _match_one, step, keep_unmatched, checked, meta=_match_meta(ddf._meta)
+        _match_one, step, columns, keep_unmatched, checked, meta=_match_meta(ddf._meta)
     )
 
 
 def _partition_counts(df, n_entries: int):
     if "entry_ids" not in df.columns:
         raise CurateError("entry_counts needs the result of match (no entry_ids column)")
-    _, values = csr_of(_to_arrow(df[["entry_ids"]]).column("entry_ids"))
+    _, values = csr_of(_to_arrow(df, ["entry_ids"]).column("entry_ids"))
     if values.size and int(values.max()) >= n_entries:
         raise CurateError(
             f"matched entry id {int(values.max())} is past the {n_entries} entries of the "
@@ -295,9 +351,8 @@ def entry_counts(matched: dd.DataFrame, metadata: Metadata | Sequence[str]) -> p
 def _balance_one(df, step: BalanceStep):
     if "entry_ids" not in df.columns:
         raise CurateError("balance needs the result of match (no entry_ids column)")
-    table = _to_arrow(df)
-    mask, _, _ = step.decide(table)
-    return _from_arrow(table.filter(pa.array(mask)), df, df.index[mask])
+    mask, _, _ = step.decide(_to_arrow(df, ["entry_ids", "uid"]))
+    return _with_results(df, pa.table({}), mask)
 
 
 def balance(

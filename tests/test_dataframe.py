@@ -197,6 +197,48 @@ def test_null_in_a_nullable_index_is_named(pdf):
         gdf.match(ddf, ENTRIES).compute()
 
 
+def test_input_columns_keep_their_dtypes_as_the_meta_says(pdf, tmp_path):
+    df = pdf.iloc[:40].assign(
+        n=range(40),
+        f=[np.nan if i % 7 == 0 else i / 2 for i in range(40)],
+        cat=pd.Categorical(["a", "b"] * 20),
+    )
+    ddf = dd.from_pandas(df, npartitions=3)
+    m = gdf.match(ddf, ENTRIES)
+    got = m.compute()
+    assert got.dtypes.to_dict() == m.dtypes.to_dict()
+    assert got.dtypes["cat"] == df.dtypes["cat"] and got.dtypes["f"] == np.float64
+    kept = np.array([bool(reference_match(t, ENTRIES)) for t in df["TEXT"]])
+    # (Compared with the frame as Dask holds it: Dask may store strings as string[pyarrow].)
+    pd.testing.assert_frame_equal(got[df.columns], ddf.compute()[kept])  # NaN stays NaN
+    b = gdf.balance(m, gdf.entry_counts(m, ENTRIES), t=T, seed=SEED)
+    assert b.compute().dtypes.to_dict() == b.dtypes.to_dict() == m.dtypes.to_dict()
+    # Written and read back as the match docstring says.
+    m.to_parquet(tmp_path / "m")
+    back = dd.read_parquet(tmp_path / "m", dtype_backend="pyarrow").compute()
+    assert back["entry_ids"].tolist() == got["entry_ids"].tolist()
+
+
+def test_integer_column_labels(pdf):
+    df = pd.DataFrame({0: pdf["TEXT"].iloc[:30], 1: pdf["id"].iloc[:30]})
+    ddf = dd.from_pandas(df, npartitions=2)
+    for text, id_ in ((0, 1), ("0", "1")):
+        got = gdf.match(ddf, ENTRIES, text_column=text, id_column=id_).compute()
+        want = [reference_match(t, ENTRIES) for t in df[0]]
+        assert got["entry_ids"].tolist() == [w for w in want if w]
+        assert got["uid"].tolist() == value_uids(pa.array(got[1].tolist())).tolist()
+        assert list(got.columns) == [0, 1, "uid", "entry_ids"]
+
+
+def test_texts_that_are_not_strings_and_unknown_backends_are_clear_errors(pdf):
+    with dask.config.set({"dataframe.convert-string": False}):
+        ddf = dd.from_pandas(pd.DataFrame({"TEXT": ["a dog", 2, "x"]}), npartitions=1)
+        with pytest.raises(CurateError, match=r"column 'TEXT' cannot be read as one Arrow type"):
+            gdf.match(ddf, ENTRIES).compute()
+    with pytest.raises(CurateError, match=r"unknown backend 'tpu'"):
+        gdf.match(dd.from_pandas(pdf, npartitions=1), ENTRIES, backend="tpu")
+
+
 def test_missing_columns_fail_at_once(pdf):
     ddf = dd.from_pandas(pdf, npartitions=2)
     with pytest.raises(CurateError, match=r"id column 'nope' not found; columns are: TEXT, id"):
