@@ -269,7 +269,7 @@ def t_sweep(
     --------
     >>> rows = t_sweep(load_run("gpu-curate-demo/result"), [50, 200])  # doctest: +SKIP
     >>> [round(r["expected_curated_rows"]) for r in rows]  # doctest: +SKIP
-    [3967, 4101]
+    [88348, 121767]
     """
     from .planning import plan
 
