@@ -132,9 +132,14 @@ def _match_one(
     try:
         matched, _, _ = step.run(table, "", 0, where)
     except CurateError as exc:
-        if not from_index:
-            raise
-        raise CurateError(str(exc).replace(f"id column {_INDEX!r}", "the index")) from None
+        # The step speaks of a pool and its id column; here they are a DataFrame and,
+        # without id_column, its index.
+        msg = str(exc).replace(_UNIQUE_OVER_POOL, "ids must be unique over the DataFrame")
+        if from_index:
+            msg = msg.replace(f"id column {_INDEX!r}", "the index").replace(
+                "ids must be unique over the DataFrame", _INDEX_HINT
+            )
+        raise CurateError(msg) from None
     keep = None
     if not keep_unmatched:
         keep = np.diff(csr_of(matched.column("entry_ids"))[0]) > 0
@@ -162,6 +167,13 @@ def _index_partitions_disjoint(ddf) -> bool:
     return all(a < b for a, b in zip(divisions[:-1], divisions[1:], strict=True))
 
 
+_UNIQUE_OVER_POOL = "ids must be unique over the pool"  # (gpu_curate.unique's wording)
+_INDEX_HINT = (
+    "uids come from the index without id_column, so it must be unique (pass id_column=, or "
+    "give the DataFrame a unique index)"
+)
+
+
 def _duplicate_message(name: str | None, value, rows: int, n_values: int) -> str:
     if isinstance(value, np.generic):
         value = value.item()
@@ -171,9 +183,7 @@ def _duplicate_message(name: str | None, value, rows: int, n_values: int) -> str
     more = f" ({n_values} duplicated values in all)" if n_values > 1 else ""
     if name is None:
         return (
-            f"the DataFrame's index has duplicate value {shown} in {rows} rows{more}; uids come "
-            "from the index without id_column, so it must be unique (pass id_column=, or give "
-            "the DataFrame a unique index)"
+            f"the DataFrame's index has duplicate value {shown} in {rows} rows{more}; {_INDEX_HINT}"
         )
     return (
         f"id column {name!r} has duplicate value {shown} in {rows} rows{more}; ids must be "

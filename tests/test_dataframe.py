@@ -146,6 +146,11 @@ def test_duplicate_index_within_a_partition_raises(pdf):
     with pytest.raises(CurateError, match=r"^the index has duplicate value 0: ") as info:
         gdf.match(ddf, ENTRIES).compute()
     assert "__" not in str(info.value)  # no internal column name in the message
+    assert str(info.value).endswith("pass id_column=, or give the DataFrame a unique index)")
+    with pytest.raises(CurateError, match=r"ids must be unique over the DataFrame$"):
+        gdf.match(
+            dd.from_pandas(pdf.assign(id=1), npartitions=1), ENTRIES, id_column="id"
+        ).compute()
 
 
 def test_duplicate_index_across_files_raises(pdf, tmp_path):
