@@ -222,25 +222,57 @@ def _rel(path: str, root: str) -> str:
     return PurePosixPath(path).name
 
 
+# Without --partition-rows, a Parquet file is cut into parts of whole row groups, about
+# this many rows each: a part's memory (a 4M-row part took 2.2 GB where 500k-row parts
+# took 1.16 GB in all, docs/benchmarks.md) and the parallelism no longer depend on how
+# big the pool's files are (LAION-400M's metadata files hold ~13M rows each).
+PART_ROWS = 1_000_000
+
+
 def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) -> list[Part]:
-    """Cut the files into parts of at most ``partition_rows`` rows (Parquet only; other
-    formats are one part per file, because a row number needs the rows before it)."""
+    """Cut the files into parts (Parquet only; other formats are one part per file, because
+    a row number needs the rows before it).
+
+    With ``partition_rows``, a Parquet file is cut every ``partition_rows`` rows; without
+    it, into runs of whole row groups of about :data:`PART_ROWS` rows (a larger row group
+    is a part of its own).
+    """
     parts: list[Part] = []
     for f in files:
         if f.format == "parquet":
-            n = parquet_rows(f.path)
-            step = partition_rows or max(n, 1)
-            for start in range(0, max(n, 1), step):
-                parts.append(Part(len(parts), f, start, min(start + step, n)))
+            groups = parquet_row_groups(f.path)
+            n = sum(groups)
+            if partition_rows:
+                cuts = list(range(0, max(n, 1), partition_rows)) + [n]
+            else:
+                cuts = _row_group_cuts(groups, PART_ROWS)
+            for start, end in zip(cuts[:-1], cuts[1:], strict=True):
+                parts.append(Part(len(parts), f, start, end))
         else:
             parts.append(Part(len(parts), f, 0, None))
     return parts
 
 
-def parquet_rows(path: str) -> int:
+def _row_group_cuts(groups: Sequence[int], target: int) -> list[int]:
+    """Row numbers where parts of whole row groups, each of at most ``target`` rows unless
+    one group is larger, begin (and the total, last). An empty file is one empty part."""
+    cuts, size, row = [0], 0, 0
+    for g in groups:
+        if size and size + g > target:
+            cuts.append(row)
+            size = 0
+        size += g
+        row += g
+    cuts.append(row)
+    return cuts if len(cuts) > 1 and cuts[-1] > 0 else [0, 0]
+
+
+def parquet_row_groups(path: str) -> list[int]:
+    """The row counts of a Parquet file's row groups (from its footer)."""
     try:
         with fsspec.open(path, "rb", compression="infer") as fh:
-            return pq.ParquetFile(fh).metadata.num_rows
+            md = pq.ParquetFile(fh).metadata
+            return [md.row_group(i).num_rows for i in range(md.num_row_groups)]
     except (pa.ArrowInvalid, OSError) as exc:
         raise CurateError(f"cannot read Parquet file {path}: {exc}") from None
 

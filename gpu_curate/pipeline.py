@@ -9,6 +9,7 @@ previous, interrupted run completed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import operator
 import os
@@ -222,6 +223,11 @@ def _compute(client, results: list, n_entries: int, opts: Options):
     return stats, np.asarray(total, dtype=np.int64)
 
 
+def _plan_digest(parts: list[Part]) -> str:
+    plan = [[p.file.relpath, p.row_start, p.row_end] for p in parts]
+    return hashlib.sha256(json.dumps(plan).encode()).hexdigest()
+
+
 def _success(fs, folder: str, stats: list[dict], rows_key: str) -> None:
     parts = [{"file": f"{s['part']}.parquet", "rows": s[rows_key]} for s in stats]
     atomic_write_json(
@@ -263,6 +269,9 @@ def match_stage(
         # A file changed under the same path (or read in another format) would leave its
         # finished parts stale.
         "files": [[f.relpath, f.size, f.stamp, f.format] for f in files],
+        # Finished parts are found by number: a resume must cut the files the same way
+        # (a run begun by a version that cut them otherwise is refused, not mixed).
+        "parts_sha256": _plan_digest(parts),
     }
     claim(fs, out, MATCH_MANIFEST, manifest)
     _say(opts, f"matching {len(parts)} parts of {len(files)} files")

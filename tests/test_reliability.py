@@ -874,6 +874,42 @@ def _two_finished_runs(small, tmp_path: Path):
     return pool, out, ref, common
 
 
+def test_default_parts_are_whole_row_groups_and_resume_needs_the_same_cut(tmp_path, monkeypatch):
+    from gpu_curate import io
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    texts = _texts(1000, 5)
+    pq.write_table(pa.table({"TEXT": texts}), pool / "a.parquet", row_group_size=100)
+    pq.write_table(pa.table({"TEXT": texts[:150]}), pool / "b.parquet", row_group_size=150)
+    md = write_metadata(tmp_path / "md.json")
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "2", "--t", "30"]
+    monkeypatch.setattr(io, "PART_ROWS", 250)
+    out = tmp_path / "out"
+    assert run_cli("curate", pool, "--out", out, *common).exit_code == 0
+    # a.parquet: groups of 100 rows, two a part (a third would pass 250); b.parquet: its
+    # one group of 150.
+    stats = [json.loads(f.read_text()) for f in (out / "matched" / "_parts").glob("*.json")]
+    assert sorted((s["file"], s["row_start"], s["pool_rows"]) for s in stats) == [
+        ("a.parquet", 0, 200), ("a.parquet", 200, 200), ("a.parquet", 400, 200),
+        ("a.parquet", 600, 200), ("a.parquet", 800, 200), ("b.parquet", 0, 150),
+    ]  # fmt: skip
+    one = tmp_path / "one"
+    assert run_cli("curate", pool, "--out", one, "--partition-rows", "5000", *common).exit_code == 0
+    assert json.loads((one / "report.json").read_text())["parts"] == 2
+    assert np.array_equal(curated_uids(out), curated_uids(one))
+    # An interrupted run resumed by a version that cuts the files otherwise is refused:
+    # its finished part-00001 covers other rows.
+    (out / "report.json").unlink()
+    (out / "curated" / "_SUCCESS").unlink()
+    monkeypatch.setattr(io, "PART_ROWS", 400)
+    r = run_cli("curate", pool, "--out", out, "--resume", *common)
+    assert_clean_error(r, tmp_path / "nothing", "differs in: parts_sha256")
+    monkeypatch.setattr(io, "PART_ROWS", 250)
+    assert run_cli("curate", pool, "--out", out, "--resume", *common).exit_code == 0
+    assert np.array_equal(curated_uids(out), curated_uids(one))
+
+
 def test_resume_removes_temporaries_and_redoes_a_damaged_part(small, tmp_path):
     pool, out, ref, common = _two_finished_runs(small, tmp_path)
     # What a kill can leave: temporaries (hidden now, visible in earlier versions) ...
