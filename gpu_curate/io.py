@@ -12,6 +12,7 @@ import json
 import os
 import posixpath
 import re
+import stat
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
+from fsspec.utils import glob_translate
 
 from .errors import CurateError
 
@@ -162,19 +164,23 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
     if not inputs:
         raise CurateError("no input given")
     files: list[InputFile] = []
+    origin: dict[int, str] = {}  # id(file) -> the input it was found through
     for spec in inputs:
         fs, path = fsspec.core.url_to_fs(spec)
         prefix = "" if is_local(fs) else f"{protocol_of(fs)}://"
         # (path, listing info, relative path, format) of each candidate file.
         if is_glob(spec):
             pattern, root = glob_pattern(fs, spec)
-            listing = fs.glob(pattern, detail=True)
+            if is_local(fs):
+                listing = _local_files(root or "/", re.compile(glob_translate(pattern)))
+            else:
+                listing = fs.glob(pattern, detail=True)
             found = [(p, i, _rel(p, root)) for p, i in sorted(listing.items())]
             kept = [(p, i, r, _scanned_format(p, fmt)) for p, i, r in found
                     if i["type"] == "file" and not is_hidden(r)]  # fmt: skip
         elif fs.isdir(path):
             root = path.rstrip("/")
-            listing = fs.find(root, detail=True)
+            listing = _local_files(root) if is_local(fs) else fs.find(root, detail=True)
             found = [(p, i, _rel(p, root)) for p, i in sorted(listing.items())]
             kept = [(p, i, r, _scanned_format(p, fmt)) for p, i, r in found if not is_hidden(r)]
         elif fs.exists(path):
@@ -192,10 +198,22 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
                 f"no readable input files in {spec} (looked for "
                 f"{', '.join(sorted(set(_EXTENSIONS)))}; use --format to force one)"
             )
-        files.extend(
-            InputFile(prefix + p if prefix else p, r, f, i.get("size"), _stamp(i))
-            for p, i, r, f in kept
-        )
+        new = [InputFile(prefix + p if prefix else p, r, f, i.get("size"), _stamp(i))
+               for p, i, r, f in kept]  # fmt: skip
+        files.extend(new)
+        origin.update((id(f), spec) for f in new)
+    # One file reached twice (overlapping inputs, or two links to it) would be read twice,
+    # under two relative paths and so two sets of uids: its rows counted and kept twice.
+    first: dict[str, InputFile] = {}
+    for f in files:
+        key = os.path.realpath(f.path) if "://" not in f.path else f.path
+        if key in first:
+            a, b = first[key], f
+            raise CurateError(
+                f"the file {key} is reached twice, as {a.relpath} in input {origin[id(a)]} "
+                f"and as {b.relpath} in input {origin[id(b)]}: give each file once"
+            )
+        first[key] = f
     rels = [f.relpath for f in files]
     if len(set(rels)) != len(rels):
         dup = sorted({r for r in rels if rels.count(r) > 1})[0]
@@ -204,6 +222,40 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
             "give one folder or glob, or use --id-column"
         )
     return files
+
+
+def _local_files(root: str, pattern: re.Pattern | None = None) -> dict[str, dict]:
+    """The files below a local folder (those whose path ``pattern`` matches), as
+    ``{path: listing info}``, following symbolic links to files and to folders.
+
+    A pool is often a folder of links into shards: a folder scan and a glob must find
+    the same files through them (fsspec lists a link as neither file nor folder). A
+    folder reached twice (a link to an ancestor, or two links to one folder) is read
+    once; names starting with ``.`` or ``_`` are not entered (:func:`is_hidden`); a
+    broken link is an error, not a file silently left out.
+    """
+    found: dict[str, dict] = {}
+    seen: set[str] = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith((".", "_")))
+        for name in names:
+            path = os.path.join(folder, name)
+            if pattern is not None and not pattern.match(path):
+                continue
+            try:
+                st = os.stat(path)  # (follows a link)
+            except OSError:
+                if _format_of(name) is not None and not name.startswith((".", "_")):
+                    raise CurateError(f"input {path} is a broken symbolic link") from None
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found[path] = {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
+    return found
 
 
 def _glob_root(pattern: str) -> str:

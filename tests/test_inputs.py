@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from gpu_curate.cli import main
+from gpu_curate.errors import CurateError
 from gpu_curate.io import discover
 
 ENTRIES = ["dog", "new york", "cat", "1984"]  # ids 0, 1, 2, 3
@@ -108,6 +109,40 @@ def test_the_text_column_is_chosen_per_file_and_reported(tmp_path, md):
     assert json.loads((tmp_path / "out2" / "report.json").read_text())["text_columns"] == {
         "caption": 1
     }
+
+
+def test_folder_scans_and_globs_follow_symbolic_links_alike(tmp_path):
+    shards = tmp_path / "shards"
+    for rel in ["a.parquet", "sub/b.parquet", "c.parquet"]:
+        (shards / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"text": ["a dog"]}), shards / rel)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "own.parquet").write_bytes((shards / "c.parquet").read_bytes())
+    (pool / "la.parquet").symlink_to(shards / "a.parquet")  # a link to a file
+    (pool / "linked").symlink_to(shards / "sub", target_is_directory=True)  # to a folder
+    (pool / "linked" / "loop").symlink_to(pool, target_is_directory=True)  # back up: once
+    want = ["la.parquet", "linked/b.parquet", "own.parquet"]
+    assert [f.relpath for f in discover([str(pool)])] == want
+    assert [f.relpath for f in discover([f"{pool}/**"])] == want
+    assert [f.relpath for f in discover([f"{pool}/*.parquet"])] == ["la.parquet", "own.parquet"]
+    assert [f.relpath for f in discover([f"{pool}/*/*.parquet"])] == ["linked/b.parquet"]
+    (pool / "gone.parquet").symlink_to(tmp_path / "nowhere.parquet")
+    with pytest.raises(CurateError, match=r"gone.parquet is a broken symbolic link"):
+        discover([str(pool)])
+
+
+def test_a_file_reached_twice_is_an_error(tmp_path, md):
+    pool = tmp_path / "pool"
+    (pool / "sub").mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["a dog"]}), pool / "sub" / "b.parquet")
+    r = match(pool, md, tmp_path / "out", str(pool / "sub" / "b.parquet"))
+    assert "is reached twice, as sub/b.parquet in input" in error_line(r)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "link.parquet").symlink_to(pool / "sub" / "b.parquet")
+    with pytest.raises(CurateError, match=r"as link.parquet in input .*other"):
+        discover([str(pool), str(other)])
 
 
 @pytest.mark.parametrize(
