@@ -448,6 +448,12 @@ def curate(
     fs, path = prepare_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST)
     if not match_only:
         check_balance_settings(fs, path, t, seed)
+    elif fs.exists(f"{path}/{BALANCE_MANIFEST}") or fs.exists(f"{path}/{CURATED}"):
+        # (A match would rewrite report.json beside a curated/ it does not describe.)
+        raise CurateError(
+            f"--resume: {out} holds a curate run, which `gpu-curate match` would leave "
+            "half described: continue it with `gpu-curate curate --resume`"
+        )
     with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
         report = _header(opts, info, be.name)
         report.update(match_stage(client, info, files, md, fs, path, opts))

@@ -946,6 +946,12 @@ def test_resume_of_the_other_kind_of_run_is_refused(small, tmp_path):
     r = run_cli("balance", m, "--t", "30", "--out", m, "--resume", *common)
     assert r.exit_code == 0, (r.output, r.stderr)
     assert np.array_equal(curated_uids(m), curated_uids(b))
+    # ... and a match may not continue a curate run: its report.json would describe the
+    # matched data only, beside a curated/ (whole or interrupted).
+    before_m = _files(m)
+    r = run_cli("match", pool, "--metadata", md, "--out", m, "--resume", *common)
+    assert_clean_error(r, tmp_path / "nothing", "holds a curate run", "curate --resume")
+    assert _files(m) == before_m
 
 
 def test_balance_resume_with_another_matched_dataset_of_the_same_shape_is_refused(tmp_path):
