@@ -134,7 +134,12 @@ def _common(f):
             help="Split Parquet files into parts of at most this many rows.",
         ),
         compression_option(),
-        click.option("--keep-unmatched", is_flag=True, help="Keep texts that match no entry."),
+        click.option(
+            "--keep-unmatched",
+            is_flag=True,
+            help="Keep texts that match no entry in matched/ (with empty entry_ids); "
+            "balancing never keeps them.",
+        ),
         click.option("--quiet", is_flag=True, help="Print nothing but errors."),
         click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
