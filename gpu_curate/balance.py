@@ -43,6 +43,7 @@ __all__ = [
     "pair_uniforms",
     "keep_mask",
     "balance_partition",
+    "expected_units",
     "keep_probabilities",
     "expected_rows",
     "expected_entry_counts",
@@ -482,13 +483,46 @@ def _keep_mask_core(
     return kept
 
 
+# The unit of exact expected sizes: 2**-52 of a row (rounding each row's keep probability
+# to it errs by at most 2**-53 of a row).
+EXPECTED_UNITS_PER_ROW = 2**52
+
+
+def expected_units(keep_prob: Any, xp: ModuleType = np) -> int:
+    """Sum of keep probabilities in units of 2**-52 rows, exact: the same integer for any
+    split of the rows into partitions and in any order, on NumPy and CuPy alike.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> expected_units(np.array([0.75, 0.5])) / EXPECTED_UNITS_PER_ROW
+    1.25
+    """
+    # x * 2**52 is exact and rint correctly rounded: each row's integer is
+    # device-independent. Chunks of 1024 rows (each <= 2**52) sum below 2**62 in int64;
+    # Python adds the chunks' sums without overflow.
+    q = xp.rint(xp.asarray(keep_prob, dtype=xp.float64) * float(EXPECTED_UNITS_PER_ROW))
+    q = q.astype(xp.int64)
+    pad = (-q.size) % 1024
+    if pad:
+        q = xp.concatenate([q, xp.zeros(pad, xp.int64)])
+    return sum(int(c) for c in q.reshape(-1, 1024).sum(axis=1).tolist())
+
+
 def balance_partition(
-    row_offsets: Any, entry_ids: Any, uids: Any, p: Any, seed: int, stream: int = 0
-) -> tuple[Any, float, Any]:
+    row_offsets: Any,
+    entry_ids: Any,
+    uids: Any,
+    p: Any,
+    seed: int,
+    stream: int = 0,
+    units: bool = False,
+) -> tuple[Any, float | int, Any]:
     """One partition's balancing in one pass over its pairs.
 
     Returns ``(keep_mask(...), expected_rows(...), kept_entry_counts(...))`` for the same
-    arguments, validating the CSR once.
+    arguments, validating the CSR once. With ``units``, the expected size comes as
+    :func:`expected_units` (an int whose sums over partitions do not depend on them).
 
     Examples
     --------
@@ -506,7 +540,8 @@ def balance_partition(
     rows = _pair_rows(offsets, xp)
     p_values = p[values]  # gathered once for the draws and the expected size
     mask = _keep_mask_core(offsets, values, uids, p, seed, stream, rows, xp, p_values)
-    expected = float(xp.sum(_keep_probabilities_core(offsets, values, p, xp, p_values)))
+    keep_prob = _keep_probabilities_core(offsets, values, p, xp, p_values)
+    expected = expected_units(keep_prob, xp) if units else float(xp.sum(keep_prob))
     return mask, expected, _kept_counts(values, mask, rows, p.size, xp)
 
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .backend import resolve
-from .balance import entry_probabilities
+from .balance import EXPECTED_UNITS_PER_ROW, entry_probabilities
 from .cluster import ClusterInfo, open_client
 from .counts import counts_json, counts_table, partition_counts, sum_counts
 from .errors import CurateError
@@ -239,6 +239,14 @@ def _sum(stats: list[dict], key: str) -> int:
     return int(sum(s[key] for s in stats))
 
 
+def _expected_rows(stats: list[dict]) -> float:
+    """The expected curated size: exact sums of the parts' units, the same for any cut of
+    the pool (parts finished by an earlier version carry only their float)."""
+    if all("expected_units" in s for s in stats):
+        return sum(s["expected_units"] for s in stats) / EXPECTED_UNITS_PER_ROW
+    return float(sum(s["expected"] for s in stats))
+
+
 def _text_columns(stats: list[dict]) -> dict[str, int]:
     """{text column: number of input files matched on it}, most used first."""
     files: dict[str, set] = {}
@@ -364,7 +372,7 @@ def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: 
     _success(fs, f"{out}/{CURATED}", stats, "curated_rows")
     return {
         "curated_rows": _sum(stats, "curated_rows"),
-        "expected_curated_rows": float(sum(s["expected"] for s in stats)),
+        "expected_curated_rows": _expected_rows(stats),
         "head_entries": int((counts >= t).sum()),
         "seconds_balance": round(time.perf_counter() - t0, 3),
         "_kept_counts": kept_counts,

@@ -197,8 +197,15 @@ class BalanceStep:
         uids = table.column("uid").to_numpy()
         d_off, d_val, d_uid = xp.asarray(offsets), xp.asarray(values), xp.asarray(uids)
         d_p = xp.asarray(self.p)
-        mask, expected, kept_counts = bal.balance_partition(d_off, d_val, d_uid, d_p, self.seed)
+        mask, units, kept_counts = bal.balance_partition(
+            d_off, d_val, d_uid, d_p, self.seed, units=True
+        )
         kept_counts = be.asnumpy(kept_counts)
         mask = be.asnumpy(mask)
-        stats = {"rows": table.num_rows, "curated_rows": int(mask.sum()), "expected": expected}
+        stats = {
+            "rows": table.num_rows,
+            "curated_rows": int(mask.sum()),
+            "expected": units / bal.EXPECTED_UNITS_PER_ROW,
+            "expected_units": units,  # (exact: sums over parts do not depend on the cut)
+        }
         return mask, stats, np.asarray(kept_counts, dtype=np.int64)

@@ -345,6 +345,8 @@ def test_curated_set_invariant(variant, pool, ref, expected, baseline, tmp_path)
     rep = report(out)
     assert rep["parts"] == k + -(-pool.cc3m_rows // rows)
     assert rep["matched_rows"] == int(ref.matched.sum())
+    # The expected size is an exact sum: the same float for any cut, not just close.
+    assert rep["expected_curated_rows"] == report(baseline)["expected_curated_rows"]
     counts = pq.read_table(out / "entry_counts.parquet").column("count").to_numpy()
     assert np.array_equal(counts, ref.counts)
     if "--processes" in extra:
@@ -603,8 +605,8 @@ def test_report(baseline, pool, ref, expected):
     assert rep["seconds_match"] >= 0 and rep["seconds_balance"] >= 0
     assert isinstance(rep["workers"], int) and rep["workers"] >= 1
     assert rep["curated_rows"] == len(expected)
-    want = float(keep_prob(ref.matches, ref.p).sum())
-    assert rep["expected_curated_rows"] == pytest.approx(want, rel=1e-6, abs=0)
+    want = math.fsum(keep_prob(ref.matches, ref.p))
+    assert rep["expected_curated_rows"] == pytest.approx(want, rel=1e-12, abs=0)
     # the realised size is close to the expected one (a loose sanity bound: 6 sigma)
     pk = keep_prob(ref.matches, ref.p)
     assert abs(rep["curated_rows"] - want) < 6 * math.sqrt((pk * (1 - pk)).sum()) + 1

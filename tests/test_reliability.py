@@ -910,6 +910,20 @@ def test_default_parts_are_whole_row_groups_and_resume_needs_the_same_cut(tmp_pa
     assert np.array_equal(curated_uids(out), curated_uids(one))
 
 
+def test_expected_size_is_the_same_number_for_any_cut(small, tmp_path):
+    # A float sum per part, then over parts, changed in its last digits with the cut.
+    pool, md = small
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "2", "--t", "7"]
+    got = set()
+    for rows in (97, 401, 1500):
+        out = tmp_path / f"p{rows}"
+        assert (
+            run_cli("curate", pool, "--out", out, "--partition-rows", rows, *common).exit_code == 0
+        )
+        got.add(json.loads((out / "report.json").read_text())["expected_curated_rows"])
+    assert len(got) == 1, got
+
+
 def test_resume_removes_temporaries_and_redoes_a_damaged_part(small, tmp_path):
     pool, out, ref, common = _two_finished_runs(small, tmp_path)
     # What a kill can leave: temporaries (hidden now, visible in earlier versions) ...
