@@ -613,7 +613,14 @@ def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
 
 
 def atomic_write_json(fs, path: str, obj) -> None:
-    atomic_write_bytes(fs, path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        # A file name that is not UTF-8 (its bytes held as surrogates): escaped as \udcXX,
+        # which json.load turns back into the same name.
+        data = json.dumps(obj, indent=2).encode()
+    atomic_write_bytes(fs, path, data + b"\n")
 
 
 # Columns whose values are (nearly) unique: a dictionary would only be built to be dropped.

@@ -24,8 +24,9 @@ _STR_SEED = 0x14057B7EF767814F
 
 
 def path_key(relpath: str) -> int:
-    """64-bit key of a relative input path (blake2b of its UTF-8 bytes)."""
-    digest = hashlib.blake2b(relpath.encode("utf-8"), digest_size=8).digest()
+    """64-bit key of a relative input path (blake2b of its UTF-8 bytes; a local file name
+    that is not UTF-8 keeps its own bytes, which Python holds as surrogates)."""
+    digest = hashlib.blake2b(relpath.encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 

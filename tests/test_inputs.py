@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -143,6 +144,27 @@ def test_a_file_reached_twice_is_an_error(tmp_path, md):
     (other / "link.parquet").symlink_to(pool / "sub" / "b.parquet")
     with pytest.raises(CurateError, match=r"as link.parquet in input .*other"):
         discover([str(pool), str(other)])
+
+
+def test_a_file_name_that_is_not_utf8(tmp_path, md):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    name = os.fsencode(pool) + b"/caf\xe9.parquet"
+    try:
+        with open(name, "wb") as fh:
+            pq.write_table(pa.table({"text": ["a dog", "x"]}), fh)
+    except OSError:
+        pytest.skip("this file system takes only UTF-8 file names")
+    out = tmp_path / "out"
+    for extra in ([], ["--resume"]):
+        r = match(pool, md, out, *extra)
+        assert r.exit_code == 0, (r.output, r.stderr, r.exception)
+    # The name's own bytes key the uids, as a UTF-8 name's bytes do.
+    from gpu_curate.uid import position_uids
+
+    uids = pq.read_table(out / "matched").column("uid").to_pylist()
+    assert uids == position_uids(os.fsdecode(b"caf\xe9.parquet"), 0, 2).tolist()
+    assert position_uids("caf\udce9.parquet", 0, 1)[0] != position_uids("café.parquet", 0, 1)[0]
 
 
 @pytest.mark.parametrize(
