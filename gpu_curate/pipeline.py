@@ -180,6 +180,7 @@ def _match_task(
     )
     stats = {"part": name, "file": part.file.relpath, "row_start": part.row_start, **stats}
     stats["rows_written"] = matched.num_rows
+    stats["columns"] = matched.column_names
     atomic_write_parquet(fs, data_path, matched, compression)
     if uids_path is not None:
         write_part_uids(fs, uids_path, uids, uid_buckets)
@@ -307,6 +308,17 @@ def match_stage(
     if len(text_columns) > 1 or opts.text_column is None:
         used = ", ".join(f"{c} ({n:,} file{'s' if n > 1 else ''})" for c, n in text_columns.items())
         _say(opts, f"text column{'s' if len(text_columns) > 1 else ''}: {used or '-'}")
+    column_sets = list(dict.fromkeys(tuple(s["columns"]) for s in stats if "columns" in s))
+    if len(column_sets) > 1:
+        # (A reader of the folder that takes one part's schema, as pyarrow's and pandas'
+        # do, leaves the other parts' columns null.)
+        shown = " and ".join(f"[{', '.join(c)}]" for c in column_sets[:2])
+        _say(
+            opts,
+            f"note: the parts have {len(column_sets)} different sets of columns ({shown}"
+            f"{', ...' if len(column_sets) > 2 else ''}): read matched/ and curated/ with "
+            "a unified schema (README, Output layout)",
+        )
     seconds_ids = None
     if buckets:
         t1 = time.perf_counter()
@@ -333,6 +345,7 @@ def match_stage(
         "metadata_sha256": metadata.fingerprint,
         "entries_matched": int((counts > 0).sum()),
         "text_columns": text_columns,
+        "column_sets": len(column_sets),
         "seconds_match": round(time.perf_counter() - t0, 3),
         **({"seconds_id_check": seconds_ids} if seconds_ids is not None else {}),
         "_counts": counts,
@@ -512,7 +525,7 @@ def balance_matched(
             prev = json.load(fh)
         keep = ("pool_rows", "matched_rows", "null_texts", "empty_texts", "matches",
                 "input_files", "metadata_entries", "metadata_sha256", "entries_matched",
-                "text_columns", "seconds_match")  # fmt: skip
+                "text_columns", "column_sets", "seconds_match")  # fmt: skip
         pool = {k: prev[k] for k in keep if k in prev}
     fs, path = prepare_out(out, opts.overwrite, opts.resume, BALANCE_MANIFEST, keep=matched_dir)
     # Claimed before anything is written: a resume with another t, seed or matched dataset

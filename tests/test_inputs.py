@@ -103,13 +103,14 @@ def test_the_text_column_is_chosen_per_file_and_reported(tmp_path, md):
     assert "text columns: TEXT (1 file), caption (1 file), f0 (1 file)" in r.output
     report = json.loads((out / "report.json").read_text())
     assert report["text_columns"] == {"TEXT": 1, "caption": 1, "f0": 1}
+    assert report["column_sets"] == 3
+    assert "note: the parts have 3 different sets of columns ([caption, TEXT, uid, " in r.output
     got = sorted(pq.read_table(out / "matched", columns=["entry_ids"])[0].to_pylist())
     assert got == [[0], [1], [2], [3]]  # dog (TEXT), new york (caption), cat and 1984 (f0)
     r = match(pool / "b.jsonl", md, tmp_path / "out2", "--text-column", "caption")
     assert r.exit_code == 0
-    assert json.loads((tmp_path / "out2" / "report.json").read_text())["text_columns"] == {
-        "caption": 1
-    }
+    report = json.loads((tmp_path / "out2" / "report.json").read_text())
+    assert report["text_columns"] == {"caption": 1} and report["column_sets"] == 1
 
 
 def test_folder_scans_and_globs_follow_symbolic_links_alike(tmp_path):
