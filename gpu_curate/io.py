@@ -236,7 +236,14 @@ def _local_files(root: str, pattern: re.Pattern | None = None) -> dict[str, dict
     """
     found: dict[str, dict] = {}
     seen: set[str] = set()
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+    if not os.path.isdir(root):
+        return found
+
+    def unreadable(exc: OSError):
+        # (os.walk skips a folder it cannot list: its files would be left out unsaid.)
+        raise CurateError(f"cannot list input folder {exc.filename}: {exc.strerror}")
+
+    for folder, subfolders, names in os.walk(root, onerror=unreadable, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             subfolders.clear()

@@ -134,6 +134,23 @@ def test_folder_scans_and_globs_follow_symbolic_links_alike(tmp_path):
         discover([str(pool)])
 
 
+def test_a_folder_that_cannot_be_listed_is_an_error(tmp_path, monkeypatch):
+    pool = tmp_path / "pool"
+    (pool / "locked").mkdir(parents=True)
+    for rel in ("a.parquet", "locked/b.parquet"):
+        pq.write_table(pa.table({"text": ["a dog"]}), pool / rel)
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # what a folder without read permission does (tests run as root)
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(CurateError, match=r"cannot list input folder .*locked: Permission denied"):
+        discover([str(pool)])
+
+
 def test_a_file_reached_twice_is_an_error(tmp_path, md):
     pool = tmp_path / "pool"
     (pool / "sub").mkdir(parents=True)
