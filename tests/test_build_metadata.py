@@ -21,6 +21,7 @@ from gpu_curate.build_metadata import (
     build_metadata,
     count_corpus,
     count_corpus_dask,
+    expand_corpus_paths,
     read_data_file,
     read_ngram_files,
     read_title_views,
@@ -232,14 +233,39 @@ def test_unigram_counts_thresholds_and_formats(tmp_path):
         ";500\n"  # empty word (pywordfreq has one): dropped
         "fish\t60\n"
         "fish\t40\n"  # repeated: summed to 100, kept
+        "owl 120 \r\n"  # MetaCLIP's line.strip().split(): trailing blanks are fine
+        "rock;roll 500\n"  # no count after the ';': the space separates
     )
     table = read_word_counts(path)
     assert dict(zip(table["word"], table["count"], strict=True)) == {
-        "dog": 100, "cat": 99, "bird": 250, "a;b": 101, "fish": 100,
+        "dog": 100, "cat": 99, "bird": 250, "a;b": 101, "fish": 100, "owl": 120, "rock;roll": 500,
     }  # fmt: skip
     # count descending, then word
-    assert select_unigrams(table, 100)["word"].tolist() == ["bird", "a;b", "dog", "fish"]
-    assert select_unigrams(table, 101)["word"].tolist() == ["bird", "a;b"]
+    assert select_unigrams(table, 100)["word"].tolist() == [
+        "rock;roll", "bird", "owl", "a;b", "dog", "fish",
+    ]  # fmt: skip
+    assert select_unigrams(table, 101)["word"].tolist() == ["rock;roll", "bird", "owl", "a;b"]
+
+
+def test_sources_with_a_byte_order_mark_or_an_upper_case_gz(tmp_path):
+    import gzip
+
+    path = tmp_path / "u.tsv"
+    path.write_bytes(b"\xef\xbb\xbfdog\t150\ncat\t100\n")
+    assert read_word_counts(path)["word"].tolist() == ["dog", "cat"]
+    titles = tmp_path / "t.tsv"
+    titles.write_bytes(b"\xef\xbb\xbfParis\t80\n")
+    assert read_title_views(titles)["title"].tolist() == ["Paris"]
+    corpus = tmp_path / "CORPUS.TXT.GZ"
+    corpus.write_bytes(gzip.compress(b"\xef\xbb\xbfzebra crossing\n"))
+    assert as_dicts(count_corpus([corpus], CPU))[0] == {"zebra": 1, "crossing": 1}
+
+
+def test_summed_counts_past_int64_are_an_error(tmp_path):
+    path = tmp_path / "u.tsv"
+    path.write_text("big\t900000000000000000\n" * 11)
+    with pytest.raises(CurateError, match=r"the counts of 'big' add up past 2\*\*63"):
+        read_word_counts(path)
 
 
 def test_unigram_counts_bad_line_names_file_and_line(tmp_path):
@@ -339,11 +365,38 @@ def test_precomputed_ngram_files(tmp_path):
     assert (chosen.missing_unigram, chosen.unmatchable) == (2, 1)
 
 
+def test_precomputed_ngram_zero_counts_are_dropped(tmp_path):
+    uni = tmp_path / "1gram.txt"
+    bi = tmp_path / "2gram.txt"
+    uni.write_text("0\tfoo\n1\tbar\n1073741824\tthe\n")
+    bi.write_text("5\tfoo\tbar\n0\tthe\tbar\n")
+    counts = read_ngram_files(uni, bi, CPU)
+    assert as_dicts(counts)[0] == {"bar": 1, "the": 1073741824}
+    chosen = select_bigrams(counts, CPU, min_pmi=-1000.0)
+    # 'foo' has no (non-zero) count: its PMI would be infinite, so the bigram is dropped.
+    assert chosen.table["text"].tolist() == [] and chosen.missing_unigram == 1
+
+
 def test_precomputed_ngram_bad_line(tmp_path):
     uni = tmp_path / "1gram.txt"
     uni.write_text("10\tnew\n7\tyork\textra\n")
     with pytest.raises(CurateError, match=rf"^{uni}:2: expected 'count<TAB>word'"):
         read_ngram_files(uni, None, CPU)
+
+
+def test_corpus_folders_skip_hidden_files_and_tsv_lines_give_their_first_field(tmp_path):
+    folder = tmp_path / "corpus"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    (folder / "a.txt").write_text("new york\n")
+    (folder / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("new york\n")
+    (folder / "_tmp.txt").write_text("new york\n")
+    (folder / "cc.tsv").write_text("a red dog\thttps://x.jpg\n")
+    assert [p.name for p in expand_corpus_paths([folder])] == ["a.txt", "cc.tsv"]
+    unigrams, bigrams = as_dicts(count_corpus([folder], CPU))
+    assert unigrams == {"new": 1, "york": 1, "a": 1, "red": 1, "dog": 1}
+    assert ("dog", "https") not in bigrams
+    with pytest.raises(CurateError, match=r"corpus file given twice"):
+        expand_corpus_paths([folder, folder / "a.txt"])
 
 
 def test_corpus_not_utf8_names_line(tmp_path):
@@ -371,17 +424,21 @@ def test_assemble_order_filters_dedupe_and_cap():
         ("wordnet", ["dog", "cat", "dog"]),
         ("unigrams", ["the", "1", "-", "  ", "", "cat"]),
         ("bigrams", ["new york"]),
-        ("titles", ["Paris", "new york", "Rome"]),
+        ("titles", ["Paris", "new york", "Rome", "Foo\tBar", "A\r\nB"]),
     ]
     full = assemble(sources, None)
     assert full.entries == ["0", "1", "dog", "cat", "the", "new york", "Paris", "Rome"]
     assert full.tallies["unigrams"].as_dict() == {
-        "candidates": 6, "kept": 1, "duplicate": 2, "punctuation": 1, "blank": 2, "cut": 0,
+        "candidates": 6, "kept": 1, "duplicate": 2, "punctuation": 1, "blank": 2,
+        "unmatchable": 0, "cut": 0,
     }  # fmt: skip
+    # A tab or a line break: no text can match it (the matcher reads them as spaces).
+    assert full.tallies["titles"].unmatchable == 2
     capped = assemble(sources, 6)
     assert capped.entries == full.entries[:6]  # the last in order are the ones cut
     assert capped.tallies["titles"].as_dict() == {
-        "candidates": 3, "kept": 0, "duplicate": 1, "punctuation": 0, "blank": 0, "cut": 2,
+        "candidates": 5, "kept": 0, "duplicate": 1, "punctuation": 0, "blank": 0,
+        "unmatchable": 2, "cut": 2,
     }  # fmt: skip
 
 
@@ -436,6 +493,33 @@ def test_cli_end_to_end(tmp_path, corpus_file):
     ]
 
 
+def test_an_interrupted_build_leaves_no_stale_sidecar(tmp_path, monkeypatch):
+    import importlib
+
+    assemble_mod = importlib.import_module("gpu_curate.build_metadata.assemble")
+
+    titles = tmp_path / "t.tsv"
+    titles.write_text("Paris\t80\n")
+    out = tmp_path / "m.json"
+    build_metadata(out, titles=titles)
+    before = out.read_bytes()
+    titles.write_text("Paris\t80\nRome\t90\n")
+
+    def interrupted(path, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assemble_mod, "write_atomic", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_metadata(out, titles=titles)
+    # The old metadata is whole; no sidecar describes anything but a file that is there.
+    assert out.read_bytes() == before and not (tmp_path / "m.sources.json").exists()
+    monkeypatch.undo()
+    (tmp_path / "m.sources.json").mkdir()
+    with pytest.raises(CurateError, match=r"m.sources.json is a folder"):
+        build_metadata(out, titles=titles)
+    assert out.read_bytes() == before
+
+
 def test_cli_max_entries_cuts_the_end(tmp_path):
     wn = write_wordnet(tmp_path / "wn")
     out = tmp_path / "md.json"
@@ -475,15 +559,19 @@ def test_cli_missing_source_file(tmp_path):
         ({}, "no metadata source given"),
         ({"corpus": ["c.txt"], "unigram_ngrams": "1gram.txt"}, "either --corpus or"),
         ({"bigram_ngrams": "2gram.txt"}, "--bigram-ngrams needs --unigram-ngrams"),
+        ({"unigram_counts": "u.tsv", "unigram_ngrams": "1gram.txt"}, "read for nothing"),
+        ({"titles": "t.tsv", "min_pmi": float("nan")}, "min_pmi must be a finite number"),
+        ({"titles": "t.tsv", "out": "metadata.txt"}, "--out must name a .json file"),
     ],
 )
 def test_option_conflicts(kwargs, message):
     with pytest.raises(CurateError, match=message):
-        build_metadata(None, **kwargs)
+        build_metadata(**{"out": None, **kwargs})
 
 
 def test_auto_backend_runs_here(corpus_file):
-    # "auto" must work on a machine without cuDF (falls back to pandas).
-    result = build_metadata(None, corpus=[corpus_file], min_count=2, min_pmi=4.0)
+    # "auto" must work on a machine without cuDF (falls back to pandas); one corpus path
+    # needs no list.
+    result = build_metadata(None, corpus=corpus_file, min_count=2, min_pmi=4.0)
     assert result.entries[100:] == ["new", "york", "cat", "I love", "is big"]
     assert result.report["parameters"]["backend"] in ("cpu", "gpu")

@@ -9,8 +9,9 @@ Order of the entries (entry id = list index), which is what makes a build reprod
 5. Wikipedia titles by views (descending), then title.
 
 Ties are broken by comparing the strings by Unicode code point. On the way, single
-punctuation characters (``string.punctuation``, as MetaCLIP's ``forbidden`` set) and
-empty or whitespace-only strings are dropped, and every later copy of an entry (within or
+punctuation characters (``string.punctuation``, as MetaCLIP's ``forbidden`` set), empty
+or whitespace-only strings and strings holding a tab or a line break (which no text can
+match: the matcher reads those as spaces) are dropped, and every later copy of an entry (within or
 across sources) is dropped: an entry keeps the earliest position it has. When more than
 ``max_entries`` are left, the list is cut after the first ``max_entries``: the entries cut
 are the *last* in this order (the lowest-viewed titles first, then the lowest-PMI bigrams,
@@ -53,7 +54,8 @@ def numbers() -> list[str]:
 class SourceTally:
     """What became of one source's candidates (all counts are of strings).
 
-    ``candidates`` = ``kept`` + ``duplicate`` + ``punctuation`` + ``blank`` + ``cut``.
+    ``candidates`` = ``kept`` + ``duplicate`` + ``punctuation`` + ``blank`` +
+    ``unmatchable`` + ``cut``.
     """
 
     candidates: int = 0
@@ -61,6 +63,7 @@ class SourceTally:
     duplicate: int = 0
     punctuation: int = 0
     blank: int = 0
+    unmatchable: int = 0
     cut: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -93,11 +96,13 @@ def assemble(
 
     Examples
     --------
-    >>> a = assemble([("numbers", ["0", "1"]), ("unigrams", ["dog", "1", ".", " ", "cat"])], 3)
+    >>> unigrams = ["dog", "1", ".", " ", "a\\tb", "cat"]
+    >>> a = assemble([("numbers", ["0", "1"]), ("unigrams", unigrams)], 3)
     >>> a.entries
     ['0', '1', 'dog']
-    >>> a.tallies["unigrams"].as_dict()
-    {'candidates': 5, 'kept': 1, 'duplicate': 1, 'punctuation': 1, 'blank': 1, 'cut': 1}
+    >>> t = a.tallies["unigrams"]
+    >>> t.candidates, t.kept, t.duplicate, t.punctuation, t.blank, t.unmatchable, t.cut
+    (6, 1, 1, 1, 1, 1, 1)
     """
     if max_entries is not None and max_entries < 1:
         raise CurateError(f"max_entries must be at least 1, not {max_entries}")
@@ -112,6 +117,8 @@ def assemble(
                 raise CurateError(f"source {name!r} gave a non-string entry {entry!r}")
             if not entry.strip():
                 tally.blank += 1
+            elif "\t" in entry or "\n" in entry or "\r" in entry:
+                tally.unmatchable += 1
             elif entry in PUNCTUATION:
                 tally.punctuation += 1
             elif entry in seen:
@@ -204,7 +211,8 @@ def write_metadata(
     """Write the metadata file and its ``.sources.json`` sidecar, each atomically.
 
     The sidecar is ``report`` with the output's file name, entry count and SHA-256 added
-    after its first two keys; it is written after the metadata file.
+    after its first two keys; an earlier sidecar is removed before the metadata file is
+    written, and the new one written after it.
 
     Returns
     -------
@@ -228,6 +236,11 @@ def write_metadata(
         sha256=hashlib.sha256(data).hexdigest(),
     )
     full.update(report)
+    # An interrupted build must not leave an earlier build's sidecar describing the new
+    # metadata file: it goes first (no sidecar until the new one is written).
+    if sidecar.is_dir():
+        raise CurateError(f"{sidecar} is a folder: the metadata's sidecar goes there")
+    sidecar.unlink(missing_ok=True)
     write_atomic(out_path, data)
     text = json.dumps(full, ensure_ascii=False, indent=2) + "\n"
     write_atomic(sidecar, text.encode("utf-8"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ def build_metadata(
     wordnet: PathLike | None = None,
     unigram_counts: PathLike | None = None,
     min_count: int = 100,
-    corpus: Sequence[PathLike] = (),
+    corpus: PathLike | Sequence[PathLike] = (),
     corpus_column: str | None = None,
     min_pmi: float = 30.0,
     min_bigram_count: int = 1,
@@ -122,7 +123,7 @@ def build_metadata(
         Keep unigrams with at least this count (MetaCLIP: 100).
     corpus
         Text files (one text per line) / Parquet files / folders to count unigrams and
-        bigrams in, tokenized as the matcher tokenizes.
+        bigrams in, tokenized as the matcher tokenizes (one path or several).
     corpus_column
         Text column of Parquet corpus files (default: first of TEXT, text, caption,
         alt_text).
@@ -165,6 +166,19 @@ def build_metadata(
     >>> result.kept  # doctest: +SKIP
     {'numbers': 100, 'wordnet': 86471, 'unigrams': 251465, 'bigrams': 100203, 'titles': 61761}
     """
+    if isinstance(corpus, str | os.PathLike):
+        corpus = [corpus]
+    if out is not None and not os.fspath(out).lower().endswith(".json"):
+        # (Metadata.from_file reads any other name as one entry a line: the JSON list
+        # would come back as one entry.)
+        raise CurateError(f"--out must name a .json file (MetaCLIP's format), not {out}")
+    if not math.isfinite(min_pmi):
+        raise CurateError(f"min_pmi must be a finite number, not {min_pmi}")
+    if unigram_ngrams is not None and unigram_counts is not None and bigram_ngrams is None:
+        raise CurateError(
+            "--unigram-ngrams would be read for nothing: the unigrams come from "
+            "--unigram-counts, and there are no --bigram-ngrams for a PMI"
+        )
     if corpus and (unigram_ngrams is not None or bigram_ngrams is not None):
         raise CurateError(
             "give either --corpus or --unigram-ngrams/--bigram-ngrams, not both "

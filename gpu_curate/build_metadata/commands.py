@@ -27,7 +27,9 @@ def metadata() -> None:
     help="Folder with WordNet's data.noun, data.verb, data.adj, data.adv.",
 )
 @click.option(
-    "--unigram-counts", type=_FILE, help="Unigram counts: 'word<TAB>count' or 'word;count' lines."
+    "--unigram-counts",
+    type=_FILE,
+    help="Unigram counts: 'word<TAB>count', 'word;count' or 'word count' lines.",
 )
 @click.option("--min-count", type=int, default=100, show_default=True, help="Unigram threshold.")
 @click.option(

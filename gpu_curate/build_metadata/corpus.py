@@ -3,6 +3,8 @@
 A corpus is any mix of
 
 * plain text files, one text per line (``.gz`` allowed), read in blocks of whole lines;
+  of a ``.tsv`` line only the first field (the text before the first tab) is the text, as
+  the pool reader takes column ``f0`` of a header-less TSV such as CC3M's;
 * Parquet files, of which one string column is read (``--corpus-column``; by default the
   first of ``TEXT``, ``text``, ``caption``, ``alt_text`` that the file has);
 * folders, standing for the files with those suffixes below them (sorted, recursive).
@@ -36,8 +38,10 @@ def expand_corpus_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Turn files and folders into the list of corpus files, in a stable order.
 
     A folder contributes its files ending in one of :data:`PARQUET_SUFFIXES` or
-    :data:`TEXT_SUFFIXES` (found recursively, sorted by path); a file is taken as it is,
-    whatever its name.
+    :data:`TEXT_SUFFIXES` (found recursively, sorted by path), skipping names that start
+    with ``.`` or ``_`` at any level below it (``.ipynb_checkpoints/``, ``_SUCCESS``), as
+    the pool reader does; a file is taken as it is, whatever its name. A file reached
+    twice would be counted twice: that is an error.
 
     Examples
     --------
@@ -51,7 +55,9 @@ def expand_corpus_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
             found = sorted(
                 q
                 for q in p.rglob("*")
-                if q.is_file() and q.name.lower().endswith(PARQUET_SUFFIXES + TEXT_SUFFIXES)
+                if q.is_file()
+                and q.name.lower().endswith(PARQUET_SUFFIXES + TEXT_SUFFIXES)
+                and not any(c.startswith((".", "_")) for c in q.relative_to(p).parts)
             )
             if not found:
                 raise source_error(path, None, "corpus folder holds no .txt/.parquet files")
@@ -60,6 +66,12 @@ def expand_corpus_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
             files.append(p)
         else:
             raise source_error(path, None, "no such corpus file or folder")
+    first: dict[str, Path] = {}
+    for f in files:
+        key = os.path.realpath(f)
+        if key in first:
+            raise source_error(f, None, f"corpus file given twice (also as {first[key]})")
+        first[key] = f
     return files
 
 
@@ -138,5 +150,6 @@ def iter_corpus_texts(
             if len(texts):
                 yield texts
         else:
+            tsv = path.name.lower().endswith((".tsv", ".tsv.gz"))
             for _, lines in iter_line_blocks(path, block_bytes):
-                yield df.Series(lines)
+                yield df.Series([line.split("\t", 1)[0] for line in lines] if tsv else lines)

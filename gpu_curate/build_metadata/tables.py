@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 import pandas as pd
 
+from ..errors import CurateError
 from .textio import iter_line_blocks, shorten, source_error
 
 # Longer digit strings would overflow int64.
@@ -59,14 +60,23 @@ def _sum_by_key(parts: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
         )[columns]
     table = pd.concat(parts, ignore_index=True)
     table = table[(table[keys] != "").all(axis=1)]
-    return table.groupby(keys, sort=False, as_index=False)["count"].sum()[columns]
+    summed = table.groupby(keys, sort=False, as_index=False)["count"].sum()[columns]
+    # int64 sums wrap around silently; their float64 twins (same group order) show where.
+    approx = table.assign(count=table["count"].astype("float64"))
+    over = approx.groupby(keys, sort=False)["count"].sum().to_numpy() >= 2.0**63
+    if over.any():
+        key = summed.iloc[int(over.argmax())]
+        raise CurateError(
+            f"the counts of {' '.join(str(key[k]) for k in keys)!r} add up past 2**63"
+        )
+    return summed
 
 
 def read_word_counts(path: str | os.PathLike) -> pd.DataFrame:
     """Read a unigram counts file: ``word<TAB>count``, ``word;count`` or ``word count``.
 
-    The separator is the last tab on the line, else the last ``;``, else the last space
-    (so a word may itself contain ``;`` when tabs separate). ``pywordfreq``'s
+    The separator is the last tab on the line, else the last ``;`` that a count follows,
+    else the last space (so a word may itself contain ``;`` when tabs separate). ``pywordfreq``'s
     ``word_frequencies.gz`` (``word;count``) and MetaCLIP's ``enwiki-unigram.txt``
     (``word count``) both read as they are.
 
@@ -85,11 +95,15 @@ def read_word_counts(path: str | os.PathLike) -> pd.DataFrame:
     """
     parts = []
     for lines in _blocks(path):
-        word, count = lines.copy(), pd.Series("", index=lines.index, dtype=object)
-        # Later separators win only where an earlier one is absent: tab, then ';', then ' '.
+        stripped = lines.str.strip()  # ("dog 120 " is MetaCLIP's line.strip().split())
+        word, count = stripped.copy(), pd.Series("", index=lines.index, dtype=object)
+        # Later separators win where found: the last space, then the last ';' if a count
+        # follows it ("rock;roll 500" is a space-separated line), then the last tab.
         for sep in (" ", ";", "\t"):
-            split = lines.str.rpartition(sep)
+            split = stripped.str.rpartition(sep)
             found = split[1] == sep
+            if sep == ";":
+                found &= split[2].str.strip().str.fullmatch(_COUNT_RE).fillna(False)
             word = word.where(~found, split[0])
             count = count.where(~found, split[2])
         count = count.str.strip()
@@ -97,7 +111,7 @@ def read_word_counts(path: str | os.PathLike) -> pd.DataFrame:
             ~count.str.fullmatch(_COUNT_RE),
             lines,
             path,
-            "'word<TAB>count' (or 'word;count') with a whole-number count",
+            "'word<TAB>count', 'word;count' or 'word count' with a whole-number count",
         )
         parts.append(pd.DataFrame({"word": word.str.strip(), "count": count.astype("int64")}))
     return _sum_by_key(parts, ["word"])
@@ -145,7 +159,8 @@ def read_ngram_counts(path: str | os.PathLike, n: int) -> pd.DataFrame:
     -------
     pandas.DataFrame
         n=1: columns ``word``, ``count``; n=2: columns ``w1``, ``w2``, ``count``. Rows with
-        an empty word (after stripping) are dropped, as MetaCLIP's script dropped them.
+        an empty word (after stripping) or a count of 0 are dropped, as MetaCLIP's script
+        dropped them.
 
     Examples
     --------
@@ -171,5 +186,8 @@ def read_ngram_counts(path: str | os.PathLike, n: int) -> pd.DataFrame:
             f"{expected} with a whole-number count",
         )
         table = {key: fields[i + 1].str.strip() for i, key in enumerate(keys)}
-        parts.append(pd.DataFrame({**table, "count": count.astype("int64")}))
+        frame = pd.DataFrame({**table, "count": count.astype("int64")})
+        # MetaCLIP's script keeps rows with count > 0: a 0 unigram count would make a
+        # bigram's PMI infinite.
+        parts.append(frame[frame["count"] > 0])
     return _sum_by_key(parts, keys)

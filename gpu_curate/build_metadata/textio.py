@@ -19,6 +19,8 @@ from ..errors import CurateError
 #: block of decoded Python strings (about 3x its size) stays far below a machine's memory.
 BLOCK_BYTES = 1 << 24
 
+_BOM = b"\xef\xbb\xbf"
+
 
 def source_error(path: str | os.PathLike, line: int | None, message: str) -> CurateError:
     """Build the one-line error every source reader raises: ``PATH:LINE: message``.
@@ -46,7 +48,7 @@ def open_binary(path: str | os.PathLike) -> Iterator[BinaryIO]:
     p = Path(path)
     if not p.is_file():
         raise source_error(path, None, "no such file" if not p.exists() else "not a file")
-    opener = gzip.open if p.suffix == ".gz" else open
+    opener = gzip.open if p.suffix.lower() == ".gz" else open
     try:
         with opener(p, "rb") as handle:
             yield handle
@@ -82,8 +84,11 @@ def iter_line_blocks(
     [(1, ['a', 'b'])]
     """
     next_line = 1
-    carry = b""
     with open_binary(path) as handle:
+        # A UTF-8 byte-order mark (Windows tools write one) is no part of the first line.
+        carry = handle.read(len(_BOM))
+        if carry == _BOM:
+            carry = b""
         while True:
             data = handle.read(block_bytes)
             if not data:
