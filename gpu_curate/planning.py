@@ -54,15 +54,29 @@ def _dataset_root(matched_dir: str | Path) -> Path:
     return root
 
 
-def _matched_files(matched_dir: str | Path) -> list[Path]:
+def _matched_files(matched_dir: str | Path) -> list[tuple[Path, int]]:
+    """(part, rows) of a complete matched dataset: the parts its ``_SUCCESS`` lists, in
+    that order (the order ``balance`` reads them in), and nothing else in the folder."""
     root = _dataset_root(matched_dir)
     sub = root / "matched"
     if not sub.is_dir():
         raise CurateError(f"{root} is not a matched dataset: no matched/ folder")
-    files = sorted(sub.glob("*.parquet"))
-    if not files:
-        raise CurateError(f"{sub} holds no .parquet files")
-    return files
+    success = sub / "_SUCCESS"
+    if not success.is_file():
+        raise CurateError(
+            f"{root} is not a complete matched dataset (matched/_SUCCESS missing): finish "
+            "its run with --resume"
+        )
+    try:
+        parts = [
+            (sub / p["file"], int(p["rows"])) for p in json.loads(success.read_text())["parts"]
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CurateError(f"{success} is damaged ({exc!r}): run the match again") from None
+    missing = [str(f) for f, _ in parts if not f.is_file()]
+    if missing:
+        raise CurateError(f"{missing[0]}, a part that matched/_SUCCESS lists, is missing")
+    return parts
 
 
 def load_matched_csr(
@@ -70,8 +84,9 @@ def load_matched_csr(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Read a matched dataset's ``entry_ids`` (and ``uid``) columns as a host CSR.
 
-    Files ``matched/*.parquet`` are read in sorted-name order, rows in file order; only
-    the needed columns are read and no Python loop over rows is run.
+    The parts that ``matched/_SUCCESS`` lists are read in its order (the order
+    ``balance`` reads them in), rows in file order; only the needed columns are read and
+    no Python loop over rows is run.
 
     Parameters
     ----------
@@ -89,7 +104,8 @@ def load_matched_csr(
     Raises
     ------
     CurateError
-        Missing directory or files, or columns of the wrong type.
+        Missing directory, ``_SUCCESS`` or parts, unreadable or damaged parts, or columns
+        of the wrong type.
 
     Examples
     --------
@@ -100,12 +116,17 @@ def load_matched_csr(
     lengths: list[np.ndarray] = []
     values: list[np.ndarray] = []
     uid_parts: list[np.ndarray] = []
-    for f in files:
-        names = pq.read_schema(f).names
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise CurateError(f"{f}: missing column(s) {', '.join(missing)}")
-        table = pq.read_table(f, columns=columns)
+    for f, rows in files:
+        try:
+            names = pq.read_schema(f).names
+            missing = [c for c in columns if c not in names]
+            if missing:
+                raise CurateError(f"{f}: missing column(s) {', '.join(missing)}")
+            table = pq.read_table(f, columns=columns)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise CurateError(f"cannot read {f}: {str(exc).splitlines()[0]}") from None
+        if table.num_rows != rows:
+            raise CurateError(f"{f} holds {table.num_rows} rows, matched/_SUCCESS says {rows}")
         for chunk in table.column("entry_ids").chunks:
             ln, vals = list_chunk_csr(chunk, str(f))
             lengths.append(ln)
@@ -150,12 +171,15 @@ def load_entry_counts(matched_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = root / "entry_counts.parquet"
     if not path.is_file():
         raise CurateError(f"{root} is not a matched dataset: no entry_counts.parquet")
-    names = pq.read_schema(path).names
-    missing = [c for c in ("entry_id", "count") if c not in names]
-    if missing:
-        raise CurateError(f"{path}: missing column(s) {', '.join(missing)}")
-    cols = ["entry_id", "count"] + (["entry"] if "entry" in names else [])
-    table = pq.read_table(path, columns=cols)
+    try:
+        names = pq.read_schema(path).names
+        missing = [c for c in ("entry_id", "count") if c not in names]
+        if missing:
+            raise CurateError(f"{path}: missing column(s) {', '.join(missing)}")
+        cols = ["entry_id", "count"] + (["entry"] if "entry" in names else [])
+        table = pq.read_table(path, columns=cols)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CurateError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
     if table.column("entry_id").null_count or table.column("count").null_count:
         raise CurateError(f"{path}: entry_id and count must not be null")
     ids = table.column("entry_id").to_numpy().astype(np.int64)
@@ -347,7 +371,8 @@ def plan_for_t(
     total = int(counts.sum())
     tf = float(t)
     tail = int(counts[counts.astype(np.float64) < tf].sum())
-    expected = float(xp.sum(keep_prob))
+    # (Exact, as balance's report figure: the same number for the same t.)
+    expected = balance.expected_units(keep_prob, xp) / balance.EXPECTED_UNITS_PER_ROW
     # (-1 when no entry is expected in any kept text: there is no largest one to name.)
     top = int(xp.argmax(per_entry)) if per_entry.size and float(per_entry.max()) > 0 else -1
     return {

@@ -107,7 +107,9 @@ class BalancedSampler:
     ) -> BalancedSampler:
         """Build a sampler from a matched dataset directory (``matched/`` + counts).
 
-        Row indices refer to the rows of ``matched/*.parquet`` read in sorted-name order.
+        Row indices refer to the rows of the parts ``matched/_SUCCESS`` lists, in its order
+        (the order ``gpu-curate balance`` reads them in); an incomplete matched dataset is
+        refused.
 
         Examples
         --------

@@ -182,6 +182,18 @@ class AhoCorasickReference:
 # ----------------------------------------------------------------------------- shared data
 
 
+def write_success(matched: Path, names: Sequence[str]) -> None:
+    """``matched/_SUCCESS`` as the pipeline writes it, listing the parts ``names`` (in
+    that order) with their row counts."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    parts = [{"file": n, "rows": pq.ParquetFile(matched / n).metadata.num_rows} for n in names]
+    total = sum(p["rows"] for p in parts)
+    (matched / "_SUCCESS").write_text(json.dumps({"parts": parts, "rows": total}))
+
+
 def write_entry_counts(path: Path, counts: Sequence[int]) -> None:
     """An ``entry_counts.parquet`` as the pipeline writes it: entry ``i`` is named entry{i}."""
     import pyarrow as pa

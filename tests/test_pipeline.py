@@ -607,6 +607,10 @@ def test_report(baseline, pool, ref, expected):
     assert rep["curated_rows"] == len(expected)
     want = math.fsum(keep_prob(ref.matches, ref.p))
     assert rep["expected_curated_rows"] == pytest.approx(want, rel=1e-12, abs=0)
+    # gpu-curate plan gives the very same number for the run's t.
+    from gpu_curate.planning import plan
+
+    assert plan(baseline, T)[0]["expected_curated_rows"] == rep["expected_curated_rows"]
     # the realised size is close to the expected one (a loose sanity bound: 6 sigma)
     pk = keep_prob(ref.matches, ref.p)
     assert abs(rep["curated_rows"] - want) < 6 * math.sqrt((pk * (1 - pk)).sum()) + 1

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import write_entry_counts
+from conftest import write_entry_counts, write_success
 
 from gpu_curate.cli import main
 from gpu_curate.errors import CurateError
@@ -57,6 +57,7 @@ def write_matched(
         )
         # Small row groups: the column arrives as several chunks.
         pq.write_table(table, root / "matched" / name, row_group_size=64)
+    write_success(root / "matched", sorted(file_rows))
     write_entry_counts(root / "entry_counts.parquet", counts)
 
 
@@ -67,7 +68,7 @@ def dataset(tmp_path):
     rows_a = _random_rows(rng, 170, N_ENTRIES)
     rows_a[5] = []  # a run that kept unmatched rows
     rows_b[7] = None  # and a null list, read as "no entries"
-    # Written out of order: files are read in sorted-name order (a, then b).
+    # Written out of order: files are read in _SUCCESS's order (a, then b).
     files = {"part-b.parquet": rows_b, "part-a.parquet": rows_a}
     ordered = [r or [] for r in rows_a + rows_b]
     counts = [0] * N_ENTRIES
@@ -118,6 +119,7 @@ def test_load_sliced_and_large_list_chunks(tmp_path):
         pa.table({"uid": pa.array([1, 2, 3, 4], pa.uint64()), "entry_ids": chunk}),
         tmp_path / "matched" / "x.parquet",
     )
+    write_success(tmp_path / "matched", ["x.parquet"])
     offsets, ids, _ = load_matched_csr(tmp_path)
     assert offsets.tolist() == [0, 2, 2, 3, 6] and ids.tolist() == [1, 2, 3, 4, 5, 6]
     # In memory, the sliced chunk itself goes through the same conversion.
@@ -133,6 +135,29 @@ def test_load_entry_counts(dataset):
     assert c.tolist() == counts and names[3] == "entry3"
 
 
+def test_only_a_complete_dataset_and_its_listed_parts_are_read(dataset):
+    root, rows, counts = dataset
+    matched = root / "matched"
+    # A stray copy beside the parts is not read (it sorts first: every row would shift).
+    (matched / "_old.parquet").write_bytes((matched / "part-b.parquet").read_bytes())
+    offsets, _, _ = load_matched_csr(root)
+    assert offsets.size - 1 == len(rows)
+    (matched / "part-b.parquet").write_bytes((matched / "part-b.parquet").read_bytes()[:500])
+    with pytest.raises(CurateError, match=r"cannot read .*part-b.parquet"):
+        load_matched_csr(root)
+    (matched / "part-b.parquet").unlink()
+    with pytest.raises(CurateError, match=r"part-b.parquet, a part that matched/_SUCCESS lists"):
+        load_matched_csr(root)
+    (matched / "_SUCCESS").unlink()
+    with pytest.raises(CurateError, match=r"not a complete matched dataset"):
+        load_matched_csr(root)
+    res = CliRunner().invoke(main, ["plan", str(root), "--t", "5"])
+    assert res.exit_code == 2 and "not a complete matched dataset" in res.stderr
+    (root / "entry_counts.parquet").write_bytes(b"junk")
+    with pytest.raises(CurateError, match=r"cannot read .*entry_counts.parquet"):
+        load_entry_counts(root)
+
+
 def test_load_errors(tmp_path, dataset):
     with pytest.raises(CurateError, match="not found"):
         load_matched_csr(tmp_path / "nope")
@@ -140,13 +165,14 @@ def test_load_errors(tmp_path, dataset):
     with pytest.raises(CurateError, match="no matched/"):
         load_matched_csr(tmp_path / "empty")
     (tmp_path / "empty" / "matched").mkdir()
-    with pytest.raises(CurateError, match="no .parquet"):
+    with pytest.raises(CurateError, match="_SUCCESS missing"):
         load_matched_csr(tmp_path / "empty")
     with pytest.raises(CurateError, match="entry_counts.parquet"):
         load_entry_counts(tmp_path / "empty")
     bad = tmp_path / "bad"
     (bad / "matched").mkdir(parents=True)
     pq.write_table(pa.table({"uid": pa.array([1], pa.uint64())}), bad / "matched" / "a.parquet")
+    write_success(bad / "matched", ["a.parquet"])
     with pytest.raises(CurateError, match="missing column"):
         load_matched_csr(bad)
 

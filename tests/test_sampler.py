@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import keep_rule_rejected, write_entry_counts
+from conftest import keep_rule_rejected, write_entry_counts, write_success
 
 from gpu_curate.balance import entry_probabilities, keep_mask
 from gpu_curate.sampler import BalancedSampler
@@ -150,6 +150,11 @@ def test_from_matched_dir(tmp_path, data):
             ),
             tmp_path / "matched" / name,
         )
+    write_success(tmp_path / "matched", ["part-0.parquet", "part-1.parquet"])
+    # A file beside the parts that _SUCCESS does not list (a copy, say) is not read.
+    (tmp_path / "matched" / "_old.parquet").write_bytes(
+        (tmp_path / "matched" / "part-1.parquet").read_bytes()
+    )
     write_entry_counts(tmp_path / "entry_counts.parquet", counts)
     from_dir = BalancedSampler.from_matched_dir(tmp_path, t, seed=31)
     in_mem = BalancedSampler(offsets, ids, uids, counts, t, seed=31)
