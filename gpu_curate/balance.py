@@ -112,6 +112,8 @@ def _wrap_ok(xp: ModuleType):
 
 
 def _as_u64_scalar(value: Any, name: str) -> int:
+    if isinstance(value, bool):  # (operator.index takes True as 1: a slip, not a seed)
+        raise TypeError(f"{name} must be an integer, got bool")
     try:
         v = operator.index(value)
     except TypeError:
@@ -122,6 +124,8 @@ def _as_u64_scalar(value: Any, name: str) -> int:
 
 
 def _check_t(t: Any) -> float:
+    if isinstance(t, bool | str | bytes):  # (float() takes True and "5")
+        raise ValueError(f"t must be a positive number, got {t!r}")
     try:
         tf = float(t)
     except (TypeError, ValueError):

@@ -58,7 +58,7 @@ class BalancedSampler:
     >>> import numpy as np
     >>> offs = np.array([0, 1, 2, 4]); ids = np.array([0, 1, 0, 1], np.int32)
     >>> s = BalancedSampler(offs, ids, np.arange(3, dtype=np.uint64), np.array([1, 9]), 1, 0)
-    >>> s.epoch(0).dtype, len(s) == round(s.expected_rows)
+    >>> s.epoch(0).dtype, len(s) == s.epoch(0).size
     (dtype('int64'), True)
     >>> s.set_epoch(3); list(s) == s.epoch(3).tolist()
     True
@@ -93,6 +93,7 @@ class BalancedSampler:
         self._t = float(t)
         self._shuffle = bool(shuffle)
         self._epoch = 0
+        self._sizes: dict[int, int] = {}  # epoch -> its number of rows (len())
         self._expected: float | None = None
 
     @classmethod
@@ -149,7 +150,7 @@ class BalancedSampler:
         if self._expected is None:
             xp = self._be.xp
             kp = balance._keep_probabilities_core(self._offsets, self._values, self._p, xp)
-            self._expected = float(xp.sum(kp))
+            self._expected = balance.expected_units(kp, xp) / balance.EXPECTED_UNITS_PER_ROW
         return self._expected
 
     # ----------------------------------------------------------------- epochs
@@ -229,8 +230,28 @@ class BalancedSampler:
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
-        """Expected rows per epoch, rounded (an epoch's actual size varies around it)."""
-        return int(round(self.expected_rows))
+        """The number of rows the current epoch (:meth:`set_epoch`) yields.
+
+        Exact, as a data loader's length must be (a learning-rate schedule sized from it
+        must not run short): an epoch's size varies around :attr:`expected_rows`. The
+        first call for an epoch draws it once.
+        """
+        if self._epoch not in self._sizes:
+            if len(self._sizes) > 64:
+                self._sizes.clear()
+            self._sizes[self._epoch] = int(np.count_nonzero(self.keep_mask(self._epoch)))
+        return self._sizes[self._epoch]
+
+    def __getstate__(self) -> dict:
+        # The backend holds modules (NumPy / CuPy), which do not pickle: its name does
+        # (a DataLoader's worker processes, torch.multiprocessing.spawn, checkpoints).
+        state = dict(self.__dict__)
+        state["_be"] = self._be.name
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._be = resolve(state["_be"])
 
     def __repr__(self) -> str:
         return (

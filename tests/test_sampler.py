@@ -104,10 +104,32 @@ def test_len_and_expected_rows(data):
     offsets, ids, uids, counts, t, rows, ref = data
     s = BalancedSampler(offsets, ids, uids, counts, t, seed=0)
     assert s.expected_rows == pytest.approx(math.fsum(ref), rel=1e-13)
-    assert len(s) == round(math.fsum(ref))
-    sizes = [s.epoch(k).size for k in range(200)]
+    # len() is the current epoch's own size, which a DataLoader's length must be.
+    sizes = []
+    for k in range(200):
+        s.set_epoch(k)
+        sizes.append(s.epoch(k).size)
+        assert len(s) == sizes[-1] == len(list(s))
+    assert len(set(sizes)) > 1  # (so the test tells an epoch's size from the mean)
     sd = math.sqrt(float((ref * (1 - ref)).sum()) / 200)
     assert abs(np.mean(sizes) - math.fsum(ref)) < 5 * sd
+
+
+def test_pickles_and_takes_no_bool_or_str_arguments(data):
+    import copy
+    import pickle
+
+    offsets, ids, uids, counts, t, rows, ref = data
+    s = BalancedSampler(offsets, ids, uids, counts, t, seed=7, shuffle=True)
+    s.set_epoch(3)
+    for clone in (pickle.loads(pickle.dumps(s)), copy.deepcopy(s)):
+        assert list(clone) == list(s) and len(clone) == len(s)
+        assert np.array_equal(clone.epoch(9), s.epoch(9))
+    with pytest.raises(TypeError, match="seed must be an integer, got bool"):
+        BalancedSampler(offsets, ids, uids, counts, t, seed=True)
+    for bad in ("5", True):
+        with pytest.raises(ValueError, match="t must be a positive number"):
+            BalancedSampler(offsets, ids, uids, counts, bad, seed=1)
 
 
 def test_iteration_follows_set_epoch(data):
