@@ -13,6 +13,7 @@ import logging
 import sys
 
 import click
+from pyarrow import ArrowException
 
 from .cli_options import backend_option, compression_option
 from .errors import CurateError
@@ -45,9 +46,10 @@ class _Group(click.Group):
         logging.getLogger("asyncio").addFilter(_interrupted_gather)
         try:
             return super().invoke(ctx)
-        except (CurateError, OSError, ImportError) as exc:
+        except (CurateError, OSError, ImportError, ArrowException) as exc:
             # (ImportError: an optional package a URL needs, e.g. fsspec's "Install s3fs to
-            # access S3".)
+            # access S3". ArrowException: a damaged file a reader did not name, as a line
+            # rather than a traceback.)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"gpu-curate: error: {exc}", err=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import dask
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
@@ -197,8 +198,13 @@ def _balance_task(
     if resume and (done := _finished_part(fs, data_path, stats_path, step.p.shape[0])):
         return done
     sfs, _ = fsspec.core.url_to_fs(src)
-    with sfs.open(src, "rb") as fh:
-        table = pq.read_table(fh)
+    try:
+        with sfs.open(src, "rb") as fh:
+            table = pq.read_table(fh)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CurateError(
+            f"cannot read the matched part {src}: {str(exc).splitlines()[0]} (match again)"
+        ) from None
     kept, stats, counts = step.run(table)
     stats = {"part": name, **stats}
     atomic_write_parquet(fs, data_path, kept, compression)

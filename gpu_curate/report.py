@@ -40,6 +40,7 @@ from urllib.parse import quote
 
 import click
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .backend import BackendError
@@ -128,11 +129,14 @@ def _read_counts(path: Path, n_entries: int | None = None) -> tuple[np.ndarray, 
     """(counts, entries) of a counts table, placed by entry_id (dense, id order)."""
     if not path.is_file():
         raise CurateError(f"report: {path} not found")
-    names = pq.read_schema(path).names
-    missing = [c for c in ("entry_id", "entry", "count") if c not in names]
-    if missing:
-        raise CurateError(f"report: {path}: missing column(s) {', '.join(missing)}")
-    table = pq.read_table(path, columns=["entry_id", "entry", "count"])
+    try:
+        names = pq.read_schema(path).names
+        missing = [c for c in ("entry_id", "entry", "count") if c not in names]
+        if missing:
+            raise CurateError(f"report: {path}: missing column(s) {', '.join(missing)}")
+        table = pq.read_table(path, columns=["entry_id", "entry", "count"])
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CurateError(f"report: cannot read {path}: {str(exc).splitlines()[0]}") from None
     if table.column("entry_id").null_count or table.column("count").null_count:
         raise CurateError(f"report: {path}: entry_id and count must not be null")
     ids = table.column("entry_id").to_numpy().astype(np.int64)
@@ -165,13 +169,14 @@ def _find_matched_dir(
         return None, "no matched/ folder and no matched_dir in report.json"
     if "://" in str(given):
         return None, f"the matched dataset {given} is not a local path"
-    # balance records matched_dir as typed, relative to the cwd of that run: try the
-    # cwd, then the output folder and its ancestors, and accept a candidate only if its
-    # entry counts are this run's (balance copies them), so a lucky name cannot match.
+    # balance records matched_dir as an absolute path (earlier versions: as typed). Where
+    # it is not found (the two folders moved together, say), look for it by the same
+    # relative path, or by its last name, below the output folder's ancestors; accept a
+    # candidate only if its entry counts are this run's (balance copies them), so a lucky
+    # name cannot match.
     path = Path(given)
-    candidates = [path] if path.is_absolute() else [path, folder / path]
-    if not path.is_absolute():
-        candidates += [parent / path for parent in folder.resolve().parents]
+    tail = Path(path.name) if path.is_absolute() else path
+    candidates = [path, folder / tail] + [parent / tail for parent in folder.resolve().parents]
     for cand in candidates:
         if (cand / "matched").is_dir() and _same_counts(cand, pool_counts):
             return cand, ""

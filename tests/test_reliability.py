@@ -1082,6 +1082,18 @@ def test_damaged_stats_and_manifests(small, tmp_path):
         (out / name).write_bytes((ref / name).read_bytes())
 
 
+def test_balance_of_a_damaged_matched_part_is_one_line(small, tmp_path):
+    pool, md = small
+    m = tmp_path / "m"
+    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
+    part = m / "matched" / "part-00001.parquet"
+    part.write_bytes(part.read_bytes()[:1000])
+    r = run_cli("balance", m, "--t", "30", "--out", tmp_path / "b", *common)
+    err = assert_clean_error(r, tmp_path / "b", "cannot read the matched part")
+    assert "part-00001.parquet" in err
+
+
 def test_resume_with_another_t_is_refused_before_matching(small, tmp_path):
     pool, md = small
     out = tmp_path / "out"

@@ -276,6 +276,27 @@ def test_balance_output_finds_its_relative_matched_dir(demo, tmp_path, monkeypat
     assert "Note:" in text and "t_sweep.png" not in text
 
 
+def test_balance_output_and_matched_dir_moved_together(demo, tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(demo / "result", tree / "m", ignore=shutil.ignore_patterns("report"))
+    res = _invoke(["balance", str(tree / "m"), "--t", "20", "--out", str(tree / "b"),
+                   "--backend", "cpu", "--quiet"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    tree.rename(tmp_path / "moved")
+    run = load_run(tmp_path / "moved" / "b")
+    assert run.matched_dir == tmp_path / "moved" / "m" and not run.notes
+
+
+def test_damaged_counts_file_is_a_one_line_error(demo, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(demo / "result", run, ignore=shutil.ignore_patterns("report"))
+    (run / "curated_entry_counts.parquet").write_bytes(b"junk")
+    res = _invoke(["report", str(run)])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("gpu-curate: error: report: cannot read ")
+    assert "curated_entry_counts.parquet" in res.stderr and res.stderr.count("\n") == 1
+
+
 def test_matched_dir_with_other_counts_is_not_used(demo, tmp_path):
     bal = tmp_path / "bal"
     res = _invoke(
