@@ -461,10 +461,11 @@ def _display(value: Any) -> str:
 
 
 def _table(rows: list[tuple[str, Any]], table_id: str) -> str:
+    # (A seed is shown as it is typed back into --seed: without thousands separators.)
     cells = "\n".join(
         f'<tr><th>{html.escape(k)}</th><td data-key="{html.escape(k)}" '
         f'data-value="{html.escape(json.dumps(v, ensure_ascii=False))}">'
-        f"{html.escape(_display(v))}</td></tr>"
+        f"{html.escape(str(v) if k == 'seed' else _display(v))}</td></tr>"
         for k, v in rows
     )
     return f'<table id="{table_id}">\n{cells}\n</table>'
@@ -605,7 +606,8 @@ class ReportFiles:
     html: Path
     """The HTML page."""
     images: dict[str, Path]
-    """Plot name -> PNG path (plots that were skipped are absent)."""
+    """Plot name -> PNG path (plots that were skipped are absent; with ``embed``, the
+    plots are in the page only and this is empty)."""
     notes: tuple[str, ...]
     """Why plots were skipped, if any."""
 
@@ -669,7 +671,8 @@ def write_report(
     out_html : str or path-like, optional
         Where to write the HTML page; images are referenced relative to it.
     embed : bool, default False
-        Embed the PNGs in the page as base64 (a single file to share).
+        Embed the PNGs in the page as base64 (a single file to share); no PNG file is
+        written then, so with ``out_html`` elsewhere the run's folder is only read.
     sweep : bool, default True
         Draw the expected-size-against-t plot (it reads the whole matched dataset).
     backend : {"cpu", "gpu", "auto"}, default "cpu"
@@ -712,12 +715,16 @@ def write_report(
     images: dict[str, Path] = {}
     srcs: dict[str, str] = {}
     for name, make in figures.items():
+        png = out_dir / f"{name}.png"
         if make is None:
+            if png.is_file():  # (an earlier report's plot would outlive its page)
+                png.unlink()
             continue
         data = _png_bytes(make())
-        images[name] = out_dir / f"{name}.png"
-        _atomic_write(images[name], data)
-        srcs[name] = _img_src(images[name], html_path, data, embed)
+        if not embed:
+            images[name] = png
+            _atomic_write(png, data)
+        srcs[name] = _img_src(png, html_path, data, embed)
     page = render_html(run, srcs, rows, notes)
     _atomic_write(html_path, page.encode("utf-8"))
     return ReportFiles(html_path, images, tuple(notes))
@@ -748,4 +755,7 @@ def report_command(
     files = write_report(folder, out_html, embed=embed, sweep=not no_sweep, backend=backend)
     for note in files.notes:
         click.echo(f"note: {note}")
-    click.echo(f"wrote {len(files.images)} plots to {folder / REPORT_FOLDER} and {files.html}")
+    if embed:
+        click.echo(f"wrote {files.html} (the plots embedded)")
+    else:
+        click.echo(f"wrote {len(files.images)} plots to {folder / REPORT_FOLDER} and {files.html}")

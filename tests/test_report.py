@@ -203,6 +203,7 @@ def test_out_html_never_replaces_a_file_of_the_run(reported, target):
 
 
 def test_embed_puts_the_pngs_in_the_page(reported, tmp_path):
+    write_report(reported)  # the PNG files, as a page without --embed has them
     html_path = tmp_path / "embedded.html"
     res = _invoke(["report", str(reported), "--out-html", str(html_path), "--embed"])
     assert res.exit_code == 0, res.output
@@ -213,6 +214,34 @@ def test_embed_puts_the_pngs_in_the_page(reported, tmp_path):
     for src in page.imgs:
         assert src.startswith(prefix)
         assert base64.b64decode(src[len(prefix) :]) in pngs
+
+
+def test_embedded_page_elsewhere_writes_nothing_into_the_run(demo, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(demo / "result", run, ignore=shutil.ignore_patterns("report"))
+    res = _invoke(["report", str(run), "--out-html", str(tmp_path / "p.html"), "--embed"])
+    assert res.exit_code == 0, res.output
+    assert not (run / "report").exists()  # (a read-only run folder works)
+    assert len(_parse(tmp_path / "p.html").imgs) == len(PLOT_NAMES)
+
+
+def test_a_report_without_the_sweep_removes_an_earlier_sweep_plot(demo, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(demo / "result", run, ignore=shutil.ignore_patterns("report"))
+    assert "t_sweep" in write_report(run).images
+    assert (run / "report" / "t_sweep.png").is_file()
+    files = write_report(run, sweep=False)
+    assert "t_sweep" not in files.images and not (run / "report" / "t_sweep.png").exists()
+
+
+def test_the_seed_is_shown_as_typed(demo, tmp_path):
+    bal = tmp_path / "bal"
+    res = _invoke(["balance", str(demo / "result"), "--t", "20", "--seed", "12345678901",
+                   "--out", str(bal), "--backend", "cpu", "--quiet"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    files = write_report(bal, sweep=False)
+    cells = {c["row"]: c for c in _parse(files.html).tables["report-json"]}
+    assert cells["seed"]["text"] == "12345678901"
 
 
 # --------------------------------------------------------------------------- figures
