@@ -221,12 +221,23 @@ def balance(matched_dir, t, seed, out, **kw):
 
 @main.command()
 @click.option("--out", default="gpu-curate-demo", show_default=True, help="Output folder.")
-@click.option("--rows", default=200_000, show_default=True, type=click.IntRange(min=100))
-@click.option("--t", "t", default=None, help="Threshold (default: rows / 1000).")
-@click.option("--seed", default="0", show_default=True)
+@click.option(
+    "--rows",
+    default=200_000,
+    show_default=True,
+    type=click.IntRange(min=100),
+    help="Rows of the synthetic pool.",
+)
+@click.option("--t", "t", default=None, help="Threshold (default: rows // 1000, at least 1).")
+@click.option(
+    "--seed",
+    default="0",
+    show_default=True,
+    help="Integer seed of the synthetic pool and of the draws.",
+)
 @backend_option()
-@click.option("--overwrite", is_flag=True)
-@click.option("--quiet", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace the output folder's contents.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def demo(out, rows, t, seed, backend, overwrite, quiet):
     """Generate a synthetic long-tailed pool and its metadata, curate it, print a summary."""
     from .demo import run_demo
