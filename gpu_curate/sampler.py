@@ -8,7 +8,10 @@ subset of a matched dataset every epoch: epoch ``k`` keeps text ``r`` iff
 ``seed`` (which uses stream 0).
 
 No PyTorch dependency: the sampler is an iterable of row indices with ``len()`` and
-``set_epoch()``, the protocol ``torch.utils.data.DataLoader(sampler=...)`` expects.
+``set_epoch()``, the protocol ``torch.utils.data.DataLoader(sampler=...)`` expects. For
+distributed training, ``num_replicas`` and ``rank`` give each process its share of the
+epoch, as ``torch.utils.data.DistributedSampler`` does: every process draws the same
+epoch, and takes every ``num_replicas``-th index from position ``rank``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,13 @@ class BalancedSampler:
         function of (seed, epoch, uid)) instead of ascending order.
     backend : {"cpu", "gpu", "auto"} or Backend, default "cpu"
         Where the draws are computed; indices always come back as NumPy arrays.
+    num_replicas, rank : int, default 1 and 0
+        Distributed training: the number of processes and this one's rank. Each process
+        iterates ``ceil(size / num_replicas)`` indices of the epoch (the epoch's first
+        indices repeated to make the shares equal, as DistributedSampler pads), or
+        ``floor(...)`` with ``drop_last``; the shares are disjoint otherwise.
+    drop_last : bool, default False
+        With ``num_replicas > 1``: drop the epoch's last indices instead of padding.
 
     Examples
     --------
@@ -75,7 +85,19 @@ class BalancedSampler:
         *,
         shuffle: bool = False,
         backend: str | Backend = "cpu",
+        num_replicas: int = 1,
+        rank: int = 0,
+        drop_last: bool = False,
     ) -> None:
+        for name, value in (("num_replicas", num_replicas), ("rank", rank)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}"
+            )
+        self._replicas, self._rank = int(num_replicas), int(rank)
+        self._drop_last = bool(drop_last)
         self._be = resolve(backend)
         xp = self._be.xp
         offsets, values = balance._csr(xp.asarray(row_offsets), xp.asarray(entry_ids), xp)
@@ -105,6 +127,9 @@ class BalancedSampler:
         *,
         shuffle: bool = False,
         backend: str | Backend = "cpu",
+        num_replicas: int = 1,
+        rank: int = 0,
+        drop_last: bool = False,
     ) -> BalancedSampler:
         """Build a sampler from a matched dataset directory (``matched/`` + counts).
 
@@ -120,7 +145,10 @@ class BalancedSampler:
 
         counts, _ = load_entry_counts(matched_dir)
         offsets, values, uids = load_matched_csr(matched_dir, with_uids=True)
-        return cls(offsets, values, uids, counts, t, seed, shuffle=shuffle, backend=backend)
+        return cls(
+            offsets, values, uids, counts, t, seed, shuffle=shuffle, backend=backend,
+            num_replicas=num_replicas, rank=rank, drop_last=drop_last,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------- properties
 
@@ -207,9 +235,24 @@ class BalancedSampler:
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """The indices ``iter()`` yields for ``epoch`` (default: the current one).
 
-        Ascending, or in the seeded counter-based order when ``shuffle=True``.
+        Ascending, or in the seeded counter-based order when ``shuffle=True``; with
+        ``num_replicas > 1``, this process's share of them.
         """
         k = self._epoch if epoch is None else epoch
+        order = self._ordered(k)
+        if self._replicas == 1:
+            return order
+        n, r = order.size, self._replicas
+        if self._drop_last:
+            order = order[: n - n % r]
+        elif n % r:
+            # Pad with the epoch's first indices (cycled: an epoch may have fewer rows
+            # than there are processes), as DistributedSampler does.
+            order = np.concatenate([order, np.resize(order, r - n % r)]) if n else order
+        return order[self._rank :: r]
+
+    def _ordered(self, k: int) -> np.ndarray:
+        """All of epoch ``k``'s indices, in the order the processes share them out."""
         idx = self.epoch(k)
         if not self._shuffle or idx.size == 0:
             return idx
@@ -230,7 +273,8 @@ class BalancedSampler:
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
-        """The number of rows the current epoch (:meth:`set_epoch`) yields.
+        """The number of rows the current epoch (:meth:`set_epoch`) yields (this process's
+        share of them, with ``num_replicas``).
 
         Exact, as a data loader's length must be (a learning-rate schedule sized from it
         must not run short): an epoch's size varies around :attr:`expected_rows`. The
@@ -240,7 +284,8 @@ class BalancedSampler:
             if len(self._sizes) > 64:
                 self._sizes.clear()
             self._sizes[self._epoch] = int(np.count_nonzero(self.keep_mask(self._epoch)))
-        return self._sizes[self._epoch]
+        n, r = self._sizes[self._epoch], self._replicas
+        return n // r if self._drop_last else -(-n // r)
 
     def __getstate__(self) -> dict:
         # The backend holds modules (NumPy / CuPy), which do not pickle: its name does
@@ -256,5 +301,7 @@ class BalancedSampler:
     def __repr__(self) -> str:
         return (
             f"BalancedSampler(n_rows={self.n_rows}, t={self._t:g}, seed={self._seed}, "
-            f"epoch={self._epoch}, shuffle={self._shuffle}, backend={self._be.name!r})"
+            f"epoch={self._epoch}, shuffle={self._shuffle}, backend={self._be.name!r}"
+            + (f", rank={self._rank} of {self._replicas}" if self._replicas > 1 else "")
+            + ")"
         )

@@ -132,6 +132,34 @@ def test_pickles_and_takes_no_bool_or_str_arguments(data):
             BalancedSampler(offsets, ids, uids, counts, bad, seed=1)
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_distributed_shares(data, shuffle):
+    offsets, ids, uids, counts, t, rows, ref = data
+    whole = BalancedSampler(offsets, ids, uids, counts, t, seed=4, shuffle=shuffle)
+    sizes = [whole.epoch(k).size % 3 for k in (0, 1, 2)]
+    assert sizes.count(0) < 3  # (some epoch needs padding)
+    for epoch in (0, 1, 2):
+        whole.set_epoch(epoch)
+        order = list(whole)
+        n = len(order)
+        for drop_last in (False, True):
+            shares = []
+            for rank in range(3):
+                s = BalancedSampler(offsets, ids, uids, counts, t, seed=4, shuffle=shuffle,
+                                    num_replicas=3, rank=rank, drop_last=drop_last)  # fmt: skip
+                s.set_epoch(epoch)
+                shares.append(list(s))
+                assert len(s) == len(shares[-1]) == (n // 3 if drop_last else -(-n // 3))
+            # Every rank gets every third index of the same epoch, in the epoch's order.
+            merged = [i for group in zip(*shares, strict=True) for i in group]
+            if drop_last:
+                assert merged == order[: n - n % 3]
+            else:  # padded with the epoch's first indices
+                assert merged == (order + order)[: len(merged)] and len(merged) - n < 3
+    with pytest.raises(ValueError, match="0 <= rank < num_replicas"):
+        BalancedSampler(offsets, ids, uids, counts, t, seed=4, num_replicas=2, rank=2)
+
+
 def test_iteration_follows_set_epoch(data):
     offsets, ids, uids, counts, t, rows, ref = data
     s = BalancedSampler(offsets, ids, uids, counts, t, seed=5)
