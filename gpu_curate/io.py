@@ -8,6 +8,7 @@ partitioning, which is what makes uids, and so the curated set, partition-indepe
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import posixpath
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
-from fsspec.utils import glob_translate
+from fsspec.utils import glob_translate, infer_compression
 
 from .errors import CurateError
 
@@ -80,10 +81,14 @@ class Part:
         return asdict(self)
 
 
+# Compression suffixes read through fsspec's codecs (.zst needs the zstandard package).
+_COMPRESSIONS = (".gz", ".bz2", ".zst", ".xz")
+
+
 def _format_of(path: str) -> str | None:
     """The format its extension names (a compression suffix aside), or None."""
     name = path.lower()
-    for suffix in (".gz", ".bz2", ".zst", ".xz"):
+    for suffix in _COMPRESSIONS:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return _EXTENSIONS.get(os.path.splitext(name)[1])
@@ -188,6 +193,8 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
         else:
             raise CurateError(f"input not found: {spec}")
         kept = [(p, i, r, f) for p, i, r, f in kept if f is not None]
+        for p, *_ in kept:
+            _check_codec(p)
         # An empty CSV/TSV/JSONL file holds no rows (an empty Parquet file is no Parquet).
         empty = [i.get("size") == 0 and f != "parquet" for _, i, _, f in kept]
         if kept and all(empty):
@@ -263,6 +270,16 @@ def _local_files(root: str, pattern: re.Pattern | None = None) -> dict[str, dict
             if stat.S_ISREG(st.st_mode):
                 found[path] = {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
     return found
+
+
+def _check_codec(path: str) -> None:
+    # Without its codec, fsspec reads a compressed file as it is: its bytes would be
+    # matched as text, silently.
+    if path.lower().endswith(_COMPRESSIONS) and infer_compression(path) is None:
+        raise CurateError(
+            f"{path}: no codec for {posixpath.splitext(path)[1]} files here "
+            "(for .zst: pip install zstandard)"
+        )
 
 
 def _glob_root(pattern: str) -> str:
@@ -349,15 +366,22 @@ def read_part(
     strings, as written (``001`` stays ``001``).
     """
     f = part.file
+
+    def open_():
+        # The readers open the file again rather than seek back: a zstd stream cannot.
+        return fsspec.open(f.path, "rb", compression="infer")
+
     try:
-        with fsspec.open(f.path, "rb", compression="infer") as fh:
-            if f.format == "parquet":
+        if f.format == "parquet":
+            with open_() as fh:
+                if f.path.lower().endswith(_COMPRESSIONS):
+                    fh = io.BytesIO(fh.read())  # (Parquet wants random access)
                 pf = pq.ParquetFile(fh)
                 table = _parquet_range(pf, part.row_start, part.row_end, columns)
-            elif f.format == "jsonl":
-                table = _read_json_lines(fh)
-            else:
-                table = _read_delimited(fh, f.format, text_column, id_column, f.path)
+        elif f.format == "jsonl":
+            table = _read_json_lines(open_, text_column)
+        else:
+            table = _read_delimited(open_, f.format, text_column, id_column, f.path)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError) as exc:
         raise CurateError(f"cannot read {f.path}: {str(exc).splitlines()[0]}") from None
     if columns is not None and f.format != "parquet":
@@ -379,23 +403,35 @@ def _without_views(table: pa.Table) -> pa.Table:
     return table
 
 
-def _read_json_lines(fh) -> pa.Table:
+def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
+    """A JSON Lines file (``open_()`` opens it) as a table; ``text_column``: the run's
+    text column (None: the default), which must come back as text."""
     # Arrow's reader needs each line inside one block: a block that a (rare) long line
     # straddles is read again with blocks 8x larger, up to the whole file.
     block = 1 << 22
     while True:
         try:
-            return pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=block))
+            with open_() as fh:
+                table = pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=block))
+            break
         except pa.ArrowInvalid as exc:
             if "changed from" in str(exc):
                 # A column holds values of several JSON types ({"text": 1984} among
                 # strings): Arrow's reader takes one type a column.
-                fh.seek(0)
-                return _read_json_lines_mixed(fh)
+                return _read_json_lines_mixed(open_)
             if "straddl" not in str(exc) or block >= 1 << 31:
                 raise
             block *= 8
-            fh.seek(0)
+    names = table.column_names
+    text = text_column or next((c for c in TEXT_COLUMN_CANDIDATES if c in names), None)
+    if text in names and _json_types_not_text(table.schema.field(text).type):
+        # Every caption a number (or true/false): read them as written, as text.
+        return _read_json_lines_mixed(open_, as_text=text)
+    return table
+
+
+def _json_types_not_text(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
 class _Number:
@@ -459,22 +495,31 @@ def _json_records(fh):
         yield record
 
 
-def _read_json_lines_mixed(fh) -> pa.Table:
+def _read_json_lines_mixed(open_, as_text: str | None = None) -> pa.Table:
     """JSON Lines whose columns may mix JSON types, in two passes of bounded memory.
 
     The first pass finds each column's JSON types; the second builds the columns in
     batches. A column of strings and other values is a string column in which the others
     are their JSON text (``1984``, ``true``, ``["a"]``): a caption written as a number is
-    a row like any other, matched as the text it reads as.
+    a row like any other, matched as the text it reads as. The column ``as_text`` is
+    read so whatever its values.
     """
     kinds: dict[str, set] = {}
-    for record in _json_records(fh):
-        for key, v in record.items():
-            kinds.setdefault(key, set()).add(_json_kind(v))
+    with open_() as fh:
+        for record in _json_records(fh):
+            for key, v in record.items():
+                kinds.setdefault(key, set()).add(_json_kind(v))
     schema = pa.schema(
-        [(k, _JSON_TYPES.get(frozenset(ks - {"null"}), pa.string())) for k, ks in kinds.items()]
+        [
+            (
+                k,
+                pa.string()
+                if k == as_text
+                else _JSON_TYPES.get(frozenset(ks - {"null"}), pa.string()),
+            )
+            for k, ks in kinds.items()
+        ]
     )
-    fh.seek(0)
     batches, rows = [], []
 
     def flush():
@@ -489,10 +534,11 @@ def _read_json_lines_mixed(fh) -> pa.Table:
         batches.append(pa.Table.from_arrays(cols, schema=schema))
         rows.clear()
 
-    for record in _json_records(fh):
-        rows.append(record)
-        if len(rows) == _JSON_BATCH:
-            flush()
+    with open_() as fh:
+        for record in _json_records(fh):
+            rows.append(record)
+            if len(rows) == _JSON_BATCH:
+                flush()
     if rows or not batches:
         flush()
     return pa.concat_tables(batches)
@@ -525,12 +571,12 @@ _HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
 _AUTO_COLUMNS = 4096
 
 
-def _read_delimited(fh, fmt: str, text_column, id_column, where: str) -> pa.Table:
+def _read_delimited(open_, fmt: str, text_column, id_column, where: str) -> pa.Table:
     # A header is recognised by a first line with a field that names the text column (the
     # requested one or one of TEXT_COLUMN_CANDIDATES) or the id column; otherwise the
     # columns are f0, f1, ... (CC3M's caption<TAB>url has no header).
-    head = fh.read(1 << 16)
-    fh.seek(0)
+    with open_() as fh:
+        head = fh.read(1 << 16)
     delimiter = "\t" if fmt == "tsv" else ","
     first_line = head.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff")
     quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"quotechar": '"'}
@@ -567,7 +613,8 @@ def _read_delimited(fh, fmt: str, text_column, id_column, where: str) -> pa.Tabl
         strings_can_be_null=False,
         check_utf8=False,
     )
-    return pacsv.read_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
+    with open_() as fh:
+        return pacsv.read_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
 
 
 def text_column(schema: pa.Schema, requested: str | None, where: str) -> str:

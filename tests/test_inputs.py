@@ -251,6 +251,29 @@ def test_gzip_compressed_parquet(tmp_path, md):
     assert matched(tmp_path / "out")["entry_ids"] == [[0], [1, 2]]
 
 
+def test_every_compression_suffix_is_decompressed(tmp_path, md, monkeypatch):
+    import bz2
+    import lzma
+
+    import zstandard
+
+    content = b"text\nzstd dog\nnew york\n"
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for suffix, compress in ((".gz", gzip.compress), (".bz2", bz2.compress),
+                             (".xz", lzma.compress), (".zst", zstandard.compress)):  # fmt: skip
+        (pool / f"a{suffix[1:]}.csv{suffix}").write_bytes(compress(content))
+    r = match(pool, md, tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert sorted(matched(tmp_path / "out")["text"]) == [b"new york"] * 4 + [b"zstd dog"] * 4
+    # Without a codec, the compressed bytes would be read as text: an error instead.
+    from gpu_curate import io
+
+    monkeypatch.setattr(io, "infer_compression", lambda path: None)
+    err = error_line(match(pool, md, tmp_path / "out2"))
+    assert "no codec for .bz2 files here" in err
+
+
 # ------------------------------------------------------------------------ CSV / TSV
 
 
@@ -338,6 +361,15 @@ def test_jsonl_line_longer_than_a_read_block(tmp_path, md):
     r = match(tmp_path / "pool", md, tmp_path / "out")
     assert r.exit_code == 0, r.output
     assert matched(tmp_path / "out")["entry_ids"] == [[0], [1]]
+
+
+def test_jsonl_text_column_of_numbers_only_is_text_as_written(tmp_path, md):
+    write(tmp_path / "pool" / "a.jsonl", b'{"text": 1984, "n": 1}\n{"text": 1.50, "n": 2}\n')
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    got = matched(tmp_path / "out")
+    assert got["text"] == [b"1984", b"1.50"] and got["entry_ids"] == [[3], []]
+    assert got["n"] == [1, 2]  # (other columns keep their types)
 
 
 def test_jsonl_values_of_several_types_are_data(tmp_path, md, monkeypatch):
