@@ -614,7 +614,38 @@ def _read_delimited(open_, fmt: str, text_column, id_column, where: str) -> pa.T
         check_utf8=False,
     )
     with open_() as fh:
-        return pacsv.read_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
+        table = pacsv.read_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
+    return _valid_utf8(table)
+
+
+def _valid_utf8(table: pa.Table) -> pa.Table:
+    """``table`` with the invalid UTF-8 of its string columns replaced by U+FFFD.
+
+    The CSV reader keeps a row whatever its bytes (it is data, not a reason to fail the
+    file), but a Parquet string column must hold UTF-8: pandas and other readers refuse
+    the file otherwise. The bytes are decoded as Python's (and pandas')
+    ``errors="replace"`` does, only in the blocks that need it.
+    """
+    for i, field in enumerate(table.schema):
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            continue
+        chunks, changed = [], False
+        for chunk in table.column(i).chunks:
+            try:
+                chunk.validate(full=True)
+                chunks.append(chunk)
+            except pa.ArrowInvalid:
+                raw = chunk.view(
+                    pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary()
+                )
+                fixed = [
+                    None if b is None else b.decode("utf-8", "replace") for b in raw.to_pylist()
+                ]
+                chunks.append(pa.array(fixed, field.type))
+                changed = True
+        if changed:
+            table = table.set_column(i, field, pa.chunked_array(chunks, field.type))
+    return table
 
 
 def text_column(schema: pa.Schema, requested: str | None, where: str) -> str:

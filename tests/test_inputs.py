@@ -345,10 +345,20 @@ def test_csv_columns_are_strings_as_written(tmp_path, md):
 
 
 def test_csv_row_that_is_not_utf8_is_data(tmp_path, md):
-    write(tmp_path / "pool" / "a.csv", b"text\ncaf\xe9 dog\ncat\n")
+    import pandas as pd
+
+    write(tmp_path / "pool" / "a.csv", b"text,url\ncaf\xe9 dog,http://x/\xff\ncat,http://y\n")
     r = match(tmp_path / "pool", md, tmp_path / "out")
     assert r.exit_code == 0, r.output
-    assert matched(tmp_path / "out") == {"text": [b"caf\xe9 dog", b"cat"], "entry_ids": [[0], [2]]}
+    # The invalid bytes become U+FFFD, as Python's errors="replace" decodes them, so the
+    # parts are valid Parquet strings that pandas (and any reader) takes.
+    assert matched(tmp_path / "out") == {
+        "text": ["caf\ufffd dog".encode(), b"cat"],
+        "url": ["http://x/\ufffd".encode(), b"http://y"],
+        "entry_ids": [[0], [2]],
+    }
+    back = pd.read_parquet(tmp_path / "out" / "matched")
+    assert back["text"].tolist() == ["caf\ufffd dog", "cat"]
 
 
 # ------------------------------------------------------------------------ JSONL / Parquet
