@@ -83,6 +83,43 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+# Where and how a run goes: options of curate, match and balance alike.
+_RUN_OPTIONS = [
+    click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="CPU: threads of the local worker, or worker processes with --processes; "
+        "GPU: workers, one per GPU (default: one per core / per visible GPU).",
+    ),
+    click.option(
+        "--processes",
+        "use_processes",
+        is_flag=True,
+        help="CPU: worker processes instead of threads in one process.",
+    ),
+    click.option(
+        "--scheduler",
+        default=None,
+        help="Address of an existing Dask scheduler (multi-node runs).",
+    ),
+]
+_FOLDER_OPTIONS = [
+    click.option("--quiet", is_flag=True, help="Print nothing but errors."),
+    click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder."),
+    click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
+]
+
+
+def _with(options):
+    def apply(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return apply
+
+
 def _common(f):
     """Options shared by curate and match."""
     opts = [
@@ -112,23 +149,7 @@ def _common(f):
             help="Input format (default: by file extension).",
         ),
         backend_option(),
-        click.option(
-            "--workers",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Local workers (default: one per core / per GPU).",
-        ),
-        click.option(
-            "--processes",
-            "use_processes",
-            is_flag=True,
-            help="CPU: worker processes instead of threads in one process.",
-        ),
-        click.option(
-            "--scheduler",
-            default=None,
-            help="Address of an existing Dask scheduler (multi-node runs).",
-        ),
+        *_RUN_OPTIONS,
         click.option(
             "--partition-rows",
             type=click.IntRange(min=1),
@@ -142,13 +163,9 @@ def _common(f):
             help="Keep texts that match no entry in matched/ (with empty entry_ids); "
             "balancing never keeps them.",
         ),
-        click.option("--quiet", is_flag=True, help="Print nothing but errors."),
-        click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder."),
-        click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
+        *_FOLDER_OPTIONS,
     ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    return _with(opts)(f)
 
 
 def _options(kw: dict):
@@ -197,14 +214,10 @@ def match(inputs, metadata_path, out, **kw):
 @click.argument("matched_dir")
 @click.option("--t", "t", required=True, help="Balancing threshold t > 0.")
 @click.option("--seed", default="0", show_default=True, help="Integer seed of the draws.")
-@click.option("--out", required=True, help="Output folder.")
+@click.option("--out", required=True, help="Output folder (local path or fsspec URL).")
 @backend_option()
-@click.option("--workers", type=click.IntRange(min=1), default=None)
-@click.option("--processes", "use_processes", is_flag=True)
-@click.option("--scheduler", default=None)
-@click.option("--quiet", is_flag=True)
-@click.option("--overwrite", is_flag=True)
-@click.option("--resume", is_flag=True)
+@_with(_RUN_OPTIONS)
+@_with(_FOLDER_OPTIONS)
 @compression_option()
 def balance(matched_dir, t, seed, out, **kw):
     """Balance MATCHED_DIR (a `match` or `curate` output) with a threshold t and a seed."""

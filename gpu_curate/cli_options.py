@@ -24,7 +24,13 @@ def backend_option(default: str = "auto", help: str | None = None):
     'cpu'
     """
     return click.option(
-        "--backend", type=click.Choice(BACKENDS), default=default, show_default=True, help=help
+        "--backend",
+        type=click.Choice(BACKENDS),
+        default=default,
+        show_default=True,
+        help=help
+        or "gpu: the CUDA kernel and CuPy draws; cpu: the CPU kernel and NumPy; "
+        "auto: gpu if usable.",
     )
 
 
