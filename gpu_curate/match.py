@@ -205,6 +205,9 @@ def _to_arrow(texts) -> pa.Array | pa.ChunkedArray:
     if module.startswith("pandas"):
         try:
             return pa.array(texts, from_pandas=True, type=pa.large_string())
+        except UnicodeEncodeError:
+            fixed = _without_surrogates(texts.tolist())
+            return pa.array(fixed, from_pandas=True, type=pa.large_string())
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise CurateError(f"texts must be strings (or null): {exc}") from None
     if isinstance(texts, str) or not isinstance(texts, Iterable):
@@ -215,7 +218,20 @@ def _to_arrow(texts) -> pa.Array | pa.ChunkedArray:
         raise CurateError(
             f"texts must be strings or None; item {bad[0]} is {type(texts[bad[0]]).__name__}"
         )
-    return pa.array(texts, type=pa.large_string())
+    try:
+        return pa.array(texts, type=pa.large_string())
+    except UnicodeEncodeError:
+        return pa.array(_without_surrogates(texts), type=pa.large_string())
+
+
+def _without_surrogates(texts: list) -> list:
+    """Lone surrogates (no UTF-8 holds them) as U+FFFD, as the readers treat invalid
+    UTF-8: the text stays a text and matches what its other characters match."""
+    fix = "utf-16"  # (surrogatepass then replace: each lone surrogate becomes U+FFFD)
+    return [
+        t.encode(fix, "surrogatepass").decode(fix, "replace") if isinstance(t, str) else t
+        for t in texts
+    ]
 
 
 def match_texts(texts, metadata: Metadata | Sequence[str], backend: str | Backend = "auto"):

@@ -24,6 +24,14 @@ def _ids(ids: list[int]) -> str:
     return shown + (f" and {len(ids) - _SHOWN} more" if len(ids) > _SHOWN else "")
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate_entries(entries: object, source: str = "metadata") -> tuple[str, ...]:
     """Check MetaCLIP metadata (a list of distinct, non-blank strings); return it as a tuple.
 
@@ -52,6 +60,15 @@ def validate_entries(entries: object, source: str = "metadata") -> tuple[str, ..
             f"{source}: {len(bad)} metadata entries are not strings ({', '.join(kinds)}) "
             f"at ids {_ids(bad)}"
         )
+    try:
+        "\n".join(entries).encode("utf-8")  # one C loop over all entries
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON's "\ud800" reads as one): no UTF-8 text holds it.
+        bad = [i for i, e in enumerate(entries) if not _is_utf8(e)]
+        raise MetadataError(
+            f"{source}: {len(bad)} metadata entries are not valid Unicode text (a lone "
+            f"surrogate such as \\ud800) at ids {_ids(bad)}"
+        ) from None
     distinct = set(entries)
     # (A blank entry is empty or all whitespace: str.strip and str.isspace agree on what
     # whitespace is.)

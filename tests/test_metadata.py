@@ -101,6 +101,22 @@ def test_unicode_whitespace_only_entries_are_blank():
         Metadata(["dog", "\u3000", "\xa0 \u2003", "caf\xe9 \u3000x"])
 
 
+def test_lone_surrogates_are_named():
+    # JSON's "\ud800" reads as a lone surrogate, which no UTF-8 text holds.
+    with pytest.raises(MetadataError, match=r"2 metadata entries are not valid Unicode .* 1, 3$"):
+        Metadata(["dog", "\ud800", "cat", "x\udc00y"])
+
+
+def test_texts_with_lone_surrogates_match_what_their_other_characters_match():
+    import pandas as pd
+
+    entries = ["dog", "cat"]
+    texts = ["a \ud800 dog", None, "cat\udfff cat"]
+    want = [[0], [], [1]]  # (the surrogate reads as U+FFFD: "cat\ufffd" is no "cat")
+    assert match_texts(texts, entries, "cpu") == want
+    assert match_texts(pd.Series(texts, dtype=object), entries, "cpu") == want
+
+
 def test_numpy_strings_are_strings():
     md = Metadata(np.array(["dog", "new york"]))
     assert md.entries == ("dog", "new york")
