@@ -631,7 +631,7 @@ def expected_entry_counts(
         weights = np.repeat(keep_prob, np.diff(offsets))  # streams; a gather would not
     else:
         weights = keep_prob[_pair_rows(offsets, xp)]
-    return xp.bincount(values, weights=weights, minlength=p.size).astype(np.float64)
+    return bincount(values, p.size, xp, weights).astype(np.float64)
 
 
 def kept_entry_counts(row_offsets: Any, entry_ids: Any, mask: Any, n_entries: int) -> Any:
@@ -655,4 +655,20 @@ def kept_entry_counts(row_offsets: Any, entry_ids: Any, mask: Any, n_entries: in
 
 
 def _kept_counts(values: Any, mask: Any, rows: Any, n_entries: int, xp: ModuleType) -> Any:
-    return xp.bincount(values[mask[rows]], minlength=n_entries).astype(np.int64)
+    return bincount(values[mask[rows]], n_entries, xp).astype(np.int64)
+
+
+def bincount(x: Any, minlength: int, xp: ModuleType = np, weights: Any = None) -> Any:
+    """``xp.bincount(x, weights, minlength)``, also for an empty ``x``: CuPy's takes
+    ``max(x)`` first and raises on an empty array (cupy/cupy#8116), which a part without
+    a match (or a balance that keeps no row) would hand it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bincount(np.array([], np.int32), 3).tolist()
+    [0, 0, 0]
+    """
+    if x.size == 0:
+        return xp.zeros(minlength, dtype=np.int64 if weights is None else np.float64)
+    return xp.bincount(x, weights=weights, minlength=minlength)

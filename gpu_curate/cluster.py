@@ -87,7 +87,13 @@ def open_client(
                 "the gpu backend needs dask-cuda for a local cluster: pip install "
                 "'gpu-curate[cuda12]' (or pass --scheduler)"
             ) from None
-        n_gpus = workers or _visible_gpus()
+        visible = _visible_gpus()
+        if workers is not None and workers > visible:
+            # (dask-cuda would raise "Can not scale beyond visible devices".)
+            raise CurateError(
+                f"--workers {workers}: only {visible} GPU(s) visible (a GPU worker is one GPU)"
+            )
+        n_gpus = workers or visible
         # The device work of a part is milliseconds and its host Parquet I/O most of the
         # time, so a GPU worker runs a few parts at once. On an H100 with 16 cores, 4
         # threads gave 1.42M rows/s, 1 thread 0.56M and 8 threads 1.37M with twice the

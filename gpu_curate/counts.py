@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .balance import bincount
 from .metadata import Metadata
 
 
@@ -24,7 +25,7 @@ def partition_counts(entry_ids, n_entries: int, xp=np) -> np.ndarray:
     >>> partition_counts(np.array([0, 2, 2], np.int32), 4).tolist()
     [1, 0, 2, 0]
     """
-    counts = xp.bincount(entry_ids, minlength=n_entries).astype(np.int64)
+    counts = bincount(entry_ids, n_entries, xp).astype(np.int64)
     return counts.get() if hasattr(counts, "get") else counts
 
 

@@ -79,28 +79,25 @@ def _with_results(df, results: pa.Table, keep: np.ndarray | None):
     the rows of ``keep`` (all when None). A pandas partition keeps its columns' dtypes;
     the new columns are Arrow-backed (``uid`` uint64, ``entry_ids`` list<int32>)."""
     if _is_cudf(df):
+        import cudf
+
         table = _to_arrow(df)
         for name in results.column_names:
             table = table.append_column(name, results.column(name))
-        if keep is None:
-            return _from_arrow(table, df, df.index)
-        return _from_arrow(table.filter(pa.array(keep)), df, df.index[keep])
+        index = df.index
+        if keep is not None:
+            table, index = table.filter(pa.array(keep)), index[keep]
+        out = cudf.DataFrame.from_arrow(table)
+        # (Arrow names the columns str(label): the partition's own labels, as the meta has
+        # them, come back.)
+        out.columns = [*df.columns, *results.column_names]
+        out.index = index
+        return out
     # Positional (arrays, not Series): an index with repeated labels cannot misalign.
     out = df.assign(
         **{n: pd.arrays.ArrowExtensionArray(results.column(n)) for n in results.column_names}
     )
     return out if keep is None else out[keep]
-
-
-def _from_arrow(table: pa.Table, template, index):
-    if _is_cudf(template):
-        import cudf
-
-        out = cudf.DataFrame.from_arrow(table)
-    else:
-        out = table.to_pandas(types_mapper=pd.ArrowDtype)
-    out.index = index
-    return out
 
 
 def _index_arrow(df) -> pa.Array:

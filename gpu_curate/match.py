@@ -167,8 +167,9 @@ def match_cudf(series, metadata: Metadata | Sequence[str]):
 
 
 def cudf_string_buffers(series):
-    """Device (offsets n+1 int64 rebased, chars uint8, validity uint8, bit offset) of a cuDF
-    string Series: the only place that knows cuDF's column internals."""
+    """Device (offsets: the n+1 absolute int64 offsets of the column's rows, chars uint8,
+    validity uint8, bit offset) of a cuDF string Series: the only place that knows cuDF's
+    column internals."""
     import cupy
 
     col = series.to_pylibcudf()

@@ -23,3 +23,26 @@ def test_local_clusters_run_without_the_worker_profiler(processes):
         assert list(client.run(_has_profiler).values()) == [False]
     # The setting is scoped to the cluster: the caller's configuration is as it was.
     assert dask.config.get("distributed.worker.profile.enabled") is True
+
+
+def test_more_gpu_workers_than_gpus_is_a_one_line_error(monkeypatch):
+    # dask-cuda itself would raise a bare ValueError ("Can not scale beyond visible
+    # devices"); no GPU here, so its module and the GPU count are stand-ins.
+    import sys
+    import types
+
+    import numpy as np
+
+    from gpu_curate import cluster
+    from gpu_curate.backend import Backend
+    from gpu_curate.errors import CurateError
+
+    started = []
+    fake = types.ModuleType("dask_cuda")
+    fake.LocalCUDACluster = lambda **kw: started.append(kw)
+    monkeypatch.setitem(sys.modules, "dask_cuda", fake)
+    monkeypatch.setattr(cluster, "_visible_gpus", lambda: 2)
+    with pytest.raises(CurateError, match=r"--workers 3: only 2 GPU\(s\) visible"):
+        with open_client(Backend("gpu", np), workers=3):
+            pass
+    assert started == []

@@ -73,3 +73,32 @@ def test_counts_table_columns():
     table = counts_table(md, np.ones(len(TRICKY), np.int64))
     assert table.column("entry").to_pylist() == TRICKY
     assert table.column("entry_id").to_pylist() == list(range(len(TRICKY)))
+
+
+class _CupyLikeBincount:
+    """NumPy, but with CuPy's bincount, which takes max(x) first: an empty x raises."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def bincount(x, weights=None, minlength=0):
+        if x.size == 0:
+            raise ValueError("zero-size array to reduction operation maximum")
+        return np.bincount(x, weights=weights, minlength=minlength)
+
+
+def test_counts_of_an_empty_part_on_a_cupy_like_module():
+    # A part where no text matches, or a balance that keeps no row: the counts are zeros,
+    # not CuPy's error (cupy/cupy#8116).
+    from gpu_curate import balance
+    from gpu_curate.counts import partition_counts
+
+    xp = _CupyLikeBincount()
+    empty = np.zeros(0, np.int32)
+    assert partition_counts(empty, 3, xp).tolist() == [0, 0, 0]
+    assert partition_counts(np.array([2, 0, 2], np.int32), 3, xp).tolist() == [1, 0, 2]
+    got = balance._kept_counts(empty, np.zeros(0, bool), np.zeros(0, np.int64), 4, xp)
+    assert got.tolist() == [0, 0, 0, 0]
+    weighted = balance.bincount(empty, 2, xp, weights=np.zeros(0))
+    assert weighted.dtype == np.float64 and weighted.tolist() == [0.0, 0.0]
