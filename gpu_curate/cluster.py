@@ -22,7 +22,8 @@ GPU_THREADS = 4
 LOCAL_CLUSTER_CONFIG = {"distributed.worker.profile.enabled": False}
 # Worker processes of a local cluster leave Ctrl-C to this process (which then closes the
 # cluster and so stops them) instead of each printing its own KeyboardInterrupt traceback.
-WORKER_PROCESS_CONFIG = {"distributed.worker.preload": ["gpu_curate.worker_setup"]}
+WORKER_SETUP = "gpu_curate.worker_setup"
+WORKER_PROCESS_CONFIG = {"distributed.worker.preload": [WORKER_SETUP]}
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,13 @@ def open_client(
         # device memory (docs/benchmarks.md); each thread holds one tile's scratch (a 4-thread
         # worker's device pool was 1.1 GB in a 4M-row run).
         per = max(1, min(GPU_THREADS, (os.cpu_count() or 1) // n_gpus))
-        with dask.config.set({**LOCAL_CLUSTER_CONFIG, **WORKER_PROCESS_CONFIG}):
-            cluster = LocalCUDACluster(n_workers=n_gpus, threads_per_worker=per)
+        # (The preload is passed, not configured: dask-cuda sets the workers' preload list
+        # itself, dask_cuda.initialize appended to the one given, so Dask's configuration
+        # of it is never read.)
+        with dask.config.set(LOCAL_CLUSTER_CONFIG):
+            cluster = LocalCUDACluster(
+                n_workers=n_gpus, threads_per_worker=per, preload=[WORKER_SETUP]
+            )
         n = len(cluster.workers)
         with cluster, Client(cluster) as client:
             yield client, ClusterInfo("local-cuda", n, n * per, cluster.scheduler_address)

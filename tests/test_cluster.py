@@ -46,3 +46,40 @@ def test_more_gpu_workers_than_gpus_is_a_one_line_error(monkeypatch):
         with open_client(Backend("gpu", np), workers=3):
             pass
     assert started == []
+
+
+def test_gpu_workers_get_the_ctrl_c_preload(monkeypatch):
+    # dask-cuda builds the workers' preload list itself (the one passed, plus
+    # dask_cuda.initialize), so the setting must be passed, not configured.
+    import sys
+    import types
+
+    import numpy as np
+
+    from gpu_curate import cluster
+    from gpu_curate.backend import Backend
+
+    started = []
+
+    class FakeCluster:
+        def __init__(self, **kw):
+            started.append(kw)
+            self.workers = {0: None}
+            self.scheduler_address = "inproc://fake"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    fake = types.ModuleType("dask_cuda")
+    fake.LocalCUDACluster = FakeCluster
+    monkeypatch.setitem(sys.modules, "dask_cuda", fake)
+    monkeypatch.setattr(cluster, "_visible_gpus", lambda: 1)
+    import distributed
+
+    monkeypatch.setattr(distributed, "Client", lambda c: FakeCluster.__new__(FakeCluster))
+    with open_client(Backend("gpu", np)) as (_, info):
+        assert info.kind == "local-cuda"
+    assert started[0]["preload"] == ["gpu_curate.worker_setup"]
