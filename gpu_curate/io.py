@@ -139,8 +139,16 @@ def full_path(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
-def is_glob(spec: str) -> bool:
-    return any(ch in spec for ch in "*?[")
+def is_glob(spec: str, fs: fsspec.AbstractFileSystem | None = None) -> bool:
+    """Whether an input is a glob pattern: it has a wildcard (``*?[``) and, given its file
+    system, names no existing file or folder (``pool [1]/`` is a folder, not a pattern)."""
+    if not any(ch in spec for ch in "*?["):
+        return False
+    if fs is None:
+        fs, path = fsspec.core.url_to_fs(spec)
+    else:
+        path = fs._strip_protocol(spec)
+    return not fs.exists(path)
 
 
 def glob_pattern(fs: fsspec.AbstractFileSystem, spec: str) -> tuple[str, str]:
@@ -174,7 +182,7 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
         fs, path = fsspec.core.url_to_fs(spec)
         prefix = "" if is_local(fs) else f"{protocol_of(fs)}://"
         # (path, listing info, relative path, format) of each candidate file.
-        if is_glob(spec):
+        if is_glob(spec, fs):
             pattern, root = glob_pattern(fs, spec)
             if is_local(fs):
                 listing = _local_files(root or "/", re.compile(glob_translate(pattern)))
@@ -384,6 +392,14 @@ def read_part(
             table = _read_delimited(open_, f.format, text_column, id_column, f.path)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError) as exc:
         raise CurateError(f"cannot read {f.path}: {str(exc).splitlines()[0]}") from None
+    names = table.column_names
+    if len(set(names)) != len(names):
+        # (Matching would pass; the parts written could not be read back by name.)
+        dup = next(c for c in names if names.count(c) > 1)
+        raise CurateError(f"{f.path}: the file names the column {dup!r} twice")
+    if f.format == "jsonl" and not names:
+        # Blank lines only: no rows, as an empty (0-byte) file has.
+        table = pa.table({text_column or TEXT_COLUMN_CANDIDATES[1]: pa.array([], pa.string())})
     if columns is not None and f.format != "parquet":
         missing = [c for c in columns if c not in table.column_names]
         if missing:
@@ -554,14 +570,27 @@ def _parquet_range(pf: pq.ParquetFile, start: int, end: int | None, columns) -> 
             groups.append(g)
             first = pos if first is None else first
         pos += n
+    empty = pf.schema_arrow.empty_table()
+    empty = empty.select(columns) if columns else empty
     if not groups:
-        return (
-            pf.schema_arrow.empty_table().select(columns)
-            if columns
-            else pf.schema_arrow.empty_table()
-        )
-    table = pf.read_row_groups(groups, columns=columns)
-    return table.slice(start - first, end - start)
+        return empty
+    if sum(md.row_group(g).num_rows for g in groups) <= 2 * (end - start):
+        return pf.read_row_groups(groups, columns=columns).slice(start - first, end - start)
+    # Row groups much larger than the part (--partition-rows below the group size): they
+    # are streamed in batches and only the part's rows kept, so that a part holds its own
+    # rows and one batch, not whole groups. (The rows before it are still decoded.)
+    kept, pos = [], first
+    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, row_groups=groups, columns=columns):
+        lo, hi = max(start - pos, 0), min(end - pos, batch.num_rows)
+        if hi > lo:
+            kept.append(batch.slice(lo, hi - lo))
+        pos += batch.num_rows
+        if pos >= end:
+            break
+    return pa.Table.from_batches(kept) if kept else empty
+
+
+_BATCH_ROWS = 1 << 16
 
 
 # A first line whose fields are all like these is a header, not data: a caption has

@@ -61,7 +61,7 @@ def check_apart(out: str, inputs: Sequence[str]) -> None:
         fs, path = fsspec.core.url_to_fs(spec)
         if protocol_of(fs) != protocol_of(ofs):
             continue
-        pattern, root = glob_pattern(fs, spec) if is_glob(spec) else ("", path)
+        pattern, root = glob_pattern(fs, spec) if is_glob(spec, fs) else ("", path)
         if not root:
             continue
         r = _key(fs, root)

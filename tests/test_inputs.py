@@ -151,6 +151,51 @@ def test_a_folder_that_cannot_be_listed_is_an_error(tmp_path, monkeypatch):
         discover([str(pool)])
 
 
+def test_an_existing_path_with_wildcard_characters_is_taken_literally(tmp_path, md):
+    pool = tmp_path / "pool [1]"
+    pool.mkdir()
+    pq.write_table(pa.table({"text": ["a dog"]}), pool / "a[b].parquet")
+    assert [f.relpath for f in discover([str(pool)])] == ["a[b].parquet"]
+    assert [f.relpath for f in discover([str(pool / "a[b].parquet")])] == ["a[b].parquet"]
+    # (A pattern is still a pattern where no such path exists.)
+    assert [f.relpath for f in discover([f"{tmp_path}/pool*/*.parquet"])] == [
+        "pool [1]/a[b].parquet"
+    ]
+    r = match(pool, md, tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.stderr)
+
+
+def test_a_parquet_file_naming_a_column_twice_is_an_error(tmp_path, md):
+    table = pa.Table.from_arrays([pa.array(["a dog"]), pa.array([1]), pa.array([2])],
+                                 names=["text", "a", "a"])  # fmt: skip
+    pq.write_table(table, write(tmp_path / "pool" / "x.parquet", b""))
+    assert "x.parquet: the file names the column 'a' twice" in error_line(
+        match(tmp_path / "pool", md, tmp_path / "out")
+    )
+
+
+def test_a_jsonl_file_of_blank_lines_holds_no_rows(tmp_path, md):
+    write(tmp_path / "pool" / "a.jsonl", b"\n  \n\n")
+    write(tmp_path / "pool" / "b.jsonl", b'{"text": "a dog"}\n')
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["pool_rows"] == 1
+
+
+def test_a_part_of_a_big_row_group_reads_only_its_rows(monkeypatch, tmp_path):
+    from gpu_curate import io
+
+    monkeypatch.setattr(io, "_BATCH_ROWS", 7)
+    table = pa.table({"text": [f"t{i}" for i in range(100)], "n": list(range(100))})
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=60)  # groups of 60, 40
+    pf = pq.ParquetFile(tmp_path / "a.parquet")
+    for start, end in [(0, 10), (3, 17), (55, 65), (59, 60), (60, 61), (90, 100), (0, 100)]:
+        for columns in (None, ["n"]):
+            got = io._parquet_range(pf, start, end, columns)
+            want = table.slice(start, end - start)
+            assert got.to_pylist() == (want.select(columns) if columns else want).to_pylist()
+
+
 def test_a_file_reached_twice_is_an_error(tmp_path, md):
     pool = tmp_path / "pool"
     (pool / "sub").mkdir(parents=True)
