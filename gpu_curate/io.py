@@ -711,7 +711,7 @@ def check_text_type(table: pa.Table, column: str, where: str) -> None:
 # --------------------------------------------------------------------------- outputs
 
 
-def _temporary_name(path: str) -> str:
+def temporary_name(path: str) -> str:
     # Hidden (a leading "."), so that a reader of the folder (pyarrow, pandas, Dask, a later
     # run's scan) skips the file a killed run may leave behind; a resume removes it.
     folder, slash, name = path.rpartition("/")
@@ -720,21 +720,25 @@ def _temporary_name(path: str) -> str:
 
 def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary name and a rename."""
-    tmp = _temporary_name(path)
+    tmp = temporary_name(path)
     with fs.open(tmp, "wb") as fh:
         fh.write(data)
     fs.mv(tmp, path)
 
 
-def atomic_write_json(fs, path: str, obj) -> None:
+def json_bytes(obj) -> bytes:
+    """``obj`` as the indented UTF-8 JSON of gpu-curate's manifests and stats."""
     text = json.dumps(obj, indent=2, ensure_ascii=False)
     try:
-        data = text.encode()
+        return text.encode() + b"\n"
     except UnicodeEncodeError:
         # A file name that is not UTF-8 (its bytes held as surrogates): escaped as \udcXX,
         # which json.load turns back into the same name.
-        data = json.dumps(obj, indent=2).encode()
-    atomic_write_bytes(fs, path, data + b"\n")
+        return json.dumps(obj, indent=2).encode() + b"\n"
+
+
+def atomic_write_json(fs, path: str, obj) -> None:
+    atomic_write_bytes(fs, path, json_bytes(obj))
 
 
 # Columns whose values are (nearly) unique: a dictionary would only be built to be dropped.
@@ -761,7 +765,7 @@ def atomic_write_parquet(fs, path: str, table: pa.Table, compression: str = "zst
     names = table.schema.names
     dictionary = [c for c in names if c not in _NO_DICTIONARY]
     statistics = [f.name for f in table.schema if not _is_text(f.type)]
-    tmp = _temporary_name(path)
+    tmp = temporary_name(path)
     with fs.open(tmp, "wb") as fh:
         pq.write_table(
             table,

@@ -22,7 +22,16 @@ import fsspec
 import numpy as np
 
 from .errors import CurateError
-from .io import atomic_write_json, glob_pattern, is_glob, is_hidden, is_local, protocol_of
+from .io import (
+    atomic_write_json,
+    glob_pattern,
+    is_glob,
+    is_hidden,
+    is_local,
+    json_bytes,
+    protocol_of,
+    temporary_name,
+)
 
 MATCH_MANIFEST = "_run.json"
 # What _run.json records of each input file after its relative path (pipeline.match_stage).
@@ -166,9 +175,20 @@ def _remove_temporaries(fs, path: str) -> None:
             fs.rm(p)
 
 
-def claim(fs, out: str, name: str, manifest: dict, what: str = "run") -> None:
-    """Write the manifest ``name`` of a new run, or check that a resumed run is the same."""
+def claim(fs, out: str, name: str, manifest: dict, what: str = "run", resume: bool = True) -> None:
+    """Write the manifest ``name`` of a new run, or check that a resumed run is the same.
+
+    A run that is not a resume (``resume=False``) must be the one to create it: a manifest
+    already there was written by another run that began in the same folder meanwhile.
+    """
     path = f"{out}/{name}"
+    if not resume:
+        if not _create(fs, path, manifest):
+            raise CurateError(
+                f"another gpu-curate run is writing to {out} (its {name} appeared after this "
+                "run began): wait for it to end, or choose another --out"
+            )
+        return
     if not fs.exists(path):
         atomic_write_json(fs, path, manifest)
         return
@@ -197,6 +217,26 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run") -> None:
         f"--resume: {out} was written by a different {what} (differs in: "
         f"{', '.join(changed)}); use --overwrite to start again"
     )
+
+
+def _create(fs, path: str, manifest: dict) -> bool:
+    """Write ``path`` only if it does not exist; False if it does. Atomic on a local disk
+    (a hard link fails on an existing name); elsewhere a check, then the write."""
+    if not is_local(fs):
+        if fs.exists(path):
+            return False
+        atomic_write_json(fs, path, manifest)
+        return True
+    tmp = temporary_name(path)  # (hidden; a resume removes one a kill left)
+    with open(tmp, "wb") as fh:
+        fh.write(json_bytes(manifest))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    return True
 
 
 def balance_manifest(fs, matched_dir: str, counts: np.ndarray, t: float, seed: int) -> dict:

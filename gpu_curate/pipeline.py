@@ -288,7 +288,7 @@ def match_stage(
         # (a run begun by a version that cut them otherwise is refused, not mixed).
         "parts_sha256": _plan_digest(parts),
     }
-    claim(fs, out, MATCH_MANIFEST, manifest)
+    claim(fs, out, MATCH_MANIFEST, manifest, resume=opts.resume)
     _say(opts, f"matching {len(parts)} parts of {len(files)} files")
     fs.makedirs(f"{out}/{MATCHED}/_parts", exist_ok=True)
     # --id-column: the ids must be unique over the pool. Unless a previous run already
@@ -495,7 +495,7 @@ def curate(
             return report
         report.update({"t": t, "seed": seed})
         manifest = balance_manifest(fs, path, counts, t, seed)
-        claim(fs, path, BALANCE_MANIFEST, manifest, "balance")
+        claim(fs, path, BALANCE_MANIFEST, manifest, "balance", resume=opts.resume)
         report.update(balance_stage(client, out, counts, t, seed, fs, path, opts))
         return _finish(fs, path, md, report, report["_kept_counts"], opts)
 
@@ -537,7 +537,7 @@ def balance_matched(
     # Claimed before anything is written: a resume with another t, seed or matched dataset
     # is refused before it replaces the counts beside the finished parts.
     manifest = balance_manifest(mfs, mpath, counts, t, seed)
-    claim(fs, path, BALANCE_MANIFEST, manifest, "balance")
+    claim(fs, path, BALANCE_MANIFEST, manifest, "balance", resume=opts.resume)
     with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
         report = _header(opts, info, be.name)
         report.update(pool)

@@ -1094,6 +1094,35 @@ def test_balance_of_a_damaged_matched_part_is_one_line(small, tmp_path):
     assert "part-00001.parquet" in err
 
 
+def test_two_runs_begun_in_one_folder_do_not_both_go_on(small, tmp_path, monkeypatch):
+    # Both find the folder empty; the one that claims it second stops at once, instead
+    # of matching everything and failing later with a '--resume' message it never asked
+    # for (or mixing its parts with the other's).
+    from gpu_curate import pipeline
+    from gpu_curate.errors import CurateError
+    from gpu_curate.outdir import claim
+
+    pool, md = small
+    out = tmp_path / "out"
+    real_prepare = pipeline.prepare_out
+
+    def prepare_then_the_other_run_claims(*args, **kwargs):
+        fs, path = real_prepare(*args, **kwargs)
+        claim(fs, path, "_run.json", {"another": "run"}, resume=False)
+        return fs, path
+
+    monkeypatch.setattr(pipeline, "prepare_out", prepare_then_the_other_run_claims)
+    r = run_cli("curate", pool, "--metadata", md, "--out", out, "--backend", "cpu", "--quiet")
+    err = assert_clean_error(r, out, "another gpu-curate run is writing to")
+    assert "_run.json" in err and not (out / "matched").exists()
+    assert json.loads((out / "_run.json").read_text()) == {"another": "run"}
+    with pytest.raises(CurateError, match="another gpu-curate run"):
+        import fsspec
+
+        claim(fsspec.filesystem("file"), str(out), "_run.json", {"x": 1}, resume=False)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
 def test_resume_with_another_t_is_refused_before_matching(small, tmp_path):
     pool, md = small
     out = tmp_path / "out"
@@ -1107,9 +1136,9 @@ def test_resume_with_another_t_is_refused_before_matching(small, tmp_path):
 
 
 def test_temporary_files_are_hidden_from_folder_readers(tmp_path):
-    from gpu_curate.io import _temporary_name
+    from gpu_curate.io import temporary_name
 
-    tmp = _temporary_name(f"{tmp_path}/curated/part-00003.parquet")
+    tmp = temporary_name(f"{tmp_path}/curated/part-00003.parquet")
     assert tmp.startswith(f"{tmp_path}/curated/.part-00003.parquet.tmp-")
     (tmp_path / "curated").mkdir()
     pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "curated" / "part-00000.parquet")
