@@ -185,7 +185,10 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
         if is_glob(spec, fs):
             pattern, root = glob_pattern(fs, spec)
             if is_local(fs):
-                listing = _local_files(root or "/", re.compile(glob_translate(pattern)))
+                # (Only the levels the pattern reaches are listed: '/data/*.parquet' is
+                # no walk of everything below /data.)
+                depth = _glob_depth(pattern, root)
+                listing = _local_files(root or "/", re.compile(glob_translate(pattern)), depth)
             else:
                 listing = fs.glob(pattern, detail=True)
             found = [(p, i, _rel(p, root)) for p, i in sorted(listing.items())]
@@ -239,20 +242,29 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
     return files
 
 
-def _local_files(root: str, pattern: re.Pattern | None = None) -> dict[str, dict]:
-    """The files below a local folder (those whose path ``pattern`` matches), as
-    ``{path: listing info}``, following symbolic links to files and to folders.
+def _local_files(
+    root: str, pattern: re.Pattern | None = None, depth: int | None = None
+) -> dict[str, dict]:
+    """The files below a local folder (those whose path ``pattern`` matches, in folders at
+    most ``depth`` levels below ``root``), as ``{path: listing info}``, following symbolic
+    links to files and to folders outside ``root``.
 
     A pool is often a folder of links into shards: a folder scan and a glob must find
-    the same files through them (fsspec lists a link as neither file nor folder). A
-    folder reached twice (a link to an ancestor, or two links to one folder) is read
-    once; names starting with ``.`` or ``_`` are not entered (:func:`is_hidden`); a
-    broken link is an error, not a file silently left out.
+    the same files through them (fsspec lists a link as neither file nor folder). A link
+    to a file or folder inside ``root`` is skipped, as the scan reaches its target there
+    anyway (under its own name); a folder reached twice from outside is read once; names
+    starting with ``.`` or ``_`` are not entered (:func:`is_hidden`); a broken link to a
+    data file, and a folder that cannot be listed, are errors, not files left out.
     """
     found: dict[str, dict] = {}
-    seen: set[str] = set()
     if not os.path.isdir(root):
         return found
+    real_root = os.path.realpath(root)
+    seen: set[str] = set()
+
+    def inside(path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
     def unreadable(exc: OSError):
         # (os.walk skips a folder it cannot list: its files would be left out unsaid.)
@@ -264,10 +276,20 @@ def _local_files(root: str, pattern: re.Pattern | None = None) -> dict[str, dict
             subfolders.clear()
             continue
         seen.add(real)
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith((".", "_")))
+        level = 0 if folder == root else os.path.relpath(folder, root).count(os.sep) + 1
+        subfolders[:] = sorted(
+            d
+            for d in subfolders
+            if not d.startswith((".", "_"))
+            and (depth is None or level < depth)
+            and not (os.path.islink(os.path.join(folder, d)) and inside(os.path.join(folder, d)))
+        )
         for name in names:
             path = os.path.join(folder, name)
-            if pattern is not None and not pattern.match(path):
+            key = path.replace(os.sep, "/") if os.sep != "/" else path  # (fsspec's form)
+            if pattern is not None and not pattern.match(key):
+                continue
+            if os.path.islink(path) and inside(path):
                 continue
             try:
                 st = os.stat(path)  # (follows a link)
@@ -276,8 +298,14 @@ def _local_files(root: str, pattern: re.Pattern | None = None) -> dict[str, dict
                     raise CurateError(f"input {path} is a broken symbolic link") from None
                 continue
             if stat.S_ISREG(st.st_mode):
-                found[path] = {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
+                found[key] = {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
     return found
+
+
+def _glob_depth(pattern: str, root: str) -> int | None:
+    """How many folder levels below ``root`` a glob reaches (None: any, with ``**``)."""
+    below = pattern[len(root) :].strip("/")
+    return None if "**" in below else below.count("/")
 
 
 def _check_codec(path: str) -> None:
@@ -326,7 +354,11 @@ def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) ->
         if f.format == "parquet":
             groups = parquet_row_groups(f.path)
             n = sum(groups)
-            if partition_rows:
+            if f.path.lower().endswith(_COMPRESSIONS):
+                # A compressed Parquet file is decompressed whole to be read: one part,
+                # not one decompression of the whole file per part.
+                cuts = [0, n]
+            elif partition_rows:
                 cuts = list(range(0, max(n, 1), partition_rows)) + [n]
             else:
                 cuts = _row_group_cuts(groups, PART_ROWS)
@@ -355,6 +387,8 @@ def parquet_row_groups(path: str) -> list[int]:
     """The row counts of a Parquet file's row groups (from its footer)."""
     try:
         with fsspec.open(path, "rb", compression="infer") as fh:
+            if path.lower().endswith(_COMPRESSIONS):
+                fh = io.BytesIO(fh.read())  # (its footer is at the end: no seek there)
             md = pq.ParquetFile(fh).metadata
             return [md.row_group(i).num_rows for i in range(md.num_row_groups)]
     except (pa.ArrowInvalid, OSError) as exc:
@@ -468,8 +502,10 @@ def _json_kind(v) -> str:
     if isinstance(v, str):
         return "string"
     if isinstance(v, _Number):
-        # (An integer beyond int64 is a float, as Arrow's reader has it.)
-        int64 = v.text.lstrip("-").isdigit() and -(2**63) <= int(v.text) < 2**63
+        # (An integer beyond int64 is a float, as Arrow's reader has it; a long one is
+        # not parsed: Python refuses int() of more than 4,300 digits.)
+        digits = v.text.lstrip("-")
+        int64 = digits.isdigit() and len(digits) <= 19 and -(2**63) <= int(v.text) < 2**63
         return "int" if int64 else "float"
     return "bool" if isinstance(v, bool) else "nested"
 

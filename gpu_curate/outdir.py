@@ -234,8 +234,15 @@ def _create(fs, path: str, manifest: dict) -> bool:
         os.link(tmp, path)
     except FileExistsError:
         return False
+    except OSError:
+        # No hard links here (FAT, some FUSE and SMB mounts): a check, then a rename.
+        if os.path.exists(path):
+            return False
+        os.replace(tmp, path)
+        return True
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return True
 
 

@@ -181,7 +181,7 @@ def _match_task(
     )
     stats = {"part": name, "file": part.file.relpath, "row_start": part.row_start, **stats}
     stats["rows_written"] = matched.num_rows
-    stats["columns"] = matched.column_names
+    stats["columns"] = [f"{f.name}: {f.type}" for f in matched.schema]  # (names and types)
     atomic_write_parquet(fs, data_path, matched, compression)
     if uids_path is not None:
         write_part_uids(fs, uids_path, uids, uid_buckets)
@@ -248,7 +248,8 @@ def _sum(stats: list[dict], key: str) -> int:
 
 def _expected_rows(stats: list[dict]) -> float:
     """The expected curated size: exact sums of the parts' units, the same for any cut of
-    the pool (parts finished by an earlier version carry only their float)."""
+    the pool (the curated parts of a balance begun by an earlier version, then resumed,
+    carry only their float)."""
     if all("expected_units" in s for s in stats):
         return sum(s["expected_units"] for s in stats) / EXPECTED_UNITS_PER_ROW
     return float(sum(s["expected"] for s in stats))
@@ -258,7 +259,7 @@ def _text_columns(stats: list[dict]) -> dict[str, int]:
     """{text column: number of input files matched on it}, most used first."""
     files: dict[str, set] = {}
     for s in stats:
-        if "text_column" in s:  # (parts finished by an earlier version do not say)
+        if "text_column" in s:  # (a part a resumed run's earlier version wrote may lack it)
             files.setdefault(s["text_column"], set()).add(s["file"])
     return dict(sorted(((c, len(f)) for c, f in files.items()), key=lambda cf: -cf[1]))
 
@@ -321,7 +322,8 @@ def match_stage(
         shown = " and ".join(f"[{', '.join(c)}]" for c in column_sets[:2])
         _say(
             opts,
-            f"note: the parts have {len(column_sets)} different sets of columns ({shown}"
+            f"note: the parts have {len(column_sets)} different sets of columns or column "
+            f"types ({shown}"
             f"{', ...' if len(column_sets) > 2 else ''}): read matched/ and curated/ with "
             "a unified schema (README, Output layout)",
         )

@@ -717,7 +717,9 @@ def write_report(
     for name, make in figures.items():
         png = out_dir / f"{name}.png"
         if make is None:
-            if png.is_file():  # (an earlier report's plot would outlive its page)
+            # An earlier report's plot would outlive the default page it belonged to
+            # (which this report replaces; a page written elsewhere leaves it be).
+            if out_html is None and not embed and png.is_file():
                 png.unlink()
             continue
         data = _png_bytes(make())

@@ -242,6 +242,8 @@ def test_texts_that_are_not_strings_and_unknown_backends_are_clear_errors(pdf):
             gdf.match(ddf, ENTRIES).compute()
     with pytest.raises(CurateError, match=r"unknown backend 'tpu'"):
         gdf.match(dd.from_pandas(pdf, npartitions=1), ENTRIES, backend="tpu")
+    # The GPU is the workers': a client without one builds a gpu graph.
+    gdf.match(dd.from_pandas(pdf, npartitions=1), ENTRIES, backend="gpu")
 
 
 def test_missing_columns_fail_at_once(pdf):

@@ -104,7 +104,9 @@ def test_the_text_column_is_chosen_per_file_and_reported(tmp_path, md):
     report = json.loads((out / "report.json").read_text())
     assert report["text_columns"] == {"TEXT": 1, "caption": 1, "f0": 1}
     assert report["column_sets"] == 3
-    assert "note: the parts have 3 different sets of columns ([caption, TEXT, uid, " in r.output
+    assert (
+        "note: the parts have 3 different sets of columns or column types ([caption: " in r.output
+    )
     got = sorted(pq.read_table(out / "matched", columns=["entry_ids"])[0].to_pylist())
     assert got == [[0], [1], [2], [3]]  # dog (TEXT), new york (caption), cat and 1984 (f0)
     r = match(pool / "b.jsonl", md, tmp_path / "out2", "--text-column", "caption")
@@ -132,6 +134,32 @@ def test_folder_scans_and_globs_follow_symbolic_links_alike(tmp_path):
     (pool / "gone.parquet").symlink_to(tmp_path / "nowhere.parquet")
     with pytest.raises(CurateError, match=r"gone.parquet is a broken symbolic link"):
         discover([str(pool)])
+
+
+def test_a_link_inside_the_pool_is_skipped_and_globs_list_only_their_levels(tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    pool = tmp_path / "pool"
+    (pool / "real").mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["a dog"]}), pool / "real" / "x.parquet")
+    (pool / "alias").symlink_to(pool / "real", target_is_directory=True)  # sorts first
+    (pool / "y.parquet").symlink_to(pool / "real" / "x.parquet")
+    # The targets are in the pool: read once, under their own names.
+    assert [f.relpath for f in discover([str(pool)])] == ["real/x.parquet"]
+    assert [f.relpath for f in discover([f"{pool}/r*/*.parquet"])] == ["real/x.parquet"]
+    # A one-level glob lists the root only: a folder below it that cannot be listed is
+    # none of its business.
+    (pool / "real" / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert [f.relpath for f in discover([f"{pool}/real/*.parquet"])] == ["x.parquet"]
+    with pytest.raises(CurateError, match="cannot list input folder"):
+        discover([f"{pool}/**"])
 
 
 def test_a_folder_that_cannot_be_listed_is_an_error(tmp_path, monkeypatch):
@@ -285,15 +313,22 @@ def test_empty_text_files_hold_no_rows(tmp_path, md):
     assert "every input file" in error_line(match(only, md, tmp_path / "out2"))
 
 
-def test_gzip_compressed_parquet(tmp_path, md):
+def test_compressed_parquet(tmp_path, md):
+    import zstandard
+
     pool = tmp_path / "pool"
     pool.mkdir()
-    pq.write_table(pa.table({"text": ["a dog", "new york cat"]}), tmp_path / "p.parquet")
+    pq.write_table(pa.table({"text": ["a dog", "new york cat"]}), tmp_path / "p.parquet",
+                   row_group_size=1)  # fmt: skip
     with open(tmp_path / "p.parquet", "rb") as src, gzip.open(pool / "p.parquet.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
-    r = match(pool, md, tmp_path / "out")
-    assert r.exit_code == 0, r.output
-    assert matched(tmp_path / "out")["entry_ids"] == [[0], [1, 2]]
+    data = (tmp_path / "p.parquet").read_bytes()
+    (pool / "q.parquet.zst").write_bytes(zstandard.compress(data))  # (no seeking in zstd)
+    r = match(pool, md, tmp_path / "out", "--partition-rows", "1")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(tmp_path / "out")["entry_ids"] == [[0], [1, 2]] * 2
+    # Decompressed whole to be read: one part a file, whatever the cut.
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["parts"] == 2
 
 
 def test_every_compression_suffix_is_decompressed(tmp_path, md, monkeypatch):
@@ -425,6 +460,26 @@ def test_jsonl_text_column_of_numbers_only_is_text_as_written(tmp_path, md):
     got = matched(tmp_path / "out")
     assert got["text"] == [b"1984", b"1.50"] and got["entry_ids"] == [[3], []]
     assert got["n"] == [1, 2]  # (other columns keep their types)
+
+
+def test_parts_whose_columns_differ_only_in_type_are_reported(tmp_path, md):
+    write(tmp_path / "pool" / "a.jsonl", b'{"text": "a dog", "meta": {"k": 1}}\n')
+    write(
+        tmp_path / "pool" / "b.jsonl", b'{"text": "a cat", "meta": 1}\n{"text": "x", "meta": "y"}\n'
+    )
+    r = CliRunner().invoke(main, ["match", str(tmp_path / "pool"), "--metadata", str(md),
+                                  "--out", str(tmp_path / "out"), "--backend", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["column_sets"] == 2
+    assert "2 different sets of columns or column types" in r.output
+
+
+def test_jsonl_number_too_long_for_int(tmp_path, md):
+    long = "9" * 5000  # (Python's int() takes at most 4,300 digits)
+    write(tmp_path / "pool" / "a.jsonl", f'{{"text": {long}}}\n{{"text": "a dog"}}\n'.encode())
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(tmp_path / "out")["text"] == [long.encode(), b"a dog"]
 
 
 def test_jsonl_values_of_several_types_are_data(tmp_path, md, monkeypatch):

@@ -1123,6 +1123,24 @@ def test_two_runs_begun_in_one_folder_do_not_both_go_on(small, tmp_path, monkeyp
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
+def test_the_claim_works_where_hard_links_do_not(tmp_path, monkeypatch):
+    import fsspec
+
+    from gpu_curate.errors import CurateError
+    from gpu_curate.outdir import claim
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")  # (FAT, some FUSE mounts)
+
+    monkeypatch.setattr(os, "link", no_links)
+    fs = fsspec.filesystem("file")
+    claim(fs, str(tmp_path), "_run.json", {"a": 1}, resume=False)
+    assert json.loads((tmp_path / "_run.json").read_text()) == {"a": 1}
+    with pytest.raises(CurateError, match="another gpu-curate run"):
+        claim(fs, str(tmp_path), "_run.json", {"b": 2}, resume=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["_run.json"]
+
+
 def test_resume_with_another_t_is_refused_before_matching(small, tmp_path):
     pool, md = small
     out = tmp_path / "out"

@@ -234,6 +234,15 @@ def test_a_report_without_the_sweep_removes_an_earlier_sweep_plot(demo, tmp_path
     assert "t_sweep" not in files.images and not (run / "report" / "t_sweep.png").exists()
 
 
+def test_a_page_elsewhere_or_embedded_deletes_no_plot_of_the_run(demo, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(demo / "result", run, ignore=shutil.ignore_patterns("report"))
+    write_report(run)  # the default page, which links to t_sweep.png
+    for kw in ({"out_html": tmp_path / "p.html"}, {"embed": True, "out_html": tmp_path / "e.html"}):
+        write_report(run, sweep=False, **kw)
+        assert (run / "report" / "t_sweep.png").is_file()
+
+
 def test_the_seed_is_shown_as_typed(demo, tmp_path):
     bal = tmp_path / "bal"
     res = _invoke(["balance", str(demo / "result"), "--t", "20", "--seed", "12345678901",

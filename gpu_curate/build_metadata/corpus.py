@@ -38,10 +38,11 @@ def expand_corpus_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Turn files and folders into the list of corpus files, in a stable order.
 
     A folder contributes its files ending in one of :data:`PARQUET_SUFFIXES` or
-    :data:`TEXT_SUFFIXES` (found recursively, sorted by path), skipping names that start
-    with ``.`` or ``_`` at any level below it (``.ipynb_checkpoints/``, ``_SUCCESS``), as
-    the pool reader does; a file is taken as it is, whatever its name. A file reached
-    twice would be counted twice: that is an error.
+    :data:`TEXT_SUFFIXES` (found recursively, sorted by path; symbolic links to folders
+    are not followed), skipping names that start with ``.`` or ``_`` at any level below
+    it (``.ipynb_checkpoints/``, ``_SUCCESS``), as the pool reader skips them; a file is
+    taken as it is, whatever its name. A file reached twice would be counted twice: that
+    is an error.
 
     Examples
     --------
