@@ -7,6 +7,7 @@ partitioning, which is what makes uids, and so the curated set, partition-indepe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -15,7 +16,7 @@ import posixpath
 import re
 import stat
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 
@@ -83,6 +84,18 @@ class Part:
 
 # Compression suffixes read through fsspec's codecs (.zst needs the zstandard package).
 _COMPRESSIONS = (".gz", ".bz2", ".zst", ".xz")
+
+
+def _is_compressed(path: str) -> bool:
+    return path.lower().endswith(_COMPRESSIONS)
+
+
+@contextlib.contextmanager
+def _parquet_file(path: str) -> Iterator[pq.ParquetFile]:
+    """``path`` opened as a ParquetFile; a compressed one is decompressed into memory
+    (Parquet wants random access: its footer is at the end, and a zstd stream cannot seek)."""
+    with fsspec.open(path, "rb", compression="infer") as fh:
+        yield pq.ParquetFile(io.BytesIO(fh.read()) if _is_compressed(path) else fh)
 
 
 def _format_of(path: str) -> str | None:
@@ -311,7 +324,7 @@ def _glob_depth(pattern: str, root: str) -> int | None:
 def _check_codec(path: str) -> None:
     # Without its codec, fsspec reads a compressed file as it is: its bytes would be
     # matched as text, silently.
-    if path.lower().endswith(_COMPRESSIONS) and infer_compression(path) is None:
+    if _is_compressed(path) and infer_compression(path) is None:
         raise CurateError(
             f"{path}: no codec for {posixpath.splitext(path)[1]} files here "
             "(for .zst: pip install zstandard)"
@@ -354,7 +367,7 @@ def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) ->
         if f.format == "parquet":
             groups = parquet_row_groups(f.path)
             n = sum(groups)
-            if f.path.lower().endswith(_COMPRESSIONS):
+            if _is_compressed(f.path):
                 # A compressed Parquet file is decompressed whole to be read: one part,
                 # not one decompression of the whole file per part.
                 cuts = [0, n]
@@ -386,10 +399,8 @@ def _row_group_cuts(groups: Sequence[int], target: int) -> list[int]:
 def parquet_row_groups(path: str) -> list[int]:
     """The row counts of a Parquet file's row groups (from its footer)."""
     try:
-        with fsspec.open(path, "rb", compression="infer") as fh:
-            if path.lower().endswith(_COMPRESSIONS):
-                fh = io.BytesIO(fh.read())  # (its footer is at the end: no seek there)
-            md = pq.ParquetFile(fh).metadata
+        with _parquet_file(path) as pf:
+            md = pf.metadata
             return [md.row_group(i).num_rows for i in range(md.num_row_groups)]
     except (pa.ArrowInvalid, OSError) as exc:
         raise CurateError(f"cannot read Parquet file {path}: {exc}") from None
@@ -415,10 +426,7 @@ def read_part(
 
     try:
         if f.format == "parquet":
-            with open_() as fh:
-                if f.path.lower().endswith(_COMPRESSIONS):
-                    fh = io.BytesIO(fh.read())  # (Parquet wants random access)
-                pf = pq.ParquetFile(fh)
+            with _parquet_file(f.path) as pf:
                 table = _parquet_range(pf, part.row_start, part.row_end, columns)
         elif f.format == "jsonl":
             table = _read_json_lines(open_, text_column)
@@ -649,9 +657,6 @@ def _read_delimited(open_, fmt: str, text_column, id_column, where: str) -> pa.T
     names = [c.strip() for c in fields]
     known = set(TEXT_COLUMN_CANDIDATES) | {c for c in (text_column, id_column) if c}
     has_header = any(c in known for c in names)
-    if len(set(names)) < len(names) and has_header:
-        dup = next(c for c in names if names.count(c) > 1)
-        raise CurateError(f"{where}: the header names the column {dup!r} twice")
     # (Two fields at least: a one-column file of captions may start with a one-word one.)
     if not has_header and text_column is None and len(names) >= 2:
         if all(_HEADER_FIELD.fullmatch(c) for c in names):
