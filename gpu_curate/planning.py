@@ -425,13 +425,10 @@ def plan(
     >>> rows = plan("out/", [20_000, 170_000], target_rows=1_000_000)  # doctest: +SKIP
     """
     ts = [ts] if isinstance(ts, int | float | np.number) else list(ts)
-    for t in ts:
-        if isinstance(t, bool | str | bytes):  # (float() takes True and "5")
-            raise CurateError(f"t must be a positive number, got {t!r}")
-    ts = [float(t) for t in ts]
-    for t in ts:
-        if not (math.isfinite(t) and t > 0):
-            raise CurateError(f"t must be a positive number, got {t:g}")
+    try:
+        ts = [balance._check_t(t) for t in ts]  # (the draws' own check of t)
+    except ValueError as exc:
+        raise CurateError(str(exc)) from None
     if target_rows is not None and target_rows <= 0:
         raise CurateError(f"--target-rows must be positive, got {target_rows}")
     if not ts and target_rows is None:
