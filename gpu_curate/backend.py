@@ -82,6 +82,18 @@ def gpu_available() -> bool:
     return gpu_unavailable_reason() is None
 
 
+def check_name(backend: str | Backend) -> None:
+    """Refuse a backend name other than "auto", "cpu" and "gpu", without resolving it (a
+    graph built on a client without a GPU may run on GPU workers).
+
+    Examples
+    --------
+    >>> check_name("gpu")
+    """
+    if not isinstance(backend, Backend) and backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
 def resolve(backend: str | Backend = "auto") -> Backend:
     """Turn "auto" | "cpu" | "gpu" (or a Backend) into a :class:`Backend`.
 
@@ -90,10 +102,9 @@ def resolve(backend: str | Backend = "auto") -> Backend:
     >>> resolve("cpu").name
     'cpu'
     """
+    check_name(backend)
     if isinstance(backend, Backend):
         return backend
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         backend = "gpu" if gpu_available() else "cpu"
     if backend == "cpu":

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import balance as bal
-from .backend import BACKENDS
+from .backend import check_name
 from .counts import counts_table, partition_counts, sum_counts
 from .errors import CurateError
 from .io import RESERVED_COLUMNS
@@ -287,8 +287,7 @@ def match(
     gpu_curate.errors.CurateError: id column 'id' has duplicate value 10 in 2 rows; ...
     """
     md = Metadata.coerce(metadata)
-    if backend not in BACKENDS:  # (fails now, not at compute; the GPU is the workers')
-        raise CurateError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    check_name(backend)  # (fails now, not at compute; the GPU may be the workers' only)
     # Columns are named by str(label) for Arrow: an integer label (dd.read_csv(...,
     # header=None)) may be given as 0 or "0".
     label = {str(c): c for c in ddf.columns}
