@@ -20,10 +20,12 @@ GPU_THREADS = 4
 # clusters gpu-curate starts run without it, a cluster passed with ``scheduler`` runs as
 # its owner configured it.
 LOCAL_CLUSTER_CONFIG = {"distributed.worker.profile.enabled": False}
-# Worker processes of a local cluster leave Ctrl-C to this process (which then closes the
-# cluster and so stops them) instead of each printing its own KeyboardInterrupt traceback.
+# The preload of a local cluster's worker processes: they leave Ctrl-C to this process
+# (which then closes the cluster and so stops them) instead of each printing its own
+# KeyboardInterrupt traceback. It is passed to the cluster, not configured: dask-cuda sets
+# its workers' preload list itself (the one passed, plus dask_cuda.initialize), so Dask's
+# configuration of it would not be read there.
 WORKER_SETUP = "gpu_curate.worker_setup"
-WORKER_PROCESS_CONFIG = {"distributed.worker.preload": [WORKER_SETUP]}
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,6 @@ def open_client(
         # device memory (docs/benchmarks.md); each thread holds one tile's scratch (a 4-thread
         # worker's device pool was 1.1 GB in a 4M-row run).
         per = max(1, min(GPU_THREADS, (os.cpu_count() or 1) // n_gpus))
-        # (The preload is passed, not configured: dask-cuda sets the workers' preload list
-        # itself, dask_cuda.initialize appended to the one given, so Dask's configuration
-        # of it is never read.)
         with dask.config.set(LOCAL_CLUSTER_CONFIG):
             cluster = LocalCUDACluster(
                 n_workers=n_gpus, threads_per_worker=per, preload=[WORKER_SETUP]
@@ -113,14 +112,15 @@ def open_client(
             yield client, ClusterInfo("local-cuda", n, n * per, cluster.scheduler_address)
         return
     n = workers or os.cpu_count() or 1
-    config = {**LOCAL_CLUSTER_CONFIG, **(WORKER_PROCESS_CONFIG if processes else {})}
-    with dask.config.set(config):
+    with dask.config.set(LOCAL_CLUSTER_CONFIG):
         cluster = LocalCluster(
             n_workers=n if processes else 1,
             threads_per_worker=1 if processes else n,
             processes=processes,
             dashboard_address=":0",
             silence_logs=logging.CRITICAL,
+            # (Worker processes only: in-process workers share this process's Ctrl-C.)
+            **({"preload": [WORKER_SETUP]} if processes else {}),
         )
     kind = "local-processes" if processes else "local-threads"
     with cluster, Client(cluster) as client:

@@ -11,6 +11,6 @@ import threading
 
 
 def dask_setup(worker) -> None:
-    """Called by Dask in each worker process at start (``distributed.worker.preload``)."""
+    """Called by Dask in each worker process at start (the ``preload`` cluster.py passes)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -25,6 +25,19 @@ def test_local_clusters_run_without_the_worker_profiler(processes):
     assert dask.config.get("distributed.worker.profile.enabled") is True
 
 
+def _sigint_handler(dask_worker: Worker):
+    import signal
+
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_worker_processes_leave_ctrl_c_to_the_run_and_threads_keep_it():
+    with open_client(resolve("cpu"), workers=1, processes=True) as (client, _):
+        assert list(client.run(_sigint_handler).values()) == [True]
+    with open_client(resolve("cpu"), workers=1) as (client, _):
+        assert list(client.run(_sigint_handler).values()) == [False]  # (this very process)
+
+
 def test_more_gpu_workers_than_gpus_is_a_one_line_error(monkeypatch):
     # dask-cuda itself would raise a bare ValueError ("Can not scale beyond visible
     # devices"); no GPU here, so its module and the GPU count are stand-ins.

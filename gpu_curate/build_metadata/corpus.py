@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
+from ..io import is_hidden
 from .textio import BLOCK_BYTES, iter_line_blocks, source_error
 
 #: Column names tried, in this order, when a Parquet corpus file names no column.
@@ -58,7 +59,7 @@ def expand_corpus_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
                 for q in p.rglob("*")
                 if q.is_file()
                 and q.name.lower().endswith(PARQUET_SUFFIXES + TEXT_SUFFIXES)
-                and not any(c.startswith((".", "_")) for c in q.relative_to(p).parts)
+                and not is_hidden(q.relative_to(p).as_posix())
             )
             if not found:
                 raise source_error(path, None, "corpus folder holds no .txt/.parquet files")
