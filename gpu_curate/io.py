@@ -152,16 +152,10 @@ def full_path(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
-def is_glob(spec: str, fs: fsspec.AbstractFileSystem | None = None) -> bool:
-    """Whether an input is a glob pattern: it has a wildcard (``*?[``) and, given its file
-    system, names no existing file or folder (``pool [1]/`` is a folder, not a pattern)."""
-    if not any(ch in spec for ch in "*?["):
-        return False
-    if fs is None:
-        fs, path = fsspec.core.url_to_fs(spec)
-    else:
-        path = fs._strip_protocol(spec)
-    return not fs.exists(path)
+def is_glob(spec: str, fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether an input (on the file system ``fs``) is a glob pattern: it has a wildcard
+    (``*?[``) and names no existing file or folder (``pool [1]/`` is a folder)."""
+    return any(ch in spec for ch in "*?[") and not fs.exists(fs._strip_protocol(spec))
 
 
 def glob_pattern(fs: fsspec.AbstractFileSystem, spec: str) -> tuple[str, str]:
