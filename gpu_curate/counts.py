@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,16 +30,62 @@ def partition_counts(entry_ids, n_entries: int, xp=np) -> np.ndarray:
     return counts.get() if hasattr(counts, "get") else counts
 
 
+def tree_reduce(leaves: Sequence, combine: Callable, split_every: int = 8):
+    """``combine`` applied over ``leaves`` (delayed objects) as a tree of fan-in ``split_every``.
+
+    One task per ``split_every`` results: a part costs one task and one scheduler round
+    trip more, where a ``dask.array`` stack-and-sum of the parts' counts cost about five
+    (11 ms a part on 2 cores, docs/benchmarks.md).
+
+    Examples
+    --------
+    >>> import dask, operator
+    >>> leaves = [dask.delayed(i) for i in range(20)]
+    >>> tree_reduce(leaves, lambda *xs: sum(xs), split_every=4).compute()
+    190
+    """
+    import dask
+
+    level = list(leaves)
+    if not level:
+        raise ValueError("tree_reduce needs at least one leaf")
+    while len(level) > 1:
+        level = [
+            dask.delayed(combine, pure=True)(*level[i : i + split_every])
+            for i in range(0, len(level), split_every)
+        ]
+    return level[0]
+
+
+def add_counts(*counts: np.ndarray) -> np.ndarray:
+    """The int64 sum of count arrays of one length (a new array).
+
+    Examples
+    --------
+    >>> add_counts(np.array([1, 0]), np.array([2, 3])).tolist()
+    [3, 3]
+    """
+    total = np.array(counts[0], dtype=np.int64)  # (a copy: the leaves stay as they are)
+    for c in counts[1:]:
+        total += c
+    return total
+
+
 def sum_counts(per_partition: list, n_entries: int):
-    """A lazy tree-sum (dask.array) of per-partition count arrays (delayed objects)."""
-    import dask.array as da
+    """A lazy tree-sum (a Delayed) of per-partition count arrays (delayed objects).
+
+    Examples
+    --------
+    >>> import dask
+    >>> parts = [dask.delayed(np.array([1, 0, 2])), dask.delayed(np.array([0, 5, 1]))]
+    >>> sum_counts(parts, 3).compute().tolist()
+    [1, 5, 3]
+    """
+    import dask
 
     if not per_partition:
-        return da.zeros(n_entries, dtype=np.int64)
-    stacked = da.stack(
-        [da.from_delayed(c, shape=(n_entries,), dtype=np.int64) for c in per_partition]
-    )
-    return stacked.sum(axis=0, split_every=8)
+        return dask.delayed(np.zeros)(n_entries, dtype=np.int64)
+    return tree_reduce(per_partition, add_counts)
 
 
 def counts_table(metadata: Metadata, counts: np.ndarray) -> pa.Table:

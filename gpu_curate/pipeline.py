@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from . import __version__
 from .backend import resolve
 from .balance import EXPECTED_UNITS_PER_ROW, entry_probabilities
 from .cluster import ClusterInfo, open_client
-from .counts import counts_json, counts_table, partition_counts, sum_counts
+from .counts import add_counts, counts_json, counts_table, partition_counts, tree_reduce
 from .errors import CurateError
 from .io import (
     COMPRESSIONS,
@@ -212,21 +211,26 @@ def _balance_task(
     return stats, counts
 
 
+def _merge(*results: tuple) -> tuple[list[dict], np.ndarray]:
+    """(stats of every part in order, summed entry counts) of part results or earlier merges."""
+    stats = [s for st, _ in results for s in (st if isinstance(st, list) else [st])]
+    return stats, add_counts(*(c for _, c in results))
+
+
 def _compute(client, results: list, n_entries: int, opts: Options):
     """Run the part tasks; return their stats and the tree-summed entry counts."""
-    stats_tasks = [dask.delayed(operator.itemgetter(0), pure=True)(r) for r in results]
-    counts_tasks = [dask.delayed(operator.itemgetter(1), pure=True)(r) for r in results]
-    # optimize_graph=False: graph optimization would fuse each part task into the counts
-    # array's chunk under a new key, so every part would be matched (and written) twice.
-    futures = client.compute(
-        [stats_tasks, sum_counts(counts_tasks, n_entries)], optimize_graph=False
-    )
+    if not results:
+        return [], np.zeros(n_entries, dtype=np.int64)
+    # optimize_graph=False: graph optimization would fuse each part task into the tree's
+    # first merge under a new key; kept apart, each part is one task of the progress bar.
+    future = client.compute(tree_reduce(results, _merge), optimize_graph=False)
     if not opts.quiet:
         from distributed import progress
 
-        progress(futures)
+        progress(future)
         opts.echo("")
-    stats, total = client.gather(futures)
+    stats, total = client.gather(future)
+    stats = stats if isinstance(stats, list) else [stats]  # (a single part is no merge)
     return stats, np.asarray(total, dtype=np.int64)
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpu_curate.counts import counts_json, counts_table
+from gpu_curate.counts import counts_json, counts_table, sum_counts, tree_reduce
 from gpu_curate.metadata import Metadata
 
 
@@ -102,3 +102,28 @@ def test_counts_of_an_empty_part_on_a_cupy_like_module():
     assert got.tolist() == [0, 0, 0, 0]
     weighted = balance.bincount(empty, 2, xp, weights=np.zeros(0))
     assert weighted.dtype == np.float64 and weighted.tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 64, 65, 200])
+def test_sum_counts_tree_adds_every_partition_once(n):
+    import dask
+
+    rng = np.random.default_rng(n)
+    parts = [rng.integers(0, 1000, 5) for _ in range(n)]
+    total = sum_counts([dask.delayed(p) for p in parts], 5).compute()
+    assert total.dtype == np.int64
+    np.testing.assert_array_equal(total, np.sum(parts, axis=0))
+    assert parts[0].sum() > 0  # (the leaves are summed into a new array, not in place)
+    np.testing.assert_array_equal(parts[0], np.random.default_rng(n).integers(0, 1000, 5))
+
+
+def test_sum_counts_of_no_partition_is_zeros():
+    np.testing.assert_array_equal(sum_counts([], 3).compute(), [0, 0, 0])
+
+
+@pytest.mark.parametrize("n", [1, 3, 17])
+def test_tree_reduce_keeps_the_order_of_its_leaves(n):
+    import dask
+
+    leaves = [dask.delayed([i]) for i in range(n)]
+    assert tree_reduce(leaves, lambda *xs: sum(xs, []), split_every=4).compute() == list(range(n))
