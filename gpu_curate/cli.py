@@ -154,7 +154,9 @@ def _common(f):
             "--partition-rows",
             type=click.IntRange(min=1),
             default=None,
-            help="Split Parquet files into parts of at most this many rows.",
+            help="Rows per part: larger Parquet files are cut every this many rows, "
+            "smaller ones of one schema packed up to it (default: about 1M rows, in whole "
+            "row groups).",
         ),
         compression_option(),
         click.option(

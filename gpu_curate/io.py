@@ -1,8 +1,9 @@
 """Inputs and outputs: find the pool's files, read one partition, write parts atomically.
 
-A *part* is a contiguous row range of one input file. Its rows keep their identity (the
-file's path relative to the input root and the row number within the file) whatever the
-partitioning, which is what makes uids, and so the curated set, partition-independent.
+A *part* is a contiguous row range of one input file, or several small Parquet files
+packed together (each a *piece*). Its rows keep their identity (the file's path relative
+to the input root and the row number within the file) whatever the partitioning, which is
+what makes uids, and so the curated set, partition-independent.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 import stat
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import fsspec
@@ -70,16 +71,27 @@ def _stamp(info: dict) -> str | None:
 
 
 @dataclass(frozen=True)
-class Part:
+class Piece:
     """Rows [row_start, row_end) of one input file (row_end None: to the end of the file)."""
 
-    index: int
     file: InputFile
     row_start: int
     row_end: int | None
 
-    def to_json(self) -> dict:
-        return asdict(self)
+
+@dataclass(frozen=True)
+class Part:
+    """The rows one task reads, matches and writes as one output file: a row range of one
+    input file, or several whole small Parquet files of one schema (:func:`plan_parts`)."""
+
+    index: int
+    pieces: tuple[Piece, ...]
+
+    def describe(self) -> str:
+        """Where the part's rows come from, for messages."""
+        first = self.pieces[0].file.path
+        more = len(self.pieces) - 1
+        return f"{first} (and {more} more file{'s' if more > 1 else ''})" if more else first
 
 
 # Compression suffixes read through fsspec's codecs (.zst needs the zstandard package).
@@ -346,33 +358,67 @@ def _rel(path: str, root: str) -> str:
 # took 1.16 GB in all, docs/benchmarks.md) and the parallelism no longer depend on how
 # big the pool's files are (LAION-400M's metadata files hold ~13M rows each).
 PART_ROWS = 1_000_000
+# Smaller Parquet files are packed into parts of up to this many rows: enough that the
+# ~25 ms a part costs is a few percent of its work, few enough that a pool of a few
+# million rows still has a part for every core.
+PACK_ROWS = 250_000
 
 
 def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) -> list[Part]:
-    """Cut the files into parts (Parquet only; other formats are one part per file, because
-    a row number needs the rows before it).
+    """Cut the files into parts; pack small Parquet files together.
 
     With ``partition_rows``, a Parquet file is cut every ``partition_rows`` rows; without
     it, into runs of whole row groups of about :data:`PART_ROWS` rows (a larger row group
-    is a part of its own).
+    is a part of its own). Parquet files of at most ``partition_rows`` (default
+    :data:`PACK_ROWS`) rows that follow each other in ``files`` and have one schema are
+    packed into one part of up to that many rows: a pool of 10k-row shards (img2dataset's
+    layout) is then matched in tasks big enough that the ~25 ms a task and an output file
+    cost is small. Other formats are one part per file (a row number needs the rows
+    before it, and their schema is known only once read).
+
+    Examples
+    --------
+    >>> parts = plan_parts([])
+    >>> parts
+    []
     """
+    pack_target = partition_rows or min(PACK_ROWS, PART_ROWS)
     parts: list[Part] = []
+    pack: list[Piece] = []
+    pack_rows, pack_schema = 0, None
+
+    def close_pack() -> None:
+        nonlocal pack_rows
+        if pack:
+            parts.append(Part(len(parts), tuple(pack)))
+            pack.clear()
+            pack_rows = 0
+
     for f in files:
-        if f.format == "parquet":
-            groups = parquet_row_groups(f.path)
-            n = sum(groups)
-            if _is_compressed(f.path):
-                # A compressed Parquet file is decompressed whole to be read: one part,
-                # not one decompression of the whole file per part.
-                cuts = [0, n]
-            elif partition_rows:
-                cuts = list(range(0, max(n, 1), partition_rows)) + [n]
-            else:
-                cuts = _row_group_cuts(groups, PART_ROWS)
-            for start, end in zip(cuts[:-1], cuts[1:], strict=True):
-                parts.append(Part(len(parts), f, start, end))
+        if f.format != "parquet":
+            close_pack()
+            parts.append(Part(len(parts), (Piece(f, 0, None),)))
+            continue
+        groups, schema = parquet_layout(f.path)
+        n = sum(groups)
+        if _is_compressed(f.path):
+            # A compressed Parquet file is decompressed whole to be read: one part,
+            # not one decompression of the whole file per part.
+            cuts = [0, n]
+        elif n <= pack_target:
+            if pack and (pack_rows + n > pack_target or not schema.equals(pack_schema)):
+                close_pack()
+            pack.append(Piece(f, 0, n))
+            pack_rows, pack_schema = pack_rows + n, schema
+            continue
+        elif partition_rows:
+            cuts = list(range(0, n, partition_rows)) + [n]
         else:
-            parts.append(Part(len(parts), f, 0, None))
+            cuts = _row_group_cuts(groups, PART_ROWS)
+        close_pack()
+        for start, end in zip(cuts[:-1], cuts[1:], strict=True):
+            parts.append(Part(len(parts), (Piece(f, start, end),)))
+    close_pack()
     return parts
 
 
@@ -390,29 +436,29 @@ def _row_group_cuts(groups: Sequence[int], target: int) -> list[int]:
     return cuts if len(cuts) > 1 and cuts[-1] > 0 else [0, 0]
 
 
-def parquet_row_groups(path: str) -> list[int]:
-    """The row counts of a Parquet file's row groups (from its footer)."""
+def parquet_layout(path: str) -> tuple[list[int], pa.Schema]:
+    """The row counts of a Parquet file's row groups and its Arrow schema (its footer)."""
     try:
         with _parquet_file(path) as pf:
             md = pf.metadata
-            return [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+            return [md.row_group(i).num_rows for i in range(md.num_row_groups)], pf.schema_arrow
     except (pa.ArrowInvalid, OSError) as exc:
         raise CurateError(f"cannot read Parquet file {path}: {exc}") from None
 
 
-def read_part(
-    part: Part,
+def read_piece(
+    piece: Piece,
     columns: Sequence[str] | None = None,
     text_column: str | None = None,
     id_column: str | None = None,
 ) -> pa.Table:
-    """Read the rows of one part as an Arrow table (host memory).
+    """Read the rows of one piece of a part as an Arrow table (host memory).
 
     ``text_column`` and ``id_column`` are the columns the run names (None: the default):
     on a CSV/TSV file's first line they mark it as a header. CSV/TSV columns are read as
     strings, as written (``001`` stays ``001``).
     """
-    f = part.file
+    f = piece.file
 
     def open_():
         # The readers open the file again rather than seek back: a zstd stream cannot.
@@ -421,7 +467,7 @@ def read_part(
     try:
         if f.format == "parquet":
             with _parquet_file(f.path) as pf:
-                table = _parquet_range(pf, part.row_start, part.row_end, columns)
+                table = _parquet_range(pf, piece.row_start, piece.row_end, columns)
         elif f.format == "jsonl":
             table = _read_json_lines(open_, text_column)
         else:

@@ -32,13 +32,14 @@ from .io import (
     COMPRESSIONS,
     InputFile,
     Part,
+    Piece,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_parquet,
     discover,
     full_path,
     plan_parts,
-    read_part,
+    read_piece,
 )
 from .metadata import Metadata
 from .outdir import (
@@ -173,12 +174,21 @@ def _match_task(
     ):
         return done
     _numba_threads(threads)
-    table = read_part(part, text_column=step.text_column, id_column=step.id_column)
-    where = part.file.path
-    matched, stats, counts, uids = step.run_with_uids(
-        table, part.file.relpath, part.row_start, where
-    )
-    stats = {"part": name, "file": part.file.relpath, "row_start": part.row_start, **stats}
+    tables, piece_stats, piece_uids, counts = [], [], [], None
+    for piece in part.pieces:
+        table, st, c, u = _match_piece(piece, step)
+        tables.append(table)
+        piece_stats.append(st)
+        piece_uids.append(u)
+        # Summed as they come (into the first piece's new array): a pack of a thousand
+        # files would hold a thousand arrays of one count per entry.
+        if counts is None:
+            counts = c
+        else:
+            counts += c
+    matched = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    uids = np.concatenate(piece_uids) if len(piece_uids) > 1 else piece_uids[0]
+    stats = {"part": name, **_piece_stats(piece_stats)}
     stats["rows_written"] = matched.num_rows
     stats["columns"] = [f"{f.name}: {f.type}" for f in matched.schema]  # (names and types)
     atomic_write_parquet(fs, data_path, matched, compression)
@@ -186,6 +196,34 @@ def _match_task(
         write_part_uids(fs, uids_path, uids, uid_buckets)
     atomic_write_json(fs, stats_path, stats)  # written last: marks the part complete
     return stats, counts
+
+
+def _match_piece(piece: Piece, step: MatchStep):
+    """(matched table, stats, entry counts, uids) of one piece of a part."""
+    table = read_piece(piece, text_column=step.text_column, id_column=step.id_column)
+    matched, stats, counts, uids = step.run_with_uids(
+        table, piece.file.relpath, piece.row_start, piece.file.path
+    )
+    return (
+        matched,
+        {"file": piece.file.relpath, "row_start": piece.row_start, **stats},
+        counts,
+        uids,
+    )
+
+
+def _piece_stats(stats: list[dict]) -> dict:
+    """A part's stats from its pieces': ``file`` and ``row_start`` for a one-piece part (as
+    earlier versions wrote), else ``files``, with the counts summed."""
+    if len(stats) == 1:
+        return stats[0]
+    merged: dict = {"files": [s["file"] for s in stats]}
+    for key, value in stats[0].items():
+        if key in ("file", "row_start"):
+            continue
+        # (Not a count: the text column, one for all the pieces of a pack (one schema).)
+        merged[key] = sum(s[key] for s in stats) if isinstance(value, int) else value
+    return merged
 
 
 def _balance_task(
@@ -235,7 +273,13 @@ def _compute(client, results: list, n_entries: int, opts: Options):
 
 
 def _plan_digest(parts: list[Part]) -> str:
-    plan = [[p.file.relpath, p.row_start, p.row_end] for p in parts]
+    # (A one-piece part is written as earlier versions wrote a part: their runs resume.)
+    plan = [
+        [[x.file.relpath, x.row_start, x.row_end] for x in p.pieces]
+        if len(p.pieces) > 1
+        else [p.pieces[0].file.relpath, p.pieces[0].row_start, p.pieces[0].row_end]
+        for p in parts
+    ]
     return hashlib.sha256(json.dumps(plan).encode()).hexdigest()
 
 
@@ -264,7 +308,7 @@ def _text_columns(stats: list[dict]) -> dict[str, int]:
     files: dict[str, set] = {}
     for s in stats:
         if "text_column" in s:  # (a part a resumed run's earlier version wrote may lack it)
-            files.setdefault(s["text_column"], set()).add(s["file"])
+            files.setdefault(s["text_column"], set()).update(s.get("files", [s.get("file")]))
     return dict(sorted(((c, len(f)) for c, f in files.items()), key=lambda cf: -cf[1]))
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import CurateError
-from .io import Part, atomic_write_bytes, read_part
+from .io import Part, atomic_write_bytes, read_piece
 from .uid import value_uids
 
 WORK = "_work"
@@ -179,7 +179,7 @@ def bucket_count(parts: Sequence[Part]) -> int:
     """
     rows = 0
     sizes: dict[str, int] = {}
-    for p in parts:
+    for p in (piece for part in parts for piece in part.pieces):
         if p.row_end is not None:
             rows += p.row_end - p.row_start
         elif p.file.path not in sizes:
@@ -361,27 +361,32 @@ class UidCheck:
             for a, part in zip(arrays, owners, strict=True):
                 j = int(np.searchsorted(a, u))
                 if j < a.size and a[j] == u:
-                    values, uids = self._ids(part, cache)
-                    for r in np.flatnonzero(uids == u).tolist():
-                        rows.append((values[r].as_py(), part.file.path, part.row_start + r))
+                    for values, uids, path, row_start in self._ids(part, cache):
+                        for r in np.flatnonzero(uids == u).tolist():
+                            rows.append((values[r].as_py(), path, row_start + r))
             found = _equal_values(rows)
             if found is not None:
                 return found
         return None
 
-    def _ids(self, part: Part, cache: dict) -> tuple[pa.Array, np.ndarray]:
+    def _ids(self, part: Part, cache: dict) -> list[tuple[pa.Array, np.ndarray, str, int]]:
+        """(id values, their uids, file path, first row) of each piece of ``part``."""
         if part.index not in cache:
             if len(cache) >= 8:
                 cache.pop(next(iter(cache)))
-            table = read_part(
-                part,
-                columns=[self.id_column],
-                text_column=self.text_column,
-                id_column=self.id_column,
-            )
-            column = table.column(self.id_column).combine_chunks()
-            uids = value_uids(column, self.id_column, part.file.path, part.row_start)
-            cache[part.index] = (column, uids)
+            found = []
+            for piece in part.pieces:
+                table = read_piece(
+                    piece,
+                    columns=[self.id_column],
+                    text_column=self.text_column,
+                    id_column=self.id_column,
+                )
+                column = table.column(self.id_column).combine_chunks()
+                path = piece.file.path
+                uids = value_uids(column, self.id_column, path, piece.row_start)
+                found.append((column, uids, path, piece.row_start))
+            cache[part.index] = found
         return cache[part.index]
 
 

@@ -544,3 +544,52 @@ def test_parquet_text_column_types(tmp_path, md, texts, keep):
     assert table.column("text").cast(pa.string()).to_pylist() == [
         {1: "a dog", 2: "x", 3: None, 4: "1984 new york"}[k] for k in keys
     ]
+
+
+def _pieces(parts) -> list[list[tuple]]:
+    return [[(x.file.relpath, x.row_start, x.row_end) for x in p.pieces] for p in parts]
+
+
+def test_small_parquet_files_of_one_schema_are_packed_into_parts(tmp_path):
+    from gpu_curate.io import plan_parts
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    text = {"TEXT": ["a dog"] * 30}
+    for name in "abdfhij":
+        pq.write_table(pa.table(text), pool / f"{name}.parquet")
+    pq.write_table(pa.table({**text, "x": list(range(30))}), pool / "c.parquet")
+    pq.write_table(pa.table({"TEXT": ["a cat"] * 200}), pool / "e.parquet")
+    (pool / "g.jsonl").write_text('{"TEXT": "a dog"}\n')
+    parts = plan_parts(discover([str(pool)]), 70)
+    assert _pieces(parts) == [
+        [("a.parquet", 0, 30), ("b.parquet", 0, 30)],  # (a third file would pass 70 rows)
+        [("c.parquet", 0, 30)],  # another schema
+        [("d.parquet", 0, 30)],  # the next file is cut: a part of its own
+        [("e.parquet", 0, 70)],
+        [("e.parquet", 70, 140)],
+        [("e.parquet", 140, 200)],
+        [("f.parquet", 0, 30)],  # a JSON Lines file comes between
+        [("g.jsonl", 0, None)],
+        [("h.parquet", 0, 30), ("i.parquet", 0, 30)],
+        [("j.parquet", 0, 30)],
+    ]
+    assert [p.index for p in parts] == list(range(len(parts)))
+    assert parts[0].describe() == f"{pool / 'a.parquet'} (and 1 more file)"
+
+
+def test_a_pool_of_small_files_is_read_in_few_parts_by_default(tmp_path, monkeypatch):
+    from gpu_curate import io
+    from gpu_curate.io import plan_parts
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(5):
+        pq.write_table(pa.table({"TEXT": ["a dog"] * (i + 1)}), pool / f"s{i}.parquet")
+    pq.write_table(pa.table({"TEXT": pa.array([], pa.string())}), pool / "s5.parquet")
+    files = discover([str(pool)])
+    everything = [(f"s{i}.parquet", 0, i + 1) for i in range(5)] + [("s5.parquet", 0, 0)]
+    assert _pieces(plan_parts(files)) == [everything]
+    # Without --partition-rows, packs hold up to PACK_ROWS rows.
+    monkeypatch.setattr(io, "PACK_ROWS", 6)
+    assert _pieces(plan_parts(files)) == [everything[:3], everything[3:4], everything[4:]]

@@ -268,7 +268,7 @@ def test_entry_counts_equal_reference(baseline, pool, ref):
     assert rep["matched_rows"] == int(ref.matched.sum())
     assert rep["matches"] == int(ref.counts.sum())
     assert rep["entries_matched"] == int((ref.counts > 0).sum())
-    assert rep["parts"] == 2  # one per file without --partition-rows
+    assert rep["parts"] == 1  # two small files of one schema, packed
 
 
 def test_matched_rows_are_the_reference_matches(baseline, ref):

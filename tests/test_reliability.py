@@ -28,6 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from gpu_curate.cli import main
+from gpu_curate.uid import position_uids
 
 BIN = Path(sys.executable).parent
 GPU_CURATE = str(BIN / "gpu-curate")
@@ -627,12 +628,16 @@ def test_bad_rows_are_data(small, tmp_path):
     assert report["null_texts"] == 2 + 10
     assert report["empty_texts"] == 3 + 10
     assert (out / "matched" / "_SUCCESS").exists()
+    # (The two small files are one part; its texts are read as bytes: some are not UTF-8.)
     matched = pq.read_table(out / "matched" / "part-00000.parquet")
-    big_row = [t for t in matched.column("TEXT").to_pylist() if t and len(t) > 100_000]
+    texts = matched.column("TEXT").cast(pa.binary()).to_pylist()
+    big_row = [t for t in texts if t and len(t) > 100_000]
     assert len(big_row) == 1
     # the invalid-UTF-8 rows are matched on their valid words
-    ids = pq.read_table(out / "matched" / "part-00001.parquet").column("entry_ids").to_pylist()
-    assert ids[:3] == [[ENTRIES.index("dog"), ENTRIES.index("red car")], [4], [3]]
+    ids = dict(zip(matched.column("uid").to_pylist(), matched.column("entry_ids").to_pylist(),
+                   strict=True))  # fmt: skip
+    first = position_uids("b_invalid_utf8.parquet", 0, 3).tolist()
+    assert [ids[u] for u in first] == [[ENTRIES.index("dog"), ENTRIES.index("red car")], [4], [3]]
 
 
 def test_binary_text_column(small, tmp_path):
@@ -896,7 +901,7 @@ def test_default_parts_are_whole_row_groups_and_resume_needs_the_same_cut(tmp_pa
     ]  # fmt: skip
     one = tmp_path / "one"
     assert run_cli("curate", pool, "--out", one, "--partition-rows", "5000", *common).exit_code == 0
-    assert json.loads((one / "report.json").read_text())["parts"] == 2
+    assert json.loads((one / "report.json").read_text())["parts"] == 1  # (both files, packed)
     assert np.array_equal(curated_uids(out), curated_uids(one))
     # An interrupted run resumed by a version that cuts the files otherwise is refused:
     # its finished part-00001 covers other rows.
@@ -908,6 +913,47 @@ def test_default_parts_are_whole_row_groups_and_resume_needs_the_same_cut(tmp_pa
     monkeypatch.setattr(io, "PART_ROWS", 250)
     assert run_cli("curate", pool, "--out", out, "--resume", *common).exit_code == 0
     assert np.array_equal(curated_uids(out), curated_uids(one))
+
+
+def test_small_files_packed_into_one_part_curate_as_when_cut(small, tmp_path):
+    """Nine small files, packed into one part by default, give what the same files cut
+    into 25-row parts give: the same uids, counts and figures; a resume reuses the pack."""
+    _, md = small
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for f in range(9):
+        texts = _texts(40 + 10 * f, 100 + f)
+        pq.write_table(pa.table({"TEXT": texts}), pool / f"shard-{f:05d}.parquet")
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "2", "--t", "9"]
+    packed, cut = tmp_path / "packed", tmp_path / "cut"
+    assert run_cli("curate", pool, "--out", packed, *common).exit_code == 0
+    assert run_cli("curate", pool, "--out", cut, "--partition-rows", 25, *common).exit_code == 0
+    reports = [json.loads((o / "report.json").read_text()) for o in (packed, cut)]
+    assert [r["parts"] for r in reports] == [1, sum(-(-(40 + 10 * f) // 25) for f in range(9))]
+    for key in ("pool_rows", "matched_rows", "curated_rows", "expected_curated_rows", "matches",
+                "text_columns"):  # fmt: skip
+        assert reports[0][key] == reports[1][key], key
+    assert reports[0]["text_columns"] == {"TEXT": 9}
+    assert reports[0]["pool_rows"] == sum(40 + 10 * f for f in range(9))
+    assert np.array_equal(curated_uids(packed), curated_uids(cut))
+    assert entry_counts(packed) == entry_counts(cut)
+    (stats,) = [json.loads(f.read_text()) for f in (packed / "matched" / "_parts").glob("*.json")]
+    assert stats["files"] == [f"shard-{f:05d}.parquet" for f in range(9)]
+    # The matched part holds the files' rows in order, each with its own position uid.
+    matched = pq.read_table(packed / "matched" / "part-00000.parquet")
+    texts = [t for f in range(9) for t in _texts(40 + 10 * f, 100 + f)]
+    uids = np.concatenate(
+        [position_uids(f"shard-{f:05d}.parquet", 0, 40 + 10 * f) for f in range(9)]
+    )
+    keep = np.isin(uids, matched.column("uid").to_numpy())
+    assert matched.column("TEXT").to_pylist() == [t for t, k in zip(texts, keep, strict=True) if k]
+    assert matched.column("uid").to_numpy().tolist() == uids[keep].tolist()
+    (packed / "report.json").unlink()
+    (packed / "curated" / "_SUCCESS").unlink()
+    before = (packed / "matched" / "part-00000.parquet").stat().st_mtime_ns
+    assert run_cli("curate", pool, "--out", packed, "--resume", *common).exit_code == 0
+    assert (packed / "matched" / "part-00000.parquet").stat().st_mtime_ns == before
+    assert np.array_equal(curated_uids(packed), curated_uids(cut))
 
 
 def test_expected_size_is_the_same_number_for_any_cut(small, tmp_path):
@@ -1087,11 +1133,11 @@ def test_balance_of_a_damaged_matched_part_is_one_line(small, tmp_path):
     m = tmp_path / "m"
     common = ["--backend", "cpu", "--quiet", "--workers", "1"]
     assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
-    part = m / "matched" / "part-00001.parquet"
+    part = m / "matched" / "part-00000.parquet"
     part.write_bytes(part.read_bytes()[:1000])
     r = run_cli("balance", m, "--t", "30", "--out", tmp_path / "b", *common)
     err = assert_clean_error(r, tmp_path / "b", "cannot read the matched part")
-    assert "part-00001.parquet" in err
+    assert "part-00000.parquet" in err
 
 
 def test_two_runs_begun_in_one_folder_do_not_both_go_on(small, tmp_path, monkeypatch):
