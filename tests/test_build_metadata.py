@@ -167,6 +167,16 @@ def test_wordnet_found_in_debian_layout(tmp_path):
     assert wordnet_synset_names(tmp_path / "deb") == WORDNET_NAMES
 
 
+def test_wordnet_gzipped_data_files_are_found(tmp_path):
+    import gzip
+
+    folder = write_wordnet(tmp_path / "wn")
+    for name in ("data.noun", "data.adj"):
+        (folder / f"{name}.gz").write_bytes(gzip.compress((folder / name).read_bytes()))
+        (folder / name).unlink()
+    assert wordnet_synset_names(tmp_path / "wn") == WORDNET_NAMES
+
+
 def test_wordnet_missing_file_is_named(tmp_path):
     folder = write_wordnet(tmp_path / "wn")
     (folder / "data.adv").unlink()

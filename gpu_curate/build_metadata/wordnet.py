@@ -53,9 +53,9 @@ def find_wordnet_dir(root: str | os.PathLike) -> Path:
         raise source_error(root, None, "WordNet folder does not exist")
     for layout in _LAYOUTS:
         candidate = base / layout
-        if (candidate / DATA_FILES[0][0]).is_file():
+        if data_file(candidate, DATA_FILES[0][0]) is not None:
             for name, _ in DATA_FILES:
-                if not (candidate / name).is_file():
+                if data_file(candidate, name) is None:
                     raise source_error(candidate / name, None, "WordNet data file is missing")
             return candidate
     raise source_error(
@@ -63,6 +63,14 @@ def find_wordnet_dir(root: str | os.PathLike) -> Path:
         None,
         "WordNet data file is missing (also looked in dict/, db/ and usr/share/wordnet/)",
     )
+
+
+def data_file(folder: Path, name: str) -> Path | None:
+    """``folder/name``, or its gzipped ``name.gz``, whichever is a file (or None)."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def lemma_to_entry(lemma: str) -> str:
@@ -143,8 +151,9 @@ def wordnet_synset_names(root: str | os.PathLike) -> list[str]:
     Parameters
     ----------
     root
-        A folder holding ``data.noun``, ``data.verb``, ``data.adj`` and ``data.adv``
-        (or one of ``dict/``, ``db/``, ``usr/share/wordnet/`` below it).
+        A folder holding ``data.noun``, ``data.verb``, ``data.adj`` and ``data.adv``,
+        each plain or gzipped (``data.noun.gz``), or one of ``dict/``, ``db/``,
+        ``usr/share/wordnet/`` below it holding them.
 
     Returns
     -------
@@ -161,5 +170,5 @@ def wordnet_synset_names(root: str | os.PathLike) -> list[str]:
     folder = find_wordnet_dir(root)
     names: list[str] = []
     for file_name, ss_types in DATA_FILES:
-        names.extend(read_data_file(folder / file_name, ss_types))
+        names.extend(read_data_file(data_file(folder, file_name), ss_types))
     return names
