@@ -80,19 +80,22 @@ def run_demo(out, rows, t, seed, backend, overwrite, quiet, echo=print) -> dict:
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise CurateError(f"demo folder {folder} exists and is not empty (use --overwrite)")
     # (The output folder's own guards: --overwrite never deletes the current directory.)
-    prepare_out(str(folder), overwrite, False, MATCH_MANIFEST)
-    pool, metadata = make_pool(folder, rows, seed=seed)
-    if not quiet:
-        echo(f"demo: wrote a {rows:,}-row synthetic pool to {pool} and its metadata")
-    opts = Options(backend=backend, quiet=quiet, echo=echo, processes=False)
-    report = curate([str(pool)], metadata, str(folder / "result"), t, seed, opts)
-    if not quiet:
-        counts = pq.read_table(folder / "result" / "entry_counts.parquet").to_pandas()
-        kept = pq.read_table(folder / "result" / "curated_entry_counts.parquet").to_pandas()
-        top = counts.sort_values("count", ascending=False).head(5)
-        echo(f"head entries (count >= t={t:g}): {report['head_entries']}")
-        echo("top entries, pool count -> curated count:")
-        for _, r in top.iterrows():
-            echo(f"  {r['entry']:<16} {r['count']:>8,} -> {int(kept['count'][r['entry_id']]):>6,}")
-        echo(f"next: gpu-curate plan {folder / 'result'} --t {max(1, t // 10):g} --t {t * 10:g}")
-    return report
+    with prepare_out(str(folder), overwrite, False, MATCH_MANIFEST):
+        pool, metadata = make_pool(folder, rows, seed=seed)
+        if not quiet:
+            echo(f"demo: wrote a {rows:,}-row synthetic pool to {pool} and its metadata")
+        opts = Options(backend=backend, quiet=quiet, echo=echo, processes=False)
+        report = curate([str(pool)], metadata, str(folder / "result"), t, seed, opts)
+        if not quiet:
+            counts = pq.read_table(folder / "result" / "entry_counts.parquet").to_pandas()
+            kept = pq.read_table(folder / "result" / "curated_entry_counts.parquet").to_pandas()
+            top = counts.sort_values("count", ascending=False).head(5)
+            echo(f"head entries (count >= t={t:g}): {report['head_entries']}")
+            echo("top entries, pool count -> curated count:")
+            for _, r in top.iterrows():
+                n = int(kept["count"][r["entry_id"]])
+                echo(f"  {r['entry']:<16} {r['count']:>8,} -> {n:>6,}")
+            echo(
+                f"next: gpu-curate plan {folder / 'result'} --t {max(1, t // 10):g} --t {t * 10:g}"
+            )
+        return report

@@ -11,11 +11,14 @@ another run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+import socket
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
 
 import fsspec
@@ -33,10 +36,20 @@ from .io import (
     temporary_name,
 )
 
+try:
+    import fcntl
+except ImportError:  # (Windows: no lock)
+    fcntl = None
+
 MATCH_MANIFEST = "_run.json"
 # What _run.json records of each input file after its relative path (pipeline.match_stage).
 _FILE_FIELDS = ("size", "modification time", "format")
 BALANCE_MANIFEST = "_balance.json"
+# What a manifest key missing from an earlier version's manifest stood for (before
+# --compression, every part was written with zstd).
+_MANIFEST_DEFAULTS = {"compression": "zstd"}
+# Held (flock) by the run writing into a local output folder; names its pid and host.
+LOCK = ".gpu-curate.lock"
 # Temporary names of io.atomic_write_* (and the visible ones of earlier versions).
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{32}$")
 
@@ -94,9 +107,10 @@ def check_apart(out: str, inputs: Sequence[str]) -> None:
             )
 
 
+@contextlib.contextmanager
 def prepare_out(
     out: str, overwrite: bool, resume: bool, manifest: str, keep: str | None = None
-) -> tuple[fsspec.AbstractFileSystem, str]:
+) -> Iterator[tuple[fsspec.AbstractFileSystem, str]]:
     """Create (or, with ``overwrite``, empty) the output folder; refuse a non-empty one.
 
     ``manifest`` is the run's kind (:data:`MATCH_MANIFEST` for ``match`` and ``curate``,
@@ -106,8 +120,12 @@ def prepare_out(
     a ``balance`` reads, which the output may neither hold (``overwrite`` would delete it)
     nor lie in.
 
-    Returns
-    -------
+    A context manager: a local folder is locked (:data:`LOCK`) before anything in it is
+    checked or deleted, until the ``with`` block ends; a folder another run holds is
+    refused.
+
+    Yields
+    ------
     (fs, path)
         The folder's file system and path (no trailing slash).
     """
@@ -127,11 +145,13 @@ def prepare_out(
                     f"matched dataset {keep}, which it would "
                     f"{'delete' if _within(k, o) else 'mix with'}: choose another --out"
                 )
-    if fs.exists(path):
-        if not fs.isdir(path):
-            raise CurateError(f"output {out} exists and is not a folder")
+    exists = fs.exists(path)
+    if exists and not fs.isdir(path):
+        raise CurateError(f"output {out} exists and is not a folder")
+    fs.makedirs(path, exist_ok=True)
+    with _locked(fs, path, out):
         # (A folder that holds only what a write cut off at its start left is empty.)
-        if [p for p in fs.ls(path, detail=False) if not _TEMPORARY.search(p)]:
+        if exists and [p for p in fs.ls(path, detail=False) if not _ignored(p)]:
             if overwrite:
                 if is_local(fs) and _within(os.path.realpath(os.getcwd()), _key(fs, path)):
                     raise CurateError(
@@ -152,10 +172,60 @@ def prepare_out(
                         f"--resume: {out} holds no interrupted {kind} run (no {manifest}); "
                         "use a new folder or --overwrite"
                     )
-        if fs.exists(path):
+        if exists:
             _remove_temporaries(fs, path)
-    fs.makedirs(path, exist_ok=True)
-    return fs, path
+        yield fs, path
+
+
+def _ignored(path: str) -> bool:
+    """A name that does not make a folder non-empty: a temporary, or the lock."""
+    return bool(_TEMPORARY.search(path)) or PurePosixPath(path).name == LOCK
+
+
+@contextlib.contextmanager
+def _locked(fs, path: str, out: str) -> Iterator[None]:
+    """Hold the lock of the local folder ``path`` (nothing elsewhere); the lock file,
+    which names its holder for the message of a run refused, is removed at the end."""
+    name = f"{path}/{LOCK}"
+    fd = _lock(name, out) if is_local(fs) and fcntl is not None else None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name)  # (while held: a run waiting on it takes a new file)
+            os.close(fd)
+
+
+def _lock(name: str, out: str) -> int | None:
+    while True:
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None  # (a folder this process cannot write: the run's first write says so)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 300).decode(errors="replace").split("\n")[0].strip()
+            os.close(fd)
+            raise CurateError(
+                f"another gpu-curate run ({holder or 'starting'}) is writing to {out} "
+                f"(it holds {name}, which is released when that process ends): wait for it "
+                "to end or stop it, or choose another --out"
+            ) from None
+        except OSError:
+            os.close(fd)
+            return None  # (a file system without locks, as some network mounts)
+        try:
+            same = os.stat(name).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            since = time.strftime("%Y-%m-%d %H:%M:%S")
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode())
+            return fd
+        os.close(fd)  # its holder removed it between our open and lock: take a new one
 
 
 def _empty(fs, path: str) -> None:
@@ -163,6 +233,8 @@ def _empty(fs, path: str) -> None:
     # point) must stay one, so that the new run writes where the old one did.
     # (A link inside is removed as a link: the folder it points to is not the run's.)
     for child in fs.ls(path, detail=True):
+        if PurePosixPath(child["name"]).name == LOCK:
+            continue  # (this run's own)
         if child.get("islink"):
             fs.rm_file(child["name"])
         else:
@@ -197,10 +269,11 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run", resume: bo
             previous = json.load(fh)
     except (ValueError, OSError) as exc:
         raise CurateError(f"--resume: cannot read {path} ({exc}); use --overwrite") from None
-    if previous == manifest:
-        return
     if not isinstance(previous, dict):
         raise CurateError(f"--resume: {path} is not a gpu-curate manifest; use --overwrite")
+    previous = {**{k: v for k, v in _MANIFEST_DEFAULTS.items() if k in manifest}, **previous}
+    if previous == manifest:
+        return
     if "files" in manifest and previous.get("inputs") == manifest.get("inputs"):
         before = {f[0]: f[1:] for f in previous.get("files", [])}
         for rel, *now in manifest["files"]:
@@ -213,6 +286,13 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run", resume: bo
                     "--overwrite"
                 )
     changed = sorted(k for k in manifest if previous.get(k) != manifest.get(k))
+    if changed == ["compression"]:
+        # (Its finished parts would keep the first codec, the new ones take the other.)
+        raise CurateError(
+            f"--resume: {out} was begun with --compression {previous.get('compression')}, "
+            f"not {manifest['compression']}: resume with --compression "
+            f"{previous.get('compression')}, or use --overwrite to start again"
+        )
     raise CurateError(
         f"--resume: {out} was written by a different {what} (differs in: "
         f"{', '.join(changed)}); use --overwrite to start again"
@@ -246,9 +326,12 @@ def _create(fs, path: str, manifest: dict) -> bool:
     return True
 
 
-def balance_manifest(fs, matched_dir: str, counts: np.ndarray, t: float, seed: int) -> dict:
+def balance_manifest(
+    fs, matched_dir: str, counts: np.ndarray, t: float, seed: int, compression: str = "zstd"
+) -> dict:
     """What a balance stage's result depends on: the matched dataset (its run manifest:
-    inputs, files, metadata, id column, ...; and its parts), the counts, t and seed."""
+    inputs, files, metadata, id column, ...; and its parts), the counts, t and seed; and
+    the codec of its parts."""
 
     def sha(name: str) -> str | None:
         if not fs.exists(f"{matched_dir}/{name}"):
@@ -263,6 +346,7 @@ def balance_manifest(fs, matched_dir: str, counts: np.ndarray, t: float, seed: i
         "entry_counts": counts_sha,
         "t": t,
         "seed": seed,
+        "compression": compression,
     }
 
 

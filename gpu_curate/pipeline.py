@@ -330,6 +330,8 @@ def match_stage(
         "id_column": opts.id_column,
         "keep_unmatched": opts.keep_unmatched,
         "partition_rows": opts.partition_rows,
+        # The parts' codec: a resume with another would mix two in one dataset.
+        "compression": opts.compression,
         # A file changed under the same path (or read in another format) would leave its
         # finished parts stale.
         "files": [[f.relpath, f.size, f.stamp, f.format] for f in files],
@@ -522,32 +524,33 @@ def curate(
     be = resolve(opts.backend)
     files = discover(inputs, opts.format)  # fails on missing inputs before the output is touched
     check_apart(out, [*inputs, *([] if isinstance(metadata, Metadata) else [str(metadata)])])
-    fs, path = prepare_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST)
-    if not match_only:
-        check_balance_settings(fs, path, t, seed)
-    elif fs.exists(f"{path}/{BALANCE_MANIFEST}") or fs.exists(f"{path}/{CURATED}"):
-        # (A match would rewrite report.json beside a curated/ it does not describe.)
-        raise CurateError(
-            f"--resume: {out} holds a curate run, which `gpu-curate match` would leave "
-            "half described: continue it with `gpu-curate curate --resume`"
-        )
-    with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
-        report = _header(opts, info, be.name)
-        report.update(match_stage(client, info, files, md, fs, path, opts))
-        counts = report["_counts"]
-        if match_only:
-            report = _write_report(fs, path, report)
-            _say(
-                opts,
-                f"pool {report['pool_rows']:,} rows -> matched "
-                f"{report['matched_rows']:,}; wrote {out}",
+    # (Held until the run ends: no other run resumes or overwrites it meanwhile.)
+    with prepare_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST) as (fs, path):
+        if not match_only:
+            check_balance_settings(fs, path, t, seed)
+        elif fs.exists(f"{path}/{BALANCE_MANIFEST}") or fs.exists(f"{path}/{CURATED}"):
+            # (A match would rewrite report.json beside a curated/ it does not describe.)
+            raise CurateError(
+                f"--resume: {out} holds a curate run, which `gpu-curate match` would leave "
+                "half described: continue it with `gpu-curate curate --resume`"
             )
-            return report
-        report.update({"t": t, "seed": seed})
-        manifest = balance_manifest(fs, path, counts, t, seed)
-        claim(fs, path, BALANCE_MANIFEST, manifest, "balance", resume=opts.resume)
-        report.update(balance_stage(client, out, counts, t, seed, fs, path, opts))
-        return _finish(fs, path, md, report, report["_kept_counts"], opts)
+        with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
+            report = _header(opts, info, be.name)
+            report.update(match_stage(client, info, files, md, fs, path, opts))
+            counts = report["_counts"]
+            if match_only:
+                report = _write_report(fs, path, report)
+                _say(
+                    opts,
+                    f"pool {report['pool_rows']:,} rows -> matched "
+                    f"{report['matched_rows']:,}; wrote {out}",
+                )
+                return report
+            report.update({"t": t, "seed": seed})
+            manifest = balance_manifest(fs, path, counts, t, seed, opts.compression)
+            claim(fs, path, BALANCE_MANIFEST, manifest, "balance", resume=opts.resume)
+            report.update(balance_stage(client, out, counts, t, seed, fs, path, opts))
+            return _finish(fs, path, md, report, report["_kept_counts"], opts)
 
 
 def balance_matched(
@@ -583,16 +586,17 @@ def balance_matched(
                 "input_files", "metadata_entries", "metadata_sha256", "entries_matched",
                 "text_columns", "column_sets", "seconds_match")  # fmt: skip
         pool = {k: prev[k] for k in keep if k in prev}
-    fs, path = prepare_out(out, opts.overwrite, opts.resume, BALANCE_MANIFEST, keep=matched_dir)
-    # Claimed before anything is written: a resume with another t, seed or matched dataset
-    # is refused before it replaces the counts beside the finished parts.
-    manifest = balance_manifest(mfs, mpath, counts, t, seed)
-    claim(fs, path, BALANCE_MANIFEST, manifest, "balance", resume=opts.resume)
-    with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
-        report = _header(opts, info, be.name)
-        report.update(pool)
-        report.update({"t": t, "seed": seed, "matched_dir": full_path(mfs, mpath)})
-        atomic_write_parquet(fs, f"{path}/entry_counts.parquet", table)
-        atomic_write_bytes(fs, f"{path}/entry_counts.json", counts_json(md, counts))
-        report.update(balance_stage(client, matched_dir, counts, t, seed, fs, path, opts))
-        return _finish(fs, path, md, report, report["_kept_counts"], opts)
+    folder = prepare_out(out, opts.overwrite, opts.resume, BALANCE_MANIFEST, keep=matched_dir)
+    with folder as (fs, path):  # (held until the run ends)
+        # Claimed before anything is written: a resume with another t, seed, matched dataset
+        # or codec is refused before it replaces the counts beside the finished parts.
+        manifest = balance_manifest(mfs, mpath, counts, t, seed, opts.compression)
+        claim(fs, path, BALANCE_MANIFEST, manifest, "balance", resume=opts.resume)
+        with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
+            report = _header(opts, info, be.name)
+            report.update(pool)
+            report.update({"t": t, "seed": seed, "matched_dir": full_path(mfs, mpath)})
+            atomic_write_parquet(fs, f"{path}/entry_counts.parquet", table)
+            atomic_write_bytes(fs, f"{path}/entry_counts.json", counts_json(md, counts))
+            report.update(balance_stage(client, matched_dir, counts, t, seed, fs, path, opts))
+            return _finish(fs, path, md, report, report["_kept_counts"], opts)

@@ -11,6 +11,8 @@ Pools are small generated Parquet files; runs are CPU-only (``--backend cpu``).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import random
@@ -713,6 +715,48 @@ def test_sigkill_during_match_then_resume(big, tmp_path):
         assert rep[key] == ref_rep[key], key
 
 
+def test_a_folder_being_written_is_neither_overwritten_nor_resumed(big, tmp_path):
+    # A run holds .gpu-curate.lock in its folder while it writes: --overwrite (which would
+    # empty the folder under it) and --resume are refused, naming its pid and host. The
+    # lock goes with the process: a folder whose run was killed resumes.
+    ref = big[2]
+    out = tmp_path / "out"
+    parts = out / "matched" / "_parts"
+    cmd, proc = _start_curate(big, out, "--workers", "1")
+    try:
+        caught = wait_for(lambda: any(parts.glob("*.json")), timeout=60, proc=proc)
+        for flag in ("--overwrite", "--resume"):
+            r = run_cli(*cmd[1:], flag)
+            assert_clean_error(
+                r, tmp_path / "nothing", f"another gpu-curate run (pid {proc.pid} on "
+                f"{socket.gethostname()}", str(out / ".gpu-curate.lock"),
+            )  # fmt: skip
+        running = proc.poll() is None
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_group(proc)
+    assert caught and running, "the run finished before the others began: make it bigger"
+    assert proc.returncode == 0, err.decode()
+    assert np.array_equal(curated_uids(out), curated_uids(ref))
+    assert not (out / ".gpu-curate.lock").exists()  # removed at the end
+
+    out = tmp_path / "killed"
+    lock, parts = out / ".gpu-curate.lock", out / "matched" / "_parts"
+    cmd, proc = _start_curate(big, out, "--workers", "1")
+    try:
+        caught = wait_for(lambda: any(parts.glob("*.json")), timeout=60, proc=proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        kill_group(proc)
+    assert caught and lock.exists()  # left by the killed run
+    assert completion_markers(out) == []
+    r = run_cli(*cmd[1:], "--resume")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert np.array_equal(curated_uids(out), curated_uids(ref))
+    assert not lock.exists()
+
+
 @pytest.mark.parametrize("mode", [[], ["--processes"]], ids=["threads", "processes"])
 def test_ctrl_c_is_one_line_then_resume(big, tmp_path, mode):
     ref = big[2]
@@ -1152,10 +1196,11 @@ def test_two_runs_begun_in_one_folder_do_not_both_go_on(small, tmp_path, monkeyp
     out = tmp_path / "out"
     real_prepare = pipeline.prepare_out
 
+    @contextlib.contextmanager
     def prepare_then_the_other_run_claims(*args, **kwargs):
-        fs, path = real_prepare(*args, **kwargs)
-        claim(fs, path, "_run.json", {"another": "run"}, resume=False)
-        return fs, path
+        with real_prepare(*args, **kwargs) as (fs, path):
+            claim(fs, path, "_run.json", {"another": "run"}, resume=False)
+            yield fs, path
 
     monkeypatch.setattr(pipeline, "prepare_out", prepare_then_the_other_run_claims)
     r = run_cli("curate", pool, "--metadata", md, "--out", out, "--backend", "cpu", "--quiet")
@@ -1197,6 +1242,69 @@ def test_resume_with_another_t_is_refused_before_matching(small, tmp_path):
     r = run_cli("curate", pool, "--out", out, "--t", "31", "--resume", *common)
     assert_clean_error(r, tmp_path / "nothing", "differs in: t")
     assert not any((out / "matched" / "_parts").iterdir())
+
+
+def _codecs(folder: Path) -> set[str]:
+    """The codecs of every column chunk of the Parquet parts in ``folder``."""
+    found = set()
+    for path in folder.glob("*.parquet"):
+        meta = pq.ParquetFile(path).metadata
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            found |= {rg.column(c).compression for c in range(rg.num_columns)}
+    return found
+
+
+def _interrupt(out: Path, stage: str) -> None:
+    """Make ``out`` look like a run killed in ``stage`` with part 1 unfinished."""
+    (out / "report.json").unlink()
+    (out / stage / "_SUCCESS").unlink()
+    (out / stage / "_parts" / "part-00001.json").unlink()
+    (out / stage / "part-00001.parquet").unlink()
+
+
+def test_resume_with_another_compression_is_refused(small, tmp_path):
+    # The finished parts keep the first run's codec: a resume with another would mix two
+    # codecs in one dataset. A manifest of an earlier version (no "compression": it wrote
+    # zstd only) resumes with zstd.
+    from gpu_curate.io import json_bytes
+
+    pool, md = small
+    out, b = tmp_path / "out", tmp_path / "b"
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1", "--t", "30",
+              "--partition-rows", "1000"]  # fmt: skip
+    assert run_cli("curate", pool, "--out", out, *common).exit_code == 0  # zstd: the default
+    ref = curated_uids(out)
+    _interrupt(out, "matched")
+    r = run_cli("curate", pool, "--out", out, "--resume", "--compression", "lz4", *common)
+    assert_clean_error(r, tmp_path / "nothing", "--compression zstd, not lz4")
+    assert not (out / "matched" / "part-00001.parquet").exists()
+
+    # An earlier version's manifests: without the key (_balance.json names _run.json's hash).
+    run = json.loads((out / "_run.json").read_text())
+    assert run.pop("compression") == "zstd"
+    (out / "_run.json").write_bytes(json_bytes(run))
+    bal = json.loads((out / "_balance.json").read_text())
+    assert bal.pop("compression") == "zstd"
+    bal["matched_run"] = hashlib.sha256((out / "_run.json").read_bytes()).hexdigest()
+    (out / "_balance.json").write_bytes(json_bytes(bal))
+    r = run_cli("curate", pool, "--out", out, "--resume", "--compression", "snappy", *common)
+    assert_clean_error(r, tmp_path / "nothing", "--compression zstd, not snappy")
+    r = run_cli("curate", pool, "--out", out, "--resume", *common)
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert np.array_equal(curated_uids(out), ref)
+    assert _codecs(out / "matched") == _codecs(out / "curated") == {"ZSTD"}
+
+    # balance: its own --compression, recorded in _balance.json.
+    flags = ["--t", "30", "--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("balance", out, "--out", b, "--compression", "lz4", *flags).exit_code == 0
+    _interrupt(b, "curated")
+    r = run_cli("balance", out, "--out", b, "--resume", *flags)
+    assert_clean_error(r, tmp_path / "nothing", "--compression lz4, not zstd")
+    r = run_cli("balance", out, "--out", b, "--resume", "--compression", "lz4", *flags)
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert _codecs(b / "curated") <= {"LZ4", "LZ4_RAW"}
+    assert np.array_equal(curated_uids(b), ref)
 
 
 def test_temporary_files_are_hidden_from_folder_readers(tmp_path):
