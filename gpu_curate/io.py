@@ -394,12 +394,13 @@ def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) ->
             pack.clear()
             pack_rows = 0
 
+    layouts = _parquet_layouts(files)
     for f in files:
         if f.format != "parquet":
             close_pack()
             parts.append(Part(len(parts), (Piece(f, 0, None),)))
             continue
-        groups, schema = parquet_layout(f.path)
+        groups, schema = layouts[f.path]
         n = sum(groups)
         if _is_compressed(f.path):
             # A compressed Parquet file is decompressed whole to be read: one part,
@@ -436,12 +437,48 @@ def _row_group_cuts(groups: Sequence[int], target: int) -> list[int]:
     return cuts if len(cuts) > 1 and cuts[-1] > 0 else [0, 0]
 
 
+# Footers read at once when planning: on an object store each footer is a request or two
+# (tens of ms), so 100k small files read one after another would wait for 100k round
+# trips (35 min at 20 ms); a local disk gains little from threads (a footer is ~0.1 ms).
+_FOOTER_THREADS = 32
+_FOOTER_THREADS_LOCAL = 4
+
+
+def _parquet_layouts(files: Sequence[InputFile]) -> dict[str, tuple[list[int], pa.Schema]]:
+    """{path: :func:`parquet_layout`} of the Parquet files, their footers read by a pool of
+    threads; of several unreadable files, the first in ``files``' order is the error."""
+    paths = list(dict.fromkeys(f.path for f in files if f.format == "parquet"))
+    remote = any("://" in p for p in paths)
+    threads = min(len(paths), _FOOTER_THREADS if remote else _FOOTER_THREADS_LOCAL)
+    if threads <= 1:
+        return {p: parquet_layout(p) for p in paths}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="gpu-curate-footers") as pool:
+        return dict(zip(paths, pool.map(parquet_layout, paths), strict=True))
+
+
+def _utf8(path: str) -> bool:
+    # (Arrow takes UTF-8 paths only: a name that is not UTF-8 is held as surrogates.)
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parquet_layout(path: str) -> tuple[list[int], pa.Schema]:
     """The row counts of a Parquet file's row groups and its Arrow schema (its footer)."""
     try:
-        with _parquet_file(path) as pf:
-            md = pf.metadata
-            return [md.row_group(i).num_rows for i in range(md.num_row_groups)], pf.schema_arrow
+        if "://" in path or _is_compressed(path) or not _utf8(path):
+            with _parquet_file(path) as pf:
+                md, schema = pf.metadata, pf.schema_arrow
+        else:
+            # A local file: Arrow reads the footer itself, without fsspec's Python file
+            # object (0.1 ms a file where that took 0.2-0.4 ms).
+            md = pq.read_metadata(path)
+            schema = md.schema.to_arrow_schema()
+        return [md.row_group(i).num_rows for i in range(md.num_row_groups)], schema
     except (pa.ArrowInvalid, OSError) as exc:
         raise CurateError(f"cannot read Parquet file {path}: {exc}") from None
 

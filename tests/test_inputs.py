@@ -593,3 +593,28 @@ def test_a_pool_of_small_files_is_read_in_few_parts_by_default(tmp_path, monkeyp
     # Without --partition-rows, packs hold up to PACK_ROWS rows.
     monkeypatch.setattr(io, "PACK_ROWS", 6)
     assert _pieces(plan_parts(files)) == [everything[:3], everything[3:4], everything[4:]]
+
+
+def test_plan_parts_reads_the_footers_together_and_names_the_first_bad_file(tmp_path):
+    # The footers are read by a pool of threads: the parts are those of reading them one
+    # by one, in the files' order, and of two unreadable files the first is named.
+    from gpu_curate import io as gio
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(12):
+        t = pa.table({"text": [f"t{j}" for j in range(i + 1)]})
+        pq.write_table(t, pool / f"{i:02d}.parquet", row_group_size=max(1, i // 2))
+    parts = gio.plan_parts(discover([str(pool)]), partition_rows=4)
+    # Files of 1 to 4 rows are packed up to 4 rows; the larger ones are cut every 4 rows.
+    want = [[("00.parquet", 0, 1), ("01.parquet", 0, 2)], [("02.parquet", 0, 3)],
+            [("03.parquet", 0, 4)]]  # fmt: skip
+    for i in range(4, 12):
+        cuts = [*range(0, i + 1, 4), i + 1]
+        want += [[(f"{i:02d}.parquet", a, b)] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    assert _pieces(parts) == want
+    assert [p.index for p in parts] == list(range(len(parts)))
+    for name in ("04.parquet", "09.parquet"):
+        (pool / name).write_bytes(b"not parquet")
+    with pytest.raises(CurateError, match=r"cannot read Parquet file .*04\.parquet"):
+        gio.plan_parts(discover([str(pool)]))
