@@ -15,7 +15,7 @@ import sys
 import click
 from pyarrow import ArrowException
 
-from .cli_options import backend_option, compression_option
+from .cli_options import backend_option, compression_option, seed_option
 from .errors import CurateError
 
 
@@ -104,8 +104,9 @@ _RUN_OPTIONS = [
         help="Address of an existing Dask scheduler (multi-node runs).",
     ),
 ]
+_QUIET = click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 _FOLDER_OPTIONS = [
-    click.option("--quiet", is_flag=True, help="Print nothing but errors."),
+    _QUIET,
     click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder."),
     click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
 ]
@@ -191,7 +192,7 @@ def _check_flags(kw: dict) -> None:
 @click.argument("inputs", nargs=-1, required=True)
 @_common
 @click.option("--t", "t", default="20000", show_default=True, help="Balancing threshold t > 0.")
-@click.option("--seed", default="0", show_default=True, help="Integer seed of the draws.")
+@seed_option()
 def curate(inputs, metadata_path, out, t, seed, **kw):
     """Match INPUT... against the metadata, count entries and balance: the whole recipe."""
     from .pipeline import check_seed, check_t
@@ -215,7 +216,7 @@ def match(inputs, metadata_path, out, **kw):
 @main.command()
 @click.argument("matched_dir")
 @click.option("--t", "t", required=True, help="Balancing threshold t > 0.")
-@click.option("--seed", default="0", show_default=True, help="Integer seed of the draws.")
+@seed_option()
 @click.option("--out", required=True, help="Output folder (local path or fsspec URL).")
 @backend_option()
 @_with(_RUN_OPTIONS)
@@ -244,15 +245,10 @@ def balance(matched_dir, t, seed, out, **kw):
     help="Rows of the synthetic pool.",
 )
 @click.option("--t", "t", default=None, help="Threshold (default: rows // 1000, at least 1).")
-@click.option(
-    "--seed",
-    default="0",
-    show_default=True,
-    help="Integer seed of the synthetic pool and of the draws.",
-)
+@seed_option(help="Integer seed of the synthetic pool and of the draws.")
 @backend_option()
 @click.option("--overwrite", is_flag=True, help="Replace the output folder's contents.")
-@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+@_QUIET
 def demo(out, rows, t, seed, backend, overwrite, quiet):
     """Generate a synthetic long-tailed pool and its metadata, curate it, print a summary."""
     from .demo import run_demo

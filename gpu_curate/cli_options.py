@@ -43,3 +43,20 @@ def compression_option():
         show_default=True,
         help="Codec of the Parquet parts written (lz4/none: faster, bigger files).",
     )
+
+
+def seed_option(help: str = "Integer seed of the draws."):
+    """The ``--seed`` option (default ``"0"``), with a command's own help.
+
+    The seed is taken as text, for :func:`gpu_curate.pipeline.check_seed` to check (an
+    integer in 0 .. 2**64 - 1): every command refuses a bad seed with the same message.
+
+    Examples
+    --------
+    >>> @click.command()
+    ... @seed_option()
+    ... def f(seed): ...
+    >>> f.params[0].default
+    '0'
+    """
+    return click.option("--seed", default="0", show_default=True, help=help)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .balance import bincount
+from .errors import CurateError, cannot_read
 from .metadata import Metadata
 
 
@@ -97,6 +100,48 @@ def counts_table(metadata: Metadata, counts: np.ndarray) -> pa.Table:
             "count": pa.array(np.asarray(counts, dtype=np.int64)),
         }
     )
+
+
+def read_counts_table(path: str | os.PathLike, *, need_entry: bool = True) -> pa.Table:
+    """Read a local counts table as :func:`counts_table` writes it, its columns checked.
+
+    ``plan`` and ``report`` both read ``entry_counts.parquet``; each checks the ids its own
+    way (``report`` also reads ``curated_entry_counts.parquet``, of the same columns).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The Parquet file.
+    need_entry : bool, default True
+        Whether an ``entry`` column must be there; without it, one that is there is read.
+
+    Returns
+    -------
+    pyarrow.Table
+        Its ``entry_id`` and ``count`` columns (neither with nulls) and ``entry``.
+
+    Raises
+    ------
+    CurateError
+        An unreadable file, a missing column, or nulls in ``entry_id`` or ``count``.
+
+    Examples
+    --------
+    >>> table = read_counts_table("out/entry_counts.parquet")  # doctest: +SKIP
+    """
+    needed = ["entry_id", "entry", "count"] if need_entry else ["entry_id", "count"]
+    try:
+        names = pq.read_schema(path).names
+        missing = [c for c in needed if c not in names]
+        if missing:
+            raise CurateError(f"{path}: missing column(s) {', '.join(missing)}")
+        extra = ["entry"] if "entry" in names and "entry" not in needed else []
+        table = pq.read_table(path, columns=needed + extra)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise cannot_read(path, exc) from None
+    if table.column("entry_id").null_count or table.column("count").null_count:
+        raise CurateError(f"{path}: entry_id and count must not be null")
+    return table
 
 
 @functools.lru_cache(maxsize=4)

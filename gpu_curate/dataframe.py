@@ -23,7 +23,7 @@ import pyarrow as pa
 from . import balance as bal
 from .backend import check_name
 from .counts import counts_table, partition_counts, sum_counts
-from .errors import CurateError
+from .errors import CurateError, first_line
 from .io import RESERVED_COLUMNS
 from .io import text_column as _text_column
 from .metadata import Metadata
@@ -61,7 +61,7 @@ def _to_arrow(df, columns: Sequence | None = None) -> pa.Table:
         # (An object column mixing strings and other values, for one.)
         bad = next((c for c in labels if _arrow_fails(part[c])), labels[0])
         raise CurateError(
-            f"column {str(bad)!r} cannot be read as one Arrow type: {str(exc).splitlines()[0]}"
+            f"column {str(bad)!r} cannot be read as one Arrow type: {first_line(exc)}"
         ) from None
     return table.rename_columns([str(c) for c in labels])
 

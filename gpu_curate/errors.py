@@ -7,3 +7,58 @@ class CurateError(Exception):
 
 class MetadataError(CurateError, ValueError):
     """A metadata file or list that is not valid MetaCLIP metadata."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty).
+
+    Readers' errors (Arrow's, for one) may run over several lines; the CLI reports an error
+    as one line.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The error caught.
+
+    Returns
+    -------
+    str
+        Its message's first line.
+
+    Examples
+    --------
+    >>> first_line(ValueError("bad magic number\\nfile footer: ..."))
+    'bad magic number'
+    >>> first_line(OSError())
+    'OSError'
+    """
+    lines = str(exc).splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def cannot_read(what: object, exc: BaseException, hint: str | None = None) -> CurateError:
+    """The error ``cannot read WHAT: <first line of exc>``, for a file a reader failed on.
+
+    Raise it ``from None``: the reader's traceback says no more than its first line.
+
+    Parameters
+    ----------
+    what : object
+        The file (a path, or words that name it: ``"the matched part PATH"``).
+    exc : BaseException
+        The reader's error.
+    hint : str, optional
+        What to do about it, added in parentheses.
+
+    Returns
+    -------
+    CurateError
+        The error to raise.
+
+    Examples
+    --------
+    >>> str(cannot_read("a.parquet", OSError("no such file"), hint="match again"))
+    'cannot read a.parquet: no such file (match again)'
+    """
+    message = f"cannot read {what}: {first_line(exc)}"
+    return CurateError(f"{message} ({hint})" if hint else message)

@@ -241,16 +241,13 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
         origin.update((id(f), spec) for f in new)
     # One file reached twice (overlapping inputs, or two links to it) would be read twice,
     # under two relative paths and so two sets of uids: its rows counted and kept twice.
-    first: dict[str, InputFile] = {}
-    for f in files:
-        key = os.path.realpath(f.path) if "://" not in f.path else f.path
-        if key in first:
-            a, b = first[key], f
-            raise CurateError(
-                f"the file {key} is reached twice, as {a.relpath} in input {origin[id(a)]} "
-                f"and as {b.relpath} in input {origin[id(b)]}: give each file once"
-            )
-        first[key] = f
+    if (twice := reached_twice([f.path for f in files])) is not None:
+        key, first, again = twice
+        a, b = files[first], files[again]
+        raise CurateError(
+            f"the file {key} is reached twice, as {a.relpath} in input {origin[id(a)]} "
+            f"and as {b.relpath} in input {origin[id(b)]}: give each file once"
+        )
     rels = [f.relpath for f in files]
     if len(set(rels)) != len(rels):
         dup = sorted({r for r in rels if rels.count(r) > 1})[0]
@@ -259,6 +256,39 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
             "give one folder or glob, or use --id-column"
         )
     return files
+
+
+def reached_twice(paths: Sequence[str | os.PathLike]) -> tuple[str, int, int] | None:
+    """The first file that two of ``paths`` reach, or None when each names another file.
+
+    A local path is compared by its real path: two links to one file, or a file named
+    both on its own and through its folder, are the same file. A URL is compared as written.
+
+    Parameters
+    ----------
+    paths : sequence of str or os.PathLike
+        Files (local paths or fsspec URLs), in the order they were found.
+
+    Returns
+    -------
+    (str, int, int) or None
+        The file (its real path, or its URL), and the positions in ``paths`` of the first
+        and of the second path that reach it.
+
+    Examples
+    --------
+    >>> reached_twice(["/pool/a.txt", "/pool/b.txt", "/pool/sub/../a.txt"])
+    ('/pool/a.txt', 0, 2)
+    >>> reached_twice(["s3://bucket/a.txt", "/pool/a.txt"]) is None
+    True
+    """
+    first: dict[str, int] = {}
+    for i, path in enumerate(map(os.fspath, paths)):
+        key = path if "://" in path else os.path.realpath(path)
+        if key in first:
+            return key, first[key], i
+        first[key] = i
+    return None
 
 
 def _local_files(
@@ -577,8 +607,19 @@ class _Number:
     def __init__(self, text: str):
         self.text = text
 
+    def int64(self) -> int | None:
+        """The number if it is an integer within int64, else None."""
+        # (An integer beyond int64 is a float, as Arrow's reader has it; a long one is
+        # not parsed: Python refuses int() of more than 4,300 digits.)
+        digits = self.text.lstrip("-")
+        if not (digits.isdigit() and len(digits) <= 19):
+            return None
+        n = int(self.text)
+        return n if -(2**63) <= n < 2**63 else None
+
     def value(self) -> int | float:
-        return int(self.text) if _json_kind(self) == "int" else float(self.text)
+        n = self.int64()  # (one parse tells both whether it is an integer and its value)
+        return float(self.text) if n is None else n
 
 
 def _json_kind(v) -> str:
@@ -587,11 +628,7 @@ def _json_kind(v) -> str:
     if isinstance(v, str):
         return "string"
     if isinstance(v, _Number):
-        # (An integer beyond int64 is a float, as Arrow's reader has it; a long one is
-        # not parsed: Python refuses int() of more than 4,300 digits.)
-        digits = v.text.lstrip("-")
-        int64 = digits.isdigit() and len(digits) <= 19 and -(2**63) <= int(v.text) < 2**63
-        return "int" if int64 else "float"
+        return "float" if v.int64() is None else "int"
     return "bool" if isinstance(v, bool) else "nested"
 
 

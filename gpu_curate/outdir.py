@@ -350,6 +350,43 @@ def balance_manifest(
     }
 
 
+def success_parts(fs: fsspec.AbstractFileSystem, folder: str) -> list[tuple[str, int]]:
+    """The parts that ``folder/_SUCCESS`` lists: (file name, rows) of each, in its order.
+
+    ``balance`` reads a matched dataset's parts in this order, and ``plan`` and the
+    sampler number its rows in it; the parts beside them that it does not list are not
+    part of the dataset.
+
+    Parameters
+    ----------
+    fs : fsspec.AbstractFileSystem
+        The file system of ``folder``.
+    folder : str
+        A ``matched/`` (or ``curated/``) folder, whose ``_SUCCESS`` the caller found.
+
+    Returns
+    -------
+    list of (str, int)
+        Each part's file name within ``folder`` and its number of rows.
+
+    Raises
+    ------
+    CurateError
+        A ``_SUCCESS`` that is not the JSON a run writes.
+
+    Examples
+    --------
+    >>> success_parts(fsspec.filesystem("file"), "out/matched")  # doctest: +SKIP
+    [('part-00000.parquet', 1000000), ...]
+    """
+    path = f"{folder}/_SUCCESS"
+    try:
+        with fs.open(path, "rb") as fh:
+            return [(p["file"], int(p["rows"])) for p in json.load(fh)["parts"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CurateError(f"{path} is damaged ({exc!r}): run the match again") from None
+
+
 def check_balance_settings(fs, out: str, t: float, seed: int) -> None:
     """Refuse, before a resumed curate matches anything, a t or seed other than the run's."""
     path = f"{out}/{BALANCE_MANIFEST}"

@@ -27,7 +27,7 @@ from .backend import resolve
 from .balance import EXPECTED_UNITS_PER_ROW, entry_probabilities
 from .cluster import ClusterInfo, open_client
 from .counts import add_counts, counts_json, counts_table, partition_counts, tree_reduce
-from .errors import CurateError
+from .errors import CurateError, cannot_read
 from .io import (
     COMPRESSIONS,
     InputFile,
@@ -50,6 +50,7 @@ from .outdir import (
     check_balance_settings,
     claim,
     prepare_out,
+    success_parts,
 )
 from .steps import BalanceStep, MatchStep, csr_of
 from .unique import (
@@ -239,9 +240,7 @@ def _balance_task(
         with sfs.open(src, "rb") as fh:
             table = pq.read_table(fh)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise CurateError(
-            f"cannot read the matched part {src}: {str(exc).splitlines()[0]} (match again)"
-        ) from None
+        raise cannot_read(f"the matched part {src}", exc, hint="match again") from None
     kept, stats, counts = step.run(table)
     stats = {"part": name, **stats}
     atomic_write_parquet(fs, data_path, kept, compression)
@@ -420,8 +419,7 @@ def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: 
         raise CurateError(
             f"{matched_dir} has no complete matched dataset ({MATCHED}/{SUCCESS} missing)"
         )
-    with mfs.open(success, "rb") as fh:
-        parts = json.load(fh)["parts"]
+    parts = [file for file, _ in success_parts(mfs, f"{mpath.rstrip('/')}/{MATCHED}")]
     fs.makedirs(f"{out}/{CURATED}/_parts", exist_ok=True)
     step = BalanceStep(entry_probabilities(counts, t), seed, be.name)
     step_future = client.scatter(step, broadcast=True, hash=False) if parts else step
@@ -429,14 +427,14 @@ def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: 
     prefix = full_path(mfs, mpath)
     results = [
         dask.delayed(_balance_task, pure=False)(
-            f"{prefix}/{MATCHED}/{p['file']}",
-            p["file"][: -len(".parquet")],
+            f"{prefix}/{MATCHED}/{file}",
+            file[: -len(".parquet")],
             step_future,
             out,
             opts.resume,
             opts.compression,
         )  # fmt: skip
-        for p in parts
+        for file in parts
     ]
     _say(opts, f"balancing {len(parts)} parts (t={t:g}, seed={seed})")
     stats, kept_counts = _compute(client, results, len(counts), opts)

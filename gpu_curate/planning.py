@@ -24,11 +24,14 @@ import click
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from . import balance
 from .backend import BackendError, resolve
 from .cli_options import backend_option
-from .errors import CurateError
+from .counts import read_counts_table
+from .errors import CurateError, cannot_read
+from .outdir import success_parts
 from .steps import list_chunk_csr
 
 __all__ = [
@@ -67,12 +70,7 @@ def _matched_files(matched_dir: str | Path) -> list[tuple[Path, int]]:
             f"{root} is not a complete matched dataset (matched/_SUCCESS missing): finish "
             "its run with --resume"
         )
-    try:
-        parts = [
-            (sub / p["file"], int(p["rows"])) for p in json.loads(success.read_text())["parts"]
-        ]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CurateError(f"{success} is damaged ({exc!r}): run the match again") from None
+    parts = [(sub / f, rows) for f, rows in success_parts(LocalFileSystem(), str(sub))]
     missing = [str(f) for f, _ in parts if not f.is_file()]
     if missing:
         raise CurateError(f"{missing[0]}, a part that matched/_SUCCESS lists, is missing")
@@ -134,7 +132,7 @@ def load_matched_csr(
                 big = pf.metadata.num_rows >= _THREADED_READ_ROWS
                 table = pf.read(columns=columns, use_threads=big)
         except (pa.ArrowInvalid, OSError) as exc:
-            raise CurateError(f"cannot read {f}: {str(exc).splitlines()[0]}") from None
+            raise cannot_read(f, exc) from None
         if table.num_rows != rows:
             raise CurateError(f"{f} holds {table.num_rows} rows, matched/_SUCCESS says {rows}")
         for chunk in table.column("entry_ids").chunks:
@@ -181,17 +179,7 @@ def load_entry_counts(matched_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = root / "entry_counts.parquet"
     if not path.is_file():
         raise CurateError(f"{root} is not a matched dataset: no entry_counts.parquet")
-    try:
-        names = pq.read_schema(path).names
-        missing = [c for c in ("entry_id", "count") if c not in names]
-        if missing:
-            raise CurateError(f"{path}: missing column(s) {', '.join(missing)}")
-        cols = ["entry_id", "count"] + (["entry"] if "entry" in names else [])
-        table = pq.read_table(path, columns=cols)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise CurateError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
-    if table.column("entry_id").null_count or table.column("count").null_count:
-        raise CurateError(f"{path}: entry_id and count must not be null")
+    table = read_counts_table(path, need_entry=False)
     ids = table.column("entry_id").to_numpy().astype(np.int64)
     counts = table.column("count").to_numpy().astype(np.int64)
     n = ids.size
@@ -203,7 +191,7 @@ def load_entry_counts(matched_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
         order = None
     if counts.size and int(counts.min()) < 0:
         raise CurateError(f"{path}: negative counts")
-    if "entry" in cols:
+    if "entry" in table.column_names:
         entries = np.asarray(table.column("entry").to_pylist(), dtype=object)
     else:
         entries = np.asarray([str(i) for i in range(n)], dtype=object)

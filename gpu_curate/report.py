@@ -40,11 +40,10 @@ from urllib.parse import quote
 
 import click
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .backend import BackendError
 from .cli_options import backend_option
+from .counts import read_counts_table
 from .errors import CurateError
 
 if TYPE_CHECKING:
@@ -130,15 +129,10 @@ def _read_counts(path: Path, n_entries: int | None = None) -> tuple[np.ndarray, 
     if not path.is_file():
         raise CurateError(f"report: {path} not found")
     try:
-        names = pq.read_schema(path).names
-        missing = [c for c in ("entry_id", "entry", "count") if c not in names]
-        if missing:
-            raise CurateError(f"report: {path}: missing column(s) {', '.join(missing)}")
-        table = pq.read_table(path, columns=["entry_id", "entry", "count"])
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise CurateError(f"report: cannot read {path}: {str(exc).splitlines()[0]}") from None
-    if table.column("entry_id").null_count or table.column("count").null_count:
-        raise CurateError(f"report: {path}: entry_id and count must not be null")
+        table = read_counts_table(path)
+    except CurateError as exc:
+        # (Every error of `gpu-curate report` begins "report: ", as its own checks' do.)
+        raise CurateError(f"report: {exc}") from None
     ids = table.column("entry_id").to_numpy().astype(np.int64)
     n = int(ids.max()) + 1 if n_entries is None and ids.size else (n_entries or 0)
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= n or np.unique(ids).size != ids.size):

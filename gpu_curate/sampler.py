@@ -101,12 +101,7 @@ class BalancedSampler:
         self._be = resolve(backend)
         xp = self._be.xp
         offsets, values = balance._csr(xp.asarray(row_offsets), xp.asarray(entry_ids), xp)
-        n = offsets.size - 1
-        uids = xp.asarray(uids)
-        if uids.shape != (n,):
-            raise ValueError(f"uids must have one value per row ({n}), got shape {uids.shape}")
-        if uids.dtype.kind not in "iu":
-            raise TypeError(f"uids must be integers, got {uids.dtype}")
+        uids = balance._check_uids(uids, offsets.size - 1, xp)
         self._p = balance._check_p(balance.entry_probabilities(xp.asarray(counts), t), values, xp)
         self._seed = balance._as_u64_scalar(seed, "seed")
         self._offsets = offsets

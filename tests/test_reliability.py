@@ -1184,6 +1184,17 @@ def test_balance_of_a_damaged_matched_part_is_one_line(small, tmp_path):
     assert "part-00000.parquet" in err
 
 
+def test_balance_of_a_damaged_matched_success_is_one_line(small, tmp_path):
+    # (plan and balance read matched/_SUCCESS through one reader: both say it is damaged.)
+    pool, md = small
+    m = tmp_path / "m"
+    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
+    (m / "matched" / "_SUCCESS").write_text('{"parts": [{"rows": 1}]}')
+    r = run_cli("balance", m, "--t", "30", "--out", tmp_path / "b", *common)
+    assert_clean_error(r, tmp_path / "b", "_SUCCESS is damaged")
+
+
 def test_two_runs_begun_in_one_folder_do_not_both_go_on(small, tmp_path, monkeypatch):
     # Both find the folder empty; the one that claims it second stops at once, instead
     # of matching everything and failing later with a '--resume' message it never asked

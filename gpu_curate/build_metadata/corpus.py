@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from ..io import is_hidden
+from ..io import is_hidden, reached_twice
 from .textio import BLOCK_BYTES, iter_line_blocks, source_error
 
 #: Column names tried, in this order, when a Parquet corpus file names no column.
@@ -68,12 +68,9 @@ def expand_corpus_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
             files.append(p)
         else:
             raise source_error(path, None, "no such corpus file or folder")
-    first: dict[str, Path] = {}
-    for f in files:
-        key = os.path.realpath(f)
-        if key in first:
-            raise source_error(f, None, f"corpus file given twice (also as {first[key]})")
-        first[key] = f
+    if (twice := reached_twice(files)) is not None:
+        _, first, again = twice
+        raise source_error(files[again], None, f"corpus file given twice (also as {files[first]})")
     return files
 
 
