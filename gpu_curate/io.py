@@ -72,11 +72,16 @@ def _stamp(info: dict) -> str | None:
 
 @dataclass(frozen=True)
 class Piece:
-    """Rows [row_start, row_end) of one input file (row_end None: to the end of the file)."""
+    """Rows [row_start, row_end) of one input file (row_end None: to the end of the file).
+
+    ``file_rows``: the file's row count when the run planned its parts (Parquet; None where
+    unknown). A file that holds another count when read was replaced during the run.
+    """
 
     file: InputFile
     row_start: int
     row_end: int | None
+    file_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,12 +91,6 @@ class Part:
 
     index: int
     pieces: tuple[Piece, ...]
-
-    def describe(self) -> str:
-        """Where the part's rows come from, for messages."""
-        first = self.pieces[0].file.path
-        more = len(self.pieces) - 1
-        return f"{first} (and {more} more file{'s' if more > 1 else ''})" if more else first
 
 
 # Compression suffixes read through fsspec's codecs (.zst needs the zstandard package).
@@ -439,7 +438,7 @@ def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) ->
         elif n <= pack_target:
             if pack and (pack_rows + n > pack_target or not schema.equals(pack_schema)):
                 close_pack()
-            pack.append(Piece(f, 0, n))
+            pack.append(Piece(f, 0, n, n))
             pack_rows, pack_schema = pack_rows + n, schema
             continue
         elif partition_rows:
@@ -448,7 +447,7 @@ def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) ->
             cuts = _row_group_cuts(groups, PART_ROWS)
         close_pack()
         for start, end in zip(cuts[:-1], cuts[1:], strict=True):
-            parts.append(Part(len(parts), (Piece(f, start, end),)))
+            parts.append(Part(len(parts), (Piece(f, start, end, n),)))
     close_pack()
     return parts
 
@@ -534,6 +533,7 @@ def read_piece(
     try:
         if f.format == "parquet":
             with _parquet_file(f.path) as pf:
+                _check_unchanged(piece, pf.metadata.num_rows)
                 table = _parquet_range(pf, piece.row_start, piece.row_end, columns)
         elif f.format == "jsonl":
             table = _read_json_lines(open_, text_column)
@@ -555,6 +555,17 @@ def read_piece(
             raise CurateError(f"{f.path}: no column {missing[0]!r}")
         table = table.select(list(columns))
     return _without_views(table)
+
+
+def _check_unchanged(piece: Piece, rows: int) -> None:
+    # A file replaced since the parts were planned: its planned row range would read some
+    # of its rows, or none, silently (and a pack could no longer be joined).
+    if piece.file_rows is not None and rows != piece.file_rows:
+        raise CurateError(
+            f"{piece.file.path} changed during the run: it held {piece.file_rows:,} rows when "
+            f"the run began and holds {rows:,} now; run again on the files as they are "
+            "(with --overwrite)"
+        )
 
 
 def _without_views(table: pa.Table) -> pa.Table:

@@ -286,6 +286,12 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run", resume: bo
                     "--overwrite"
                 )
     changed = sorted(k for k in manifest if previous.get(k) != manifest.get(k))
+    if changed == ["parts_sha256"]:
+        # (The same inputs and options: the cut itself changed, as between versions.)
+        raise CurateError(
+            f"--resume: {out} was begun by a gpu-curate version that cuts the input files "
+            "into other parts; finish it with that version, or use --overwrite to start again"
+        )
     if changed == ["compression"]:
         # (Its finished parts would keep the first codec, the new ones take the other.)
         raise CurateError(

@@ -187,6 +187,14 @@ def _match_task(
             counts = c
         else:
             counts += c
+    for piece, table in zip(part.pieces[1:], tables[1:], strict=True):
+        if not table.schema.equals(tables[0].schema):
+            # (The files had one schema when the run packed them: one was replaced since.)
+            raise CurateError(
+                f"{piece.file.path} changed during the run: its columns are no longer those "
+                f"of {part.pieces[0].file.path}, packed with it; run again on the files as "
+                "they are (with --overwrite)"
+            )
     matched = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     uids = np.concatenate(piece_uids) if len(piece_uids) > 1 else piece_uids[0]
     stats = {"part": name, **_piece_stats(piece_stats)}

@@ -575,7 +575,6 @@ def test_small_parquet_files_of_one_schema_are_packed_into_parts(tmp_path):
         [("j.parquet", 0, 30)],
     ]
     assert [p.index for p in parts] == list(range(len(parts)))
-    assert parts[0].describe() == f"{pool / 'a.parquet'} (and 1 more file)"
 
 
 def test_a_pool_of_small_files_is_read_in_few_parts_by_default(tmp_path, monkeypatch):

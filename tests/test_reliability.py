@@ -953,7 +953,7 @@ def test_default_parts_are_whole_row_groups_and_resume_needs_the_same_cut(tmp_pa
     (out / "curated" / "_SUCCESS").unlink()
     monkeypatch.setattr(io, "PART_ROWS", 400)
     r = run_cli("curate", pool, "--out", out, "--resume", *common)
-    assert_clean_error(r, tmp_path / "nothing", "differs in: parts_sha256")
+    assert_clean_error(r, tmp_path / "nothing", "cuts the input files into other parts")
     monkeypatch.setattr(io, "PART_ROWS", 250)
     assert run_cli("curate", pool, "--out", out, "--resume", *common).exit_code == 0
     assert np.array_equal(curated_uids(out), curated_uids(one))
@@ -998,6 +998,40 @@ def test_small_files_packed_into_one_part_curate_as_when_cut(small, tmp_path):
     assert run_cli("curate", pool, "--out", packed, "--resume", *common).exit_code == 0
     assert (packed / "matched" / "part-00000.parquet").stat().st_mtime_ns == before
     assert np.array_equal(curated_uids(packed), curated_uids(cut))
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "needle"),
+    [(30, {}, "held 20 rows when the run began and holds 30 now"),
+     (5, {}, "held 20 rows when the run began and holds 5 now"),
+     (20, {"x": [1] * 20}, "its columns are no longer those of")],
+    ids=["grew", "shrank", "new-column"],
+)  # fmt: skip
+def test_a_file_replaced_after_the_plan_is_one_line(small, tmp_path, monkeypatch, rows, columns,
+                                                    needle):  # fmt: skip
+    # A packed (or cut) Parquet file replaced between planning and reading: its planned rows
+    # were read silently (10 of 30, or 5 of 20), and a new column failed the pack's
+    # concatenation in a multi-line Arrow message that named no file.
+    from gpu_curate import pipeline
+
+    _, md = small
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for f in range(3):
+        pq.write_table(pa.table({"TEXT": _texts(20, f)}), pool / f"s{f}.parquet")
+    real_plan = pipeline.plan_parts
+
+    def plan_then_replace(*args, **kwargs):
+        parts = real_plan(*args, **kwargs)
+        assert len(parts) == 1 and len(parts[0].pieces) == 3  # (one pack)
+        pq.write_table(pa.table({"TEXT": _texts(rows, 9), **columns}), pool / "s1.parquet")
+        return parts
+
+    monkeypatch.setattr(pipeline, "plan_parts", plan_then_replace)
+    out = tmp_path / "out"
+    r = run_cli("curate", pool, "--metadata", md, "--out", out, "--t", "5", "--backend", "cpu",
+                "--quiet", "--workers", "1")  # fmt: skip
+    assert_clean_error(r, out, str(pool / "s1.parquet"), "changed during the run", needle)
 
 
 def test_expected_size_is_the_same_number_for_any_cut(small, tmp_path):
