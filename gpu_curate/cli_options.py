@@ -41,7 +41,8 @@ def compression_option():
         type=click.Choice(COMPRESSIONS),
         default="zstd",
         show_default=True,
-        help="Codec of the Parquet parts written (lz4/none: faster, bigger files).",
+        help="Codec of the Parquet parts written (lz4/none: faster, bigger files); "
+        "a --resume must give the run's codec.",
     )
 
 

@@ -388,8 +388,8 @@ def _rel(path: str, root: str) -> str:
 # big the pool's files are (LAION-400M's metadata files hold ~13M rows each).
 PART_ROWS = 1_000_000
 # Smaller Parquet files are packed into parts of up to this many rows: enough that the
-# ~25 ms a part costs is a few percent of its work, few enough that a pool of a few
-# million rows still has a part for every core.
+# ~10-25 ms a part costs in each stage is a few percent of its work, few enough that a
+# pool of a few million rows still has a part for every core.
 PACK_ROWS = 250_000
 
 
@@ -398,11 +398,12 @@ def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) ->
 
     With ``partition_rows``, a Parquet file is cut every ``partition_rows`` rows; without
     it, into runs of whole row groups of about :data:`PART_ROWS` rows (a larger row group
-    is a part of its own). Parquet files of at most ``partition_rows`` (default
-    :data:`PACK_ROWS`) rows that follow each other in ``files`` and have one schema are
-    packed into one part of up to that many rows: a pool of 10k-row shards (img2dataset's
-    layout) is then matched in tasks big enough that the ~25 ms a task and an output file
-    cost is small. Other formats are one part per file (a row number needs the rows
+    is a part of its own). Uncompressed Parquet files of at most ``partition_rows``
+    (default :data:`PACK_ROWS`) rows that follow each other in ``files`` and have one Arrow
+    schema (names in order, types, nullability) are packed into one part of up to that many
+    rows: a pool of 10k-row shards (img2dataset's layout) is then matched in tasks big
+    enough that the ~10-25 ms a task and an output file cost is small. A compressed Parquet
+    file is one part, and other formats are one part per file (a row number needs the rows
     before it, and their schema is known only once read).
 
     Examples

@@ -4,9 +4,11 @@ A run may write only into a new or empty folder, a folder it replaces (``--overw
 or a folder that the same run began (``--resume``). "The same run" is checked with
 manifests written before the first part: ``_run.json`` for the match stage (inputs, each
 input file's size and modification stamp, metadata, options) and ``_balance.json`` for the
-balance stage (the matched dataset, its entry counts, ``t`` and ``seed``). A resume that
-differs in any of them is refused, so finished parts are never mixed with parts of
-another run.
+balance stage (the matched dataset, its entry counts, ``t`` and ``seed``); both record
+``--compression``, and ``_run.json`` the cut into parts. A resume that differs in any of
+them is refused, so finished parts are never mixed with parts of another run. While a run
+writes into a local folder it holds a ``flock`` on :data:`LOCK` in it, so that another
+run (``--overwrite`` and ``--resume`` included) is refused rather than writing beside it.
 """
 
 from __future__ import annotations

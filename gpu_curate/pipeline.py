@@ -1,7 +1,8 @@
 """The curation run as a Dask graph: read -> match -> count -> balance -> write.
 
-Each part (a row range of one input file) is one task that reads, matches and writes its
-own output file atomically; entry counts are summed by a Dask tree reduction; balancing
+Each part (a row range of one input file, or several small Parquet files packed together:
+:func:`~gpu_curate.io.plan_parts`) is one task that reads, matches and writes its own
+output file atomically; entry counts are summed by a Dask tree reduction; balancing
 is a second map over the matched parts. Nothing is marked complete (``_SUCCESS``,
 ``report.json``) before everything under it is written, and ``resume`` reuses the parts a
 previous, interrupted run completed.

@@ -122,8 +122,8 @@ def load_matched_csr(
         try:
             # One open and one footer parse per part, and Arrow's thread pool only for
             # big parts: a pool of many small files gives parts of a few KB, where
-            # pq.read_schema + pq.read_table (a dataset, threads) took 1.1 ms a part and
-            # this 0.23 ms (2,000 parts of 100 rows).
+            # pq.read_schema + pq.read_table (a dataset, threads) took 0.8-1.1 ms a part and
+            # this 0.2-0.3 ms (2,000 parts of 100 rows, docs/benchmarks.md).
             with pq.ParquetFile(f) as pf:
                 names = pf.schema_arrow.names
                 missing = [c for c in columns if c not in names]

@@ -1,4 +1,4 @@
-"""The per-partition steps: match one part, balance one part (each with its stats).
+"""The per-partition steps: match one file's rows of a part, balance one part (with stats).
 
 A step takes one partition and returns the transformed partition plus a small stats dict,
 so the pipeline can write parts independently and sum their stats. CPU partitions are

@@ -1,7 +1,7 @@
 """Uniqueness of ``--id-column`` values over the whole pool, without gathering all uids.
 
-A part sees only its own rows, so duplicates in different parts (files, or
-``--partition-rows`` slices of one file) need a pool-wide check. It runs in two steps:
+A part sees only its own rows, so duplicates in different parts (files, packs of small
+files, or row ranges of one file) need a pool-wide check. It runs in two steps:
 
 1. Each match task writes the uids of *all* its part's rows (matched or not: uniqueness is
    over the pool) to ``OUT/_work/uids/part-NNNNN.npy``, sorted, as one little-endian

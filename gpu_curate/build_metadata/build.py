@@ -115,7 +115,8 @@ def build_metadata(
         Where to write the JSON list (atomically), plus ``<stem>.sources.json`` beside it;
         None builds without writing.
     wordnet
-        Folder with WordNet's ``data.noun``, ``data.verb``, ``data.adj``, ``data.adv``.
+        Folder with WordNet's ``data.noun``, ``data.verb``, ``data.adj``, ``data.adv``
+        (each plain or gzipped, ``data.noun.gz``).
     unigram_counts
         ``word<TAB>count`` (or ``word;count``) file: the unigram source. Without it,
         unigrams come from the n-gram counts (``corpus`` or ``unigram_ngrams``), if any.

@@ -24,7 +24,7 @@ def metadata() -> None:
 @click.option(
     "--wordnet",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder with WordNet's data.noun, data.verb, data.adj, data.adv.",
+    help="Folder with WordNet's data.noun, data.verb, data.adj, data.adv (each plain or .gz).",
 )
 @click.option(
     "--unigram-counts",

@@ -39,7 +39,7 @@ _MARKER = re.compile(r"(.*?)(\(.*\))?$")
 
 
 def find_wordnet_dir(root: str | os.PathLike) -> Path:
-    """The folder under ``root`` that holds WordNet's ``data.*`` files.
+    """The folder under ``root`` that holds WordNet's ``data.*`` files (plain or ``.gz``).
 
     Raises :class:`~gpu_curate.errors.CurateError` naming the first missing file.
 
