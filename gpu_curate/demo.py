@@ -72,12 +72,14 @@ def make_pool(folder: Path, rows: int, entries: int = 5_000, files: int = 4, see
 def run_demo(out, rows, t, seed, backend, overwrite, quiet, echo=print) -> dict:
     """Generate the demo pool under ``out`` and curate it into ``out/result``."""
     from .backend import resolve
-    from .outdir import MATCH_MANIFEST, prepare_out
+    from .outdir import MATCH_MANIFEST, ignored_name, prepare_out
     from .pipeline import Options, curate
 
     resolve(backend)  # a backend that cannot run here fails before anything is written
     folder = Path(out)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
+    # (A lock file that a killed demo left is no content: the lock itself is the kernel's.)
+    content = folder.exists() and any(not ignored_name(str(p)) for p in folder.iterdir())
+    if content and not overwrite:
         raise CurateError(f"demo folder {folder} exists and is not empty (use --overwrite)")
     # (The output folder's own guards: --overwrite never deletes the current directory.)
     with prepare_out(str(folder), overwrite, False, MATCH_MANIFEST):

@@ -153,7 +153,7 @@ def prepare_out(
     fs.makedirs(path, exist_ok=True)
     with _locked(fs, path, out):
         # (A folder that holds only what a write cut off at its start left is empty.)
-        if exists and [p for p in fs.ls(path, detail=False) if not _ignored(p)]:
+        if exists and [p for p in fs.ls(path, detail=False) if not ignored_name(p)]:
             if overwrite:
                 if is_local(fs) and _within(os.path.realpath(os.getcwd()), _key(fs, path)):
                     raise CurateError(
@@ -179,8 +179,15 @@ def prepare_out(
         yield fs, path
 
 
-def _ignored(path: str) -> bool:
-    """A name that does not make a folder non-empty: a temporary, or the lock."""
+def ignored_name(path: str) -> bool:
+    """Whether ``path`` names what does not make a folder non-empty: a temporary of
+    :func:`~gpu_curate.io.atomic_write_bytes` and its kin, or the lock a killed run left.
+
+    Examples
+    --------
+    >>> ignored_name("out/.gpu-curate.lock"), ignored_name("out/report.json")
+    (True, False)
+    """
     return bool(_TEMPORARY.search(path)) or PurePosixPath(path).name == LOCK
 
 

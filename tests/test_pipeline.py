@@ -590,6 +590,12 @@ def test_demo(tmp_path):
     # demo refuses its own non-empty folder too
     again = cli("demo", "--out", out, "--rows", 2000, ok=False)
     assert again.exit_code != 0
+    # ... but not one that holds only the lock file of a demo killed at its start
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / ".gpu-curate.lock").write_text("pid 1 on elsewhere since 2026-11-27\n")
+    assert cli("demo", "--out", killed, "--rows", 2000).exit_code == 0
+    assert not (killed / ".gpu-curate.lock").exists()
 
 
 def test_report(baseline, pool, ref, expected):
