@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .balance import bincount
-from .errors import CurateError, cannot_read
+from .errors import CurateError
+from .io import read_parquet_columns
 from .metadata import Metadata
 
 
@@ -130,15 +130,7 @@ def read_counts_table(path: str | os.PathLike, *, need_entry: bool = True) -> pa
     >>> table = read_counts_table("out/entry_counts.parquet")  # doctest: +SKIP
     """
     needed = ["entry_id", "entry", "count"] if need_entry else ["entry_id", "count"]
-    try:
-        names = pq.read_schema(path).names
-        missing = [c for c in needed if c not in names]
-        if missing:
-            raise CurateError(f"{path}: missing column(s) {', '.join(missing)}")
-        extra = ["entry"] if "entry" in names and "entry" not in needed else []
-        table = pq.read_table(path, columns=needed + extra)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise cannot_read(path, exc) from None
+    table = read_parquet_columns(path, needed, optional=["entry"])
     if table.column("entry_id").null_count or table.column("count").null_count:
         raise CurateError(f"{path}: entry_id and count must not be null")
     return table

@@ -23,14 +23,14 @@ from typing import Any, NamedTuple
 import click
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from . import balance
 from .backend import BackendError, resolve
 from .cli_options import backend_option
 from .counts import read_counts_table
-from .errors import CurateError, cannot_read
+from .errors import CurateError
+from .io import read_parquet_columns
 from .outdir import success_parts
 from .steps import list_chunk_csr
 
@@ -77,10 +77,6 @@ def _matched_files(matched_dir: str | Path) -> list[tuple[Path, int]]:
     return parts
 
 
-# Parts of at least this many rows are decoded on Arrow's thread pool (one column a thread).
-_THREADED_READ_ROWS = 1 << 16
-
-
 def load_matched_csr(
     matched_dir: str | Path, *, with_uids: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -119,20 +115,7 @@ def load_matched_csr(
     values: list[np.ndarray] = []
     uid_parts: list[np.ndarray] = []
     for f, rows in files:
-        try:
-            # One open and one footer parse per part, and Arrow's thread pool only for
-            # big parts: a pool of many small files gives parts of a few KB, where
-            # pq.read_schema + pq.read_table (a dataset, threads) took 0.8-1.1 ms a part and
-            # this 0.2-0.3 ms (2,000 parts of 100 rows, docs/benchmarks.md).
-            with pq.ParquetFile(f) as pf:
-                names = pf.schema_arrow.names
-                missing = [c for c in columns if c not in names]
-                if missing:
-                    raise CurateError(f"{f}: missing column(s) {', '.join(missing)}")
-                big = pf.metadata.num_rows >= _THREADED_READ_ROWS
-                table = pf.read(columns=columns, use_threads=big)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise cannot_read(f, exc) from None
+        table = read_parquet_columns(f, columns)
         if table.num_rows != rows:
             raise CurateError(f"{f} holds {table.num_rows} rows, matched/_SUCCESS says {rows}")
         for chunk in table.column("entry_ids").chunks:
