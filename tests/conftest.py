@@ -251,3 +251,16 @@ def proxy_metadata(proxy_entries):
 @pytest.fixture(scope="session")
 def proxy_reference(proxy_entries) -> AhoCorasickReference:
     return AhoCorasickReference(proxy_entries)
+
+
+def parquet_codecs(folder: Path) -> set[str]:
+    """The compression codecs of every column chunk of the Parquet parts in ``folder``."""
+    import pyarrow.parquet as pq
+
+    found = set()
+    for path in folder.glob("*.parquet"):
+        meta = pq.ParquetFile(path).metadata
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            found |= {rg.column(c).compression for c in range(rg.num_columns)}
+    return found

@@ -41,6 +41,7 @@ from conftest import (
     CC3M_TSV,
     LAION_PARQUET,
     PROXY_METADATA,
+    parquet_codecs,
     read_cc3m_texts,
     reference_match,
     shared_data,
@@ -763,37 +764,27 @@ def test_text_column_selection(small, tmp_path):
     assert "desc" in bad.output and "--text-column" in bad.output, bad.output
 
 
-def _codecs(folder: Path) -> set[str]:
-    """The compression codecs of every column chunk of the Parquet parts in ``folder``."""
-    found = set()
-    for path in folder.glob("*.parquet"):
-        meta = pq.ParquetFile(path).metadata
-        for g in range(meta.num_row_groups):
-            rg = meta.row_group(g)
-            found |= {rg.column(c).compression for c in range(rg.num_columns)}
-    return found
-
-
 def test_compression_option(small, tmp_path):
     texts, entries, md = small
     path, _ = _write(tmp_path / "in", "parquet", texts)
     base = ["--metadata", md, "--t", 2, "--seed", SEED, "--quiet"]
     cli("curate", path, *base, "--out", tmp_path / "zstd")
-    assert _codecs(tmp_path / "zstd" / "matched") == {"ZSTD"}
+    assert parquet_codecs(tmp_path / "zstd" / "matched") == {"ZSTD"}
     want = curated_uids(tmp_path / "zstd")
     assert 0 < len(want)
     for codec, stored in (("lz4", {"LZ4", "LZ4_RAW"}), ("none", {"UNCOMPRESSED"})):
         out = tmp_path / codec
         cli("curate", path, *base, "--out", out, "--compression", codec)
         for folder in ("matched", "curated"):
-            assert _codecs(out / folder) and _codecs(out / folder) <= stored, (codec, folder)
+            codecs = parquet_codecs(out / folder)
+            assert codecs and codecs <= stored, (codec, folder)
         assert np.array_equal(curated_uids(out), want)
         assert read_parts(out / "matched").equals(read_parts(tmp_path / "zstd" / "matched"))
     # balance writes its curated parts with its own --compression
     out = tmp_path / "rebalanced"
     cli("balance", tmp_path / "lz4", "--t", 2, "--seed", SEED, "--out", out,
         "--compression", "snappy", "--quiet")  # fmt: skip
-    assert _codecs(out / "curated") == {"SNAPPY"}
+    assert parquet_codecs(out / "curated") == {"SNAPPY"}
     assert np.array_equal(curated_uids(out), want)
     bad = cli("curate", path, *base, "--out", tmp_path / "bad", "--compression", "brotli", ok=False)
     assert bad.exit_code == 2 and "brotli" in bad.output

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import parquet_codecs
 
 from gpu_curate.cli import main
 from gpu_curate.uid import position_uids
@@ -1289,17 +1290,6 @@ def test_resume_with_another_t_is_refused_before_matching(small, tmp_path):
     assert not any((out / "matched" / "_parts").iterdir())
 
 
-def _codecs(folder: Path) -> set[str]:
-    """The codecs of every column chunk of the Parquet parts in ``folder``."""
-    found = set()
-    for path in folder.glob("*.parquet"):
-        meta = pq.ParquetFile(path).metadata
-        for g in range(meta.num_row_groups):
-            rg = meta.row_group(g)
-            found |= {rg.column(c).compression for c in range(rg.num_columns)}
-    return found
-
-
 def _interrupt(out: Path, stage: str) -> None:
     """Make ``out`` look like a run killed in ``stage`` with part 1 unfinished."""
     (out / "report.json").unlink()
@@ -1338,7 +1328,7 @@ def test_resume_with_another_compression_is_refused(small, tmp_path):
     r = run_cli("curate", pool, "--out", out, "--resume", *common)
     assert r.exit_code == 0, (r.output, r.stderr)
     assert np.array_equal(curated_uids(out), ref)
-    assert _codecs(out / "matched") == _codecs(out / "curated") == {"ZSTD"}
+    assert parquet_codecs(out / "matched") == parquet_codecs(out / "curated") == {"ZSTD"}
 
     # balance: its own --compression, recorded in _balance.json.
     flags = ["--t", "30", "--backend", "cpu", "--quiet", "--workers", "1"]
@@ -1348,7 +1338,7 @@ def test_resume_with_another_compression_is_refused(small, tmp_path):
     assert_clean_error(r, tmp_path / "nothing", "--compression lz4, not zstd")
     r = run_cli("balance", out, "--out", b, "--resume", "--compression", "lz4", *flags)
     assert r.exit_code == 0, (r.output, r.stderr)
-    assert _codecs(b / "curated") <= {"LZ4", "LZ4_RAW"}
+    assert parquet_codecs(b / "curated") <= {"LZ4", "LZ4_RAW"}
     assert np.array_equal(curated_uids(b), ref)
 
 
