@@ -19,7 +19,7 @@ import stat
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import fsspec
 import pyarrow as pa
@@ -919,6 +919,34 @@ def read_parquet_columns(
             return pf.read(columns=columns, use_threads=threads)
     except (pa.ArrowInvalid, OSError) as exc:
         raise cannot_read(path, exc) from None
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    ``path`` is a local file (the report's pages, a built metadata; see
+    :func:`atomic_write_bytes` for an fsspec file system). The bytes go to a temporary file
+    in the same folder (same file system, so the rename is atomic), are flushed to disk,
+    and the file is renamed over ``path``.
+
+    Examples
+    --------
+    >>> write_atomic("metadata.json", b"[]")  # doctest: +SKIP
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # open(..., "xb") rather than tempfile.mkstemp: the file gets the umask's permissions
+    # (mkstemp's are 0600), as a file written in place would.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:

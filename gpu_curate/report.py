@@ -26,13 +26,11 @@ PosixPath('gpu-curate-demo/result/report/index.html')
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
 import json
 import math
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +43,7 @@ from .backend import BackendError
 from .cli_options import backend_option
 from .counts import read_counts_table
 from .errors import CurateError
+from .io import write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -606,22 +605,6 @@ class ReportFiles:
     """Why plots were skipped, if any."""
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # open(..., "x") rather than mkstemp: the file gets the usual umask permissions
-    # (mkstemp's are 0600), and the pid + random suffix keep concurrent writers apart.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -719,10 +702,10 @@ def write_report(
         data = _png_bytes(make())
         if not embed:
             images[name] = png
-            _atomic_write(png, data)
+            write_atomic(png, data)
         srcs[name] = _img_src(png, html_path, data, embed)
     page = render_html(run, srcs, rows, notes)
-    _atomic_write(html_path, page.encode("utf-8"))
+    write_atomic(html_path, page.encode("utf-8"))
     return ReportFiles(html_path, images, tuple(notes))
 
 

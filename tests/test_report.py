@@ -400,5 +400,5 @@ def test_a_failed_write_leaves_no_temporary_file(reported, tmp_path, monkeypatch
     monkeypatch.setattr(os, "replace", boom)
     target = tmp_path / "x.html"
     with pytest.raises(OSError, match="disk full"):
-        report_mod._atomic_write(target, b"<html>")
+        report_mod.write_atomic(target, b"<html>")
     assert list(tmp_path.iterdir()) == []

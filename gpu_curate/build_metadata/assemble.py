@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CurateError
+from ..io import write_atomic
 
 #: MetaCLIP's ``forbidden`` set: an entry that is one of these characters is dropped.
 PUNCTUATION = frozenset(string.punctuation)
@@ -166,32 +166,6 @@ def sources_path_for(out: str | os.PathLike) -> Path:
     """
     p = Path(out)
     return p.with_name(f"{p.stem}.sources.json")
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
-
-    The bytes go to a temporary file in the same folder (same file system, so the rename
-    is atomic), are flushed to disk, and the file is renamed over ``path``.
-
-    Examples
-    --------
-    >>> write_atomic("metadata.json", b"[]")  # doctest: +SKIP
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # open(..., "xb") rather than tempfile.mkstemp: the file gets the umask's permissions
-    # (mkstemp's are 0600), as a file written in place would.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def encode_metadata(entries: Sequence[str]) -> bytes:
