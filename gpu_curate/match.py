@@ -19,12 +19,19 @@ from .metadata import Metadata
 __all__ = ["match_arrow", "match_texts", "csr_to_lists"]
 
 
-def _host_buffers(array: pa.Array):
-    """(offsets n+1 absolute, data uint8, validity uint8 or empty, bit offset) of a string array."""
+def _plain_strings(array: pa.Array) -> pa.Array:
+    """The array in the offsets layout the kernels read: dictionaries decoded (to the strings
+    they stand for), string views cast to large strings."""
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
     if pa.types.is_string_view(array.type):
         array = array.cast(pa.large_string())
+    return array
+
+
+def _host_buffers(array: pa.Array):
+    """(offsets n+1 absolute, data uint8, validity uint8 or empty, bit offset) of a string array."""
+    array = _plain_strings(array)
     if pa.types.is_string(array.type):
         off_type = np.int32
     elif pa.types.is_large_string(array.type):
@@ -93,8 +100,51 @@ def match_arrow(array, metadata: Metadata | Sequence[str], backend: str | Backen
     """
     md = Metadata.coerce(metadata)
     be = resolve(backend)
-    parts = [_match_chunk(chunk, md, be) for chunk in _chunks(array)]
+    chunks = _chunks(array)
+    if be.is_gpu and len(chunks) > 1:
+        from .kernels.gpu import TILE_BYTES
+
+        chunks = _joined(chunks, TILE_BYTES)
+    parts = [_match_chunk(chunk, md, be) for chunk in chunks]
     return _concat_csr(be.xp, parts)
+
+
+def _text_bytes(array: pa.Array) -> int:
+    """Bytes of text that the rows of a plain string array span (0 for other types, which
+    the kernels refuse)."""
+    if pa.types.is_string(array.type):
+        off_type = np.int32
+    elif pa.types.is_large_string(array.type):
+        off_type = np.int64
+    else:
+        return 0
+    if len(array) == 0 or array.buffers()[1] is None:
+        return 0
+    offsets = np.frombuffer(array.buffers()[1], off_type)
+    return int(offsets[array.offset + len(array)] - offsets[array.offset])
+
+
+def _joined(chunks: list[pa.Array], limit: int) -> list[pa.Array]:
+    """Consecutive chunks joined (a host copy) into arrays of up to about ``limit`` text
+    bytes.
+
+    A device call costs a host-to-device copy, several launches and a synchronisation, and
+    a part often arrives as many small chunks: a pack of small files, or a file written in
+    small row groups. Joined, it takes one call per tile of the kernel (``limit``) instead
+    of one per chunk. A chunk larger than ``limit`` stays as it is (the kernel tiles it).
+    """
+    out: list[pa.Array] = []
+    group: list[pa.Array] = []
+    size = 0
+    for chunk in map(_plain_strings, chunks):
+        nbytes = _text_bytes(chunk)
+        if group and size + nbytes > limit:
+            out.append(pa.concat_arrays(group) if len(group) > 1 else group[0])
+            group, size = [], 0
+        group.append(chunk)
+        size += nbytes
+    out.append(pa.concat_arrays(group) if len(group) > 1 else group[0])
+    return out
 
 
 def _match_chunk(chunk: pa.Array, md: Metadata, be: Backend):

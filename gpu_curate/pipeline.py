@@ -33,7 +33,6 @@ from .io import (
     COMPRESSIONS,
     InputFile,
     Part,
-    Piece,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_parquet,
@@ -176,64 +175,39 @@ def _match_task(
     ):
         return done
     _numba_threads(threads)
-    tables, piece_stats, piece_uids, counts = [], [], [], None
+    tables, uids, all_uids = [], [], []
     for piece in part.pieces:
-        table, st, c, u = _match_piece(piece, step)
-        tables.append(table)
-        piece_stats.append(st)
-        piece_uids.append(u)
-        # Summed as they come (into the first piece's new array): a pack of a thousand
-        # files would hold a thousand arrays of one count per entry.
-        if counts is None:
-            counts = c
-        else:
-            counts += c
-    for piece, table in zip(part.pieces[1:], tables[1:], strict=True):
-        if not table.schema.equals(tables[0].schema):
+        table = read_piece(piece, text_column=step.text_column, id_column=step.id_column)
+        if tables and not table.schema.equals(tables[0].schema):
             # (The files had one schema when the run packed them: one was replaced since.)
             raise CurateError(
                 f"{piece.file.path} changed during the run: its columns are no longer those "
                 f"of {part.pieces[0].file.path}, packed with it; run again on the files as "
                 "they are (with --overwrite)"
             )
-    matched = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    uids = np.concatenate(piece_uids) if len(piece_uids) > 1 else piece_uids[0]
-    stats = {"part": name, **_piece_stats(piece_stats)}
-    stats["rows_written"] = matched.num_rows
+        u, sorted_u = step.uids(table, piece.file.relpath, piece.row_start, piece.file.path)
+        tables.append(table)
+        uids.append(u)
+        all_uids.append(sorted_u)
+    # The pieces of a pack are matched together: one kernel call (one device call on the
+    # gpu backend) and one count array per part, not per file.
+    first = part.pieces[0]
+    matched, stats, counts = step.match(
+        pa.concat_tables(tables) if len(tables) > 1 else tables[0],
+        np.concatenate(uids) if len(uids) > 1 else uids[0],
+        first.file.path,
+    )
+    if len(part.pieces) == 1:
+        where = {"file": first.file.relpath, "row_start": first.row_start}  # (as before packs)
+    else:
+        where = {"files": [p.file.relpath for p in part.pieces]}
+    stats = {"part": name, **where, **stats, "rows_written": matched.num_rows}
     stats["columns"] = [f"{f.name}: {f.type}" for f in matched.schema]  # (names and types)
     atomic_write_parquet(fs, data_path, matched, compression)
     if uids_path is not None:
-        write_part_uids(fs, uids_path, uids, uid_buckets)
+        write_part_uids(fs, uids_path, np.concatenate(all_uids), uid_buckets)
     atomic_write_json(fs, stats_path, stats)  # written last: marks the part complete
     return stats, counts
-
-
-def _match_piece(piece: Piece, step: MatchStep):
-    """(matched table, stats, entry counts, uids) of one piece of a part."""
-    table = read_piece(piece, text_column=step.text_column, id_column=step.id_column)
-    matched, stats, counts, uids = step.run_with_uids(
-        table, piece.file.relpath, piece.row_start, piece.file.path
-    )
-    return (
-        matched,
-        {"file": piece.file.relpath, "row_start": piece.row_start, **stats},
-        counts,
-        uids,
-    )
-
-
-def _piece_stats(stats: list[dict]) -> dict:
-    """A part's stats from its pieces': ``file`` and ``row_start`` for a one-piece part (as
-    earlier versions wrote), else ``files``, with the counts summed."""
-    if len(stats) == 1:
-        return stats[0]
-    merged: dict = {"files": [s["file"] for s in stats]}
-    for key, value in stats[0].items():
-        if key in ("file", "row_start"):
-            continue
-        # (Not a count: the text column, one for all the pieces of a pack (one schema).)
-        merged[key] = sum(s[key] for s in stats) if isinstance(value, int) else value
-    return merged
 
 
 def _balance_task(

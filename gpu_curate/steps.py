@@ -65,37 +65,65 @@ class MatchStep:
         tuple
             (matched table, stats dict, per-entry counts, the uids (uint64) of every row of
             the partition in no particular order: sorted with an id column).
+
+        Examples
+        --------
+        >>> import pyarrow as pa
+        >>> step = MatchStep(Metadata(["dog", "new york"]))
+        >>> out, stats, counts, uids = step.run_with_uids(
+        ...     pa.table({"TEXT": ["a dog", "a cat"]}), "pool.parquet", 0, "pool.parquet")
+        >>> out.column("entry_ids").to_pylist(), stats["matched_rows"], counts.tolist()
+        ([[0]], 1, [1, 0])
         """
-        be = resolve(self.backend)
-        if be.name not in self.accepts:  # pragma: no cover - defensive
-            raise CurateError(f"MatchStep does not accept backend {be.name}")
+        uids, all_uids = self.uids(table, relpath, row_start, where)
+        out, stats, counts = self.match(table, uids, where)
+        return out, stats, counts, all_uids
+
+    def uids(
+        self, table: pa.Table, relpath: str, row_start: int, where: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Check one file's rows (columns, ids unique within them) and give their uids.
+
+        Returns (uids in row order, the same uids in no particular order: sorted with an id
+        column). The checks read the schema and the ids only, so the rows of several files
+        can be checked one by one and then matched together (:meth:`match`).
+        """
         clash = [c for c in RESERVED_COLUMNS if c in table.column_names]
         if clash:
             raise CurateError(
                 f"{where}: the input has a column named {clash[0]!r}, which gpu-curate adds; "
                 "rename it"
             )
+        check_text_type(table, text_column(table.schema, self.text_column, where), where)
+        if self.id_column is None:
+            uids = position_uids(relpath, row_start, table.num_rows)
+            return uids, uids
+        if self.id_column not in table.column_names:
+            raise CurateError(
+                f"{where}: id column {self.id_column!r} not found; columns are: "
+                f"{', '.join(table.column_names)}"
+            )
+        uids = value_uids(table.column(self.id_column), self.id_column, where, row_start)
+        all_uids = np.sort(uids)  # for the check here and the pool-wide one, once
+        _check_unique(uids, all_uids, table.column(self.id_column), self.id_column, where,
+                      row_start)  # fmt: skip
+        return uids, all_uids
+
+    def match(
+        self, table: pa.Table, uids: np.ndarray, where: str
+    ) -> tuple[pa.Table, dict, np.ndarray]:
+        """Match rows that :meth:`uids` checked (one file's, or several files' of one schema
+        concatenated): (matched table with ``uid`` and ``entry_ids``, stats, counts)."""
+        be = resolve(self.backend)
+        if be.name not in self.accepts:  # pragma: no cover - defensive
+            raise CurateError(f"MatchStep does not accept backend {be.name}")
+        n = table.num_rows
         col = text_column(table.schema, self.text_column, where)
-        check_text_type(table, col, where)
         texts = table.column(col)
         if pa.types.is_null(texts.type):
             texts = texts.cast(pa.string())
         elif pa.types.is_dictionary(texts.type):
             texts = texts.cast(texts.type.value_type)  # matched as the strings it stands for
-        n = table.num_rows
-        if self.id_column is not None:
-            if self.id_column not in table.column_names:
-                raise CurateError(
-                    f"{where}: id column {self.id_column!r} not found; columns are: "
-                    f"{', '.join(table.column_names)}"
-                )
-            uids = value_uids(table.column(self.id_column), self.id_column, where, row_start)
-            all_uids = np.sort(uids)  # for the check here and the pool-wide one, once
-            _check_unique(uids, all_uids, table.column(self.id_column), self.id_column, where,
-                          row_start)  # fmt: skip
-        else:
-            uids = position_uids(relpath, row_start, n)
-            all_uids = uids
         row_offsets, ids = match_arrow(texts, self.metadata, be)
         counts = partition_counts(ids, len(self.metadata), be.xp)
         row_offsets = be.asnumpy(row_offsets)
@@ -124,7 +152,7 @@ class MatchStep:
             "matches": int(ids.size),
             "text_column": col,  # (the default is chosen per file: a report shows which)
         }
-        return out, stats, counts, all_uids
+        return out, stats, counts
 
 
 def _check_unique(

@@ -256,6 +256,41 @@ def test_rows_split_over_many_tiles(monkeypatch, tile_bytes):
     assert lists(ro, ids) == [[0], [], [0]]
 
 
+@pytest.mark.parametrize("tile_bytes", [32 << 20, 40])
+def test_many_small_chunks_join_into_few_device_calls(monkeypatch, tile_bytes):
+    # A pack of small files reaches match_arrow as a chunked column, one chunk per file:
+    # sliced chunks with nulls, an empty chunk, a dictionary chunk (its own dictionary).
+    from gpu_curate.backend import Backend
+    from gpu_curate.kernels import gpu
+    from gpu_curate.match import match_arrow
+    from gpu_curate.metadata import Metadata
+
+    monkeypatch.setattr(gpu, "TILE_BYTES", tile_bytes)
+    calls = []
+    real = gpu.match_rows
+    monkeypatch.setattr(gpu, "match_rows", lambda *a: calls.append(len(a[0]) - 1) or real(*a))
+    md = Metadata(ENTRIES)
+    texts = built_texts(60, seed=7)
+    base = pa.array(texts, pa.string())
+    chunks = [base.slice(i, 6) for i in range(0, 30, 6)] + [base.slice(30, 0)]
+    chunks += [pa.array(texts[30:45], pa.string()).dictionary_encode().dictionary_decode()]
+    chunks += [base.slice(45, 15)]
+    column = pa.chunked_array(chunks, pa.string())
+    dictionary = pa.chunked_array(
+        [pa.array(texts[i : i + 20]).dictionary_encode() for i in range(0, 60, 20)]
+    )
+    for arr in (column, dictionary):
+        ro, ids = match_arrow(arr, md, Backend("gpu", np))
+        assert lists(ro, ids) == [reference_match(t, ENTRIES) for t in texts]
+        cpu_ro, cpu_ids = match_arrow(arr, md, "cpu")
+        np.testing.assert_array_equal(ro, cpu_ro)
+        np.testing.assert_array_equal(ids, cpu_ids)
+    if tile_bytes > 1000:
+        assert calls == [60, 60]  # one device call per column, not one per chunk
+    else:
+        assert len(calls) > 2 and sum(calls) == 120  # split by text bytes, every row once
+
+
 def _null_row_over_token_ends():
     """["dog", None, "", "new york, dog"] where the null slot spans "cat, dog. new york"."""
     body = b"dog" + b"cat, dog. new york" + b"" + b"new york, dog"

@@ -896,6 +896,17 @@ def test_each_part_is_matched_and_balanced_once(tmp_path, monkeypatch):
     assert report["parts"] == 9  # 3 files x ceil(50 / 20)
     assert sorted(matched_calls) == sorted([20, 20, 10] * 3)
     assert len(balanced_calls) == 9 and sum(balanced_calls) == report["matched_rows"]
+    # Packed (the three files in one part of up to 200 rows): one match for the part, not
+    # one per file (on the gpu backend, one device call).
+    matched_calls.clear()
+    opts = Options(quiet=True, backend="cpu", workers=2, partition_rows=200)
+    packed = curate([str(pool)], Metadata(["dog", "cat"]), str(tmp_path / "packed"), 5, 0, opts)
+    assert packed["parts"] == 1
+    assert matched_calls == [150]
+    for key in ("pool_rows", "matched_rows", "curated_rows"):
+        assert packed[key] == report[key], key
+    counts = [pq.read_table(tmp_path / d / "entry_counts.parquet") for d in ("out", "packed")]
+    assert counts[0].equals(counts[1])
 
 
 # ----------------------------------------------------------------------------- 7. progress
