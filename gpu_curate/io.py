@@ -17,7 +17,7 @@ import posixpath
 import re
 import stat
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -513,6 +513,14 @@ def parquet_layout(path: str) -> tuple[list[int], pa.Schema]:
         raise CurateError(f"cannot read Parquet file {path}: {exc}") from None
 
 
+def _opener(path: str):
+    def open_():
+        # The readers open the file again rather than seek back: a zstd stream cannot.
+        return fsspec.open(path, "rb", compression="infer")
+
+    return open_
+
+
 def read_piece(
     piece: Piece,
     columns: Sequence[str] | None = None,
@@ -526,11 +534,7 @@ def read_piece(
     strings, as written (``001`` stays ``001``).
     """
     f = piece.file
-
-    def open_():
-        # The readers open the file again rather than seek back: a zstd stream cannot.
-        return fsspec.open(f.path, "rb", compression="infer")
-
+    open_ = _opener(f.path)
     try:
         if f.format == "parquet":
             with _parquet_file(f.path) as pf:
@@ -540,14 +544,10 @@ def read_piece(
             table = _read_json_lines(open_, text_column)
         else:
             table = _read_delimited(open_, f.format, text_column, id_column, f.path)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError) as exc:
-        raise CurateError(f"cannot read {f.path}: {str(exc).splitlines()[0]}") from None
-    names = table.column_names
-    if len(set(names)) != len(names):
-        # (Matching would pass; the parts written could not be read back by name.)
-        dup = next(c for c in names if names.count(c) > 1)
-        raise CurateError(f"{f.path}: the file names the column {dup!r} twice")
-    if f.format == "jsonl" and not names:
+    except _READ_ERRORS as exc:
+        raise _cannot_read_file(f.path, exc) from None
+    _check_names(table, f.path)
+    if f.format == "jsonl" and not table.column_names:
         # Blank lines only: no rows, as an empty (0-byte) file has.
         table = pa.table({text_column or TEXT_COLUMN_CANDIDATES[1]: pa.array([], pa.string())})
     if columns is not None and f.format != "parquet":
@@ -556,6 +556,55 @@ def read_piece(
             raise CurateError(f"{f.path}: no column {missing[0]!r}")
         table = table.select(list(columns))
     return _without_views(table)
+
+
+def read_piece_batches(
+    piece: Piece,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    rows: int | None = None,
+) -> Iterator[pa.Table]:
+    """The rows of one piece as tables of about ``rows`` rows each, read as they are needed.
+
+    A CSV or TSV file is read as a stream (its columns are all text, known from the first
+    line), so a file of any size is matched in bounded memory. Other pieces come whole, as
+    one table: a Parquet piece is cut to size when the run is planned, and a JSON Lines
+    file's column types are known only once all of it is read. At least one table comes,
+    with the file's columns, even where the piece holds no rows. ``rows`` defaults to
+    :data:`PART_ROWS`; tables grow by the reader's blocks (16 MB), so they may hold more.
+
+    Examples
+    --------
+    >>> for table in read_piece_batches(part.pieces[0]):  # doctest: +SKIP
+    ...     print(table.num_rows)
+    """
+    f = piece.file
+    if f.format not in ("csv", "tsv"):
+        yield read_piece(piece, text_column=text_column, id_column=id_column)
+        return
+    try:
+        for table in _delimited_tables(
+            _opener(f.path), f.format, text_column, id_column, f.path, rows or PART_ROWS
+        ):
+            _check_names(table, f.path)
+            yield table
+    except _READ_ERRORS as exc:
+        raise _cannot_read_file(f.path, exc) from None
+
+
+_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError)
+
+
+def _cannot_read_file(path: str, exc: Exception) -> CurateError:
+    return CurateError(f"cannot read {path}: {str(exc).splitlines()[0]}")
+
+
+def _check_names(table: pa.Table, path: str) -> None:
+    names = table.column_names
+    if len(set(names)) != len(names):
+        # (Matching would pass; the parts written could not be read back by name.)
+        dup = next(c for c in names if names.count(c) > 1)
+        raise CurateError(f"{path}: the file names the column {dup!r} twice")
 
 
 def _check_unchanged(piece: Piece, rows: int) -> None:
@@ -766,11 +815,39 @@ _BATCH_ROWS = 1 << 16
 # A first line whose fields are all like these is a header, not data: a caption has
 # spaces, a URL has ":" and "/", a file name has ".".
 _HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
+# Bytes of a CSV/TSV file that Arrow's reader parses at a time (a streamed file's tables
+# grow by this much).
+_CSV_BLOCK = 1 << 24
 # Header-less files get columns f0, f1, ...; all of them (up to a generous count) strings.
 _AUTO_COLUMNS = 4096
 
 
 def _read_delimited(open_, fmt: str, text_column, id_column, where: str) -> pa.Table:
+    tables = list(_delimited_tables(open_, fmt, text_column, id_column, where, 1 << 62))
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _delimited_tables(
+    open_, fmt: str, text_column, id_column, where: str, rows: int
+) -> Iterator[pa.Table]:
+    """A CSV/TSV file as tables of about ``rows`` rows (at least one table), read as a
+    stream: the reader's blocks are gathered until they hold ``rows`` rows."""
+    read, parse, convert = _delimited_options(open_, fmt, text_column, id_column, where)
+    with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as reader:
+        batches: list[pa.RecordBatch] = []
+        held, sent = 0, False
+        for batch in reader:
+            batches.append(batch)
+            held += batch.num_rows
+            if held >= rows:
+                yield _valid_utf8(pa.Table.from_batches(batches, reader.schema))
+                batches, held, sent = [], 0, True
+        if batches or not sent:
+            yield _valid_utf8(pa.Table.from_batches(batches, reader.schema))
+
+
+def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
+    """Arrow's (read, parse, convert) options for a CSV/TSV file, from its first line."""
     # A header is recognised by a first line with a field that names the text column (the
     # requested one or one of TEXT_COLUMN_CANDIDATES) or the id column; otherwise the
     # columns are f0, f1, ... (CC3M's caption<TAB>url has no header).
@@ -792,10 +869,10 @@ def _read_delimited(open_, fmt: str, text_column, id_column, where: str) -> pa.T
                 "--text-column (--text-column f0 if the file has no header)"
             )
     if has_header:
-        read = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=1 << 24)
+        read = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=_CSV_BLOCK)
     else:
         names = [f"f{i}" for i in range(_AUTO_COLUMNS)]
-        read = pacsv.ReadOptions(autogenerate_column_names=True, block_size=1 << 24)
+        read = pacsv.ReadOptions(autogenerate_column_names=True, block_size=_CSV_BLOCK)
     # Quoted captions may hold line breaks (valid CSV), which need the slower parser mode.
     parse = pacsv.ParseOptions(
         delimiter=delimiter,
@@ -809,9 +886,7 @@ def _read_delimited(open_, fmt: str, text_column, id_column, where: str) -> pa.T
         strings_can_be_null=False,
         check_utf8=False,
     )
-    with open_() as fh:
-        table = pacsv.read_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
-    return _valid_utf8(table)
+    return read, parse, convert
 
 
 def _valid_utf8(table: pa.Table) -> pa.Table:
@@ -986,23 +1061,62 @@ def _is_text(t: pa.DataType) -> bool:
 
 
 def atomic_write_parquet(fs, path: str, table: pa.Table, compression: str = "zstd") -> None:
-    """Write ``table`` as Parquet through a temporary name and a rename.
+    """Write ``table`` as Parquet through a temporary name and a rename
+    (:func:`atomic_parquet_writer` with one table)."""
+    with atomic_parquet_writer(fs, path, compression) as write:
+        write(table)
 
+
+@contextlib.contextmanager
+def atomic_parquet_writer(
+    fs, path: str, compression: str = "zstd"
+) -> Iterator[Callable[[pa.Table], None]]:
+    """Write tables one after another into one Parquet file, which appears at ``path`` (a
+    rename) only once all are written; on an error the temporary file is removed.
+
+    Each table is a row group (or more, past 1M rows) and takes the first one's schema.
     Dictionary encoding is kept for the input's columns (repeated values compress well)
     and skipped for gpu-curate's near-unique ones; min/max statistics are written for the
     non-text columns only (those of alt-texts and URLs cost time and help no reader).
     ``compression`` is one of :data:`COMPRESSIONS`.
+
+    Examples
+    --------
+    >>> with atomic_parquet_writer(fs, "out/part-00000.parquet") as write:  # doctest: +SKIP
+    ...     for table in tables:
+    ...         write(table)
     """
-    names = table.schema.names
-    dictionary = [c for c in names if c not in _NO_DICTIONARY]
-    statistics = [f.name for f in table.schema if not _is_text(f.type)]
     tmp = temporary_name(path)
-    with fs.open(tmp, "wb") as fh:
-        pq.write_table(
-            table,
-            fh,
-            compression=compression,
-            use_dictionary=dictionary or False,
-            write_statistics=statistics or False,
-        )
+    fh = fs.open(tmp, "wb")
+    writer: pq.ParquetWriter | None = None
+
+    def write(table: pa.Table) -> None:
+        nonlocal writer
+        if writer is None:
+            names = table.schema.names
+            writer = pq.ParquetWriter(
+                fh,
+                table.schema,
+                compression=compression,
+                use_dictionary=[c for c in names if c not in _NO_DICTIONARY] or False,
+                write_statistics=[f.name for f in table.schema if not _is_text(f.type)] or False,
+            )
+        elif not table.schema.equals(writer.schema):
+            table = table.cast(writer.schema)
+        writer.write_table(table)
+
+    try:
+        yield write
+        if writer is None:
+            raise ValueError(f"no table was written to {path}")
+        writer.close()
+        fh.close()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if writer is not None:
+                writer.close()
+            fh.close()
+        with contextlib.suppress(OSError):
+            fs.rm(tmp)
+        raise
     fs.mv(tmp, path)

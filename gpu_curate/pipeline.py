@@ -31,8 +31,10 @@ from .counts import add_counts, counts_json, counts_table, partition_counts, tre
 from .errors import CurateError, cannot_read
 from .io import (
     COMPRESSIONS,
+    PART_ROWS,
     InputFile,
     Part,
+    atomic_parquet_writer,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_parquet,
@@ -40,6 +42,7 @@ from .io import (
     full_path,
     plan_parts,
     read_piece,
+    read_piece_batches,
 )
 from .metadata import Metadata
 from .outdir import (
@@ -175,7 +178,48 @@ def _match_task(
     ):
         return done
     _numba_threads(threads)
-    tables, uids, all_uids = [], [], []
+    stats: dict = {}
+    counts = None
+    all_uids: list[np.ndarray] = []
+    with atomic_parquet_writer(fs, data_path, compression) as write:
+        for table, uids, where in _part_tables(part, step, all_uids):
+            matched, batch_stats, batch_counts = step.match(table, uids, where)
+            write(matched)
+            stats = _add_stats(stats, {**batch_stats, "rows_written": matched.num_rows})
+            # Summed in place (into the first batch's new array): not one array per batch.
+            counts = batch_counts if counts is None else np.add(counts, batch_counts, out=counts)
+            schema = matched.schema
+    first = part.pieces[0]
+    if len(part.pieces) == 1:
+        where = {"file": first.file.relpath, "row_start": first.row_start}  # (as before packs)
+    else:
+        where = {"files": [p.file.relpath for p in part.pieces]}
+    stats = {"part": name, **where, **stats}
+    stats["columns"] = [f"{f.name}: {f.type}" for f in schema]  # (names and types)
+    if uids_path is not None:
+        write_part_uids(fs, uids_path, np.concatenate(all_uids), uid_buckets)
+    atomic_write_json(fs, stats_path, stats)  # written last: marks the part complete
+    return stats, counts
+
+
+def _part_tables(part: Part, step: MatchStep, all_uids: list[np.ndarray]):
+    """Yield (rows, their uids, where they come from) of a part, checked, to be matched.
+
+    A pack's files are matched together, as one table: one kernel call (one device call
+    on the gpu backend) and one count array for the part. A one-file part comes in tables
+    of bounded size (a CSV/TSV file of any size is read as a stream). ``all_uids`` gets
+    the uids of every row, matched or not, for the pool-wide id check.
+    """
+    if len(part.pieces) == 1:
+        piece = part.pieces[0]
+        row = piece.row_start
+        for table in read_piece_batches(piece, step.text_column, step.id_column):
+            uids, sorted_uids = step.uids(table, piece.file.relpath, row, piece.file.path)
+            all_uids.append(sorted_uids)
+            yield table, uids, piece.file.path
+            row += table.num_rows
+        return
+    tables, uids = [], []
     for piece in part.pieces:
         table = read_piece(piece, text_column=step.text_column, id_column=step.id_column)
         if tables and not table.schema.equals(tables[0].schema):
@@ -189,25 +233,14 @@ def _match_task(
         tables.append(table)
         uids.append(u)
         all_uids.append(sorted_u)
-    # The pieces of a pack are matched together: one kernel call (one device call on the
-    # gpu backend) and one count array per part, not per file.
-    first = part.pieces[0]
-    matched, stats, counts = step.match(
-        pa.concat_tables(tables) if len(tables) > 1 else tables[0],
-        np.concatenate(uids) if len(uids) > 1 else uids[0],
-        first.file.path,
-    )
-    if len(part.pieces) == 1:
-        where = {"file": first.file.relpath, "row_start": first.row_start}  # (as before packs)
-    else:
-        where = {"files": [p.file.relpath for p in part.pieces]}
-    stats = {"part": name, **where, **stats, "rows_written": matched.num_rows}
-    stats["columns"] = [f"{f.name}: {f.type}" for f in matched.schema]  # (names and types)
-    atomic_write_parquet(fs, data_path, matched, compression)
-    if uids_path is not None:
-        write_part_uids(fs, uids_path, np.concatenate(all_uids), uid_buckets)
-    atomic_write_json(fs, stats_path, stats)  # written last: marks the part complete
-    return stats, counts
+    yield pa.concat_tables(tables), np.concatenate(uids), part.pieces[0].file.path
+
+
+def _add_stats(total: dict, more: dict) -> dict:
+    """Stats of two batches of a part: the counts summed, the rest (the text column) kept."""
+    if not total:
+        return dict(more)
+    return {k: total[k] + v if isinstance(v, int) else total[k] for k, v in more.items()}
 
 
 def _balance_task(
@@ -219,16 +252,39 @@ def _balance_task(
     if resume and (done := _finished_part(fs, data_path, stats_path, step.p.shape[0])):
         return done
     sfs, _ = fsspec.core.url_to_fs(src)
-    try:
-        with sfs.open(src, "rb") as fh:
-            table = pq.read_table(fh)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise cannot_read(f"the matched part {src}", exc, hint="match again") from None
-    kept, stats, counts = step.run(table)
+    stats: dict = {}
+    counts = None
+    with sfs.open(src, "rb") as fh, atomic_parquet_writer(fs, data_path, compression) as write:
+        # Row groups of about a part's size at a time: memory stays bounded whatever the
+        # size of the matched part (a CSV/TSV file of any size is one part).
+        for table in _matched_tables(fh, src):
+            kept, batch_stats, batch_counts = step.run(table)
+            write(kept)
+            stats = _add_stats(stats, batch_stats)
+            counts = batch_counts if counts is None else np.add(counts, batch_counts, out=counts)
+    # (From the summed units, so the float is the one a single table would give.)
+    stats["expected"] = stats["expected_units"] / EXPECTED_UNITS_PER_ROW
     stats = {"part": name, **stats}
-    atomic_write_parquet(fs, data_path, kept, compression)
     atomic_write_json(fs, stats_path, stats)  # written last: marks the part complete
     return stats, counts
+
+
+def _matched_tables(fh, src: str):
+    """A matched part's rows as tables of whole row groups of about PART_ROWS rows."""
+    try:
+        pf = pq.ParquetFile(fh)
+        batch: list[int] = []
+        rows = 0
+        for i in range(pf.num_row_groups):
+            n = pf.metadata.row_group(i).num_rows
+            if batch and rows + n > PART_ROWS:
+                yield pf.read_row_groups(batch)
+                batch, rows = [], 0
+            batch.append(i)
+            rows += n
+        yield pf.read_row_groups(batch) if batch else pf.schema_arrow.empty_table()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise cannot_read(f"the matched part {src}", exc, hint="match again") from None
 
 
 def _merge(*results: tuple) -> tuple[list[dict], np.ndarray]:

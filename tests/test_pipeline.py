@@ -909,6 +909,108 @@ def test_each_part_is_matched_and_balanced_once(tmp_path, monkeypatch):
     assert counts[0].equals(counts[1])
 
 
+def _largest_tables(monkeypatch) -> dict[str, list[int]]:
+    """Record the rows of every table that the match and balance steps get."""
+    import gpu_curate.steps as steps_mod
+
+    seen: dict[str, list[int]] = {"match": [], "balance": []}
+    match, run = steps_mod.MatchStep.match, steps_mod.BalanceStep.run
+
+    def counted_match(self, table, *args):
+        seen["match"].append(table.num_rows)
+        return match(self, table, *args)
+
+    def counted_run(self, table):
+        seen["balance"].append(table.num_rows)
+        return run(self, table)
+
+    monkeypatch.setattr(steps_mod.MatchStep, "match", counted_match)
+    monkeypatch.setattr(steps_mod.BalanceStep, "run", counted_run)
+    return seen
+
+
+def test_a_big_tsv_file_is_matched_and_balanced_in_bounded_tables(
+    tmp_path, monkeypatch, cc3m_texts
+):
+    # A CSV/TSV file is one part whatever its size (CC12M is one 2.6 GB TSV): it must be
+    # read as a stream, and its matched part balanced a few row groups at a time, or
+    # memory grows with the file. Here 15,833 CC3M rows in tables of ~1,500.
+    from collections import Counter
+
+    from conftest import AhoCorasickReference
+
+    import gpu_curate.io as io_mod
+    import gpu_curate.pipeline as pipeline_mod
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    shutil.copy(shared_data(CC3M_TSV), pool / "cc3m.tsv")
+    words = Counter(w for t in cc3m_texts for w in t.split() if w.isalpha())
+    entries = [w for w, _ in words.most_common(300)] + ["the sun", "a man", "on the beach"]
+    (tmp_path / "md.json").write_text(json.dumps(entries))
+    args = ["--metadata", tmp_path / "md.json", "--t", 40, "--seed", 3, "--backend", "cpu",
+            "--quiet"]  # fmt: skip
+    cli("curate", pool, "--out", tmp_path / "whole", *args)
+    seen = _largest_tables(monkeypatch)
+    monkeypatch.setattr(io_mod, "_CSV_BLOCK", 1 << 16, raising=False)
+    monkeypatch.setattr(io_mod, "PART_ROWS", 1500)
+    monkeypatch.setattr(pipeline_mod, "PART_ROWS", 1500, raising=False)
+    cli("curate", pool, "--out", tmp_path / "batched", *args)
+
+    n = len(cc3m_texts)
+    assert sum(seen["match"]) == n and len(seen["match"]) >= 8, seen["match"]
+    # (A table grows by the reader's 64 kB blocks, ~400 rows, past 1,500.)
+    assert max(seen["match"]) <= 2500, seen["match"]
+    part = tmp_path / "batched" / "matched" / "part-00000.parquet"
+    assert pq.ParquetFile(part).metadata.num_row_groups == len(seen["match"])
+    assert len(seen["balance"]) >= 8 and max(seen["balance"]) <= 2500, seen["balance"]
+
+    reference = AhoCorasickReference(entries)
+    want = np.zeros(len(entries), np.int64)
+    for text in cc3m_texts:
+        want[reference(text)] += 1
+    reports = {}
+    for run in ("whole", "batched"):
+        out = tmp_path / run
+        counts = pq.read_table(out / "entry_counts.parquet").column("count").to_numpy()
+        np.testing.assert_array_equal(counts, want, err_msg=run)
+        reports[run] = json.loads((out / "report.json").read_text())
+    for key in ("pool_rows", "matched_rows", "curated_rows", "expected_curated_rows"):
+        assert reports["batched"][key] == reports["whole"][key], key
+    assert reports["whole"]["pool_rows"] == n
+    whole, batched = (read_parts(tmp_path / r / "curated") for r in ("whole", "batched"))
+    assert batched.sort_by("uid").equals(whole.sort_by("uid"))
+    for name in ("entry_counts.parquet", "curated_entry_counts.parquet"):
+        a, b = (pq.read_table(tmp_path / r / name) for r in ("whole", "batched"))
+        assert a.equals(b), name
+
+
+def test_a_bad_row_deep_in_a_streamed_csv_leaves_no_part(tmp_path, monkeypatch):
+    # The rows before the bad one were matched and written when the reader meets it: the
+    # run stops with one line, and no part (not even a hidden temporary one) is left.
+    import gpu_curate.io as io_mod
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    lines = ["TEXT,id"] + [f"a dog number {i},{i}" for i in range(5000)]
+    lines[4000] = "a cat,4000,surplus"
+    (pool / "texts.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "md.json").write_text(json.dumps(["dog", "cat"]))
+    seen = _largest_tables(monkeypatch)
+    monkeypatch.setattr(io_mod, "_CSV_BLOCK", 1 << 12, raising=False)
+    monkeypatch.setattr(io_mod, "PART_ROWS", 500)
+    out = tmp_path / "out"
+    result = cli("match", pool, "--metadata", tmp_path / "md.json", "--out", out, "--backend",
+                 "cpu", "--quiet", ok=False)  # fmt: skip
+    assert result.exit_code != 0
+    message = result.output.strip()
+    assert "\n" not in message and "Traceback" not in message, message
+    assert f"cannot read {pool / 'texts.csv'}" in message and "columns" in message, message
+    assert sum(seen["match"]) >= 3000  # (the rows before it were matched, in tables)
+    assert [p.name for p in (out / "matched").iterdir() if p.name != "_parts"] == []
+    assert list((out / "matched" / "_parts").iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- 7. progress
 
 # distributed's TextProgressBar redraws "[###   ] | 42% Completed |  0.1s" after a carriage
