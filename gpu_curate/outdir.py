@@ -8,7 +8,10 @@ balance stage (the matched dataset, its entry counts, ``t`` and ``seed``); both 
 ``--compression``, and ``_run.json`` the cut into parts. A resume that differs in any of
 them is refused, so finished parts are never mixed with parts of another run. While a run
 writes into a local folder it holds a ``flock`` on :data:`LOCK` in it, so that another
-run (``--overwrite`` and ``--resume`` included) is refused rather than writing beside it.
+run (``--overwrite`` and ``--resume`` included) is refused rather than writing beside it; a
+command that reads a run folder (``balance``, ``plan``, the sampler) holds a shared lock on
+it (:func:`reading`), so that no run overwrites or writes it meanwhile, and ``--overwrite``
+refuses a folder that holds such a folder.
 """
 
 from __future__ import annotations
@@ -160,6 +163,8 @@ def prepare_out(
                         f"--overwrite would delete {out}, which holds the current directory: "
                         "choose another --out"
                     )
+                if is_local(fs) and fcntl is not None:
+                    _check_nested(path, out)
                 _empty(fs, path)
             elif not resume:
                 raise CurateError(
@@ -208,33 +213,200 @@ def _locked(fs, path: str, out: str) -> Iterator[None]:
 
 def _lock(name: str, out: str) -> int | None:
     while True:
-        try:
-            fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
+        opened = _open_lock(name)
+        if opened is None:
             return None  # (a folder this process cannot write: the run's first write says so)
+        fd, created = opened
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 300).decode(errors="replace").split("\n")[0].strip()
+            held = _held(fd)
+        except OSError:
+            _drop(fd, name, created)
+            return None  # (a file system without locks, as some network mounts)
+        if held == "reads":
             os.close(fd)
             raise CurateError(
-                f"another gpu-curate run ({holder or 'starting'}) is writing to {out} "
+                f"a gpu-curate run reads {out} (it holds {name}, which is released when that "
+                "process ends): wait for it to end, or choose another --out"
+            )
+        if held is not None:
+            os.close(fd)
+            raise CurateError(
+                f"another gpu-curate run ({held}) is writing to {out} "
                 f"(it holds {name}, which is released when that process ends): wait for it "
                 "to end or stop it, or choose another --out"
-            ) from None
-        except OSError:
-            os.close(fd)
-            return None  # (a file system without locks, as some network mounts)
-        try:
-            same = os.stat(name).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
+            )
+        if _current(name, fd):
             os.ftruncate(fd, 0)
             since = time.strftime("%Y-%m-%d %H:%M:%S")
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode())
             return fd
         os.close(fd)  # its holder removed it between our open and lock: take a new one
+
+
+def _open_lock(name: str, read_only: bool = False) -> tuple[int, bool] | None:
+    """Open the lock file ``name``, creating it if need be: (its descriptor, whether this
+    call created it), or None where it can be neither created nor opened for writing (nor,
+    with ``read_only``, an existing one opened for reading)."""
+    while True:
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            pass
+        except OSError:
+            return None  # (a folder this process cannot write, or none at all)
+        try:
+            fd = _open_existing(name, read_only)
+        except FileNotFoundError:
+            continue  # (its holder removed it meanwhile: create it again)
+        return None if fd is None else (fd, False)
+
+
+def _open_existing(name: str, read_only: bool = True) -> int | None:
+    """Open the existing file ``name`` for writing (an exclusive ``flock`` on NFS needs it),
+    else (``read_only``) for reading; None where neither is allowed."""
+    for flags in (os.O_RDWR, os.O_RDONLY) if read_only else (os.O_RDWR,):
+        try:
+            return os.open(name, flags)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            continue
+    return None
+
+
+def _held(fd: int) -> str | None:
+    """Take the exclusive lock on ``fd`` without waiting; None once taken, else what holds
+    it: ``"reads"`` (only runs reading the folder: shared locks) or the line of the run
+    writing it (from the file; ``"starting"`` before it wrote one). Raises OSError where
+    the file system has no locks."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        pass
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (granted beside shared locks only)
+    except BlockingIOError:
+        holder = os.pread(fd, 300, 0).decode(errors="replace").split("\n")[0].strip()
+        return holder or "starting"
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return "reads"
+
+
+def _current(name: str, fd: int) -> bool:
+    """Whether ``name`` is still the file of ``fd`` (a holder removes it at its end)."""
+    try:
+        return os.stat(name).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _drop(fd: int, name: str, created: bool) -> None:
+    # Where there are no locks the file is no lock either: one this call created would be
+    # left behind in the folder as a stray empty file.
+    os.close(fd)
+    if created:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+
+
+def _check_nested(path: str, out: str) -> None:
+    """Refuse to empty the local folder ``path`` while a run writes or reads a folder below
+    it (it holds that folder's :data:`LOCK`): ``--overwrite`` would delete that run's
+    output or input under it. Only the lock files are opened, each without waiting."""
+    for root, _dirs, files in os.walk(path):  # (links not followed, as _empty removes them)
+        if LOCK not in files or root == path:  # (path's own: this run holds it)
+            continue
+        name = os.path.join(root, LOCK)
+        held = _probe(name)
+        if held is None:
+            continue
+        nested = f"{out.rstrip('/')}/{os.path.relpath(root, path)}"
+        if held == "reads":
+            run, stop = "a gpu-curate run reads", ""
+        else:
+            run, stop = f"another gpu-curate run ({held}) is writing", " or stop it"
+        raise CurateError(
+            f"--overwrite would delete {nested}, which {run} (it holds {name}): wait for it "
+            f"to end{stop}, or choose another --out"
+        )
+
+
+def _probe(name: str) -> str | None:
+    """What holds the existing lock file ``name`` (:func:`_held`), or None: no one, or it
+    cannot be opened, or there are no locks there."""
+    try:
+        fd = _open_existing(name)
+    except FileNotFoundError:
+        return None
+    if fd is None:
+        return None
+    try:
+        return _held(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # (releases the lock _held took)
+
+
+@contextlib.contextmanager
+def reading(folder: str, writes: str | None = None) -> Iterator[None]:
+    """Hold a shared lock on :data:`LOCK` of the local run folder ``folder`` while a
+    command reads it (``balance``, ``plan``, the sampler), so that no run writes into it
+    meanwhile and ``--overwrite`` of it, or of a folder that holds it, is refused.
+
+    Readers share the lock; the last one to end removes the file. The folder is read
+    without a lock where it has none: a folder this process cannot write (a read-only
+    mount) and that holds no lock file, a file system without locks, a URL, a folder that
+    a run is writing (it holds the lock: a ``balance`` in place, say), and ``writes``,
+    the folder this process itself writes into, whose exclusive lock covers the reading.
+    """
+    fs, path = fsspec.core.url_to_fs(folder)
+    path = path.rstrip("/") or "/"
+    if writes is not None:
+        wfs, wpath = fsspec.core.url_to_fs(writes)
+        if protocol_of(wfs) == protocol_of(fs) and _key(wfs, wpath) == _key(fs, path):
+            yield  # (a shared lock would conflict with this process's exclusive one)
+            return
+    name = f"{path}/{LOCK}"
+    fd = _share(name) if is_local(fs) and fcntl is not None else None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            _unshare(fd, name)
+
+
+def _share(name: str) -> int | None:
+    while True:
+        opened = _open_lock(name, read_only=True)
+        if opened is None:
+            return None  # (a folder this process can read only: nothing may delete it)
+        fd, created = opened
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None  # (a run writes it: read it as before, without a lock)
+        except OSError:
+            _drop(fd, name, created)
+            return None  # (a file system without locks)
+        if _current(name, fd):
+            return fd
+        os.close(fd)  # its holder removed it between our open and lock: take a new one
+
+
+def _unshare(fd: int, name: str) -> None:
+    # Only the last reader gets the exclusive lock, and removes the file as a writer does
+    # at its end (while held: a run that opened it meanwhile takes a new file).
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    except OSError:
+        pass  # (another reader holds it still: it removes the file)
+    finally:
+        os.close(fd)
 
 
 def _empty(fs, path: str) -> None:

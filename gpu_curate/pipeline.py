@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .backend import resolve
+from .backend import Backend, resolve
 from .balance import EXPECTED_UNITS_PER_ROW, entry_probabilities
 from .cluster import ClusterInfo, open_client
 from .counts import add_counts, counts_json, counts_table, partition_counts, tree_reduce
@@ -53,6 +53,7 @@ from .outdir import (
     check_balance_settings,
     claim,
     prepare_out,
+    reading,
     success_parts,
 )
 from .steps import BalanceStep, MatchStep, csr_of
@@ -606,6 +607,15 @@ def balance_matched(
     t = check_t(t)
     seed = check_seed(seed)
     be = resolve(opts.backend)
+    # (Held until the run ends: no other run overwrites the matched dataset while it is read.)
+    with reading(matched_dir, writes=out):
+        return _balance_matched(matched_dir, out, t, seed, opts, be)
+
+
+def _balance_matched(
+    matched_dir: str, out: str, t: float, seed: int, opts: Options, be: Backend
+) -> dict:
+    """:func:`balance_matched` once its arguments are checked and its input is locked."""
     mfs, mpath = fsspec.core.url_to_fs(matched_dir)
     mpath = mpath.rstrip("/")
     for need in (f"{MATCHED}/{SUCCESS}", "entry_counts.parquet"):

@@ -31,7 +31,7 @@ from .cli_options import backend_option
 from .counts import read_counts_table
 from .errors import CurateError
 from .io import read_parquet_columns
-from .outdir import success_parts
+from .outdir import reading, success_parts
 from .steps import list_chunk_csr
 
 __all__ = [
@@ -414,8 +414,9 @@ def plan(
         raise CurateError(f"--target-rows must be positive, got {target_rows}")
     if not ts and target_rows is None:
         raise CurateError("give at least one t (--t) or a target size (--target-rows)")
-    counts_h, entries = load_entry_counts(matched_dir)
-    offsets_h, values_h, _ = load_matched_csr(matched_dir, with_uids=False)
+    with reading(str(matched_dir)):  # (no run overwrites it while it is read)
+        counts_h, entries = load_entry_counts(matched_dir)
+        offsets_h, values_h, _ = load_matched_csr(matched_dir, with_uids=False)
     if values_h.size and int(values_h.max()) >= counts_h.size:
         raise CurateError(
             f"{matched_dir}: entry id {int(values_h.max())} is out of range for the "

@@ -136,10 +136,12 @@ class BalancedSampler:
         --------
         >>> sampler = BalancedSampler.from_matched_dir("out/", t=20_000, seed=0)  # doctest: +SKIP
         """
+        from .outdir import reading
         from .planning import load_entry_counts, load_matched_csr
 
-        counts, _ = load_entry_counts(matched_dir)
-        offsets, values, uids = load_matched_csr(matched_dir, with_uids=True)
+        with reading(str(matched_dir)):  # (no run overwrites it while it is read)
+            counts, _ = load_entry_counts(matched_dir)
+            offsets, values, uids = load_matched_csr(matched_dir, with_uids=True)
         return cls(
             offsets, values, uids, counts, t, seed, shuffle=shuffle, backend=backend,
             num_replicas=num_replicas, rank=rank, drop_last=drop_last,

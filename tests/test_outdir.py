@@ -1,0 +1,238 @@
+"""The output folder's lock (``outdir``): runs reading a folder or writing below it.
+
+A run writing into a folder holds an exclusive ``flock`` on its ``.gpu-curate.lock``, a
+command reading a run folder (``balance``, ``plan``, the sampler) a shared one. The other
+runs here are other processes, or a second open of the lock file in this process (a flock
+lock belongs to an open file, not to a process: it conflicts the same way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from gpu_curate import outdir, pipeline, planning
+from gpu_curate.cli import main
+from gpu_curate.errors import CurateError
+from gpu_curate.outdir import LOCK, MATCH_MANIFEST, prepare_out
+from gpu_curate.sampler import BalancedSampler
+
+# Holds the lock of a folder in another process until its stdin closes: "writes" as a
+# run that writes into it (a file inside, like a run's first part), "reads" as `balance`.
+HOLDER = """
+import sys
+from gpu_curate import outdir
+folder, kind = sys.argv[1:]
+if kind == "writes":
+    lock = outdir.prepare_out(folder, False, False, outdir.MATCH_MANIFEST)
+else:
+    lock = outdir.reading(folder)
+with lock:
+    if kind == "writes":
+        open(folder + "/part-00000.parquet", "w").close()
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def held(folder: Path, kind: str) -> Iterator[subprocess.Popen]:
+    """Another process that holds ``folder``'s lock (``kind``: "writes" or "reads")."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder), kind],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        if proc.stdout.readline() != "held\n":
+            proc.wait(timeout=60)
+            pytest.fail(f"the holder of {folder} failed: {proc.stderr.read()}")
+        yield proc
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+
+
+def overwrite(folder: Path, manifest: str = MATCH_MANIFEST) -> None:
+    with prepare_out(str(folder), True, False, manifest):
+        pass
+
+
+def refused(folder: Path, *needles: str, resume: bool = False) -> str:
+    """The one-line error of an ``--overwrite`` (or ``--resume``) of ``folder``."""
+    with (
+        pytest.raises(CurateError) as caught,
+        prepare_out(str(folder), not resume, resume, MATCH_MANIFEST),
+    ):
+        pass
+    msg = str(caught.value)
+    assert "\n" not in msg, msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+    return msg
+
+
+def cli(*args) -> None:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exit_code != 0:
+        tb = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
+        pytest.fail(f"gpu-curate {args} exited {result.exit_code}:\n{result.output}\n{tb}")
+
+
+@pytest.fixture
+def matched(tmp_path) -> Path:
+    """A `gpu-curate match` output at tmp_path/runs/matched (tmp_path/runs holds it)."""
+    (tmp_path / "pool").mkdir()
+    texts = [f"a dog {i}" if i % 3 else f"a cat {i}" for i in range(30)]
+    pq.write_table(pa.table({"TEXT": texts}), tmp_path / "pool" / "p.parquet")
+    (tmp_path / "metadata.json").write_text(json.dumps(["dog", "cat"]))
+    out = tmp_path / "runs" / "matched"
+    cli("match", tmp_path / "pool", "--metadata", tmp_path / "metadata.json", "--out", out,
+        "--partition-rows", 10, "--workers", 1, "--quiet")  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------- 1. a folder written below
+
+
+def test_overwrite_refuses_a_folder_holding_one_another_run_writes(tmp_path):
+    top = tmp_path / "top"
+    nested = top / "a" / "run"
+    nested.mkdir(parents=True)
+    (top / "keep.txt").write_text("the old run's file")
+    with held(nested, "writes") as proc:
+        refused(
+            top, f"--overwrite would delete {top}/a/run, which another gpu-curate run (pid "
+            f"{proc.pid} on {socket.gethostname()}", f"is writing (it holds {nested / LOCK})",
+        )  # fmt: skip
+        # Refused before anything was deleted.
+        assert (top / "keep.txt").is_file() and (nested / "part-00000.parquet").is_file()
+    # The lock goes with the process: a lock file left behind is no lock.
+    (nested / LOCK).write_text("pid 1 on elsewhere since 2026-11-27 00:00:00\n")
+    overwrite(top)
+    assert list(top.iterdir()) == []
+
+
+def test_overwrite_of_the_folder_itself_is_refused_as_before(tmp_path):
+    run = tmp_path / "run"
+    with held(run, "writes") as proc:
+        refused(run, f"another gpu-curate run (pid {proc.pid} on", f"is writing to {run}")
+        assert (run / "part-00000.parquet").is_file()
+
+
+# ---------------------------------------------------------------- 2. a folder being read
+
+
+def test_balance_holds_its_matched_dataset_against_overwrite_and_resume(
+    matched, tmp_path, monkeypatch
+):
+    # While balance reads MATCHED, no run may overwrite or resume it, nor overwrite the
+    # folder that holds it: each is refused in one line naming the folder.
+    seen = []
+    real_stage = pipeline.balance_stage
+
+    def stage(*args, **kwargs):
+        seen.append(refused(matched, f"a gpu-curate run reads {matched} (it holds"))
+        seen.append(refused(matched, "a gpu-curate run reads", resume=True))
+        seen.append(
+            refused(
+                matched.parent,
+                f"--overwrite would delete {matched.parent}/matched, which a gpu-curate run "
+                f"reads (it holds {matched / LOCK})",
+            )
+        )
+        assert (matched / "matched" / "_SUCCESS").is_file()
+        return real_stage(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "balance_stage", stage)
+    out = tmp_path / "balanced"
+    cli("balance", matched, "--out", out, "--t", 5, "--workers", 1, "--quiet")
+    assert len(seen) == 3
+    assert (out / "curated" / "_SUCCESS").is_file()
+    assert not (matched / LOCK).exists()  # (the reader's lock file goes with it)
+    overwrite(matched.parent)  # no longer read
+
+
+def test_a_reader_in_another_process_blocks_overwrite(matched):
+    with held(matched, "reads"):
+        refused(matched.parent, f"{matched.parent}/matched, which a gpu-curate run reads")
+        refused(matched, f"a gpu-curate run reads {matched}")
+        with outdir.reading(str(matched)):  # readers share it
+            pass
+        assert (matched / "matched" / "_SUCCESS").is_file()
+    assert not (matched / LOCK).exists()  # removed by the last reader
+    overwrite(matched)
+
+
+@pytest.mark.parametrize("reader", ["plan", "sampler"])
+def test_plan_and_sampler_hold_the_matched_dataset(matched, monkeypatch, reader):
+    seen = []
+    real = planning.load_matched_csr
+
+    def load(*args, **kwargs):
+        seen.append(refused(matched, f"a gpu-curate run reads {matched}"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(planning, "load_matched_csr", load)
+    if reader == "plan":
+        planning.plan(matched, [5])
+    else:
+        BalancedSampler.from_matched_dir(matched, t=5, seed=0)
+    assert len(seen) == 1
+    assert not (matched / LOCK).exists()
+
+
+def test_a_reader_of_a_folder_it_cannot_write_reads_unlocked(matched, monkeypatch):
+    # A read-only mount: the lock file can be neither created nor opened for writing.
+    real_open = os.open
+
+    def read_only_open(path, flags, *args):
+        if os.path.basename(path) == LOCK and flags & (os.O_CREAT | os.O_RDWR | os.O_WRONLY):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(outdir.os, "open", read_only_open)
+    rows = planning.plan(matched, [5])
+    assert rows[0]["rows"] == 30
+    assert not (matched / LOCK).exists()
+
+
+def test_balance_in_place_still_resumes(matched):
+    # Its own exclusive lock covers its reading (a shared one would conflict with it).
+    cli("balance", matched, "--out", matched, "--resume", "--t", 5, "--workers", 1, "--quiet")
+    assert (matched / "curated" / "_SUCCESS").is_file()
+    assert not (matched / LOCK).exists()
+
+
+# ---------------------------------------------------------------- 3. no locks here
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP], ids=["ENOLCK", "EOPNOTSUPP"])
+def test_without_locks_no_lock_file_is_left(tmp_path, monkeypatch, code):
+    def no_locks(fd, operation):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "out"
+    with prepare_out(str(out), False, False, MATCH_MANIFEST) as (_, path):
+        (out / "report.json").write_text("{}")
+        assert not (out / LOCK).exists()  # (the run goes on unlocked)
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+    with outdir.reading(str(out)):
+        pass
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+    overwrite(out)
+    assert list(out.iterdir()) == []
