@@ -550,16 +550,23 @@ def read_piece(
     if f.format == "jsonl" and not table.column_names:
         # Blank lines only: no rows, as an empty (0-byte) file has.
         table = pa.table({text_column or TEXT_COLUMN_CANDIDATES[1]: pa.array([], pa.string())})
-    if columns is not None and f.format != "parquet":
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise CurateError(f"{f.path}: no column {missing[0]!r}")
-        table = table.select(list(columns))
+    if f.format != "parquet":
+        table = _select_columns(table, columns, f.path)
     return _without_views(table)
+
+
+def _select_columns(table: pa.Table, columns: Sequence[str] | None, path: str) -> pa.Table:
+    if columns is None:
+        return table
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise CurateError(f"{path}: no column {missing[0]!r}")
+    return table.select(list(columns))
 
 
 def read_piece_batches(
     piece: Piece,
+    columns: Sequence[str] | None = None,
     text_column: str | None = None,
     id_column: str | None = None,
     rows: int | None = None,
@@ -570,8 +577,9 @@ def read_piece_batches(
     line), so a file of any size is matched in bounded memory. Other pieces come whole, as
     one table: a Parquet piece is cut to size when the run is planned, and a JSON Lines
     file's column types are known only once all of it is read. At least one table comes,
-    with the file's columns, even where the piece holds no rows. ``rows`` defaults to
-    :data:`PART_ROWS`; tables grow by the reader's blocks (16 MB), so they may hold more.
+    with the file's columns (or only ``columns``), even where the piece holds no rows.
+    ``rows`` defaults to :data:`PART_ROWS`; tables grow by the reader's blocks (16 MB), so
+    they may hold more.
 
     Examples
     --------
@@ -580,14 +588,14 @@ def read_piece_batches(
     """
     f = piece.file
     if f.format not in ("csv", "tsv"):
-        yield read_piece(piece, text_column=text_column, id_column=id_column)
+        yield read_piece(piece, columns, text_column, id_column)
         return
     try:
         for table in _delimited_tables(
             _opener(f.path), f.format, text_column, id_column, f.path, rows or PART_ROWS
         ):
             _check_names(table, f.path)
-            yield table
+            yield _select_columns(table, columns, f.path)
     except _READ_ERRORS as exc:
         raise _cannot_read_file(f.path, exc) from None
 

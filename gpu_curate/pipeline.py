@@ -214,7 +214,7 @@ def _part_tables(part: Part, step: MatchStep, all_uids: list[np.ndarray]):
     if len(part.pieces) == 1:
         piece = part.pieces[0]
         row = piece.row_start
-        for table in read_piece_batches(piece, step.text_column, step.id_column):
+        for table in read_piece_batches(piece, None, step.text_column, step.id_column):
             uids, sorted_uids = step.uids(table, piece.file.relpath, row, piece.file.path)
             all_uids.append(sorted_uids)
             yield table, uids, piece.file.path

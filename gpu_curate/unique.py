@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import CurateError
-from .io import Part, atomic_write_bytes, read_piece
+from .io import Part, atomic_write_bytes, read_piece_batches
 from .uid import value_uids
 
 WORK = "_work"
@@ -376,16 +376,15 @@ class UidCheck:
                 cache.pop(next(iter(cache)))
             found = []
             for piece in part.pieces:
-                table = read_piece(
-                    piece,
-                    columns=[self.id_column],
-                    text_column=self.text_column,
-                    id_column=self.id_column,
-                )
-                column = table.column(self.id_column).combine_chunks()
-                path = piece.file.path
-                uids = value_uids(column, self.id_column, path, piece.row_start)
-                found.append((column, uids, path, piece.row_start))
+                row = piece.row_start
+                # (Table by table: a CSV/TSV file of any size is one part; only its ids
+                # are kept.)
+                ids = [self.id_column]
+                for table in read_piece_batches(piece, ids, self.text_column, self.id_column):
+                    column = table.column(self.id_column).combine_chunks()
+                    path = piece.file.path
+                    found.append((column, value_uids(column, self.id_column, path, row), path, row))
+                    row += table.num_rows
             cache[part.index] = found
         return cache[part.index]
 

@@ -461,6 +461,24 @@ def test_id_column_with_duplicates(small, tmp_path, layout):
     assert_clean_error(r, out, "id column 'id' has duplicate value", where.format(**paths))
 
 
+def test_duplicate_ids_far_apart_in_a_streamed_csv(small, tmp_path, monkeypatch):
+    # A CSV file is matched table by table; ids repeated in two of its tables are found by
+    # the pool-wide check, and the message counts rows over the whole file.
+    import gpu_curate.io as io_mod
+
+    monkeypatch.setattr(io_mod, "_CSV_BLOCK", 1 << 12, raising=False)
+    monkeypatch.setattr(io_mod, "PART_ROWS", 500)
+    _, md = small
+    ids = [f"k{i}" for i in range(3000)]
+    ids[2600] = "k10"
+    pool = _id_pool(tmp_path / "pool", {"a": (_texts(3000, 4), ids)}, "csv")
+    out = tmp_path / "out"
+    r = run_cli("curate", pool, "--metadata", md, "--out", out, "--id-column", "id",
+                "--backend", "cpu", "--quiet")  # fmt: skip
+    where = f"'k10': {pool / 'a.csv'} rows 10 and 2600"
+    assert_clean_error(r, out, "id column 'id' has duplicate value", where)
+
+
 def _weak_uids(column, name="id", where="", row_start=0):
     """A 2-bit "hash" of integer ids: distinct values collide all the time."""
     values = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
