@@ -574,10 +574,13 @@ def read_piece_batches(
     """The rows of one piece as tables of about ``rows`` rows each, read as they are needed.
 
     A CSV or TSV file is read as a stream (its columns are all text, known from the first
-    line), so a file of any size is matched in bounded memory. Other pieces come whole, as
-    one table: a Parquet piece is cut to size when the run is planned, and a JSON Lines
-    file's column types are known only once all of it is read. At least one table comes,
-    with the file's columns (or only ``columns``), even where the piece holds no rows.
+    line), so a file of any size is matched in bounded memory. A JSON Lines file of more
+    than :data:`JSON_STREAM_BYTES` is read as a stream twice: for its column types, then
+    for its rows. Where a column's type is not the same all through it (beyond null), it is
+    read whole, as a smaller one is, so that it is typed as a whole read types it. A
+    Parquet piece comes whole: it is cut to size when the run is planned. At least one
+    table comes, with the file's columns (or only ``columns``), even where the piece holds
+    no rows.
     ``rows`` defaults to :data:`PART_ROWS`; tables grow by the reader's blocks (16 MB), so
     they may hold more.
 
@@ -587,13 +590,27 @@ def read_piece_batches(
     ...     print(table.num_rows)
     """
     f = piece.file
-    if f.format not in ("csv", "tsv"):
+    open_ = _opener(f.path)
+    try:
+        if f.format in ("csv", "tsv"):
+            tables = _delimited_tables(
+                open_, f.format, text_column, id_column, f.path, rows or PART_ROWS
+            )
+        elif (
+            f.format == "jsonl"
+            and _json_streamed(f)
+            and (schema := _json_schema(open_, text_column))
+        ):
+            tables = _json_tables(open_, schema, rows or PART_ROWS)
+        else:
+            tables = None
+    except _READ_ERRORS as exc:
+        raise _cannot_read_file(f.path, exc) from None
+    if tables is None:
         yield read_piece(piece, columns, text_column, id_column)
         return
     try:
-        for table in _delimited_tables(
-            _opener(f.path), f.format, text_column, id_column, f.path, rows or PART_ROWS
-        ):
+        for table in tables:
             _check_names(table, f.path)
             yield _select_columns(table, columns, f.path)
     except _READ_ERRORS as exc:
@@ -662,6 +679,83 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
         # Every caption a number (or true/false): read them as written, as text.
         return _read_json_lines_mixed(open_, as_text=text)
     return table
+
+
+# JSON Lines files larger than this (compressed ones: a quarter of it) are read as streams.
+JSON_STREAM_BYTES = 1 << 29
+# Bytes of a streamed JSON Lines file parsed at a time (cut at a line end).
+_JSON_CHUNK = 1 << 24
+
+
+def _json_streamed(f: InputFile) -> bool:
+    size = f.size if f.size is not None else 0
+    return size * (4 if _is_compressed(f.path) else 1) > JSON_STREAM_BYTES
+
+
+def _json_chunks(open_) -> Iterator[bytes]:
+    """The file's bytes in pieces of about :data:`_JSON_CHUNK` bytes of whole lines."""
+    with open_() as fh:
+        rest = b""
+        while block := fh.read(_JSON_CHUNK):
+            data = rest + block
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield data[:cut]
+            rest = data[cut:]
+        if rest:
+            yield rest
+
+
+def _read_json_chunk(chunk: bytes, schema: pa.Schema | None = None) -> pa.Table:
+    parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+    try:
+        read = pajson.ReadOptions(block_size=1 << 22)  # (blocks parsed on Arrow's threads)
+        return pajson.read_json(io.BytesIO(chunk), read_options=read, parse_options=parse)
+    except pa.ArrowInvalid as exc:
+        if "straddl" not in str(exc):
+            raise
+    # A line longer than a block: the chunk as one block (it holds whole lines).
+    read = pajson.ReadOptions(block_size=min(len(chunk) + 1, (1 << 31) - 1))
+    return pajson.read_json(io.BytesIO(chunk), read_options=read, parse_options=parse)
+
+
+def _json_schema(open_, text_column: str | None) -> pa.Schema | None:
+    """The column types of a JSON Lines file, read a chunk at a time; None where reading
+    it whole is needed: a column typed otherwise in some chunk (beyond null: an integer
+    column with a fraction further on, which a whole read makes double; a column of mixed
+    JSON types, which :func:`_read_json_lines_mixed` reads), a text column of numbers, no
+    columns at all."""
+    fields: dict[str, pa.DataType] = {}
+    for chunk in _json_chunks(open_):
+        try:
+            schema = _read_json_chunk(chunk).schema
+        except pa.ArrowInvalid:
+            return None  # (mixed types in the chunk, or a bad line: the whole read says)
+        for field in schema:
+            known = fields.get(field.name)
+            if known is None or pa.types.is_null(known):
+                fields[field.name] = field.type  # (in order of first appearance, as Arrow)
+            elif not (pa.types.is_null(field.type) or field.type.equals(known)):
+                return None
+    text = text_column or next((c for c in TEXT_COLUMN_CANDIDATES if c in fields), None)
+    if not fields or (text in fields and _json_types_not_text(fields[text])):
+        return None
+    return pa.schema(list(fields.items()))
+
+
+def _json_tables(open_, schema: pa.Schema, rows: int) -> Iterator[pa.Table]:
+    """A JSON Lines file's rows, typed by ``schema``, in tables of about ``rows`` rows (at
+    least one table)."""
+    tables: list[pa.Table] = []
+    held, sent = 0, False
+    for chunk in _json_chunks(open_):
+        tables.append(_read_json_chunk(chunk, schema))
+        held += tables[-1].num_rows
+        if held >= rows:
+            yield pa.concat_tables(tables)
+            tables, held, sent = [], 0, True
+    if tables or not sent:
+        yield pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def _json_types_not_text(t: pa.DataType) -> bool:

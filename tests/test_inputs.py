@@ -519,6 +519,87 @@ def test_jsonl_values_of_several_types_are_data(tmp_path, md, monkeypatch):
         assert why in error_line(match(tmp_path / "bad", md, tmp_path / "out2", "--overwrite"))
 
 
+def _jsonl_lines(kind: str) -> list[str]:
+    """40 JSON lines of a kind; "typed" ones have one type a column all through."""
+    rows = []
+    for i in range(40):
+        row: dict = {"text": f"caf\u00e9 dog {i}" if i % 7 else None, "id": i}
+        if i % 3:
+            row["score"] = i + 0.25  # (always a fraction: double in every chunk)
+        if i >= 25:
+            row["late"] = f"only in later chunks {i}"  # (absent, then strings)
+        row["maybe"] = None if i < 30 else [f"t{i}", "u"]  # (null, then lists)
+        row["meta"] = {"w": i, "h": 2 * i}
+        row["when"] = f"2020-01-{1 + i % 28:02d}"  # (Arrow types these as timestamps)
+        if kind == "int-then-double" and i == 37:
+            row["id"] = 37.5  # (a whole read makes the column double)
+        if kind == "mixed" and i == 33:
+            row["id"] = "thirty-three"  # (read by the mixed-types reader)
+        if kind == "numbers":
+            row["text"] = i
+        rows.append(json.dumps(row))
+        if i % 11 == 0:
+            rows.append("")  # (blank lines are skipped)
+    return rows
+
+
+@pytest.mark.parametrize(
+    "kind, streamed",
+    [("typed", True), ("int-then-double", False), ("mixed", False), ("numbers", False)],
+)
+def test_a_big_jsonl_file_read_as_a_stream_equals_a_whole_read(
+    tmp_path, monkeypatch, kind, streamed
+):
+    from gpu_curate import io
+
+    path = write(tmp_path / "a.jsonl", ("\n".join(_jsonl_lines(kind)) + "\n").encode())
+    piece = io.Piece(io.InputFile(str(path), "a.jsonl", "jsonl", path.stat().st_size), 0, None)
+    whole = io.read_piece(piece)
+    monkeypatch.setattr(io, "JSON_STREAM_BYTES", 0, raising=False)
+    monkeypatch.setattr(io, "_JSON_CHUNK", 300, raising=False)  # (a few lines a chunk)
+    tables = list(io.read_piece_batches(piece, rows=8))
+    assert len(tables) > 1 if streamed else len(tables) == 1
+    joined = pa.concat_tables(tables)
+    assert joined.schema.equals(whole.schema), (joined.schema, whole.schema)
+    assert joined.equals(whole)
+    assert whole.num_rows == 40
+    if kind == "typed":  # (the whole read, by hand)
+        assert whole.column_names == ["text", "id", "maybe", "meta", "when", "score", "late"]
+        assert whole.column("late").to_pylist()[24:26] == [None, "only in later chunks 25"]
+        assert whole.column("maybe").type == pa.list_(pa.string())
+        assert whole.column("text").to_pylist()[:2] == [None, "café dog 1"]
+    if kind == "int-then-double":
+        assert whole.column("id").type == pa.float64()
+
+
+def test_a_big_jsonl_file_is_matched_in_bounded_tables(tmp_path, md, monkeypatch):
+    from gpu_curate import io
+
+    lines = [json.dumps({"text": f"a dog {i}" if i % 2 else f"new york {i}", "n": i})
+             for i in range(3000)]  # fmt: skip
+    write(tmp_path / "pool" / "a.jsonl", ("\n".join(lines) + "\n").encode())
+    r = match(tmp_path / "pool", md, tmp_path / "whole")
+    assert r.exit_code == 0, r.output
+    seen = []
+    real = io.read_piece_batches
+
+    def recorded(*args, **kw):
+        for table in real(*args, **kw):
+            seen.append(table.num_rows)
+            yield table
+
+    import gpu_curate.pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod, "read_piece_batches", recorded)
+    monkeypatch.setattr(io, "JSON_STREAM_BYTES", 0, raising=False)
+    monkeypatch.setattr(io, "_JSON_CHUNK", 1 << 12, raising=False)
+    monkeypatch.setattr(io, "PART_ROWS", 500)
+    r = match(tmp_path / "pool", md, tmp_path / "streamed")
+    assert r.exit_code == 0, r.output
+    assert sum(seen) == 3000 and len(seen) >= 5 and max(seen) < 1000, seen
+    assert matched(tmp_path / "streamed") == matched(tmp_path / "whole")
+
+
 @pytest.mark.parametrize(
     "texts",
     [
