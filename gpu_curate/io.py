@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib
 import io
 import json
+import lzma
 import os
 import posixpath
 import re
 import stat
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from types import ModuleType
 
 import fsspec
 import pyarrow as pa
@@ -93,7 +97,7 @@ class Part:
     pieces: tuple[Piece, ...]
 
 
-# Compression suffixes read through fsspec's codecs (.zst needs the zstandard package).
+# Compression suffixes: .gz, .bz2 and .xz read through fsspec's codecs, .zst by open_input.
 _COMPRESSIONS = (".gz", ".bz2", ".zst", ".xz")
 
 
@@ -101,11 +105,45 @@ def _is_compressed(path: str) -> bool:
     return path.lower().endswith(_COMPRESSIONS)
 
 
+def _zstd() -> ModuleType:
+    """Python's ``compression.zstd`` (3.14), or its backport (a dependency before 3.14)."""
+    try:
+        return importlib.import_module("compression.zstd")
+    except ImportError:
+        return importlib.import_module("backports.zstd")
+
+
+# What a damaged compressed file raises that is no OSError: gzip's zlib.error, xz's
+# LZMAError, zstd's ZstdError (a file cut short raises EOFError).
+_CODEC_ERRORS = (zlib.error, lzma.LZMAError, _zstd().ZstdError)
+
+
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[io.BufferedIOBase]:
+    """An input file opened for reading, decompressed by its suffix (.gz, .bz2, .xz, .zst).
+
+    A .zst file is read with Python's zstd module rather than whatever fsspec picks: it
+    reads every frame of the file and raises EOFError on one cut short, where the
+    ``zstandard`` package's stream reader ends early without a word (rows lost).
+
+    Examples
+    --------
+    >>> with open_input("pool/captions.jsonl.zst") as fh:  # doctest: +SKIP
+    ...     first = fh.readline()
+    """
+    if not path.lower().endswith(".zst"):
+        with fsspec.open(path, "rb", compression="infer") as fh:
+            yield fh
+        return
+    with fsspec.open(path, "rb") as raw, _zstd().ZstdFile(raw) as fh:
+        yield fh
+
+
 @contextlib.contextmanager
 def _parquet_file(path: str) -> Iterator[pq.ParquetFile]:
     """``path`` opened as a ParquetFile; a compressed one is decompressed into memory
     (Parquet wants random access: its footer is at the end, and a zstd stream cannot seek)."""
-    with fsspec.open(path, "rb", compression="infer") as fh:
+    with open_input(path) as fh:
         yield pq.ParquetFile(io.BytesIO(fh.read()) if _is_compressed(path) else fh)
 
 
@@ -358,12 +396,10 @@ def _glob_depth(pattern: str, root: str) -> int | None:
 
 def _check_codec(path: str) -> None:
     # Without its codec, fsspec reads a compressed file as it is: its bytes would be
-    # matched as text, silently.
-    if _is_compressed(path) and infer_compression(path) is None:
-        raise CurateError(
-            f"{path}: no codec for {posixpath.splitext(path)[1]} files here "
-            "(for .zst: pip install zstandard)"
-        )
+    # matched as text, silently. (.zst files are opened by open_input, with a dependency.)
+    if _is_compressed(path) and not path.lower().endswith(".zst"):
+        if infer_compression(path) is None:
+            raise CurateError(f"{path}: no codec for {posixpath.splitext(path)[1]} files here")
 
 
 def _glob_root(pattern: str) -> str:
@@ -509,14 +545,14 @@ def parquet_layout(path: str) -> tuple[list[int], pa.Schema]:
             md = pq.read_metadata(path)
             schema = md.schema.to_arrow_schema()
         return [md.row_group(i).num_rows for i in range(md.num_row_groups)], schema
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowInvalid, OSError, *_CODEC_ERRORS) as exc:
         raise CurateError(f"cannot read Parquet file {path}: {exc}") from None
 
 
 def _opener(path: str):
     def open_():
         # The readers open the file again rather than seek back: a zstd stream cannot.
-        return fsspec.open(path, "rb", compression="infer")
+        return open_input(path)
 
     return open_
 
@@ -617,7 +653,7 @@ def read_piece_batches(
         raise _cannot_read_file(f.path, exc) from None
 
 
-_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError)
+_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, *_CODEC_ERRORS)
 
 
 def _cannot_read_file(path: str, exc: Exception) -> CurateError:

@@ -31,6 +31,11 @@ PROXY_METADATA = "metadata/metadata_proxy_en.json"
 WRAP_CHARS = ",.;:?!`"
 SPACE_CHARS = "\t\n\r"
 
+try:  # Python's zstd module (3.14), or its backport (a dependency of gpu-curate before)
+    from compression import zstd  # noqa: F401 (for the tests to import)
+except ImportError:
+    from backports import zstd  # noqa: F401 (for the tests to import)
+
 
 def pytest_configure(config):
     # Compiled metadata tables are cached on disk between runs; tests (and the CLI runs they

@@ -314,7 +314,7 @@ def test_empty_text_files_hold_no_rows(tmp_path, md):
 
 
 def test_compressed_parquet(tmp_path, md):
-    import zstandard
+    from conftest import zstd
 
     pool = tmp_path / "pool"
     pool.mkdir()
@@ -323,7 +323,7 @@ def test_compressed_parquet(tmp_path, md):
     with open(tmp_path / "p.parquet", "rb") as src, gzip.open(pool / "p.parquet.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
     data = (tmp_path / "p.parquet").read_bytes()
-    (pool / "q.parquet.zst").write_bytes(zstandard.compress(data))  # (no seeking in zstd)
+    (pool / "q.parquet.zst").write_bytes(zstd.compress(data))  # (no seeking in zstd)
     r = match(pool, md, tmp_path / "out", "--partition-rows", "1")
     assert r.exit_code == 0, (r.output, r.stderr)
     assert matched(tmp_path / "out")["entry_ids"] == [[0], [1, 2]] * 2
@@ -335,13 +335,13 @@ def test_every_compression_suffix_is_decompressed(tmp_path, md, monkeypatch):
     import bz2
     import lzma
 
-    import zstandard
+    from conftest import zstd
 
     content = b"text\nzstd dog\nnew york\n"
     pool = tmp_path / "pool"
     pool.mkdir()
     for suffix, compress in ((".gz", gzip.compress), (".bz2", bz2.compress),
-                             (".xz", lzma.compress), (".zst", zstandard.compress)):  # fmt: skip
+                             (".xz", lzma.compress), (".zst", zstd.compress)):  # fmt: skip
         (pool / f"a{suffix[1:]}.csv{suffix}").write_bytes(compress(content))
     r = match(pool, md, tmp_path / "out")
     assert r.exit_code == 0, (r.output, r.stderr)
