@@ -489,17 +489,34 @@ def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) ->
     return parts
 
 
+def row_group_runs(groups: Sequence[int], target: int) -> list[list[int]]:
+    """Consecutive row groups (their numbers) in runs of at most ``target`` rows each,
+    unless one group is larger (a run of its own); one empty run where there are none.
+
+    Examples
+    --------
+    >>> row_group_runs([400, 400, 400, 2000, 10], 1000)
+    [[0, 1], [2], [3], [4]]
+    """
+    runs: list[list[int]] = []
+    run: list[int] = []
+    size = 0
+    for i, g in enumerate(groups):
+        if size and size + g > target:
+            runs.append(run)
+            run, size = [], 0
+        run.append(i)
+        size += g
+    runs.append(run)
+    return runs
+
+
 def _row_group_cuts(groups: Sequence[int], target: int) -> list[int]:
     """Row numbers where parts of whole row groups, each of at most ``target`` rows unless
     one group is larger, begin (and the total, last). An empty file is one empty part."""
-    cuts, size, row = [0], 0, 0
-    for g in groups:
-        if size and size + g > target:
-            cuts.append(row)
-            size = 0
-        size += g
-        row += g
-    cuts.append(row)
+    cuts = [0]
+    for run in row_group_runs(groups, target):
+        cuts.append(cuts[-1] + sum(groups[i] for i in run))
     return cuts if len(cuts) > 1 and cuts[-1] > 0 else [0, 0]
 
 

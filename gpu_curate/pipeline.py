@@ -43,6 +43,7 @@ from .io import (
     plan_parts,
     read_piece,
     read_piece_batches,
+    row_group_runs,
 )
 from .metadata import Metadata
 from .outdir import (
@@ -274,16 +275,9 @@ def _matched_tables(fh, src: str):
     """A matched part's rows as tables of whole row groups of about PART_ROWS rows."""
     try:
         pf = pq.ParquetFile(fh)
-        batch: list[int] = []
-        rows = 0
-        for i in range(pf.num_row_groups):
-            n = pf.metadata.row_group(i).num_rows
-            if batch and rows + n > PART_ROWS:
-                yield pf.read_row_groups(batch)
-                batch, rows = [], 0
-            batch.append(i)
-            rows += n
-        yield pf.read_row_groups(batch) if batch else pf.schema_arrow.empty_table()
+        groups = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+        for run in row_group_runs(groups, PART_ROWS):
+            yield pf.read_row_groups(run) if run else pf.schema_arrow.empty_table()
     except (pa.ArrowInvalid, OSError) as exc:
         raise cannot_read(f"the matched part {src}", exc, hint="match again") from None
 
