@@ -712,11 +712,22 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
     text column (None: the default), which must come back as text."""
     # Arrow's reader needs each line inside one block: a block that a (rare) long line
     # straddles is read again with blocks 8x larger, up to the whole file.
-    block = 1 << 22
+    block, null_lists = 1 << 22, False
     while True:
         try:
             with open_() as fh:
                 table = pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=block))
+            if _json_lists_invalid(table):
+                # Arrow's reader drops the nulls that begin a list while it infers the
+                # list's type ([null, 1]: apache/arrow#51305), leaving a column whose
+                # offsets outrun its values; read again with the types it inferred
+                # (as a streamed file's rows are), which keeps them.
+                parse = pajson.ParseOptions(explicit_schema=table.schema)
+                with open_() as fh:
+                    table = pajson.read_json(
+                        fh, read_options=pajson.ReadOptions(block_size=block), parse_options=parse
+                    )
+                null_lists = _json_lists_invalid(table)
             break
         except pa.ArrowInvalid as exc:
             if "changed from" in str(exc):
@@ -728,16 +739,38 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
             block *= 8
     names = table.column_names
     text = text_column or next((c for c in TEXT_COLUMN_CANDIDATES if c in names), None)
-    if text in names and _json_types_not_text(table.schema.field(text).type):
-        # Every caption a number (or true/false): read them as written, as text.
+    if null_lists or (text in names and _json_types_not_text(table.schema.field(text).type)):
+        # Every caption a number (or true/false): read them as written, as text. (Lists
+        # of nulls only, two or more ([null, null]: list<null>), are invalid however
+        # Arrow's reader reads them: read as JSON text, as lists of mixed types are.)
         return _read_json_lines_mixed(open_, as_text=text)
     return table
+
+
+def _json_lists_invalid(table: pa.Table) -> bool:
+    """Whether a column holding lists (at any depth) is invalid (checked in full)."""
+    for column in table.columns:
+        if any(True for _ in _list_items(column.type)):
+            try:
+                column.validate(full=True)
+            except pa.ArrowInvalid:
+                return True
+    return False
+
+
+def _list_items(t: pa.DataType) -> Iterator[pa.DataType]:
+    """The item types of the lists in a type (at any depth)."""
+    if pa.types.is_list(t):
+        yield t.value_type
+    for i in range(t.num_fields):
+        yield from _list_items(t.field(i).type)
 
 
 # JSON Lines files larger than this (compressed ones: a quarter of it) are read as streams.
 JSON_STREAM_BYTES = 1 << 29
 # Bytes of a streamed JSON Lines file parsed at a time (cut at a line end).
 _JSON_CHUNK = 1 << 24
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _json_streamed(f: InputFile) -> bool:
@@ -776,10 +809,12 @@ def _json_schema(open_, text_column: str | None) -> pa.Schema | None:
     """The column types of a JSON Lines file, read a chunk at a time; None where reading
     it whole is needed: a column typed otherwise in some chunk (beyond null: an integer
     column with a fraction further on, which a whole read makes double; a column of mixed
-    JSON types, which :func:`_read_json_lines_mixed` reads), a text column of numbers, no
-    columns at all."""
+    JSON types, which :func:`_read_json_lines_mixed` reads), a text column of numbers, lists
+    of nulls only, a chunk but the first that begins with a BOM, no columns at all."""
     fields: dict[str, pa.DataType] = {}
-    for chunk in _json_chunks(open_):
+    for n, chunk in enumerate(_json_chunks(open_)):
+        if n and chunk.startswith(_UTF8_BOM):
+            return None  # (Arrow skips a BOM that begins its input only: the whole read fails)
         try:
             schema = _read_json_chunk(chunk).schema
         except pa.ArrowInvalid:
@@ -793,6 +828,8 @@ def _json_schema(open_, text_column: str | None) -> pa.Schema | None:
     text = text_column or next((c for c in TEXT_COLUMN_CANDIDATES if c in fields), None)
     if not fields or (text in fields and _json_types_not_text(fields[text])):
         return None
+    if any(pa.types.is_null(i) for t in fields.values() for i in _list_items(t)):
+        return None  # (lists of nulls only: see _read_json_lines)
     return pa.schema(list(fields.items()))
 
 

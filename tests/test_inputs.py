@@ -572,6 +572,73 @@ def test_a_big_jsonl_file_read_as_a_stream_equals_a_whole_read(
         assert whole.column("id").type == pa.float64()
 
 
+def _jsonl_piece(path: Path):
+    from gpu_curate import io
+
+    return io.Piece(io.InputFile(str(path), path.name, "jsonl", path.stat().st_size), 0, None)
+
+
+@pytest.mark.parametrize("kind", ["leading-nulls", "nulls-only"])
+def test_jsonl_lists_that_begin_with_nulls_are_read_whole_and_streamed_alike(
+    tmp_path, monkeypatch, kind
+):
+    from gpu_curate import io
+
+    # Arrow's reader, inferring a list's type, drops the nulls that begin it ([null, "a"]:
+    # apache/arrow#51305): an invalid column, its values shifted (["a", <next row's>]).
+    rows = []
+    for i in range(40):
+        row: dict = {"text": f"a dog {i}", "tags": [None, f"t{i}"] if i % 5 == 0 else [f"t{i}"]}
+        row["m"] = {"l": [None, None, i] if i % 7 == 3 else [i]}
+        if kind == "nulls-only":
+            row["e"] = [None, None] if i % 2 else []  # (list<null>: invalid however read)
+        rows.append(json.dumps(row))
+    path = write(tmp_path / "a.jsonl", ("\n".join(rows) + "\n").encode())
+    piece = _jsonl_piece(path)
+    whole = io.read_piece(piece)
+    whole.validate(full=True)
+    if kind == "leading-nulls":
+        assert whole.column("tags").to_pylist()[:2] == [[None, "t0"], ["t1"]]
+        assert whole.column("m").to_pylist()[3] == {"l": [None, None, 3]}
+    else:  # (read as the mixed-types reader reads: lists as JSON text)
+        assert whole.column("e").to_pylist()[:2] == ["[]", "[null,null]"]
+        assert whole.column("tags").to_pylist()[0] == '[null,"t0"]'
+        numbers = write(tmp_path / "n.jsonl", b'{"text": 1984, "e": [null, null]}\n')
+        assert io.read_piece(_jsonl_piece(numbers)).column("text").to_pylist() == ["1984"]
+    monkeypatch.setattr(io, "JSON_STREAM_BYTES", 0, raising=False)
+    for chunk in (7, 300):
+        monkeypatch.setattr(io, "_JSON_CHUNK", chunk, raising=False)
+        tables = list(io.read_piece_batches(piece, rows=8))
+        assert len(tables) > 1 if kind == "leading-nulls" else len(tables) == 1
+        joined = pa.concat_tables(tables)
+        joined.validate(full=True)
+        assert joined.schema.equals(whole.schema) and joined.equals(whole)
+
+
+def test_a_jsonl_bom_past_the_first_line_fails_streamed_as_whole(tmp_path, monkeypatch):
+    from gpu_curate import io
+
+    # Arrow's reader skips a BOM that begins its input: one that begins a streamed chunk
+    # would be skipped where the whole read fails on it.
+    bom = b"\xef\xbb\xbf"
+    lines = [bom + b'{"text": "a dog"}', b'{"text": "a cat"}', bom + b'{"text": "x"}']
+    path = write(tmp_path / "a.jsonl", b"\n".join(lines) + b"\n")
+    piece = _jsonl_piece(path)
+    with pytest.raises(CurateError) as whole:
+        io.read_piece(piece)
+    monkeypatch.setattr(io, "JSON_STREAM_BYTES", 0, raising=False)
+    for chunk in (1, 7, 64):  # (a line a chunk: the BOM begins the third)
+        monkeypatch.setattr(io, "_JSON_CHUNK", chunk, raising=False)
+        with pytest.raises(CurateError) as streamed:
+            list(io.read_piece_batches(piece, rows=1))
+        assert str(streamed.value) == str(whole.value)
+    write(path, b"\n".join(lines[:2]) + b"\n")  # (a BOM that begins the file is skipped)
+    monkeypatch.setattr(io, "_JSON_CHUNK", 1, raising=False)
+    tables = list(io.read_piece_batches(_jsonl_piece(path), rows=1))
+    assert len(tables) == 2  # (streamed)
+    assert pa.concat_tables(tables).column("text").to_pylist() == ["a dog", "a cat"]
+
+
 def test_a_big_jsonl_file_is_matched_in_bounded_tables(tmp_path, md, monkeypatch):
     from gpu_curate import io
 
