@@ -733,7 +733,7 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
             if "changed from" in str(exc):
                 # A column holds values of several JSON types ({"text": 1984} among
                 # strings): Arrow's reader takes one type a column.
-                return _read_json_lines_mixed(open_)
+                return _read_json_lines_mixed(open_, text_column)
             if "straddl" not in str(exc) or block >= 1 << 31:
                 raise
             block *= 8
@@ -743,7 +743,7 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
         # Every caption a number (or true/false): read them as written, as text. (Lists
         # of nulls only, two or more ([null, null]: list<null>), are invalid however
         # Arrow's reader reads them: read as JSON text, as lists of mixed types are.)
-        return _read_json_lines_mixed(open_, as_text=text)
+        return _read_json_lines_mixed(open_, text_column)
     return table
 
 
@@ -784,7 +784,8 @@ def _json_chunks(open_) -> Iterator[bytes]:
         rest = b""
         while block := fh.read(_JSON_CHUNK):
             data = rest + block
-            cut = data.rfind(b"\n") + 1
+            # (At a CR where no LF ends a line: a file of CR line ends is not one chunk.)
+            cut = data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
             if cut:
                 yield data[:cut]
             rest = data[cut:]
@@ -922,20 +923,21 @@ def _json_records(fh):
         yield record
 
 
-def _read_json_lines_mixed(open_, as_text: str | None = None) -> pa.Table:
+def _read_json_lines_mixed(open_, text_column: str | None = None) -> pa.Table:
     """JSON Lines whose columns may mix JSON types, in two passes of bounded memory.
 
     The first pass finds each column's JSON types; the second builds the columns in
     batches. A column of strings and other values is a string column in which the others
     are their JSON text (``1984``, ``true``, ``["a"]``): a caption written as a number is
-    a row like any other, matched as the text it reads as. The column ``as_text`` is
-    read so whatever its values.
+    a row like any other, matched as the text it reads as. The text column
+    (``text_column``, or the default one found) is read so whatever its values.
     """
     kinds: dict[str, set] = {}
     with open_() as fh:
         for record in _json_records(fh):
             for key, v in record.items():
                 kinds.setdefault(key, set()).add(_json_kind(v))
+    as_text = text_column or next((c for c in TEXT_COLUMN_CANDIDATES if c in kinds), None)
     schema = pa.schema(
         [
             (

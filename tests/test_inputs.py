@@ -474,6 +474,32 @@ def test_parts_whose_columns_differ_only_in_type_are_reported(tmp_path, md):
     assert "2 different sets of columns or column types" in r.output
 
 
+def test_jsonl_text_column_of_numbers_beside_a_mixed_column(tmp_path, md):
+    # Another column of mixed JSON types sends the file to the mixed-types reader, which
+    # must read the numbers-only text column as text too.
+    write(tmp_path / "pool" / "a.jsonl", b'{"text": 1984, "n": 1}\n{"text": 5, "n": "x"}\n')
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    got = matched(tmp_path / "out")
+    assert got["text"] == [b"1984", b"5"] and got["entry_ids"] == [[3], []]
+    assert got["n"] == [b"1", b"x"]
+
+
+def test_a_jsonl_file_of_cr_line_ends_is_streamed_in_chunks(tmp_path, monkeypatch):
+    from gpu_curate import io
+
+    lines = [json.dumps({"text": f"a dog {i}", "n": i}) for i in range(200)]
+    path = write(tmp_path / "a.jsonl", ("\r".join(lines) + "\r").encode())
+    piece = io.Piece(io.InputFile(str(path), "a.jsonl", "jsonl", path.stat().st_size), 0, None)
+    whole = io.read_piece(piece)
+    assert whole.num_rows == 200
+    monkeypatch.setattr(io, "JSON_STREAM_BYTES", 0)
+    monkeypatch.setattr(io, "_JSON_CHUNK", 512)
+    tables = list(io.read_piece_batches(piece, rows=20))
+    assert len(tables) >= 5 and max(t.num_rows for t in tables) < 40, [len(t) for t in tables]
+    assert pa.concat_tables(tables).equals(whole)
+
+
 def test_jsonl_number_too_long_for_int(tmp_path, md):
     long = "9" * 5000  # (Python's int() takes at most 4,300 digits)
     write(tmp_path / "pool" / "a.jsonl", f'{{"text": {long}}}\n{{"text": "a dog"}}\n'.encode())
