@@ -2,10 +2,11 @@
 
 Each part (a row range of one input file, or several small Parquet files packed together:
 :func:`~gpu_curate.io.plan_parts`) is one task that reads, matches and writes its own
-output file atomically; entry counts are summed by a Dask tree reduction; balancing
-is a second map over the matched parts. Nothing is marked complete (``_SUCCESS``,
-``report.json``) before everything under it is written, and ``resume`` reuses the parts a
-previous, interrupted run completed.
+output file atomically, a table of bounded size at a time (a CSV, TSV or big JSON Lines
+file is read as a stream); entry counts are summed by a Dask tree reduction; balancing
+is a second map over the matched parts, a few row groups at a time. Nothing is marked
+complete (``_SUCCESS``, ``report.json``) before everything under it is written, and
+``resume`` reuses the parts a previous, interrupted run completed.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The per-partition steps: match one file's rows of a part, balance one part (with stats).
+"""The per-partition steps: match a part's rows (a table of one file's, or of a pack's files
+together), balance them (with stats).
 
 A step takes one partition and returns the transformed partition plus a small stats dict,
 so the pipeline can write parts independently and sum their stats. CPU partitions are
