@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import importlib
 import io
 import json
@@ -105,17 +106,21 @@ def _is_compressed(path: str) -> bool:
     return path.lower().endswith(_COMPRESSIONS)
 
 
-def _zstd() -> ModuleType:
-    """Python's ``compression.zstd`` (3.14), or its backport (a dependency before 3.14)."""
-    try:
-        return importlib.import_module("compression.zstd")
-    except ImportError:
-        return importlib.import_module("backports.zstd")
+@functools.cache
+def _zstd() -> ModuleType | None:
+    """Python's ``compression.zstd`` (3.14), or its backport (a dependency before 3.14);
+    None in a Python built without it and without the backport."""
+    for name in ("compression.zstd", "backports.zstd"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
 
 
 # What a damaged compressed file raises that is no OSError: gzip's zlib.error, xz's
 # LZMAError, zstd's ZstdError (a file cut short raises EOFError).
-_CODEC_ERRORS = (zlib.error, lzma.LZMAError, _zstd().ZstdError)
+_CODEC_ERRORS = (zlib.error, lzma.LZMAError, *((_zstd().ZstdError,) if _zstd() else ()))
 
 
 @contextlib.contextmanager
@@ -135,6 +140,7 @@ def open_input(path: str) -> Iterator[io.BufferedIOBase]:
         with fsspec.open(path, "rb", compression="infer") as fh:
             yield fh
         return
+    _check_codec(path)
     with fsspec.open(path, "rb") as raw, _zstd().ZstdFile(raw) as fh:
         yield fh
 
@@ -396,10 +402,15 @@ def _glob_depth(pattern: str, root: str) -> int | None:
 
 def _check_codec(path: str) -> None:
     # Without its codec, fsspec reads a compressed file as it is: its bytes would be
-    # matched as text, silently. (.zst files are opened by open_input, with a dependency.)
-    if _is_compressed(path) and not path.lower().endswith(".zst"):
-        if infer_compression(path) is None:
-            raise CurateError(f"{path}: no codec for {posixpath.splitext(path)[1]} files here")
+    # matched as text, silently. (.zst files are opened by open_input, with Python's zstd.)
+    if not _is_compressed(path):
+        return
+    zst = path.lower().endswith(".zst")
+    if (_zstd() is None) if zst else (infer_compression(path) is None):
+        raise CurateError(
+            f"{path}: no codec for {posixpath.splitext(path)[1]} files here"
+            + (" (pip install backports.zstd)" if zst else "")
+        )
 
 
 def _glob_root(pattern: str) -> str:
@@ -628,12 +639,13 @@ def read_piece_batches(
 
     A CSV or TSV file is read as a stream (its columns are all text, known from the first
     line), so a file of any size is matched in bounded memory. A JSON Lines file of more
-    than :data:`JSON_STREAM_BYTES` is read as a stream twice: for its column types, then
-    for its rows. Where a column's type is not the same all through it (beyond null), it is
-    read whole, as a smaller one is, so that it is typed as a whole read types it. A
-    Parquet piece comes whole: it is cut to size when the run is planned. At least one
-    table comes, with the file's columns (or only ``columns``), even where the piece holds
-    no rows.
+    than :data:`JSON_STREAM_BYTES` (a compressed one: a quarter of that) is read as a
+    stream twice: for its column types, then for its rows. Where a column's type is not the
+    same all through it (beyond null), or a column is read as text (a text column of
+    numbers, lists of nulls only: :func:`_json_schema`), it is read whole, as a smaller one
+    is, so that it is typed as a whole read types it. A Parquet piece comes whole: it is
+    cut to size when the run is planned. At least one table comes, with the file's columns
+    (or only ``columns``), even where the piece holds no rows.
     ``rows`` defaults to :data:`PART_ROWS`; tables grow by the reader's blocks (16 MB), so
     they may hold more.
 

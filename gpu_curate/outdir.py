@@ -126,8 +126,9 @@ def prepare_out(
     nor lie in.
 
     A context manager: a local folder is locked (:data:`LOCK`) before anything in it is
-    checked or deleted, until the ``with`` block ends; a folder another run holds is
-    refused.
+    checked or deleted, until the ``with`` block ends; a folder another run holds (writing
+    or reading it) is refused, and so, with ``overwrite``, is one holding a folder below
+    whose lock a run holds.
 
     Yields
     ------

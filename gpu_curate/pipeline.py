@@ -4,9 +4,9 @@ Each part (a row range of one input file, or several small Parquet files packed 
 :func:`~gpu_curate.io.plan_parts`) is one task that reads, matches and writes its own
 output file atomically, a table of bounded size at a time (a CSV, TSV or big JSON Lines
 file is read as a stream); entry counts are summed by a Dask tree reduction; balancing
-is a second map over the matched parts, a few row groups at a time. Nothing is marked
-complete (``_SUCCESS``, ``report.json``) before everything under it is written, and
-``resume`` reuses the parts a previous, interrupted run completed.
+is a second map over the matched parts, whole row groups of about 1M rows at a time.
+Nothing is marked complete (``_SUCCESS``, ``report.json``) before everything under it is
+written, and ``resume`` reuses the parts a previous, interrupted run completed.
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ def _match_task(
     _numba_threads(threads)
     stats: dict = {}
     counts = None
-    all_uids: list[np.ndarray] = []
+    # (Kept for the pool-wide id check only: 8 bytes a row of the part.)
+    all_uids: list[np.ndarray] | None = [] if uids_path is not None else None
     with atomic_parquet_writer(fs, data_path, compression) as write:
         for table, uids, where in _part_tables(part, step, all_uids):
             matched, batch_stats, batch_counts = step.match(table, uids, where)
@@ -199,26 +200,27 @@ def _match_task(
         where = {"files": [p.file.relpath for p in part.pieces]}
     stats = {"part": name, **where, **stats}
     stats["columns"] = [f"{f.name}: {f.type}" for f in schema]  # (names and types)
-    if uids_path is not None:
+    if all_uids is not None:
         write_part_uids(fs, uids_path, np.concatenate(all_uids), uid_buckets)
     atomic_write_json(fs, stats_path, stats)  # written last: marks the part complete
     return stats, counts
 
 
-def _part_tables(part: Part, step: MatchStep, all_uids: list[np.ndarray]):
+def _part_tables(part: Part, step: MatchStep, all_uids: list[np.ndarray] | None):
     """Yield (rows, their uids, where they come from) of a part, checked, to be matched.
 
     A pack's files are matched together, as one table: one kernel call (one device call
     on the gpu backend) and one count array for the part. A one-file part comes in tables
-    of bounded size (a CSV/TSV file of any size is read as a stream). ``all_uids`` gets
-    the uids of every row, matched or not, for the pool-wide id check.
+    of bounded size (a CSV/TSV file of any size is read as a stream). ``all_uids`` (unless
+    None) gets the uids of every row, matched or not, for the pool-wide id check.
     """
     if len(part.pieces) == 1:
         piece = part.pieces[0]
         row = piece.row_start
         for table in read_piece_batches(piece, None, step.text_column, step.id_column):
             uids, sorted_uids = step.uids(table, piece.file.relpath, row, piece.file.path)
-            all_uids.append(sorted_uids)
+            if all_uids is not None:
+                all_uids.append(sorted_uids)
             yield table, uids, piece.file.path
             row += table.num_rows
         return
@@ -235,7 +237,8 @@ def _part_tables(part: Part, step: MatchStep, all_uids: list[np.ndarray]):
         u, sorted_u = step.uids(table, piece.file.relpath, piece.row_start, piece.file.path)
         tables.append(table)
         uids.append(u)
-        all_uids.append(sorted_u)
+        if all_uids is not None:
+            all_uids.append(sorted_u)
     yield pa.concat_tables(tables), np.concatenate(uids), part.pieces[0].file.path
 
 

@@ -159,8 +159,9 @@ class MatchStep:
 def _check_unique(
     uids: np.ndarray, sorted_uids: np.ndarray, column, name: str, where: str, row_start: int
 ) -> None:
-    # Within a part, where it is cheap and fails before the rest of the match stage; the
-    # pipeline checks across parts afterwards (gpu_curate.unique).
+    # Within one table of one file's rows (a part, a file of a pack, or a table of a
+    # streamed file), where it is cheap and fails before the rest of the match stage; the
+    # pipeline checks across them afterwards (gpu_curate.unique).
     found = first_duplicate(uids, column, where, row_start, sorted_uids)
     if found is not None:
         raise CurateError(found.message(name))

@@ -352,6 +352,10 @@ def test_every_compression_suffix_is_decompressed(tmp_path, md, monkeypatch):
     monkeypatch.setattr(io, "infer_compression", lambda path: None)
     err = error_line(match(pool, md, tmp_path / "out2"))
     assert "no codec for .bz2 files here" in err
+    # (A Python built without zstd, and without the backport.)
+    monkeypatch.setattr(io, "_zstd", lambda: None)
+    err = error_line(match(pool / "azst.csv.zst", md, tmp_path / "out3"))
+    assert "no codec for .zst files here (pip install backports.zstd)" in err
 
 
 # ------------------------------------------------------------------------ CSV / TSV
