@@ -1,0 +1,111 @@
+"""One big text file as the pool: `gpu-curate curate` on a TSV or JSON Lines file of
+millions of rows, its wall time and peak RSS (is memory bounded by the part size?).
+
+    python benchmarks/bench_text_pool.py --rows 5000000 --format tsv,jsonl
+
+Builds (once, cached in --workdir) one file from the CC3M validation captions of
+../shared/data, row n's caption suffixed with `` #n`` so that no two rows are equal: a
+TSV (``caption<TAB>url``, no header, as CC3M and CC12M are published) or JSON Lines
+(``{"caption": ..., "url": ..., "id": n}``). Each ``--tree LABEL=PATH`` runs the CLI with
+PATH first on PYTHONPATH (a ``git archive`` of another commit's ``gpu_curate``, with
+``kernels`` moved under it), so that two versions alternate on the same file in one run;
+their curated uids and entry counts must be identical. Without ``--tree`` the checkout
+itself runs. Read the file into the page cache before comparing (`cat FILE > /dev/null`):
+this machine reads an evicted file at about 70 MB/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from bench_pipeline import SHARED, run_cli
+
+CC3M = "captions/cc3m_validation_alt_text.tsv"
+
+
+def build_file(cc3m: Path, folder: Path, rows: int, fmt: str) -> Path:
+    """The pool file of ``rows`` rows (CC3M's captions and URLs, repeated, suffixed)."""
+    path = folder / f"pool-{fmt}-{rows}" / f"cc.{fmt}"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [line.split("\t", 1) for line in cc3m.read_text(encoding="utf-8").splitlines()]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        n = 0
+        while n < rows:
+            out = []
+            for caption, url in lines[: rows - n]:
+                if fmt == "tsv":
+                    out.append(f"{caption} #{n}\t{url}\n")
+                else:
+                    out.append(json.dumps({"caption": f"{caption} #{n}", "url": url, "id": n}))
+                    out.append("\n")
+                n += 1
+            fh.write("".join(out))
+    tmp.rename(path)
+    return path
+
+
+def same_outputs(a: Path, b: Path) -> bool:
+    """Whether two runs curated the same rows (by uid) with the same entry counts."""
+
+    def uids(out: Path) -> np.ndarray:
+        parts = sorted((out / "curated").glob("*.parquet"))
+        return np.sort(np.concatenate([pq.read_table(f, columns=["uid"])[0] for f in parts]))
+
+    names = ("entry_counts.parquet", "curated_entry_counts.parquet")
+    return np.array_equal(uids(a), uids(b)) and all(
+        pq.read_table(a / n).equals(pq.read_table(b / n)) for n in names
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rows", type=int, default=5_000_000)
+    ap.add_argument("--format", default="tsv,jsonl", help="tsv, jsonl or both (comma-separated)")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/gpu-curate-text-bench"))
+    ap.add_argument("--data", type=Path, default=SHARED)
+    ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of the trees, alternating")
+    args = ap.parse_args()
+    cc3m, metadata = args.data / CC3M, args.data / "metadata" / "metadata_proxy_en.json"
+    if not cc3m.exists():
+        sys.exit(f"shared data not found under {args.data}")
+    trees = [tuple(t.split("=", 1)) for t in args.tree] or [("checkout", "")]
+    os.environ["GPU_CURATE_CACHE_DIR"] = str(args.workdir / "table-cache")
+    cpu = platform.processor() or platform.machine()
+    print(f"# bench_text_pool: {args.rows:,} rows; {cpu}, {os.cpu_count()} cores")
+    print(f"command: {' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
+    print("\n| file | MB | tree | wall s | peak RSS GB | match s | balance s | curated rows |")
+    print("|---|---|---|---|---|---|---|---|")
+    python_path = os.environ.get("PYTHONPATH", "")
+    for fmt in [f for f in args.format.split(",") if f]:
+        pool = build_file(cc3m, args.workdir, args.rows, fmt)
+        mb = pool.stat().st_size / 1e6
+        outs: dict[str, Path] = {}
+        for _ in range(args.repeat):
+            for label, path in trees:
+                os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (path, python_path) if p)
+                out = args.workdir / f"out-{fmt}-{label}"
+                wall, rss_gb, rep = run_cli(pool.parent, metadata, out, ["--backend", "cpu"])
+                m, b = rep["seconds_match"], rep["seconds_balance"]
+                print(f"| {fmt} | {mb:,.0f} | {label} | {wall:.2f} | {rss_gb:.2f} | {m:.1f} | "
+                      f"{b:.1f} | {rep['curated_rows']:,} |", flush=True)  # fmt: skip
+                outs[label] = out
+        for label, out in list(outs.items())[1:]:
+            same = same_outputs(outs[trees[0][0]], out)
+            print(f"\n{fmt}: {label} {'writes the same' if same else 'DIFFERS from'} "
+                  f"curated uids and entry counts as {trees[0][0]}")  # fmt: skip
+    os.environ["PYTHONPATH"] = python_path
+
+
+if __name__ == "__main__":
+    main()
