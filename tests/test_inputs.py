@@ -457,13 +457,24 @@ def test_jsonl_line_longer_than_a_read_block(tmp_path, md):
     assert matched(tmp_path / "out")["entry_ids"] == [[0], [1]]
 
 
-def test_jsonl_text_column_of_numbers_only_is_text_as_written(tmp_path, md):
-    write(tmp_path / "pool" / "a.jsonl", b'{"text": 1984, "n": 1}\n{"text": 1.50, "n": 2}\n')
+@pytest.mark.parametrize(
+    "content, texts, n",
+    [
+        # other columns keep their types
+        (b'{"text": 1984, "n": 1}\n{"text": 1.50, "n": 2}\n', [b"1984", b"1.50"], [1, 2]),
+        # another column of mixed JSON types sends the file to the mixed-types reader,
+        # which must read the numbers-only text column as text too
+        (b'{"text": 1984, "n": 1}\n{"text": 5, "n": "x"}\n', [b"1984", b"5"], [b"1", b"x"]),
+    ],
+    ids=["numbers-only", "beside-a-mixed-column"],
+)
+def test_jsonl_text_column_of_numbers_only_is_text_as_written(tmp_path, md, content, texts, n):
+    write(tmp_path / "pool" / "a.jsonl", content)
     r = match(tmp_path / "pool", md, tmp_path / "out")
     assert r.exit_code == 0, (r.output, r.stderr)
     got = matched(tmp_path / "out")
-    assert got["text"] == [b"1984", b"1.50"] and got["entry_ids"] == [[3], []]
-    assert got["n"] == [1, 2]  # (other columns keep their types)
+    assert got["text"] == texts and got["entry_ids"] == [[3], []]
+    assert got["n"] == n
 
 
 def test_parts_whose_columns_differ_only_in_type_are_reported(tmp_path, md):
@@ -476,17 +487,6 @@ def test_parts_whose_columns_differ_only_in_type_are_reported(tmp_path, md):
     assert r.exit_code == 0, (r.output, r.exception)
     assert json.loads((tmp_path / "out" / "report.json").read_text())["column_sets"] == 2
     assert "2 different sets of columns or column types" in r.output
-
-
-def test_jsonl_text_column_of_numbers_beside_a_mixed_column(tmp_path, md):
-    # Another column of mixed JSON types sends the file to the mixed-types reader, which
-    # must read the numbers-only text column as text too.
-    write(tmp_path / "pool" / "a.jsonl", b'{"text": 1984, "n": 1}\n{"text": 5, "n": "x"}\n')
-    r = match(tmp_path / "pool", md, tmp_path / "out")
-    assert r.exit_code == 0, (r.output, r.stderr)
-    got = matched(tmp_path / "out")
-    assert got["text"] == [b"1984", b"5"] and got["entry_ids"] == [[3], []]
-    assert got["n"] == [b"1", b"x"]
 
 
 def test_a_jsonl_file_of_cr_line_ends_is_streamed_in_chunks(tmp_path, monkeypatch):
