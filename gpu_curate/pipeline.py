@@ -140,23 +140,27 @@ def _finished_part(fs, data_path: str, stats_path: str, n_entries: int):
     """(stats, entry counts) of a part a previous run completed, or None.
 
     The stats file is written after the data file, so its presence means the part is
-    whole; the counts are the bincount of the part's own ``entry_ids``.
+    whole; the counts are the bincount of the part's own ``entry_ids``, read a run of row
+    groups at a time (a part of a big CSV file holds many).
     """
     if not (fs.exists(stats_path) and fs.exists(data_path)):
         return None
     try:
         with fs.open(stats_path, "rb") as fh:
             stats = json.load(fh)
+        counts = np.zeros(n_entries, np.int64)
         with fs.open(data_path, "rb") as fh:
-            ids = pq.read_table(fh, columns=["entry_ids"]).column("entry_ids")
-        _, values = csr_of(ids, data_path)
+            pf = pq.ParquetFile(fh)
+            rows = pf.metadata.num_rows
+            groups = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+            for run in row_group_runs(groups, PART_ROWS):
+                ids = pf.read_row_groups(run, columns=["entry_ids"]).column("entry_ids")
+                counts += partition_counts(csr_of(ids, data_path)[1], n_entries)
     except (ValueError, OSError, CurateError):
         return None  # damaged since (ArrowInvalid is a ValueError): the part is redone
-    if not isinstance(stats, dict) or len(ids) != stats.get(
-        "rows_written", stats.get("curated_rows")
-    ):
+    if not isinstance(stats, dict) or rows != stats.get("rows_written", stats.get("curated_rows")):
         return None
-    return stats, partition_counts(values, n_entries)
+    return stats, counts
 
 
 def _match_task(

@@ -985,6 +985,37 @@ def test_a_big_tsv_file_is_matched_and_balanced_in_bounded_tables(
         assert a.equals(b), name
 
 
+def test_a_resume_counts_a_finished_part_of_many_row_groups(tmp_path, monkeypatch):
+    # A finished part's counts are read back from its entry_ids, a run of row groups at a
+    # time: a streamed file's part holds many.
+    import gpu_curate.io as io_mod
+    import gpu_curate.pipeline as pipeline_mod
+
+    monkeypatch.setattr(io_mod, "_CSV_BLOCK", 1 << 12, raising=False)
+    monkeypatch.setattr(io_mod, "PART_ROWS", 300)
+    monkeypatch.setattr(pipeline_mod, "PART_ROWS", 300, raising=False)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    rows = [f"a dog {i}\tu{i}" if i % 3 else f"new york cat {i}\tu{i}" for i in range(3000)]
+    (pool / "texts.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "md.json").write_text(json.dumps(["dog", "cat", "new york", "york cat"]))
+    out = tmp_path / "out"
+    args = ["curate", pool, "--metadata", tmp_path / "md.json", "--out", out, "--t", 500,
+            "--backend", "cpu", "--quiet"]  # fmt: skip
+    cli(*args)
+    parts = [out / d / "part-00000.parquet" for d in ("matched", "curated")]
+    assert pq.ParquetFile(parts[0]).metadata.num_row_groups >= 5
+    written = [p.stat().st_mtime_ns for p in parts]
+    names = ("entry_counts.json", "curated_entry_counts.parquet")
+    before = {n: (out / n).read_bytes() for n in names}
+    cli(*args, "--resume")
+    assert [p.stat().st_mtime_ns for p in parts] == written  # (finished: not redone)
+    for name, data in before.items():
+        assert (out / name).read_bytes() == data, name
+    counts = json.loads((out / "entry_counts.json").read_text())
+    assert counts == {"dog": 2000, "cat": 1000, "new york": 1000, "york cat": 1000}
+
+
 def test_a_bad_row_deep_in_a_streamed_csv_leaves_no_part(tmp_path, monkeypatch):
     # The rows before the bad one were matched and written when the reader meets it: the
     # run stops with one line, and no part (not even a hidden temporary one) is left.
