@@ -21,7 +21,7 @@ import re
 import stat
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import ModuleType
@@ -577,14 +577,6 @@ def parquet_layout(path: str) -> tuple[list[int], pa.Schema]:
         raise CurateError(f"cannot read Parquet file {path}: {exc}") from None
 
 
-def _opener(path: str):
-    def open_():
-        # The readers open the file again rather than seek back: a zstd stream cannot.
-        return open_input(path)
-
-    return open_
-
-
 def read_piece(
     piece: Piece,
     columns: Sequence[str] | None = None,
@@ -598,7 +590,8 @@ def read_piece(
     strings, as written (``001`` stays ``001``).
     """
     f = piece.file
-    open_ = _opener(f.path)
+    # (The readers open the file again rather than seek back: a zstd stream cannot.)
+    open_ = functools.partial(open_input, f.path)
     try:
         if f.format == "parquet":
             with _parquet_file(f.path) as pf:
@@ -609,7 +602,7 @@ def read_piece(
         else:
             table = _read_delimited(open_, f.format, text_column, id_column, f.path)
     except _READ_ERRORS as exc:
-        raise _cannot_read_file(f.path, exc) from None
+        raise cannot_read(f.path, exc) from None
     _check_names(table, f.path)
     if f.format == "jsonl" and not table.column_names:
         # Blank lines only: no rows, as an empty (0-byte) file has.
@@ -655,7 +648,7 @@ def read_piece_batches(
     ...     print(table.num_rows)
     """
     f = piece.file
-    open_ = _opener(f.path)
+    open_ = functools.partial(open_input, f.path)
     try:
         if f.format in ("csv", "tsv"):
             tables = _delimited_tables(
@@ -668,25 +661,36 @@ def read_piece_batches(
         ):
             tables = _json_tables(open_, schema, rows or PART_ROWS)
         else:
-            tables = None
-    except _READ_ERRORS as exc:
-        raise _cannot_read_file(f.path, exc) from None
-    if tables is None:
-        yield read_piece(piece, columns, text_column, id_column)
-        return
-    try:
+            yield read_piece(piece, columns, text_column, id_column)
+            return
         for table in tables:
             _check_names(table, f.path)
             yield _select_columns(table, columns, f.path)
     except _READ_ERRORS as exc:
-        raise _cannot_read_file(f.path, exc) from None
+        raise cannot_read(f.path, exc) from None
+
+
+def piece_tables(
+    piece: Piece,
+    columns: Sequence[str] | None = None,
+    text_column: str | None = None,
+    id_column: str | None = None,
+) -> Iterator[tuple[int, pa.Table]]:
+    """(row number in the file of its first row, table) of each of
+    :func:`read_piece_batches`' tables: the rows' positions, for uids and error messages.
+
+    Examples
+    --------
+    >>> for row, table in piece_tables(part.pieces[0]):  # doctest: +SKIP
+    ...     print(row, table.num_rows)
+    """
+    row = piece.row_start
+    for table in read_piece_batches(piece, columns, text_column, id_column):
+        yield row, table
+        row += table.num_rows
 
 
 _READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, *_CODEC_ERRORS)
-
-
-def _cannot_read_file(path: str, exc: Exception) -> CurateError:
-    return CurateError(f"cannot read {path}: {str(exc).splitlines()[0]}")
 
 
 def _check_names(table: pa.Table, path: str) -> None:
@@ -849,16 +853,10 @@ def _json_schema(open_, text_column: str | None) -> pa.Schema | None:
 def _json_tables(open_, schema: pa.Schema, rows: int) -> Iterator[pa.Table]:
     """A JSON Lines file's rows, typed by ``schema``, in tables of about ``rows`` rows (at
     least one table)."""
-    tables: list[pa.Table] = []
-    held, sent = 0, False
-    for chunk in _json_chunks(open_):
-        tables.append(_read_json_chunk(chunk, schema))
-        held += tables[-1].num_rows
-        if held >= rows:
-            yield pa.concat_tables(tables)
-            tables, held, sent = [], 0, True
-    if tables or not sent:
-        yield pa.concat_tables(tables) if tables else schema.empty_table()
+    tables = (_read_json_chunk(chunk, schema) for chunk in _json_chunks(open_))
+    yield from _gathered(
+        tables, rows, lambda group: pa.concat_tables(group) if group else schema.empty_table()
+    )
 
 
 def _json_types_not_text(t: pa.DataType) -> bool:
@@ -1040,16 +1038,24 @@ def _delimited_tables(
     stream: the reader's blocks are gathered until they hold ``rows`` rows."""
     read, parse, convert = _delimited_options(open_, fmt, text_column, id_column, where)
     with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as reader:
-        batches: list[pa.RecordBatch] = []
-        held, sent = 0, False
-        for batch in reader:
-            batches.append(batch)
-            held += batch.num_rows
-            if held >= rows:
-                yield _valid_utf8(pa.Table.from_batches(batches, reader.schema))
-                batches, held, sent = [], 0, True
-        if batches or not sent:
-            yield _valid_utf8(pa.Table.from_batches(batches, reader.schema))
+        yield from _gathered(
+            reader, rows, lambda batches: _valid_utf8(pa.Table.from_batches(batches, reader.schema))
+        )
+
+
+def _gathered(items: Iterable, rows: int, join: Callable[[list], pa.Table]) -> Iterator[pa.Table]:
+    """``items`` (record batches or tables, read as they come) joined by ``join`` into
+    tables of about ``rows`` rows, the last one smaller; at least one (``join([])``)."""
+    group: list = []
+    held, sent = 0, False
+    for item in items:
+        group.append(item)
+        held += item.num_rows
+        if held >= rows:
+            yield join(group)
+            group, held, sent = [], 0, True
+    if group or not sent:
+        yield join(group)
 
 
 def _delimited_options(open_, fmt: str, text_column, id_column, where: str):

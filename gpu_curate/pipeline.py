@@ -41,9 +41,9 @@ from .io import (
     atomic_write_parquet,
     discover,
     full_path,
+    piece_tables,
     plan_parts,
     read_piece,
-    read_piece_batches,
     row_group_runs,
 )
 from .metadata import Metadata
@@ -149,12 +149,11 @@ def _finished_part(fs, data_path: str, stats_path: str, n_entries: int):
         with fs.open(stats_path, "rb") as fh:
             stats = json.load(fh)
         counts = np.zeros(n_entries, np.int64)
+        rows = 0
         with fs.open(data_path, "rb") as fh:
-            pf = pq.ParquetFile(fh)
-            rows = pf.metadata.num_rows
-            groups = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
-            for run in row_group_runs(groups, PART_ROWS):
-                ids = pf.read_row_groups(run, columns=["entry_ids"]).column("entry_ids")
+            for table in _matched_tables(fh, data_path, ["entry_ids"]):
+                rows += table.num_rows
+                ids = table.column("entry_ids")
                 counts += partition_counts(csr_of(ids, data_path)[1], n_entries)
     except (ValueError, OSError, CurateError):
         return None  # damaged since (ArrowInvalid is a ValueError): the part is redone
@@ -220,13 +219,11 @@ def _part_tables(part: Part, step: MatchStep, all_uids: list[np.ndarray] | None)
     """
     if len(part.pieces) == 1:
         piece = part.pieces[0]
-        row = piece.row_start
-        for table in read_piece_batches(piece, None, step.text_column, step.id_column):
+        for row, table in piece_tables(piece, None, step.text_column, step.id_column):
             uids, sorted_uids = step.uids(table, piece.file.relpath, row, piece.file.path)
             if all_uids is not None:
                 all_uids.append(sorted_uids)
             yield table, uids, piece.file.path
-            row += table.num_rows
         return
     tables, uids = [], []
     for piece in part.pieces:
@@ -279,13 +276,14 @@ def _balance_task(
     return stats, counts
 
 
-def _matched_tables(fh, src: str):
-    """A matched part's rows as tables of whole row groups of about PART_ROWS rows."""
+def _matched_tables(fh, src: str, columns: list[str] | None = None):
+    """A matched (or curated) part's rows, or ``columns`` of them, as tables of whole row
+    groups of about PART_ROWS rows."""
     try:
         pf = pq.ParquetFile(fh)
         groups = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
         for run in row_group_runs(groups, PART_ROWS):
-            yield pf.read_row_groups(run) if run else pf.schema_arrow.empty_table()
+            yield pf.read_row_groups(run, columns=columns)
     except (pa.ArrowInvalid, OSError) as exc:
         raise cannot_read(f"the matched part {src}", exc, hint="match again") from None
 

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import CurateError
-from .io import Part, atomic_write_bytes, read_piece_batches
+from .io import Part, atomic_write_bytes, piece_tables
 from .uid import value_uids
 
 WORK = "_work"
@@ -376,15 +376,12 @@ class UidCheck:
                 cache.pop(next(iter(cache)))
             found = []
             for piece in part.pieces:
-                row = piece.row_start
+                path, ids = piece.file.path, [self.id_column]
                 # (Table by table: a CSV/TSV file of any size is one part; only its ids
                 # are kept.)
-                ids = [self.id_column]
-                for table in read_piece_batches(piece, ids, self.text_column, self.id_column):
+                for row, table in piece_tables(piece, ids, self.text_column, self.id_column):
                     column = table.column(self.id_column).combine_chunks()
-                    path = piece.file.path
                     found.append((column, value_uids(column, self.id_column, path, row), path, row))
-                    row += table.num_rows
             cache[part.index] = found
         return cache[part.index]
 

@@ -685,9 +685,7 @@ def test_a_big_jsonl_file_is_matched_in_bounded_tables(tmp_path, md, monkeypatch
             seen.append(table.num_rows)
             yield table
 
-    import gpu_curate.pipeline as pipeline_mod
-
-    monkeypatch.setattr(pipeline_mod, "read_piece_batches", recorded)
+    monkeypatch.setattr(io, "read_piece_batches", recorded)
     monkeypatch.setattr(io, "JSON_STREAM_BYTES", 0, raising=False)
     monkeypatch.setattr(io, "_JSON_CHUNK", 1 << 12, raising=False)
     monkeypatch.setattr(io, "PART_ROWS", 500)
