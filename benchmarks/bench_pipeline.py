@@ -66,6 +66,13 @@ def build_pool(laion: Path, folder: Path, rows: int, files: int, unique: bool = 
     marker.touch()
 
 
+def curated_uids(out: Path):
+    """The sorted uids of a run's curated rows (``OUT/curated``), to compare runs by."""
+    import numpy as np
+
+    return np.sort(pq.read_table(out / "curated", columns=["uid"]).column("uid").to_numpy())
+
+
 def reference_rate(laion: Path, metadata: Path, n: int = 20_000) -> float:
     """MetaCLIP's pyahocorasick matcher (bench_match.MetaClipReference), texts/s on 1 core."""
     from bench_match import MetaClipReference

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from bench_pipeline import SHARED, run_cli
+from bench_pipeline import SHARED, curated_uids, run_cli
 
 CC3M = "captions/cc3m_validation_alt_text.tsv"
 
@@ -56,13 +56,8 @@ def build_file(cc3m: Path, folder: Path, rows: int, fmt: str) -> Path:
 
 def same_outputs(a: Path, b: Path) -> bool:
     """Whether two runs curated the same rows (by uid) with the same entry counts."""
-
-    def uids(out: Path) -> np.ndarray:
-        parts = sorted((out / "curated").glob("*.parquet"))
-        return np.sort(np.concatenate([pq.read_table(f, columns=["uid"])[0] for f in parts]))
-
     names = ("entry_counts.parquet", "curated_entry_counts.parquet")
-    return np.array_equal(uids(a), uids(b)) and all(
+    return np.array_equal(curated_uids(a), curated_uids(b)) and all(
         pq.read_table(a / n).equals(pq.read_table(b / n)) for n in names
     )
 

@@ -445,13 +445,6 @@ def first_call_in_new_process(meta: Path) -> float | str:
 # ----------------------------------------------------------------------------- pipeline
 
 
-def _curated_uids(out: Path):
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    return np.sort(pq.read_table(out / "curated", columns=["uid"]).column("uid").to_numpy())
-
-
 def _counts(path: Path):
     import pyarrow.parquet as pq
 
@@ -485,7 +478,7 @@ def pipeline_check(args, laion: Path, meta: Path) -> dict:
     import traceback
 
     import numpy as np
-    from bench_pipeline import build_pool
+    from bench_pipeline import build_pool, curated_uids
 
     from gpu_curate.metadata import Metadata
     from gpu_curate.pipeline import Options, curate
@@ -560,11 +553,11 @@ def pipeline_check(args, laion: Path, meta: Path) -> dict:
     problems = [f"{r['label']}: {r['error']}" for r in runs if "error" in r]
     compared = 0
     if ref is not None:
-        ref_uids = _curated_uids(ref)
+        ref_uids = curated_uids(ref)
         ref_counts = _counts(ref / "entry_counts.parquet")
         ref_kept = _counts(ref / "curated_entry_counts.parquet")
         for out in [o for o in outs if o is not None and o != ref]:
-            if not np.array_equal(_curated_uids(out), ref_uids):
+            if not np.array_equal(curated_uids(out), ref_uids):
                 problems.append(f"{out.name}: curated uids differ from {ref.name}")
             if not np.array_equal(_counts(out / "entry_counts.parquet"), ref_counts):
                 problems.append(f"{out.name}: entry counts differ from {ref.name}")
