@@ -574,7 +574,7 @@ def parquet_layout(path: str) -> tuple[list[int], pa.Schema]:
             schema = md.schema.to_arrow_schema()
         return [md.row_group(i).num_rows for i in range(md.num_row_groups)], schema
     except (pa.ArrowInvalid, OSError, *_CODEC_ERRORS) as exc:
-        raise CurateError(f"cannot read Parquet file {path}: {exc}") from None
+        raise cannot_read(f"Parquet file {path}", exc) from None
 
 
 def read_piece(
