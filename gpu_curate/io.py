@@ -21,7 +21,7 @@ import re
 import stat
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import ModuleType
@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from fsspec.utils import glob_translate, infer_compression
 
 from .errors import CurateError, cannot_read
+from .line_ranges import open_range
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
 _EXTENSIONS = {
@@ -79,14 +80,18 @@ def _stamp(info: dict) -> str | None:
 class Piece:
     """Rows [row_start, row_end) of one input file (row_end None: to the end of the file).
 
-    ``file_rows``: the file's row count when the run planned its parts (Parquet; None where
+    ``file_rows``: the file's row count when the run planned its parts (None where
     unknown). A file that holds another count when read was replaced during the run.
+    ``byte_start``, ``byte_end``: the bytes that hold the rows, for a range of a TSV file
+    (:mod:`gpu_curate.line_ranges`; byte_end None: the whole file).
     """
 
     file: InputFile
     row_start: int
     row_end: int | None
     file_rows: int | None = None
+    byte_start: int = 0
+    byte_end: int | None = None
 
 
 @dataclass(frozen=True)
@@ -440,7 +445,11 @@ PART_ROWS = 1_000_000
 PACK_ROWS = 250_000
 
 
-def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) -> list[Part]:
+def plan_parts(
+    files: Sequence[InputFile],
+    partition_rows: int | None = None,
+    line_ranges: Mapping[str, Sequence[tuple[int, int, int]]] | None = None,
+) -> list[Part]:
     """Cut the files into parts; pack small Parquet files together.
 
     With ``partition_rows``, a Parquet file is cut every ``partition_rows`` rows; without
@@ -451,7 +460,9 @@ def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) ->
     rows: a pool of 10k-row shards (img2dataset's layout) is then matched in tasks big
     enough that the ~10-25 ms a task and an output file cost is small. A compressed Parquet
     file is one part, and other formats are one part per file (a row number needs the rows
-    before it, and their schema is known only once read).
+    before it, and their schema is known only once read), except a TSV file that
+    ``line_ranges`` cuts: ``{path: [(byte_start, byte_end, rows), ...]}``, a part a range
+    (:mod:`gpu_curate.line_ranges`).
 
     Examples
     --------
@@ -475,7 +486,14 @@ def plan_parts(files: Sequence[InputFile], partition_rows: int | None = None) ->
     for f in files:
         if f.format != "parquet":
             close_pack()
-            parts.append(Part(len(parts), (Piece(f, 0, None),)))
+            ranges = (line_ranges or {}).get(f.path)
+            if not ranges:
+                parts.append(Part(len(parts), (Piece(f, 0, None),)))
+                continue
+            n, row = sum(r for _, _, r in ranges), 0
+            for start, end, rows in ranges:
+                parts.append(Part(len(parts), (Piece(f, row, row + rows, n, start, end),)))
+                row += rows
             continue
         groups, schema = layouts[f.path]
         n = sum(groups)
@@ -600,7 +618,7 @@ def read_piece(
         elif f.format == "jsonl":
             table = _read_json_lines(open_, text_column)
         else:
-            table = _read_delimited(open_, f.format, text_column, id_column, f.path)
+            table = _read_delimited(piece, text_column, id_column)
     except _READ_ERRORS as exc:
         raise cannot_read(f.path, exc) from None
     _check_names(table, f.path)
@@ -651,9 +669,7 @@ def read_piece_batches(
     open_ = functools.partial(open_input, f.path)
     try:
         if f.format in ("csv", "tsv"):
-            tables = _delimited_tables(
-                open_, f.format, text_column, id_column, f.path, rows or PART_ROWS
-            )
+            tables = _delimited_tables(piece, text_column, id_column, rows or PART_ROWS)
         elif (
             f.format == "jsonl"
             and _json_streamed(f)
@@ -1026,21 +1042,68 @@ _CSV_BLOCK = 1 << 24
 _AUTO_COLUMNS = 4096
 
 
-def _read_delimited(open_, fmt: str, text_column, id_column, where: str) -> pa.Table:
-    tables = list(_delimited_tables(open_, fmt, text_column, id_column, where, 1 << 62))
+def _read_delimited(piece: Piece, text_column, id_column) -> pa.Table:
+    tables = list(_delimited_tables(piece, text_column, id_column, 1 << 62))
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
-def _delimited_tables(
-    open_, fmt: str, text_column, id_column, where: str, rows: int
-) -> Iterator[pa.Table]:
-    """A CSV/TSV file as tables of about ``rows`` rows (at least one table), read as a
-    stream: the reader's blocks are gathered until they hold ``rows`` rows."""
-    read, parse, convert = _delimited_options(open_, fmt, text_column, id_column, where)
+def _delimited_tables(piece: Piece, text_column, id_column, rows: int) -> Iterator[pa.Table]:
+    """A CSV/TSV file (or a byte range of a TSV file) as tables of about ``rows`` rows (at
+    least one table), read as a stream: the reader's blocks are gathered until they hold
+    ``rows`` rows."""
+    f = piece.file
+    open_ = functools.partial(open_input, f.path)
+    read, parse, convert = _delimited_options(open_, f.format, text_column, id_column, f.path)
+    if piece.byte_end is not None:
+        if piece.byte_start:
+            read.skip_rows = 0  # (a header is the first range's first line)
+        open_ = functools.partial(open_range, f.path, piece.byte_start, piece.byte_end)
+        _check_size(f)
+    held = 0
     with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as reader:
-        yield from _gathered(
+        for table in _gathered(
             reader, rows, lambda batches: _valid_utf8(pa.Table.from_batches(batches, reader.schema))
+        ):
+            held += table.num_rows
+            yield table
+    if piece.byte_end is not None and held != piece.row_end - piece.row_start:
+        # (The rows of each range were counted when the run was planned: its uids number
+        # on from the rows counted before it.)
+        raise CurateError(
+            f"{f.path} changed during the run: its bytes {piece.byte_start:,} to "
+            f"{piece.byte_end:,} held {piece.row_end - piece.row_start:,} rows when the run "
+            f"began and hold {held:,} now; run again on the files as they are (with "
+            "--overwrite)"
         )
+
+
+def _check_size(f: InputFile) -> None:
+    # A range's rows are where they were only if the file is as it was: one appended to
+    # since would have rows past the last range, read by no part.
+    size = fsspec.core.url_to_fs(f.path)[0].size(f.path)
+    if size != f.size:
+        raise CurateError(
+            f"{f.path} changed during the run: it held {f.size:,} bytes when the run began "
+            f"and holds {size:,} now; run again on the files as they are (with --overwrite)"
+        )
+
+
+def splits_by_lines(f: InputFile) -> bool:
+    """Whether the file can be cut into byte ranges of whole rows
+    (:mod:`gpu_curate.line_ranges`): an uncompressed TSV file of known size (a CSV
+    file's quoted fields may hold line breaks)."""
+    return f.format == "tsv" and f.size is not None and not _is_compressed(f.path)
+
+
+def has_header(f: InputFile, text_column: str | None, id_column: str | None) -> bool:
+    """Whether a CSV/TSV file's first line is a header (it names the text or id column,
+    or one of :data:`TEXT_COLUMN_CANDIDATES`), as the readers take it."""
+    try:
+        open_ = functools.partial(open_input, f.path)
+        read, _, _ = _delimited_options(open_, f.format, text_column, id_column, f.path)
+    except _READ_ERRORS as exc:
+        raise cannot_read(f.path, exc) from None
+    return read.skip_rows == 1
 
 
 def _gathered(items: Iterable, rows: int, join: Callable[[list], pa.Table]) -> Iterator[pa.Table]:
@@ -1066,9 +1129,11 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
     with open_() as fh:
         head = fh.read(1 << 16)
     delimiter = "\t" if fmt == "tsv" else ","
-    first_line = head.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff")
+    # (A line ends at \n, \r\n or a lone \r, as Arrow's reader ends it.)
+    line = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0]
+    first_line = line.decode("utf-8", "replace").lstrip("\ufeff")
     quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"quotechar": '"'}
-    fields = next(csv.reader([first_line.rstrip("\r")], delimiter=delimiter, **quoting), [])
+    fields = next(csv.reader([first_line], delimiter=delimiter, **quoting), [])
     names = [c.strip() for c in fields]
     known = set(TEXT_COLUMN_CANDIDATES) | {c for c in (text_column, id_column) if c}
     has_header = any(c in known for c in names)

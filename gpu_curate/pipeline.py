@@ -12,6 +12,7 @@ written, and ``resume`` reuses the parts a previous, interrupted run completed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -41,11 +42,14 @@ from .io import (
     atomic_write_parquet,
     discover,
     full_path,
+    has_header,
     piece_tables,
     plan_parts,
     read_piece,
     row_group_runs,
+    splits_by_lines,
 )
+from .line_ranges import RANGE_ROWS, count_rows, line_cuts
 from .metadata import Metadata
 from .outdir import (
     BALANCE_MANIFEST,
@@ -311,6 +315,31 @@ def _compute(client, results: list, n_entries: int, opts: Options):
     return stats, np.asarray(total, dtype=np.int64)
 
 
+def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
+    """The run's parts (:func:`~gpu_curate.io.plan_parts`). A big TSV file is cut into
+    ranges of about ``partition_rows`` rows, their rows counted by tasks on the cluster
+    (:mod:`~gpu_curate.line_ranges`): a row's uid needs its row number."""
+    target = opts.partition_rows or RANGE_ROWS
+    cuts = {
+        f.path: c
+        for f in files
+        if splits_by_lines(f) and len(c := line_cuts(f.path, f.size, target)) > 2
+    }
+    if not cuts:
+        return plan_parts(files, opts.partition_rows)
+    spans = {path: list(itertools.pairwise(c)) for path, c in cuts.items()}
+    jobs = [(path, a, b) for path, pairs in spans.items() for a, b in pairs]
+    _say(opts, f"counting the rows of {len(cuts)} TSV files, in {len(jobs)} ranges")
+    tasks = [dask.delayed(count_rows, pure=False)(*job) for job in jobs]
+    counted = iter(client.gather(client.compute(tasks, optimize_graph=False)))
+    ranges = {path: [(a, b, next(counted)) for a, b in pairs] for path, pairs in spans.items()}
+    for f in files:
+        if f.path in ranges and has_header(f, opts.text_column, opts.id_column):
+            start, end, rows = ranges[f.path][0]
+            ranges[f.path][0] = (start, end, rows - 1)  # (the header is no row)
+    return plan_parts(files, opts.partition_rows, ranges)
+
+
 def _plan_digest(parts: list[Part]) -> str:
     # (A one-piece part is written as earlier versions wrote a part: their runs resume.)
     plan = [
@@ -360,7 +389,7 @@ def match_stage(
     """Match every part of ``files`` (from :func:`~gpu_curate.io.discover`); write matched/
     and the entry counts. Returns report figures."""
     t0 = time.perf_counter()
-    parts = plan_parts(files, opts.partition_rows)
+    parts = _plan(client, files, opts)
     be = resolve(opts.backend)
     manifest = {
         "inputs": [f.path for f in files],

@@ -985,6 +985,53 @@ def test_a_big_tsv_file_is_matched_and_balanced_in_bounded_tables(
         assert a.equals(b), name
 
 
+def test_a_big_tsv_file_is_cut_into_ranges_with_the_whole_files_uids(tmp_path, cc3m_texts):
+    # CC12M is one 2.6 GB TSV file: one part, matched by one core. Cut into ranges of
+    # about --partition-rows rows, matched in parallel, its rows keep their numbers in the
+    # file: the matched rows and uids (in order), the counts and the curated set are those
+    # of the file read whole.
+    from conftest import AhoCorasickReference
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    shutil.copy(shared_data(CC3M_TSV), pool / "cc3m.tsv")
+    entries = ["dog", "a man", "the beach", "city", "on the", "of"]
+    (tmp_path / "md.json").write_text(json.dumps(entries))
+    args = ["--metadata", tmp_path / "md.json", "--t", 30, "--seed", 5, "--backend", "cpu",
+            "--workers", 2]  # fmt: skip
+    cli("curate", pool, "--out", tmp_path / "whole", "--quiet", *args)
+    r = cli("curate", pool, "--out", tmp_path / "cut", "--partition-rows", 2000, *args)
+    assert "counting the rows of 1 TSV files, in 8 ranges" in r.output, r.output
+
+    reports = {run: json.loads((tmp_path / run / "report.json").read_text()) for run in
+               ("whole", "cut")}  # fmt: skip
+    assert (reports["whole"]["parts"], reports["cut"]["parts"]) == (1, 8)
+    for key in ("pool_rows", "matched_rows", "curated_rows", "expected_curated_rows"):
+        assert reports["cut"][key] == reports["whole"][key], key
+    n = len(cc3m_texts)
+    reference = AhoCorasickReference(entries)
+    matched_rows = [i for i, text in enumerate(cc3m_texts) if reference(text)]
+    want_uids = position_uids("cc3m.tsv", 0, n)[matched_rows]
+    for run in ("whole", "cut"):
+        matched = read_parts(tmp_path / run / "matched", ["f0", "uid"])
+        assert matched.column("f0").to_pylist() == [cc3m_texts[i] for i in matched_rows], run
+        np.testing.assert_array_equal(matched.column("uid").to_numpy(), want_uids, err_msg=run)
+    whole, cut = (read_parts(tmp_path / r / "curated") for r in ("whole", "cut"))
+    assert cut.equals(whole)
+    for name in ("entry_counts.parquet", "curated_entry_counts.parquet"):
+        a, b = (pq.read_table(tmp_path / r / name) for r in ("whole", "cut"))
+        assert a.equals(b), name
+
+    # A resume counts the rows again, finds the same ranges and keeps the finished parts.
+    part = tmp_path / "cut" / "matched" / "part-00003.parquet"
+    written = part.stat().st_mtime_ns
+    (tmp_path / "cut" / "report.json").unlink()
+    cli("curate", pool, "--out", tmp_path / "cut", "--partition-rows", 2000, "--resume",
+        "--quiet", *args)  # fmt: skip
+    assert part.stat().st_mtime_ns == written
+    assert read_parts(tmp_path / "cut" / "curated").equals(whole)
+
+
 def test_a_resume_counts_a_finished_part_of_many_row_groups(tmp_path, monkeypatch):
     # A finished part's counts are read back from its entry_ids, a run of row groups at a
     # time: a streamed file's part holds many.

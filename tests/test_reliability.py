@@ -400,7 +400,7 @@ def test_empty_file_with_a_null_typed_id_column(small, tmp_path):
 
 
 def _id_pool(folder: Path, files: dict[str, tuple[list, list]], fmt: str = "parquet") -> Path:
-    """Write {name: (texts, ids)} as Parquet or CSV files with the columns TEXT and id."""
+    """Write {name: (texts, ids)} as Parquet, CSV or TSV files with the columns TEXT and id."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, (texts, ids) in files.items():
         table = pa.table({"TEXT": texts, "id": ids})
@@ -408,6 +408,9 @@ def _id_pool(folder: Path, files: dict[str, tuple[list, list]], fmt: str = "parq
             import pyarrow.csv as pacsv
 
             pacsv.write_csv(table, folder / f"{name}.csv")
+        elif fmt == "tsv":
+            rows = ["TEXT\tid", *(f"{t}\t{i}" for t, i in zip(texts, ids, strict=True))]
+            (folder / f"{name}.tsv").write_text("\n".join(rows) + "\n")
         else:
             pq.write_table(table, folder / f"{name}.parquet", row_group_size=2)
     return folder
@@ -461,9 +464,11 @@ def test_id_column_with_duplicates(small, tmp_path, layout):
     assert_clean_error(r, out, "id column 'id' has duplicate value", where.format(**paths))
 
 
-def test_duplicate_ids_far_apart_in_a_streamed_csv(small, tmp_path, monkeypatch):
-    # A CSV file is matched table by table; ids repeated in two of its tables are found by
-    # the pool-wide check, and the message counts rows over the whole file.
+@pytest.mark.parametrize("fmt, extra", [("csv", []), ("tsv", ["--partition-rows", "500"])])
+def test_duplicate_ids_far_apart_in_a_streamed_csv(small, tmp_path, monkeypatch, fmt, extra):
+    # A CSV file is matched table by table, a TSV file cut into ranges of rows; ids repeated
+    # in two of its tables (parts) are found by the pool-wide check, and the message counts
+    # rows over the whole file.
     import gpu_curate.io as io_mod
 
     monkeypatch.setattr(io_mod, "_CSV_BLOCK", 1 << 12, raising=False)
@@ -471,11 +476,13 @@ def test_duplicate_ids_far_apart_in_a_streamed_csv(small, tmp_path, monkeypatch)
     _, md = small
     ids = [f"k{i}" for i in range(3000)]
     ids[2600] = "k10"
-    pool = _id_pool(tmp_path / "pool", {"a": (_texts(3000, 4), ids)}, "csv")
+    pool = _id_pool(tmp_path / "pool", {"a": (_texts(3000, 4), ids)}, fmt)
     out = tmp_path / "out"
     r = run_cli("curate", pool, "--metadata", md, "--out", out, "--id-column", "id",
-                "--backend", "cpu", "--quiet")  # fmt: skip
-    where = f"'k10': {pool / 'a.csv'} rows 10 and 2600"
+                "--backend", "cpu", *extra)  # fmt: skip
+    if fmt == "tsv":
+        assert "counting the rows of 1 TSV files, in 6 ranges" in r.output, r.output
+    where = f"'k10': {pool / f'a.{fmt}'} rows 10 and 2600"
     assert_clean_error(r, out, "id column 'id' has duplicate value", where)
 
 
@@ -1118,6 +1125,44 @@ def test_a_file_replaced_after_the_plan_is_one_line(small, tmp_path, monkeypatch
     r = run_cli("curate", pool, "--metadata", md, "--out", out, "--t", "5", "--backend", "cpu",
                 "--quiet", "--workers", "1")  # fmt: skip
     assert_clean_error(r, out, str(pool / "s1.parquet"), "changed during the run", needle)
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda data: data + b"one more dog\tx\n", "bytes when the run began and holds"),
+        # (The same size: the first line made empty lines, one row fewer.)
+        (
+            lambda data: b"\n" * data.index(b"\n") + data[data.index(b"\n") :],
+            "rows when the run began and hold",
+        ),  # fmt: skip
+    ],
+)
+def test_a_tsv_file_changed_after_its_rows_were_counted_is_one_line(
+    small, tmp_path, monkeypatch, change, needle
+):
+    # A TSV file cut into ranges: each range's uids number on from the rows counted in the
+    # ranges before it, which a file changed since no longer holds.
+    from gpu_curate import pipeline
+
+    _, md = small
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    path = pool / "a.tsv"
+    path.write_text("".join(f"{t}\tu{i}\n" for i, t in enumerate(_texts(600, 1))))
+    real_plan = pipeline.plan_parts
+
+    def plan_then_change(*args, **kwargs):
+        parts = real_plan(*args, **kwargs)
+        assert len(parts) > 2 and parts[0].pieces[0].byte_end is not None
+        path.write_bytes(change(path.read_bytes()))
+        return parts
+
+    monkeypatch.setattr(pipeline, "plan_parts", plan_then_change)
+    out = tmp_path / "out"
+    r = run_cli("curate", pool, "--metadata", md, "--out", out, "--t", "5", "--backend", "cpu",
+                "--quiet", "--workers", "1", "--partition-rows", "100")  # fmt: skip
+    assert_clean_error(r, out, str(path), "changed during the run", needle)
 
 
 def test_expected_size_is_the_same_number_for_any_cut(small, tmp_path):

@@ -1,0 +1,96 @@
+"""A big TSV file cut into byte ranges (gpu_curate.line_ranges): each range's rows are
+the whole file's rows, in order, with the row numbers (so the uids) of the whole file."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import dask
+import pytest
+from distributed import Client
+
+from gpu_curate.io import InputFile, Piece, piece_tables, read_piece
+from gpu_curate.line_ranges import count_lines, count_rows, line_cuts
+from gpu_curate.pipeline import Options, _plan
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c,
+        dask.config.set(scheduler=None),
+    ):
+        yield c
+
+
+def _lines_reference(data: bytes) -> int:
+    # The rows of a TSV file, by hand: lines end at \r\n, \r or \n; empty lines are none.
+    return sum(1 for line in re.split(rb"\r\n|\r|\n", data) if line)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_count_lines_counts_the_rows_arrow_makes(seed):
+    rng = random.Random(seed)
+    data = bytes(rng.choice(b"ab \t\r\n\n") for _ in range(rng.randrange(0, 300)))
+    assert count_lines(data) == _lines_reference(data)
+    # Counted in two pieces, the second told whether the first ended a line.
+    cut = rng.randrange(0, len(data) + 1)
+    after = cut == 0 or data[cut - 1] in b"\r\n"
+    assert count_lines(data[:cut]) + count_lines(data[cut:], after) == _lines_reference(data)
+
+
+def _tsv(rng: random.Random, rows: int, header: bool, bom: bool) -> bytes:
+    ends = [b"\n", b"\r\n", b"\r"]
+    words = ["a dog", "new york", 'a "quoted" cat', "caf\u00e9", "", "x,y", " lead", "trail "]
+    out = [b"\xef\xbb\xbf" if bom else b""]
+    if header:
+        out.append(b"caption\tid" + rng.choice(ends[:2]))
+    for i in range(rows):
+        if rng.random() < 0.15:
+            out.append(rng.choice(ends))  # an empty line: no row
+        text = " ".join(rng.choice(words) for _ in range(rng.randrange(1, 4)))
+        out.append(f"{text} {i}\tid{i}".encode())
+        if i < rows - 1 or rng.random() < 0.7:  # (the last line may end the file unended)
+            out.append(rng.choice(ends) if rng.random() < 0.3 else b"\n")
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_ranges_of_a_tsv_file_hold_its_rows_with_their_row_numbers(tmp_path, client, seed):
+    rng = random.Random(seed)
+    header, bom = seed % 2 == 0, seed % 3 == 0
+    path = tmp_path / "pool.tsv"
+    path.write_bytes(_tsv(rng, rng.randrange(150, 400), header, bom))
+    f = InputFile(str(path), "pool.tsv", "tsv", path.stat().st_size)
+    whole = read_piece(Piece(f, 0, None)).to_pylist()
+
+    parts = _plan(client, [f], Options(partition_rows=rng.randrange(7, 40), quiet=True))
+    assert len(parts) >= 3, "the file was not cut"
+    got, numbers = [], []
+    for part in parts:
+        (piece,) = part.pieces
+        assert piece.row_start == len(got) and piece.file_rows == len(whole)
+        for row, table in piece_tables(piece):
+            numbers.append(row)
+            got.extend(table.to_pylist())
+        assert len(got) == piece.row_end
+    assert got == whole
+    assert numbers[0] == 0
+    cuts = [p.pieces[0].byte_start for p in parts] + [f.size]
+    data = path.read_bytes()
+    assert all(data[c - 1 : c] == b"\n" for c in cuts[1:-1]), "a cut inside a line"
+
+
+def test_line_cuts_cut_after_a_line_end_into_ranges_of_about_the_rows_asked(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_bytes(b"".join(f"caption {i:04d}\tu\n".encode() for i in range(1000)))
+    cuts = line_cuts(str(path), None, 100)
+    data = path.read_bytes()
+    assert cuts[0] == 0 and cuts[-1] == len(data) and len(cuts) == 11
+    ranges = [count_rows(str(path), a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    assert sum(ranges) == 1000 and all(90 <= r <= 110 for r in ranges), ranges
+    # Too few rows for two ranges, or no line end to cut at: one range.
+    assert line_cuts(str(path), None, 700) == [0, len(data)]
+    path.write_bytes(b"one long line\r" * 500)
+    assert line_cuts(str(path), None, 10) == [0, 7000]
