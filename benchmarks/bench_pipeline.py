@@ -100,7 +100,9 @@ sys.exit(code)
 
 def run_cli(pool: Path, metadata: Path, out: Path, extra: list[str]) -> tuple[float, float, dict]:
     entry = "from gpu_curate.cli import main; main()"
-    cmd = [sys.executable, "-c", entry, "curate", str(pool), "--metadata", str(metadata),
+    # -P: no current directory first on sys.path, where a run from the checkout would
+    # import its gpu_curate before the one PYTHONPATH names (bench_text_pool's --tree).
+    cmd = [sys.executable, "-P", "-c", entry, "curate", str(pool), "--metadata", str(metadata),
            "--out", str(out), "--t", "20000", "--quiet", "--overwrite", *extra]  # fmt: skip
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", _PEAK_RSS_WRAPPER, *cmd], check=True,
