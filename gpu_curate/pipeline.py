@@ -267,7 +267,7 @@ def _balance_task(
     counts = None
     with sfs.open(src, "rb") as fh, atomic_parquet_writer(fs, data_path, compression) as write:
         # Row groups of about a part's size at a time: memory stays bounded whatever the
-        # size of the matched part (a CSV/TSV file of any size is one part).
+        # size of the matched part (a CSV file of any size is one part).
         for table in _matched_tables(fh, src):
             kept, batch_stats, batch_counts = step.run(table)
             write(kept)

@@ -377,8 +377,8 @@ class UidCheck:
             found = []
             for piece in part.pieces:
                 path, ids = piece.file.path, [self.id_column]
-                # (Table by table: a CSV/TSV file of any size is one part; only its ids
-                # are kept.)
+                # (Table by table: a CSV file (or compressed TSV file) of any size is
+                # one part; only its ids are kept.)
                 for row, table in piece_tables(piece, ids, self.text_column, self.id_column):
                     column = table.column(self.id_column).combine_chunks()
                     found.append((column, value_uids(column, self.id_column, path, row), path, row))

@@ -932,9 +932,10 @@ def _largest_tables(monkeypatch) -> dict[str, list[int]]:
 def test_a_big_tsv_file_is_matched_and_balanced_in_bounded_tables(
     tmp_path, monkeypatch, cc3m_texts
 ):
-    # A CSV/TSV file is one part whatever its size (CC12M is one 2.6 GB TSV): it must be
-    # read as a stream, and its matched part balanced a few row groups at a time, or
-    # memory grows with the file. Here 15,833 CC3M rows in tables of ~1,500.
+    # A CSV file is one part whatever its size, and so is a compressed TSV file (or here,
+    # one below the size to cut it at): it must be read as a stream, and its matched part
+    # balanced a few row groups at a time, or memory grows with the file. Here 15,833
+    # CC3M rows in tables of ~1,500.
     from collections import Counter
 
     from conftest import AhoCorasickReference
