@@ -1055,8 +1055,14 @@ def _delimited_tables(piece: Piece, text_column, id_column, rows: int) -> Iterat
     open_ = functools.partial(open_input, f.path)
     read, parse, convert = _delimited_options(open_, f.format, text_column, id_column, f.path)
     if piece.byte_end is not None:
-        if piece.byte_start:
+        if piece.byte_start and read.skip_rows:
             read.skip_rows = 0  # (a header is the first range's first line)
+        elif piece.byte_start:
+            # The file's columns are its first row's: a row of another count is an error
+            # in any range, as in a whole read (not the columns of the range's first row).
+            with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as first:
+                read.column_names = first.schema.names
+            read.autogenerate_column_names = False
         open_ = functools.partial(open_range, f.path, piece.byte_start, piece.byte_end)
         _check_size(f)
     held = 0
@@ -1080,7 +1086,8 @@ def _delimited_tables(piece: Piece, text_column, id_column, rows: int) -> Iterat
 def _check_size(f: InputFile) -> None:
     # A range's rows are where they were only if the file is as it was: one appended to
     # since would have rows past the last range, read by no part.
-    size = fsspec.core.url_to_fs(f.path)[0].size(f.path)
+    fs, path = fsspec.core.url_to_fs(f.path)
+    size = fs.size(path)
     if size != f.size:
         raise CurateError(
             f"{f.path} changed during the run: it held {f.size:,} bytes when the run began "

@@ -10,7 +10,8 @@ import dask
 import pytest
 from distributed import Client
 
-from gpu_curate.io import InputFile, Piece, piece_tables, read_piece
+from gpu_curate.errors import CurateError
+from gpu_curate.io import InputFile, Piece, piece_tables, plan_parts, read_piece
 from gpu_curate.line_ranges import count_lines, count_rows, line_cuts
 from gpu_curate.pipeline import Options, _plan
 
@@ -94,3 +95,21 @@ def test_line_cuts_cut_after_a_line_end_into_ranges_of_about_the_rows_asked(tmp_
     assert line_cuts(str(path), None, 700) == [0, len(data)]
     path.write_bytes(b"one long line\r" * 500)
     assert line_cuts(str(path), None, 10) == [0, 7000]
+
+
+def test_a_row_with_more_fields_is_an_error_in_any_range(tmp_path):
+    # A header-less file's columns are its first row's. A range that begins with rows of
+    # three fields took three columns of its own, and the file was read without an error
+    # where a whole read fails.
+    path = tmp_path / "pool.tsv"
+    path.write_bytes(b"a dog\tu\n" * 200 + b"a cat\tu\tx\n" * 200)
+    f = InputFile(str(path), "pool.tsv", "tsv", path.stat().st_size)
+    with pytest.raises(CurateError, match="Expected 2 columns, got 3"):
+        read_piece(Piece(f, 0, None))
+    # (Cut where the rows of three fields begin.)
+    parts = plan_parts([f], None, {str(path): [(0, 1600, 200), (1600, 3600, 200)]})
+    assert [p.pieces[0].row_start for p in parts] == [0, 200]
+    assert read_piece(parts[0].pieces[0]).num_rows == 200
+    with pytest.raises(CurateError, match="Expected 2 columns, got 3"):
+        for part in parts:
+            list(piece_tables(part.pieces[0]))
