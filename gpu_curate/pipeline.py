@@ -329,7 +329,10 @@ def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
         return plan_parts(files, opts.partition_rows)
     spans = {path: list(itertools.pairwise(c)) for path, c in cuts.items()}
     jobs = [(path, a, b) for path, pairs in spans.items() for a, b in pairs]
-    _say(opts, f"counting the rows of {len(cuts)} TSV files, in {len(jobs)} ranges")
+    _say(
+        opts,
+        f"counting the rows of {_count(len(cuts), 'TSV file')}, in {len(jobs)} ranges of lines",
+    )
     tasks = [dask.delayed(count_rows, pure=False)(*job) for job in jobs]
     counted = iter(client.gather(client.compute(tasks, optimize_graph=False)))
     ranges = {path: [(a, b, next(counted)) for a, b in pairs] for path, pairs in spans.items()}
@@ -338,6 +341,10 @@ def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
             start, end, rows = ranges[f.path][0]
             ranges[f.path][0] = (start, end, rows - 1)  # (the header is no row)
     return plan_parts(files, opts.partition_rows, ranges)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _plan_digest(parts: list[Part]) -> str:
@@ -408,7 +415,7 @@ def match_stage(
         "parts_sha256": _plan_digest(parts),
     }
     claim(fs, out, MATCH_MANIFEST, manifest, resume=opts.resume)
-    _say(opts, f"matching {len(parts)} parts of {len(files)} files")
+    _say(opts, f"matching {_count(len(parts), 'part')} of {_count(len(files), 'file')}")
     fs.makedirs(f"{out}/{MATCHED}/_parts", exist_ok=True)
     # --id-column: the ids must be unique over the pool. Unless a previous run already
     # checked them (its matched/_SUCCESS is written after the check), each part writes

@@ -1002,7 +1002,7 @@ def test_a_big_tsv_file_is_cut_into_ranges_with_the_whole_files_uids(tmp_path, c
             "--workers", 2]  # fmt: skip
     cli("curate", pool, "--out", tmp_path / "whole", "--quiet", *args)
     r = cli("curate", pool, "--out", tmp_path / "cut", "--partition-rows", 2000, *args)
-    assert "counting the rows of 1 TSV files, in 8 ranges" in r.output, r.output
+    assert "counting the rows of 1 TSV file, in 8 ranges of lines" in r.output, r.output
 
     reports = {run: json.loads((tmp_path / run / "report.json").read_text()) for run in
                ("whole", "cut")}  # fmt: skip
@@ -1186,12 +1186,12 @@ def test_progress_bar_with_scheduler(dask_cluster, tiny, tmp_path):
 def test_stage_bars_parser():
     # The parser itself, on a captured output: it must see bars, and miss none.
     out = (
-        "gpu-curate 0.1.0: backend cpu\nmatching 2 parts of 1 files\n"
+        "gpu-curate 0.1.0: backend cpu\nmatching 2 parts of 1 file\n"
         "\r[#    ] | 2% Completed |  0.0s\r[#####] | 100% Completed |  0.1s\x1b[2K\r\n"
         "balancing 2 parts (t=5, seed=0)\n\r[#####] | 100% Completed |  0.0s\x1b[2K\r\npool ..."
     )
     assert stage_bars(out) == {
-        "matching 2 parts of 1 files": [2, 100],
+        "matching 2 parts of 1 file": [2, 100],
         "balancing 2 parts (t=5, seed=0)": [100],
     }
     assert stage_bars("matching 2 parts\nbalancing 2 parts\n") == {
