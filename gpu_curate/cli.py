@@ -156,9 +156,10 @@ def _common(f):
             type=click.IntRange(min=1),
             default=None,
             help="Rows per part: larger Parquet files are cut every this many rows, "
-            "smaller ones of one schema packed up to it, and uncompressed TSV files cut "
-            "into ranges of about this many lines (default: about 1M rows in whole row "
-            "groups or lines; files of up to 250k rows packed up to 250k).",
+            "smaller ones of one schema packed up to it, and uncompressed TSV files (JSON "
+            "Lines files of more than 512 MiB) cut into ranges of about this many lines "
+            "(default: about 1M rows in whole row groups or lines; files of up to 250k rows "
+            "packed up to 250k).",
         ),
         compression_option(),
         click.option(

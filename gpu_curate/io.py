@@ -82,8 +82,9 @@ class Piece:
 
     ``file_rows``: the file's row count when the run planned its parts (None where
     unknown). A file that holds another count when read was replaced during the run.
-    ``byte_start``, ``byte_end``: the bytes that hold the rows, for a range of a TSV file
-    (:mod:`gpu_curate.line_ranges`; byte_end None: the whole file).
+    ``byte_start``, ``byte_end``: the bytes that hold the rows, for a range of a TSV or
+    JSON Lines file (:mod:`gpu_curate.line_ranges`; byte_end None: the whole file), and
+    ``schema`` the types of a JSON Lines file's columns (the whole file's).
     """
 
     file: InputFile
@@ -92,6 +93,7 @@ class Piece:
     file_rows: int | None = None
     byte_start: int = 0
     byte_end: int | None = None
+    schema: pa.Schema | None = None
 
 
 @dataclass(frozen=True)
@@ -448,7 +450,8 @@ PACK_ROWS = 250_000
 def plan_parts(
     files: Sequence[InputFile],
     partition_rows: int | None = None,
-    line_ranges: Mapping[str, Sequence[tuple[int, int, int]]] | None = None,
+    line_ranges: Mapping[str, tuple[Sequence[tuple[int, int, int]], pa.Schema | None]]
+    | None = None,
 ) -> list[Part]:
     """Cut the files into parts; pack small Parquet files together.
 
@@ -460,8 +463,9 @@ def plan_parts(
     rows: a pool of 10k-row shards (img2dataset's layout) is then matched in tasks big
     enough that the ~10-25 ms a task and an output file cost is small. A compressed Parquet
     file is one part, and other formats are one part per file (a row number needs the rows
-    before it, and their schema is known only once read), except a TSV file that
-    ``line_ranges`` cuts: ``{path: [(byte_start, byte_end, rows), ...]}``, a part a range
+    before it, and their schema is known only once read), except a TSV or JSON Lines file
+    that ``line_ranges`` cuts: ``{path: ([(byte_start, byte_end, rows), ...], schema)}``
+    (the schema of a JSON Lines file's columns, None for TSV), a part a range
     (:mod:`gpu_curate.line_ranges`).
 
     Examples
@@ -486,13 +490,14 @@ def plan_parts(
     for f in files:
         if f.format != "parquet":
             close_pack()
-            ranges = (line_ranges or {}).get(f.path)
-            if not ranges:
+            if f.path not in (line_ranges or {}):
                 parts.append(Part(len(parts), (Piece(f, 0, None),)))
                 continue
+            ranges, schema = line_ranges[f.path]
             n, row = sum(r for _, _, r in ranges), 0
             for start, end, rows in ranges:
-                parts.append(Part(len(parts), (Piece(f, row, row + rows, n, start, end),)))
+                piece = Piece(f, row, row + rows, n, start, end, schema)
+                parts.append(Part(len(parts), (piece,)))
                 row += rows
             continue
         groups, schema = layouts[f.path]
@@ -608,6 +613,9 @@ def read_piece(
     strings, as written (``001`` stays ``001``).
     """
     f = piece.file
+    if piece.byte_end is not None:
+        tables = list(read_piece_batches(piece, columns, text_column, id_column, 1 << 62))
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     # (The readers open the file again rather than seek back: a zstd stream cannot.)
     open_ = functools.partial(open_input, f.path)
     try:
@@ -667,23 +675,40 @@ def read_piece_batches(
     """
     f = piece.file
     open_ = functools.partial(open_input, f.path)
+    rows = rows or PART_ROWS
     try:
+        if piece.byte_end is not None:
+            _check_size(f)
+            open_ = functools.partial(open_range, f.path, piece.byte_start, piece.byte_end)
         if f.format in ("csv", "tsv"):
-            tables = _delimited_tables(piece, text_column, id_column, rows or PART_ROWS)
+            tables = _delimited_tables(piece, text_column, id_column, rows)
+        elif piece.schema is not None:
+            tables = _json_tables(open_, piece.schema, rows)
         elif (
             f.format == "jsonl"
             and _json_streamed(f)
             and (schema := _json_schema(open_, text_column))
         ):
-            tables = _json_tables(open_, schema, rows or PART_ROWS)
+            tables = _json_tables(open_, schema, rows)
         else:
             yield read_piece(piece, columns, text_column, id_column)
             return
+        held = 0
         for table in tables:
             _check_names(table, f.path)
+            held += table.num_rows
             yield _select_columns(table, columns, f.path)
     except _READ_ERRORS as exc:
         raise cannot_read(f.path, exc) from None
+    if piece.byte_end is not None and held != piece.row_end - piece.row_start:
+        # (The rows of each range were counted when the run was planned: its uids number
+        # on from the rows counted before it.)
+        raise CurateError(
+            f"{f.path} changed during the run: its bytes {piece.byte_start:,} to "
+            f"{piece.byte_end:,} held {piece.row_end - piece.row_start:,} rows when the run "
+            f"began and hold {held:,} now; run again on the files as they are (with "
+            "--overwrite)"
+        )
 
 
 def piece_tables(
@@ -844,20 +869,65 @@ def _json_schema(open_, text_column: str | None) -> pa.Schema | None:
     column with a fraction further on, which a whole read makes double; a column of mixed
     JSON types, which :func:`_read_json_lines_mixed` reads), a text column of numbers, lists
     of nulls only, a chunk but the first that begins with a BOM, no columns at all."""
+    _, fields = _json_fields(_json_chunks(open_), first=True)
+    return json_schema([fields], text_column)
+
+
+def _json_fields(chunks: Iterable[bytes], first: bool) -> tuple[int, dict | None]:
+    """(rows, {column: type}) of a JSON Lines file's chunks (``first``: they begin the
+    file); the types None where a chunk types a column otherwise than one before it
+    (beyond null), or needs the whole read (:func:`_json_schema`)."""
     fields: dict[str, pa.DataType] = {}
-    for n, chunk in enumerate(_json_chunks(open_)):
-        if n and chunk.startswith(_UTF8_BOM):
-            return None  # (Arrow skips a BOM that begins its input only: the whole read fails)
+    rows = 0
+    for n, chunk in enumerate(chunks):
+        if (n or not first) and chunk.startswith(_UTF8_BOM):
+            # (Arrow skips a BOM that begins its input only: the whole read fails.)
+            return rows, None
         try:
-            schema = _read_json_chunk(chunk).schema
+            table = _read_json_chunk(chunk)
         except pa.ArrowInvalid:
-            return None  # (mixed types in the chunk, or a bad line: the whole read says)
-        for field in schema:
-            known = fields.get(field.name)
-            if known is None or pa.types.is_null(known):
-                fields[field.name] = field.type  # (in order of first appearance, as Arrow)
-            elif not (pa.types.is_null(field.type) or field.type.equals(known)):
-                return None
+            return rows, None  # (mixed types in the chunk, or a bad line: the whole read says)
+        rows += table.num_rows
+        if not _add_fields(fields, ((f.name, f.type) for f in table.schema)):
+            return rows, None
+    return rows, fields
+
+
+def _add_fields(fields: dict, more: Iterable[tuple[str, pa.DataType]]) -> bool:
+    """Add ``more`` column types to ``fields`` (in order of first appearance, as Arrow);
+    False where one differs from a type already there, beyond null."""
+    for name, t in more:
+        known = fields.get(name)
+        if known is None or pa.types.is_null(known):
+            fields[name] = t
+        elif not (pa.types.is_null(t) or t.equals(known)):
+            return False
+    return True
+
+
+def json_range_types(path: str, start: int, end: int) -> tuple[int, dict | None]:
+    """(rows, {column: type}) of bytes [start, end) of an uncompressed JSON Lines file, a
+    range of :func:`~gpu_curate.line_ranges.line_cuts` (types None: it needs the file's
+    whole read); :func:`json_schema` joins those of a file's ranges.
+
+    Examples
+    --------
+    >>> rows, types = json_range_types("pool/big.jsonl", 0, 16_777_402)  # doctest: +SKIP
+    """
+    open_ = functools.partial(open_range, path, start, end)
+    try:
+        return _json_fields(_json_chunks(open_), first=start == 0)
+    except _READ_ERRORS as exc:
+        raise cannot_read(path, exc) from None
+
+
+def json_schema(ranges: Sequence[dict | None], text_column: str | None) -> pa.Schema | None:
+    """The schema that types a JSON Lines file's rows as a whole read does, from the
+    column types of its ranges (or chunks) in order; None where the file must be read
+    whole (:func:`_json_schema`)."""
+    fields: dict[str, pa.DataType] = {}
+    if any(r is None or not _add_fields(fields, r.items()) for r in ranges):
+        return None
     text = text_column or next((c for c in TEXT_COLUMN_CANDIDATES if c in fields), None)
     if not fields or (text in fields and _json_types_not_text(fields[text])):
         return None
@@ -1064,22 +1134,9 @@ def _delimited_tables(piece: Piece, text_column, id_column, rows: int) -> Iterat
                 read.column_names = first.schema.names
             read.autogenerate_column_names = False
         open_ = functools.partial(open_range, f.path, piece.byte_start, piece.byte_end)
-        _check_size(f)
-    held = 0
     with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as reader:
-        for table in _gathered(
+        yield from _gathered(
             reader, rows, lambda batches: _valid_utf8(pa.Table.from_batches(batches, reader.schema))
-        ):
-            held += table.num_rows
-            yield table
-    if piece.byte_end is not None and held != piece.row_end - piece.row_start:
-        # (The rows of each range were counted when the run was planned: its uids number
-        # on from the rows counted before it.)
-        raise CurateError(
-            f"{f.path} changed during the run: its bytes {piece.byte_start:,} to "
-            f"{piece.byte_end:,} held {piece.row_end - piece.row_start:,} rows when the run "
-            f"began and hold {held:,} now; run again on the files as they are (with "
-            "--overwrite)"
         )
 
 
@@ -1097,9 +1154,12 @@ def _check_size(f: InputFile) -> None:
 
 def splits_by_lines(f: InputFile) -> bool:
     """Whether the file can be cut into byte ranges of whole rows
-    (:mod:`gpu_curate.line_ranges`): an uncompressed TSV file of known size (a CSV
-    file's quoted fields may hold line breaks)."""
-    return f.format == "tsv" and f.size is not None and not _is_compressed(f.path)
+    (:mod:`gpu_curate.line_ranges`): an uncompressed TSV file of known size, or JSON Lines
+    file of more than :data:`JSON_STREAM_BYTES` (a smaller one is read whole, which types
+    its columns at once; a CSV file's quoted fields may hold line breaks)."""
+    if f.size is None or _is_compressed(f.path):
+        return False
+    return f.format == "tsv" or (f.format == "jsonl" and _json_streamed(f))
 
 
 def has_header(f: InputFile, text_column: str | None, id_column: str | None) -> bool:

@@ -1,14 +1,17 @@
-"""Cut a big TSV file into byte ranges of whole lines, and count the rows of each.
+"""Cut a big TSV or JSON Lines file into byte ranges of whole lines; count their rows.
 
 A TSV file is one row a line (its fields hold no line breaks: Arrow reads it without
-quoting), so a range that begins and ends at line ends is read by itself exactly as
-those rows of the whole file are. CC3M and CC12M come as one TSV file each (CC12M:
-2.6 GB, 12M rows): cut into ranges, it is matched by every worker at once rather than
-by one. A row's uid needs its row number in the file, so the rows of each range are
-counted before the run is planned (in parallel, on the cluster): a pass over the bytes
-at about 1 GB/s a core, against ~170 MB/s a core for reading and matching them.
+quoting), and so is a JSON Lines file, so a range that begins and ends at line ends is
+read by itself exactly as those rows of the whole file are (a JSON Lines range with the
+column types found over the whole file). CC3M and CC12M come as one
+TSV file each (CC12M: 2.6 GB, 12M rows): cut into ranges, it is matched by every worker
+at once rather than by one. A row's uid needs its row number in the file, so the rows of
+each range are counted before the run is planned (in parallel, on the cluster): for a
+TSV file, a pass over the bytes at about 800 MB/s a core, against ~170 MB/s a core for
+reading and matching them; for a JSON Lines file, the pass that also finds its column
+types (:func:`gpu_curate.io.json_range_types`).
 
-Rows are counted as Arrow's CSV reader makes them: a line ends at ``\\n``, ``\\r\\n`` or
+TSV rows are counted as Arrow's CSV reader makes them: a line ends at ``\\n``, ``\\r\\n`` or
 ``\\r``, and an empty line is no row. The match task checks that it reads as many rows
 from its range as were counted (:func:`gpu_curate.io.read_piece_batches`).
 """

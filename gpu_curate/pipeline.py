@@ -43,6 +43,8 @@ from .io import (
     discover,
     full_path,
     has_header,
+    json_range_types,
+    json_schema,
     piece_tables,
     plan_parts,
     read_piece,
@@ -316,30 +318,42 @@ def _compute(client, results: list, n_entries: int, opts: Options):
 
 
 def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
-    """The run's parts (:func:`~gpu_curate.io.plan_parts`). A big TSV file is cut into
-    ranges of about ``partition_rows`` rows, their rows counted by tasks on the cluster
-    (:mod:`~gpu_curate.line_ranges`): a row's uid needs its row number."""
+    """The run's parts (:func:`~gpu_curate.io.plan_parts`).
+
+    A big TSV or JSON Lines file is cut into ranges of about ``partition_rows`` lines
+    (:mod:`~gpu_curate.line_ranges`), whose rows are counted by tasks on the cluster: a
+    row's uid needs its row number. Those of a JSON Lines file also type its columns,
+    which must be typed as its whole read types them: where they cannot be, the file is
+    one part, read as before (:func:`~gpu_curate.io.json_schema`).
+    """
     target = opts.partition_rows or RANGE_ROWS
+    by_path = {f.path: f for f in files}
     cuts = {
-        f.path: c
+        f.path: list(itertools.pairwise(c))
         for f in files
         if splits_by_lines(f) and len(c := line_cuts(f.path, f.size, target)) > 2
     }
     if not cuts:
         return plan_parts(files, opts.partition_rows)
-    spans = {path: list(itertools.pairwise(c)) for path, c in cuts.items()}
-    jobs = [(path, a, b) for path, pairs in spans.items() for a, b in pairs]
-    _say(
-        opts,
-        f"counting the rows of {_count(len(cuts), 'TSV file')}, in {len(jobs)} ranges of lines",
-    )
-    tasks = [dask.delayed(count_rows, pure=False)(*job) for job in jobs]
-    counted = iter(client.gather(client.compute(tasks, optimize_graph=False)))
-    ranges = {path: [(a, b, next(counted)) for a, b in pairs] for path, pairs in spans.items()}
-    for f in files:
-        if f.path in ranges and has_header(f, opts.text_column, opts.id_column):
-            start, end, rows = ranges[f.path][0]
-            ranges[f.path][0] = (start, end, rows - 1)  # (the header is no row)
+    jobs = [(path, a, b) for path, spans in cuts.items() for a, b in spans]
+    files_cut = _count(len(cuts), "big text file")
+    _say(opts, f"counting the rows of {files_cut}, in {len(jobs)} ranges of lines")
+    count = {"tsv": count_rows, "jsonl": json_range_types}
+    tasks = [dask.delayed(count[by_path[p].format], pure=False)(p, a, b) for p, a, b in jobs]
+    found = iter(client.gather(client.compute(tasks, optimize_graph=False)))
+    ranges = {}
+    for path, spans in cuts.items():
+        f, layouts = by_path[path], [next(found) for _ in spans]
+        if f.format == "tsv":
+            rows = layouts
+            rows[0] -= has_header(f, opts.text_column, opts.id_column)  # (no row)
+            schema = None
+        else:
+            rows = [n for n, _ in layouts]
+            schema = json_schema([types for _, types in layouts], opts.text_column)
+            if schema is None:
+                continue  # (read whole, or as one stream that finds it so again)
+        ranges[path] = ([(a, b, n) for (a, b), n in zip(spans, rows, strict=True)], schema)
     return plan_parts(files, opts.partition_rows, ranges)
 
 

@@ -230,6 +230,19 @@ def read_cc3m_texts(path: Path) -> list[str]:
     return [line.split("\t", 1)[0] for line in lines]
 
 
+@pytest.fixture(scope="module")
+def local_client():
+    """An in-process Dask client (threads) for the pipeline's planning functions."""
+    import dask
+    from distributed import Client
+
+    with (
+        Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c,
+        dask.config.set(scheduler=None),
+    ):
+        yield c
+
+
 @pytest.fixture(scope="session")
 def laion_texts() -> list[str]:
     return read_laion_texts(shared_data(LAION_PARQUET))

@@ -622,6 +622,41 @@ def test_a_big_jsonl_file_read_as_a_stream_equals_a_whole_read(
         assert whole.column("id").type == pa.float64()
 
 
+@pytest.mark.parametrize(
+    "kind, cut",
+    [("typed", True), ("int-then-double", False), ("mixed", False), ("numbers", False)],
+)
+def test_a_big_jsonl_file_cut_into_ranges_equals_a_whole_read(
+    tmp_path, monkeypatch, local_client, kind, cut
+):
+    # Cut into ranges of lines, matched apart: each range's rows typed as the whole read
+    # types the file (the types found in every range joined when the run is planned),
+    # with the row numbers of the whole file. A file that its ranges would type otherwise
+    # is one part, read as before.
+    from gpu_curate import io
+    from gpu_curate.pipeline import Options, _plan
+
+    path = write(tmp_path / "a.jsonl", ("\n".join(_jsonl_lines(kind)) + "\n").encode())
+    f = io.InputFile(str(path), "a.jsonl", "jsonl", path.stat().st_size)
+    whole = io.read_piece(io.Piece(f, 0, None))
+    monkeypatch.setattr(io, "JSON_STREAM_BYTES", 0, raising=False)
+    monkeypatch.setattr(io, "_JSON_CHUNK", 300, raising=False)  # (a few lines a chunk)
+    parts = _plan(local_client, [f], Options(partition_rows=8, quiet=True))
+    assert len(parts) >= 4 if cut else len(parts) == 1
+    tables, row = [], 0
+    for part in parts:
+        (piece,) = part.pieces
+        assert piece.row_start == row
+        for start, table in io.piece_tables(piece):
+            assert start == row
+            tables.append(table)
+            row += table.num_rows
+    joined = pa.concat_tables(tables)
+    assert joined.schema.equals(whole.schema), (joined.schema, whole.schema)
+    assert joined.equals(whole)
+    assert whole.num_rows == 40
+
+
 def _jsonl_piece(path: Path):
     from gpu_curate import io
 

@@ -6,23 +6,12 @@ from __future__ import annotations
 import random
 import re
 
-import dask
 import pytest
-from distributed import Client
 
 from gpu_curate.errors import CurateError
 from gpu_curate.io import InputFile, Piece, piece_tables, plan_parts, read_piece
 from gpu_curate.line_ranges import count_lines, count_rows, line_cuts
 from gpu_curate.pipeline import Options, _plan
-
-
-@pytest.fixture(scope="module")
-def client():
-    with (
-        Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c,
-        dask.config.set(scheduler=None),
-    ):
-        yield c
 
 
 def _lines_reference(data: bytes) -> int:
@@ -58,7 +47,9 @@ def _tsv(rng: random.Random, rows: int, header: bool, bom: bool) -> bytes:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_the_ranges_of_a_tsv_file_hold_its_rows_with_their_row_numbers(tmp_path, client, seed):
+def test_the_ranges_of_a_tsv_file_hold_its_rows_with_their_row_numbers(
+    tmp_path, local_client, seed
+):
     rng = random.Random(seed)
     header, bom = seed % 2 == 0, seed % 3 == 0
     path = tmp_path / "pool.tsv"
@@ -66,7 +57,7 @@ def test_the_ranges_of_a_tsv_file_hold_its_rows_with_their_row_numbers(tmp_path,
     f = InputFile(str(path), "pool.tsv", "tsv", path.stat().st_size)
     whole = read_piece(Piece(f, 0, None)).to_pylist()
 
-    parts = _plan(client, [f], Options(partition_rows=rng.randrange(7, 40), quiet=True))
+    parts = _plan(local_client, [f], Options(partition_rows=rng.randrange(7, 40), quiet=True))
     assert len(parts) >= 3, "the file was not cut"
     got, numbers = [], []
     for part in parts:
@@ -107,7 +98,7 @@ def test_a_row_with_more_fields_is_an_error_in_any_range(tmp_path):
     with pytest.raises(CurateError, match="Expected 2 columns, got 3"):
         read_piece(Piece(f, 0, None))
     # (Cut where the rows of three fields begin.)
-    parts = plan_parts([f], None, {str(path): [(0, 1600, 200), (1600, 3600, 200)]})
+    parts = plan_parts([f], None, {str(path): ([(0, 1600, 200), (1600, 3600, 200)], None)})
     assert [p.pieces[0].row_start for p in parts] == [0, 200]
     assert read_piece(parts[0].pieces[0]).num_rows == 200
     with pytest.raises(CurateError, match="Expected 2 columns, got 3"):
