@@ -1156,15 +1156,37 @@ def splits_by_lines(f: InputFile) -> bool:
     """Whether the file can be cut into byte ranges of whole rows
     (:mod:`gpu_curate.line_ranges`): an uncompressed TSV file of known size, or JSON Lines
     file of more than :data:`JSON_STREAM_BYTES` (a smaller one is read whole, which types
-    its columns at once; a CSV file's quoted fields may hold line breaks)."""
-    if f.size is None or _is_compressed(f.path):
+    its columns at once; a CSV file's quoted fields may hold line breaks).
+
+    Examples
+    --------
+    >>> splits_by_lines(InputFile("pool/cc12m.tsv", "cc12m.tsv", "tsv", 2_609_623_345))
+    True
+    >>> splits_by_lines(InputFile("pool/cc12m.tsv.gz", "cc12m.tsv.gz", "tsv", 1_000_000_000))
+    False
+    """
+    # (open_input decompresses whatever fsspec infers from the suffix: .lzma, .zip too.
+    # fsspec's memory file system hands one file object to every reader of a file, so
+    # ranges read at once would move each other's position.)
+    if (
+        f.size is None
+        or _is_compressed(f.path)
+        or infer_compression(f.path) is not None
+        or f.path.startswith("memory://")
+    ):
         return False
     return f.format == "tsv" or (f.format == "jsonl" and _json_streamed(f))
 
 
 def has_header(f: InputFile, text_column: str | None, id_column: str | None) -> bool:
     """Whether a CSV/TSV file's first line is a header (it names the text or id column,
-    or one of :data:`TEXT_COLUMN_CANDIDATES`), as the readers take it."""
+    or one of :data:`TEXT_COLUMN_CANDIDATES`), as the readers take it.
+
+    Examples
+    --------
+    >>> has_header(InputFile("pool/cc3m.tsv", "cc3m.tsv", "tsv"), None, None)  # doctest: +SKIP
+    False
+    """
     try:
         open_ = functools.partial(open_input, f.path)
         read, _, _ = _delimited_options(open_, f.format, text_column, id_column, f.path)

@@ -12,8 +12,10 @@ reading and matching them; for a JSON Lines file, the pass that also finds its c
 types (:func:`gpu_curate.io.json_range_types`).
 
 TSV rows are counted as Arrow's CSV reader makes them: a line ends at ``\\n``, ``\\r\\n`` or
-``\\r``, and an empty line is no row. The match task checks that it reads as many rows
-from its range as were counted (:func:`gpu_curate.io.read_piece_batches`).
+``\\r``, an empty line is no row, and the BOM that begins the file is dropped (Arrow drops
+one that begins any bytes it reads, so no range after the first begins with one). The
+match task checks that it reads as many rows from its range as were counted
+(:func:`gpu_curate.io.read_piece_batches`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ _SAMPLE = 1 << 20
 # Bytes read at a time when looking for a line end or counting lines.
 _WINDOW = 1 << 16
 _CHUNK = 1 << 24
+_BOM = b"\xef\xbb\xbf"
 
 
 class _ByteRange(io.RawIOBase):
@@ -87,6 +90,10 @@ def line_cuts(path: str, size: int | None, rows: int) -> list[int]:
     >>> line_cuts("pool/cc12m.tsv", None, 1_000_000)  # doctest: +SKIP
     [0, 218133504, 436266883, ..., 2609623345]
     """
+    if size is not None and size < 3 * rows:
+        # (Too small for two ranges of 2-byte lines, the shortest rows: not opened, so a
+        # pool of many small files costs no read each.)
+        return [0, size]
     try:
         with fsspec.open(path, "rb") as fh:
             size = fh.size if size is None else size
@@ -101,7 +108,9 @@ def line_cuts(path: str, size: int | None, rows: int) -> list[int]:
                 if at < cuts[-1]:
                     continue  # (a line longer than a range: the last cut is past this one)
                 cut = _next_line(fh, at)
-                if cuts[-1] < cut < size:
+                if cut >= size:
+                    break  # (no line feed after this one: nor after the next ones)
+                if cuts[-1] < cut:
                     cuts.append(cut)
     except OSError as exc:
         raise cannot_read(path, exc) from None
@@ -109,14 +118,20 @@ def line_cuts(path: str, size: int | None, rows: int) -> list[int]:
 
 
 def _next_line(fh, at: int) -> int:
-    """The offset just after the first ``\\n`` at or after ``at`` (the end of the file
-    where there is none)."""
+    """The offset just after the first ``\\n`` at or after ``at`` that no BOM follows (the
+    end of the file where there is none): Arrow drops a BOM that begins the bytes it
+    reads, so a range that began with one would not read its line as the whole file does."""
     fh.seek(at)
     while window := fh.read(_WINDOW):
         found = window.find(b"\n")
-        if found >= 0:
-            return at + found + 1
-        at += len(window)
+        if found < 0:
+            at += len(window)
+            continue
+        at += found + 1
+        fh.seek(at)
+        if fh.read(len(_BOM)) != _BOM:
+            return at
+        fh.seek(at)
     return at
 
 
@@ -151,9 +166,12 @@ def count_rows(path: str, start: int, end: int) -> int:
     rows, after_break = 0, True
     try:
         with open_range(path, start, end) as fh:
+            first = start == 0  # (Arrow drops the BOM that begins the file)
             while chunk := fh.read(_CHUNK):
-                rows += count_lines(chunk, after_break)
-                after_break = chunk[-1] in b"\r\n"
+                data = chunk[len(_BOM) :] if first and chunk.startswith(_BOM) else chunk
+                rows += count_lines(data, after_break)
+                after_break = chunk[-1] in b"\r\n" if data else after_break
+                first = False
     except OSError as exc:
         raise cannot_read(path, exc) from None
     return rows

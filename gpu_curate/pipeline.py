@@ -353,8 +353,34 @@ def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
             schema = json_schema([types for _, types in layouts], opts.text_column)
             if schema is None:
                 continue  # (read whole, or as one stream that finds it so again)
-        ranges[path] = ([(a, b, n) for (a, b), n in zip(spans, rows, strict=True)], schema)
+        cut = [(a, b, n) for (a, b), n in zip(spans, rows, strict=True)]
+        ranges[path] = (_rows_in_each(cut), schema)
     return plan_parts(files, opts.partition_rows, ranges)
+
+
+def _rows_in_each(ranges: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """``ranges`` (byte_start, byte_end, rows) with each range of no row (empty lines only)
+    joined to the range before it (the first: to the one after it): Arrow cannot read a
+    header-less TSV range of no row (it finds no columns).
+
+    Examples
+    --------
+    >>> _rows_in_each([(0, 10, 0), (10, 20, 3), (20, 30, 0), (30, 40, 2)])
+    [(0, 30, 3), (30, 40, 2)]
+    >>> _rows_in_each([(0, 10, 0), (10, 20, 0)])
+    [(0, 20, 0)]
+    """
+    joined: list[tuple[int, int, int]] = []
+    start = None  # (the start of the leading ranges of no row)
+    for a, b, rows in ranges:
+        if rows == 0 and joined:
+            joined[-1] = (joined[-1][0], b, joined[-1][2])
+        elif rows == 0:
+            start = a if start is None else start
+        else:
+            joined.append((a if start is None else start, b, rows))
+            start = None
+    return joined or [(ranges[0][0], ranges[-1][1], 0)]
 
 
 def _count(n: int, noun: str) -> str:

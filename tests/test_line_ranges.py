@@ -9,7 +9,7 @@ import re
 import pytest
 
 from gpu_curate.errors import CurateError
-from gpu_curate.io import InputFile, Piece, piece_tables, plan_parts, read_piece
+from gpu_curate.io import InputFile, Piece, piece_tables, plan_parts, read_piece, splits_by_lines
 from gpu_curate.line_ranges import count_lines, count_rows, line_cuts
 from gpu_curate.pipeline import Options, _plan
 
@@ -104,3 +104,69 @@ def test_a_row_with_more_fields_is_an_error_in_any_range(tmp_path):
     with pytest.raises(CurateError, match="Expected 2 columns, got 3"):
         for part in parts:
             list(piece_tables(part.pieces[0]))
+
+
+def _cut_vs_whole(client, path, rows: int, min_parts: int = 2):
+    """(rows of the file read whole, rows of its ranges read one by one, the parts)."""
+    f = InputFile(str(path), path.name, "tsv", path.stat().st_size)
+    whole = read_piece(Piece(f, 0, None)).to_pylist()
+    parts = _plan(client, [f], Options(partition_rows=rows, quiet=True))
+    assert len(parts) >= min_parts, "the file was not cut"
+    got = []
+    for part in parts:
+        (piece,) = part.pieces
+        assert piece.row_start == len(got)
+        got.extend(read_piece(piece).to_pylist())
+    return whole, got, parts
+
+
+def test_a_bom_alone_on_the_first_line_is_no_row(tmp_path, local_client):
+    # Arrow drops the BOM at the start of the file: "\ufeff\n" is an empty line, no row.
+    path = tmp_path / "pool.tsv"
+    path.write_bytes(b"\xef\xbb\xbf\n" + b"".join(b"a dog %d\tu\n" % i for i in range(60)))
+    whole, got, _ = _cut_vs_whole(local_client, path, 10)
+    assert got == whole and len(whole) == 60
+
+
+def test_a_range_never_begins_with_a_bom(tmp_path, local_client):
+    # Arrow drops a BOM at the start of every stream it reads: a range that began with a
+    # line "\ufeffdog" (files joined with cat) would read "dog", the whole file "\ufeffdog".
+    bom = b"\xef\xbb\xbf"
+    path = tmp_path / "pool.tsv"
+    path.write_bytes(b"".join(bom[: 3 * (i % 2)] + b"a dog %d\tu\n" % i for i in range(60)))
+    whole, got, parts = _cut_vs_whole(local_client, path, 10)
+    assert got == whole
+    data = path.read_bytes()
+    assert all(not data[p.pieces[0].byte_start :].startswith(bom) for p in parts[1:])
+
+
+def test_a_range_of_empty_lines_only_is_no_part(tmp_path, local_client):
+    # A header-less range with no row: Arrow cannot infer its columns ("Empty CSV file").
+    path = tmp_path / "pool.tsv"
+    path.write_bytes(b"a dog\tu\nthe cat\tv\na man\tw\n" + b"\n" * 3000 + b"dog\tx\n")
+    whole, got, parts = _cut_vs_whole(local_client, path, 1)
+    assert got == whole and len(whole) == 4
+    assert all(p.pieces[0].row_end > p.pieces[0].row_start for p in parts)
+
+
+def test_line_cuts_read_a_file_with_no_line_feed_once(tmp_path, monkeypatch):
+    # Lines ended by \r only: no cut; each would otherwise read on to the end of the file.
+    import gpu_curate.line_ranges as lr
+
+    path = tmp_path / "t.tsv"
+    path.write_bytes(b"caption\tu\r" * 20_000)
+    calls = []
+    real = lr._next_line
+    monkeypatch.setattr(lr, "_next_line", lambda fh, at: calls.append(at) or real(fh, at))
+    assert line_cuts(str(path), None, 10) == [0, path.stat().st_size]
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "name", ["pool.tsv.lzma", "pool.tsv.zip", "pool.tsv.zst", "pool.TSV.GZ", "memory://pool.tsv"]
+)
+def test_a_file_that_is_read_decompressed_or_from_memory_is_not_cut(name):
+    # open_input decompresses whatever fsspec infers from the suffix: its bytes are no
+    # lines. (memory://: one file object for every reader of the file.)
+    assert not splits_by_lines(InputFile(name, name, "tsv", 1 << 30))
+    assert splits_by_lines(InputFile("pool.tsv", "pool.tsv", "tsv", 1 << 30))
