@@ -613,9 +613,10 @@ def read_piece(
     strings, as written (``001`` stays ``001``).
     """
     f = piece.file
-    if piece.byte_end is not None:
-        tables = list(read_piece_batches(piece, columns, text_column, id_column, 1 << 62))
-        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    if piece.byte_end is not None or f.format in ("csv", "tsv"):
+        # (As a stream of one table: the same reader, and its checks, as a stream's.)
+        (table,) = read_piece_batches(piece, columns, text_column, id_column, rows=1 << 62)
+        return table
     # (The readers open the file again rather than seek back: a zstd stream cannot.)
     open_ = functools.partial(open_input, f.path)
     try:
@@ -623,10 +624,8 @@ def read_piece(
             with _parquet_file(f.path) as pf:
                 _check_unchanged(piece, pf.metadata.num_rows)
                 table = _parquet_range(pf, piece.row_start, piece.row_end, columns)
-        elif f.format == "jsonl":
-            table = _read_json_lines(open_, text_column)
         else:
-            table = _read_delimited(piece, text_column, id_column)
+            table = _read_json_lines(open_, text_column)
     except _READ_ERRORS as exc:
         raise cannot_read(f.path, exc) from None
     _check_names(table, f.path)
@@ -870,7 +869,7 @@ def _json_schema(open_, text_column: str | None) -> pa.Schema | None:
     JSON types, which :func:`_read_json_lines_mixed` reads), a text column of numbers, lists
     of nulls only, a chunk but the first that begins with a BOM, no columns at all."""
     _, fields = _json_fields(_json_chunks(open_), first=True)
-    return json_schema([fields], text_column)
+    return json_ranges_schema([fields], text_column)
 
 
 def _json_fields(chunks: Iterable[bytes], first: bool) -> tuple[int, dict | None]:
@@ -908,7 +907,7 @@ def _add_fields(fields: dict, more: Iterable[tuple[str, pa.DataType]]) -> bool:
 def json_range_types(path: str, start: int, end: int) -> tuple[int, dict | None]:
     """(rows, {column: type}) of bytes [start, end) of an uncompressed JSON Lines file, a
     range of :func:`~gpu_curate.line_ranges.line_cuts` (types None: it needs the file's
-    whole read); :func:`json_schema` joins those of a file's ranges.
+    whole read); :func:`json_ranges_schema` joins those of a file's ranges.
 
     Examples
     --------
@@ -921,7 +920,7 @@ def json_range_types(path: str, start: int, end: int) -> tuple[int, dict | None]
         raise cannot_read(path, exc) from None
 
 
-def json_schema(ranges: Sequence[dict | None], text_column: str | None) -> pa.Schema | None:
+def json_ranges_schema(ranges: Sequence[dict | None], text_column: str | None) -> pa.Schema | None:
     """The schema that types a JSON Lines file's rows as a whole read does, from the
     column types of its ranges (or chunks) in order; None where the file must be read
     whole (:func:`_json_schema`)."""
@@ -1110,11 +1109,6 @@ _HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
 _CSV_BLOCK = 1 << 24
 # Header-less files get columns f0, f1, ...; all of them (up to a generous count) strings.
 _AUTO_COLUMNS = 4096
-
-
-def _read_delimited(piece: Piece, text_column, id_column) -> pa.Table:
-    tables = list(_delimited_tables(piece, text_column, id_column, 1 << 62))
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 def _delimited_tables(piece: Piece, text_column, id_column, rows: int) -> Iterator[pa.Table]:

@@ -44,7 +44,7 @@ from .io import (
     full_path,
     has_header,
     json_range_types,
-    json_schema,
+    json_ranges_schema,
     piece_tables,
     plan_parts,
     read_piece,
@@ -324,7 +324,7 @@ def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
     (:mod:`~gpu_curate.line_ranges`), whose rows are counted by tasks on the cluster: a
     row's uid needs its row number. Those of a JSON Lines file also type its columns,
     which must be typed as its whole read types them: where they cannot be, the file is
-    one part, read as before (:func:`~gpu_curate.io.json_schema`).
+    one part, read as before (:func:`~gpu_curate.io.json_ranges_schema`).
     """
     target = opts.partition_rows or RANGE_ROWS
     by_path = {f.path: f for f in files}
@@ -350,7 +350,7 @@ def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
             schema = None
         else:
             rows = [n for n, _ in layouts]
-            schema = json_schema([types for _, types in layouts], opts.text_column)
+            schema = json_ranges_schema([types for _, types in layouts], opts.text_column)
             if schema is None:
                 continue  # (read whole, or as one stream that finds it so again)
         cut = [(a, b, n) for (a, b), n in zip(spans, rows, strict=True)]
