@@ -1,12 +1,14 @@
-"""One big text file as the pool: `gpu-curate curate` on a TSV or JSON Lines file of
+"""One big text file as the pool: `gpu-curate curate` on a TSV, CSV or JSON Lines file of
 millions of rows, its wall time and peak RSS (is memory bounded by the part size?).
 
-    python benchmarks/bench_text_pool.py --rows 5000000 --format tsv,jsonl
+    python benchmarks/bench_text_pool.py --rows 5000000 --format tsv,csv,jsonl
 
 Builds (once, cached in --workdir) one file from the CC3M validation captions of
 ../shared/data, row n's caption suffixed with `` #n`` so that no two rows are equal: a
-TSV (``caption<TAB>url``, no header, as CC3M and CC12M are published) or JSON Lines
-(``{"caption": ..., "url": ..., "id": n}``). Each ``--tree LABEL=PATH`` runs the CLI with
+TSV (``caption<TAB>url``, no header, as CC3M and CC12M are published), a CSV
+(``caption,url`` with a header, Python's csv module quoting where needed; every 100th
+caption holds a line break, in quotes) or JSON Lines (``{"caption": ..., "url": ...,
+"id": n}``). Each ``--tree LABEL=PATH`` runs the CLI with
 PATH first on PYTHONPATH (a ``git archive`` of another commit's ``gpu_curate``, with
 ``kernels`` moved under it), so that two versions alternate on the same file in one run;
 their curated uids and entry counts must be identical. Without ``--tree`` the checkout
@@ -17,6 +19,8 @@ this machine reads an evicted file at about 70 MB/s.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import platform
@@ -38,13 +42,18 @@ def build_file(cc3m: Path, folder: Path, rows: int, fmt: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [line.split("\t", 1) for line in cc3m.read_text(encoding="utf-8").splitlines()]
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
         n = 0
+        if fmt == "csv":
+            fh.write("caption,url\r\n")
         while n < rows:
             out = []
             for caption, url in lines[: rows - n]:
                 if fmt == "tsv":
                     out.append(f"{caption} #{n}\t{url}\n")
+                elif fmt == "csv":
+                    text = f"{caption} #{n}" if n % 100 else f"{caption}\nline two #{n}"
+                    out.append(_csv_line(text, url))
                 else:
                     out.append(json.dumps({"caption": f"{caption} #{n}", "url": url, "id": n}))
                     out.append("\n")
@@ -52,6 +61,12 @@ def build_file(cc3m: Path, folder: Path, rows: int, fmt: str) -> Path:
             fh.write("".join(out))
     tmp.rename(path)
     return path
+
+
+def _csv_line(*fields: str) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerow(fields)
+    return buf.getvalue()
 
 
 def same_outputs(a: Path, b: Path) -> bool:
@@ -65,7 +80,7 @@ def same_outputs(a: Path, b: Path) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", type=int, default=5_000_000)
-    ap.add_argument("--format", default="tsv,jsonl", help="tsv, jsonl or both (comma-separated)")
+    ap.add_argument("--format", default="tsv,csv,jsonl", help="tsv, csv, jsonl (comma-separated)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gpu-curate-text-bench"))
     ap.add_argument("--data", type=Path, default=SHARED)
     ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH")

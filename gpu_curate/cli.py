@@ -156,8 +156,8 @@ def _common(f):
             type=click.IntRange(min=1),
             default=None,
             help="Rows per part: larger Parquet files are cut every this many rows, "
-            "smaller ones of one schema packed up to it, and uncompressed TSV files (JSON "
-            "Lines files of more than 512 MiB) cut into ranges of about this many lines "
+            "smaller ones of one schema packed up to it, and uncompressed CSV and TSV files "
+            "(JSON Lines files of more than 512 MiB) cut into ranges of about this many rows "
             "(default: about 1M rows in whole row groups or lines; files of up to 250k rows "
             "packed up to 250k).",
         ),

@@ -82,8 +82,8 @@ class Piece:
 
     ``file_rows``: the file's row count when the run planned its parts (None where
     unknown). A file that holds another count when read was replaced during the run.
-    ``byte_start``, ``byte_end``: the bytes that hold the rows, for a range of a TSV or
-    JSON Lines file (:mod:`gpu_curate.line_ranges`; byte_end None: the whole file), and
+    ``byte_start``, ``byte_end``: the bytes that hold the rows, for a range of a TSV, CSV
+    or JSON Lines file (:mod:`gpu_curate.line_ranges`; byte_end None: the whole file), and
     ``schema`` the types of a JSON Lines file's columns (the whole file's).
     """
 
@@ -463,9 +463,9 @@ def plan_parts(
     rows: a pool of 10k-row shards (img2dataset's layout) is then matched in tasks big
     enough that the ~10-25 ms a task and an output file cost is small. A compressed Parquet
     file is one part, and other formats are one part per file (a row number needs the rows
-    before it, and their schema is known only once read), except a TSV or JSON Lines file
-    that ``line_ranges`` cuts: ``{path: ([(byte_start, byte_end, rows), ...], schema)}``
-    (the schema of a JSON Lines file's columns, None for TSV), a part a range
+    before it, and their schema is known only once read), except a TSV, CSV or JSON Lines
+    file that ``line_ranges`` cuts: ``{path: ([(byte_start, byte_end, rows), ...],
+    schema)}`` (the schema of a JSON Lines file's columns, None for CSV/TSV), a part a range
     (:mod:`gpu_curate.line_ranges`).
 
     Examples
@@ -1112,7 +1112,7 @@ _AUTO_COLUMNS = 4096
 
 
 def _delimited_tables(piece: Piece, text_column, id_column, rows: int) -> Iterator[pa.Table]:
-    """A CSV/TSV file (or a byte range of a TSV file) as tables of about ``rows`` rows (at
+    """A CSV/TSV file (or a byte range of one) as tables of about ``rows`` rows (at
     least one table), read as a stream: the reader's blocks are gathered until they hold
     ``rows`` rows."""
     f = piece.file
@@ -1148,9 +1148,9 @@ def _check_size(f: InputFile) -> None:
 
 def splits_by_lines(f: InputFile) -> bool:
     """Whether the file can be cut into byte ranges of whole rows
-    (:mod:`gpu_curate.line_ranges`): an uncompressed TSV file of known size, or JSON Lines
-    file of more than :data:`JSON_STREAM_BYTES` (a smaller one is read whole, which types
-    its columns at once; a CSV file's quoted fields may hold line breaks).
+    (:mod:`gpu_curate.line_ranges`): an uncompressed TSV or CSV file of known size, or
+    JSON Lines file of more than :data:`JSON_STREAM_BYTES` (a smaller one is read whole,
+    which types its columns at once).
 
     Examples
     --------
@@ -1169,7 +1169,7 @@ def splits_by_lines(f: InputFile) -> bool:
         or f.path.startswith("memory://")
     ):
         return False
-    return f.format == "tsv" or (f.format == "jsonl" and _json_streamed(f))
+    return f.format in ("tsv", "csv") or (f.format == "jsonl" and _json_streamed(f))
 
 
 def has_header(f: InputFile, text_column: str | None, id_column: str | None) -> bool:

@@ -51,7 +51,7 @@ from .io import (
     row_group_runs,
     splits_by_lines,
 )
-from .line_ranges import RANGE_ROWS, count_rows, line_cuts
+from .line_ranges import RANGE_ROWS, count_csv_rows, count_rows, csv_ranges, line_cuts
 from .metadata import Metadata
 from .outdir import (
     BALANCE_MANIFEST,
@@ -320,9 +320,9 @@ def _compute(client, results: list, n_entries: int, opts: Options):
 def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
     """The run's parts (:func:`~gpu_curate.io.plan_parts`).
 
-    A big TSV or JSON Lines file is cut into ranges of about ``partition_rows`` lines
-    (:mod:`~gpu_curate.line_ranges`), whose rows are counted by tasks on the cluster: a
-    row's uid needs its row number. Those of a JSON Lines file also type its columns,
+    A big TSV, CSV or JSON Lines file is cut into ranges of about ``partition_rows``
+    lines (:mod:`~gpu_curate.line_ranges`), whose rows are counted by tasks on the
+    cluster: a row's uid needs its row number. Those of a JSON Lines file also type its columns,
     which must be typed as its whole read types them: where they cannot be, the file is
     one part, read as before (:func:`~gpu_curate.io.json_ranges_schema`).
     """
@@ -338,22 +338,24 @@ def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
     jobs = [(path, a, b) for path, spans in cuts.items() for a, b in spans]
     files_cut = _count(len(cuts), "big text file")
     _say(opts, f"counting the rows of {files_cut}, in {len(jobs)} ranges of lines")
-    count = {"tsv": count_rows, "jsonl": json_range_types}
+    count = {"tsv": count_rows, "csv": count_csv_rows, "jsonl": json_range_types}
     tasks = [dask.delayed(count[by_path[p].format], pure=False)(p, a, b) for p, a, b in jobs]
     found = iter(client.gather(client.compute(tasks, optimize_graph=False)))
     ranges = {}
     for path, spans in cuts.items():
         f, layouts = by_path[path], [next(found) for _ in spans]
-        if f.format == "tsv":
-            rows = layouts
-            rows[0] -= has_header(f, opts.text_column, opts.id_column)  # (no row)
-            schema = None
-        else:
-            rows = [n for n, _ in layouts]
+        schema = None
+        if f.format == "jsonl":
             schema = json_ranges_schema([types for _, types in layouts], opts.text_column)
             if schema is None:
                 continue  # (read whole, or as one stream that finds it so again)
-        cut = [(a, b, n) for (a, b), n in zip(spans, rows, strict=True)]
+            cut = [(a, b, n) for (a, b), (n, _) in zip(spans, layouts, strict=True)]
+        elif f.format == "csv":
+            cut = csv_ranges(path, spans, layouts)
+        else:
+            cut = [(a, b, n) for (a, b), n in zip(spans, layouts, strict=True)]
+        if f.format != "jsonl" and has_header(f, opts.text_column, opts.id_column):
+            cut[0] = (cut[0][0], cut[0][1], cut[0][2] - 1)  # (the header is no row)
         ranges[path] = (_rows_in_each(cut), schema)
     return plan_parts(files, opts.partition_rows, ranges)
 

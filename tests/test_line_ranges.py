@@ -170,3 +170,67 @@ def test_a_file_that_is_read_decompressed_or_from_memory_is_not_cut(name):
     # lines. (memory://: one file object for every reader of the file.)
     assert not splits_by_lines(InputFile(name, name, "tsv", 1 << 30))
     assert splits_by_lines(InputFile("pool.tsv", "pool.tsv", "tsv", 1 << 30))
+
+
+def _csv(rng: random.Random, rows: int, header: bool, bom: bool) -> bytes:
+    # Fields as Arrow's parser takes them: quoted ones that hold commas, line breaks and
+    # doubled quotes, unquoted ones with quotes inside (kept as they are), text after a
+    # closing quote, empty lines between rows, lines ended by \n, \r\n or \r.
+    ends = [b"\n", b"\r\n", b"\r"]
+    fields = [b"a dog", b'"a, b"', b'"new\nyork"', b'"say ""hi"""', b'5" screen', b"",
+              b'"x"y', b'"two\r\n\r\nbreaks"', b'""', b"caf\xc3\xa9", b'"\n"',
+              b'"say ""hi""\nthere"', b'"""\n"""']  # fmt: skip
+    out = [b"\xef\xbb\xbf" if bom else b""]
+    if header:
+        out.append(b"text,id" + rng.choice(ends[:2]))
+    for i in range(rows):
+        if rng.random() < 0.1:
+            out.append(rng.choice(ends))  # an empty line: no row
+        out.append(rng.choice(fields) + b",%d" % i)
+        if i < rows - 1 or rng.random() < 0.7:
+            out.append(rng.choice(ends) if rng.random() < 0.3 else b"\n")
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_the_ranges_of_a_csv_file_hold_its_rows_with_their_row_numbers(
+    tmp_path, local_client, seed
+):
+    # A CSV row may hold line breaks (in quotes): a cut after one that falls inside a
+    # quoted field is no row boundary, and its range is joined to the one before it.
+    from gpu_curate.line_ranges import MID_ROW, count_csv_rows
+
+    rng = random.Random(seed)
+    path = tmp_path / "pool.csv"
+    path.write_bytes(_csv(rng, rng.randrange(150, 400), seed % 2 == 0, seed % 3 == 0))
+    f = InputFile(str(path), "pool.csv", "csv", path.stat().st_size)
+    whole = read_piece(Piece(f, 0, None)).to_pylist()
+    rows, state = count_csv_rows(str(path), 0, f.size)
+    assert rows + (state in MID_ROW) - (seed % 2 == 0) == len(whole)
+
+    parts = _plan(local_client, [f], Options(partition_rows=rng.randrange(5, 30), quiet=True))
+    assert len(parts) >= 3, "the file was not cut"
+    got = []
+    for part in parts:
+        (piece,) = part.pieces
+        assert piece.row_start == len(got)
+        got.extend(read_piece(piece).to_pylist())
+    assert got == whole
+
+
+def test_a_cut_inside_a_quoted_field_is_joined_to_the_range_before(tmp_path, local_client):
+    # A caption of 400 lines: the cuts that fall inside it are no row boundaries.
+    long = b'"' + b"line\n" * 400 + b'"'
+    path = tmp_path / "pool.csv"
+    path.write_bytes(b"".join(b"a dog %d,u\n" % i for i in range(50)) + long + b",v\n"
+                     + b"".join(b"a cat %d,w\n" % i for i in range(50)))  # fmt: skip
+    f = InputFile(str(path), "pool.csv", "csv", path.stat().st_size)
+    whole = read_piece(Piece(f, 0, None)).to_pylist()
+    assert len(whole) == 101
+    inside = range(path.read_bytes().index(long) + 1, path.read_bytes().index(long) + len(long))
+    assert any(c in inside for c in line_cuts(str(path), f.size, 20))
+    parts = _plan(local_client, [f], Options(partition_rows=20, quiet=True))
+    assert len(parts) >= 3
+    assert not any(p.pieces[0].byte_start in inside for p in parts)
+    got = [row for p in parts for row in read_piece(p.pieces[0]).to_pylist()]
+    assert got == whole

@@ -986,7 +986,7 @@ def test_a_big_tsv_file_is_matched_and_balanced_in_bounded_tables(
         assert a.equals(b), name
 
 
-@pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl"])
 def test_a_big_text_file_is_cut_into_ranges_with_the_whole_files_uids(
     tmp_path, monkeypatch, cc3m_texts, fmt
 ):
@@ -1004,6 +1004,13 @@ def test_a_big_text_file_is_cut_into_ranges_with_the_whole_files_uids(
     name, column = f"cc3m.{fmt}", "f0" if fmt == "tsv" else "caption"
     if fmt == "tsv":
         shutil.copy(shared_data(CC3M_TSV), pool / name)
+    elif fmt == "csv":  # (captions with commas or quotes quoted, some with a line break)
+        with open(pool / name, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["caption", "n"])
+            writer.writerows([t if i % 97 else f"{t}\nsecond line", i]
+                             for i, t in enumerate(cc3m_texts))  # fmt: skip
+        cc3m_texts = [t if i % 97 else f"{t}\nsecond line" for i, t in enumerate(cc3m_texts)]
     else:
         rows = ({"caption": t, "n": i, "score": i / 4} for i, t in enumerate(cc3m_texts))
         (pool / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
