@@ -186,43 +186,52 @@ def count_rows(path: str, start: int, end: int) -> int:
 LINE, FIELD, UNQUOTED, QUOTED, QUOTE, CR = range(6)
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _in_field(c: int, delimiter: int) -> tuple[int, int]:
+    """(state, rows ended) after byte ``c`` read in an unquoted field."""
+    if c == delimiter:
+        return FIELD, 0
+    if c == 10:
+        return LINE, 1
+    if c == 13:
+        return CR, 1
+    return UNQUOTED, 0
+
+
 @numba.njit(nogil=True, cache=True)
 def _csv_rows(data, state: int, delimiter: int, quote: int) -> tuple[int, int]:
     """(rows that end in ``data``, the state after it), ``data`` read from ``state``."""
     rows = 0
     for c in data:
-        while True:  # (a byte that ends a state is read again in the next one)
+        if state == UNQUOTED:  # (the most bytes first)
+            state, ended = _in_field(c, delimiter)
+            rows += ended
+        elif state == QUOTED:
+            if c == quote:
+                state = QUOTE
+        elif state == QUOTE:  # a doubled quote is a quote; anything else ends the quoting
+            if c == quote:
+                state = QUOTED
+            else:
+                state, ended = _in_field(c, delimiter)
+                rows += ended
+        else:
             if state == CR:
                 state = LINE
                 if c == 10:
-                    break
-            elif state == LINE:  # an empty line is no row
+                    continue  # (CR LF: one line end)
+            if state == LINE:  # an empty line is no row
                 if c == 13:
                     state = CR
-                elif c != 10:
-                    state = FIELD
                     continue
-                break
-            elif state == FIELD:  # quoting is recognised at the start of a field only
-                state = QUOTED if c == quote else UNQUOTED
-                if c == quote:
-                    break
-            elif state == UNQUOTED:
-                if c == delimiter:
-                    state = FIELD
-                elif c == 13 or c == 10:
-                    rows += 1
-                    state = CR if c == 13 else LINE
-                break
-            elif state == QUOTED:
-                if c == quote:
-                    state = QUOTE
-                break
-            else:  # QUOTE
-                if c == quote:
-                    state = QUOTED
-                    break
-                state = UNQUOTED
+                if c == 10:
+                    continue
+            # The start of a field: quoting is recognised there only.
+            if c == quote:
+                state = QUOTED
+            else:
+                state, ended = _in_field(c, delimiter)
+                rows += ended
     return rows, state
 
 
