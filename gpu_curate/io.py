@@ -445,6 +445,9 @@ PART_ROWS = 1_000_000
 # ~10-25 ms a part costs in each stage is a few percent of its work, few enough that a
 # pool of a few million rows still has a part for every core.
 PACK_ROWS = 250_000
+# A small CSV/TSV file's rows, for packing, are estimated from its size at this many bytes
+# a row (CC3M's captions and URLs: 165; LAION's: ~120).
+TEXT_BYTES_PER_ROW = 128
 
 
 def plan_parts(
@@ -452,8 +455,9 @@ def plan_parts(
     partition_rows: int | None = None,
     line_ranges: Mapping[str, tuple[Sequence[tuple[int, int, int]], pa.Schema | None]]
     | None = None,
+    text_schemas: Mapping[str, pa.Schema] | None = None,
 ) -> list[Part]:
-    """Cut the files into parts; pack small Parquet files together.
+    """Cut the files into parts; pack small Parquet (and CSV/TSV) files together.
 
     With ``partition_rows``, a Parquet file is cut every ``partition_rows`` rows; without
     it, into runs of whole row groups of about :data:`PART_ROWS` rows (a larger row group
@@ -466,7 +470,9 @@ def plan_parts(
     before it, and their schema is known only once read), except a TSV, CSV or JSON Lines
     file that ``line_ranges`` cuts: ``{path: ([(byte_start, byte_end, rows), ...],
     schema)}`` (the schema of a JSON Lines file's columns, None for CSV/TSV), a part a range
-    (:mod:`gpu_curate.line_ranges`).
+    (:mod:`gpu_curate.line_ranges`). CSV and TSV files of ``text_schemas`` (their columns,
+    from :func:`delimited_schemas`) are packed as Parquet files are, their rows estimated
+    from their size (:data:`TEXT_BYTES_PER_ROW`); never with Parquet files.
 
     Examples
     --------
@@ -474,10 +480,17 @@ def plan_parts(
     >>> parts
     []
     """
-    pack_target = partition_rows or min(PACK_ROWS, PART_ROWS)
+    pack_target = _pack_target(partition_rows)
     parts: list[Part] = []
     pack: list[Piece] = []
     pack_rows, pack_schema = 0, None
+
+    def add_to_pack(piece: Piece, rows: int, schema) -> None:
+        nonlocal pack_rows, pack_schema
+        if pack and (pack_rows + rows > pack_target or not _same(schema, pack_schema)):
+            close_pack()
+        pack.append(piece)
+        pack_rows, pack_schema = pack_rows + rows, schema
 
     def close_pack() -> None:
         nonlocal pack_rows
@@ -488,6 +501,9 @@ def plan_parts(
 
     layouts = _parquet_layouts(files)
     for f in files:
+        if f.path in (text_schemas or {}) and packs_text(f, partition_rows):
+            add_to_pack(Piece(f, 0, None), _text_rows(f), ("text", text_schemas[f.path]))
+            continue
         if f.format != "parquet":
             close_pack()
             if f.path not in (line_ranges or {}):
@@ -507,10 +523,7 @@ def plan_parts(
             # not one decompression of the whole file per part.
             cuts = [0, n]
         elif n <= pack_target:
-            if pack and (pack_rows + n > pack_target or not schema.equals(pack_schema)):
-                close_pack()
-            pack.append(Piece(f, 0, n, n))
-            pack_rows, pack_schema = pack_rows + n, schema
+            add_to_pack(Piece(f, 0, n, n), n, ("parquet", schema))
             continue
         elif partition_rows:
             cuts = list(range(0, n, partition_rows)) + [n]
@@ -521,6 +534,71 @@ def plan_parts(
             parts.append(Part(len(parts), (Piece(f, start, end, n),)))
     close_pack()
     return parts
+
+
+def _pack_target(partition_rows: int | None) -> int:
+    return partition_rows or min(PACK_ROWS, PART_ROWS)
+
+
+def _text_rows(f: InputFile) -> int:
+    # (A compressed file holds about 4x its size in text.)
+    return f.size * (4 if _is_compressed(f.path) else 1) // TEXT_BYTES_PER_ROW + 1
+
+
+def packs_text(f: InputFile, partition_rows: int | None) -> bool:
+    """Whether a CSV/TSV file is small enough to share a part with others (about
+    ``partition_rows`` rows, default :data:`PACK_ROWS`, from its size).
+
+    Examples
+    --------
+    >>> packs_text(InputFile("shard-00001.tsv", "shard-00001.tsv", "tsv", 1_300_000), None)
+    True
+    """
+    return (
+        f.format in ("csv", "tsv")
+        and f.size is not None
+        and _text_rows(f) <= _pack_target(partition_rows)
+    )
+
+
+def _same(a: tuple[str, pa.Schema], b: tuple[str, pa.Schema]) -> bool:
+    """Whether two files of these (kind, schema) may share a pack."""
+    return a[0] == b[0] and a[1].equals(b[1])
+
+
+def delimited_schemas(
+    files: Sequence[InputFile], text_column: str | None, id_column: str | None
+) -> dict[str, pa.Schema]:
+    """{path: columns} of the CSV/TSV ``files`` as the readers read them (their header, or
+    f0, f1, ... as many as their first row has), their heads read by a pool of threads,
+    for :func:`plan_parts` to pack them.
+
+    Examples
+    --------
+    >>> delimited_schemas([], None, None)
+    {}
+    """
+    paths = {f.path: f for f in files if f.format in ("csv", "tsv")}
+
+    def schema(f: InputFile) -> pa.Schema:
+        try:
+            open_ = functools.partial(open_input, f.path)
+            read, parse, convert = _delimited_options(
+                open_, f.format, text_column, id_column, f.path
+            )
+            with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as reader:
+                return reader.schema
+        except _READ_ERRORS as exc:
+            raise cannot_read(f.path, exc) from None
+
+    remote = any("://" in p for p in paths)
+    threads = min(len(paths), _FOOTER_THREADS if remote else _FOOTER_THREADS_LOCAL)
+    if threads <= 1:
+        return {p: schema(f) for p, f in paths.items()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="gpu-curate-heads") as pool:
+        return dict(zip(paths, pool.map(schema, paths.values()), strict=True))
 
 
 def row_group_runs(groups: Sequence[int], target: int) -> list[list[int]]:

@@ -40,11 +40,13 @@ from .io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_parquet,
+    delimited_schemas,
     discover,
     full_path,
     has_header,
     json_range_types,
     json_ranges_schema,
+    packs_text,
     piece_tables,
     plan_parts,
     read_piece,
@@ -320,11 +322,12 @@ def _compute(client, results: list, n_entries: int, opts: Options):
 def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
     """The run's parts (:func:`~gpu_curate.io.plan_parts`).
 
-    A big TSV, CSV or JSON Lines file is cut into ranges of about ``partition_rows``
-    lines (:mod:`~gpu_curate.line_ranges`), whose rows are counted by tasks on the
-    cluster: a row's uid needs its row number. Those of a JSON Lines file also type its columns,
+    A big TSV, CSV or JSON Lines file is cut into ranges of about ``partition_rows`` rows
+    (:mod:`~gpu_curate.line_ranges`), whose rows are counted by tasks on the cluster: a
+    row's uid needs its row number. Those of a JSON Lines file also type its columns,
     which must be typed as its whole read types them: where they cannot be, the file is
-    one part, read as before (:func:`~gpu_curate.io.json_ranges_schema`).
+    one part, read as before (:func:`~gpu_curate.io.json_ranges_schema`). Small CSV/TSV
+    files are packed by their columns, read from their heads.
     """
     target = opts.partition_rows or RANGE_ROWS
     by_path = {f.path: f for f in files}
@@ -333,8 +336,15 @@ def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
         for f in files
         if splits_by_lines(f) and len(c := line_cuts(f.path, f.size, target)) > 2
     }
-    if not cuts:
-        return plan_parts(files, opts.partition_rows)
+    ranges = _cut(client, by_path, cuts, opts) if cuts else {}
+    small = [f for f in files if f.path not in ranges and packs_text(f, opts.partition_rows)]
+    schemas = delimited_schemas(small, opts.text_column, opts.id_column)
+    return plan_parts(files, opts.partition_rows, ranges, schemas)
+
+
+def _cut(client, by_path: dict[str, InputFile], cuts: dict, opts: Options) -> dict:
+    """{path: (ranges of (byte_start, byte_end, rows), schema)} of the files cut at
+    ``cuts`` ({path: spans}), their rows counted by tasks on the cluster."""
     jobs = [(path, a, b) for path, spans in cuts.items() for a, b in spans]
     files_cut = _count(len(cuts), "big text file")
     _say(opts, f"counting the rows of {files_cut}, in {len(jobs)} ranges of lines")
@@ -357,7 +367,7 @@ def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
         if f.format != "jsonl" and has_header(f, opts.text_column, opts.id_column):
             cut[0] = (cut[0][0], cut[0][1], cut[0][2] - 1)  # (the header is no row)
         ranges[path] = (_rows_in_each(cut), schema)
-    return plan_parts(files, opts.partition_rows, ranges)
+    return ranges
 
 
 def _rows_in_each(ranges: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:

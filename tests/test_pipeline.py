@@ -1052,6 +1052,60 @@ def test_a_big_text_file_is_cut_into_ranges_with_the_whole_files_uids(
     assert read_parts(tmp_path / "cut" / "curated").equals(whole)
 
 
+def test_small_csv_and_tsv_files_are_packed_by_their_columns(tmp_path, monkeypatch):
+    # A pool of small text shards was one part (one task, one output file a stage) a
+    # file. Files of one set of columns that follow each other share a part now; the
+    # rows, their uids and the curated set are those of one part a file.
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    texts = ["a dog", "new york cat", "the cat", "dog and cat", "a tree"]
+
+    def rows(f: int, sep: str) -> str:
+        return "".join(f"{texts[(f + i) % 5]} {f}-{i}{sep}{f * 10 + i}\n" for i in range(10))
+
+    for f in range(6):
+        (pool / f"a{f}.csv").write_text("text,id\n" + rows(f, ","))
+    for f in range(6, 9):
+        (pool / f"b{f}.tsv").write_text(rows(f, "\t"))  # (no header: f0, f1)
+    (pool / "c9.csv").write_text("caption\n" + "".join(f"a dog {i}\n" for i in range(10)))
+    for f in range(10, 12):
+        (pool / f"d{f}.csv").write_text("text,id\n" + rows(f, ","))
+    (tmp_path / "md.json").write_text(json.dumps(["dog", "cat", "new york"]))
+    args = ["--metadata", tmp_path / "md.json", "--t", 4, "--seed", 1, "--backend", "cpu",
+            "--quiet"]  # fmt: skip
+    import gpu_curate.pipeline as pipeline_mod
+
+    runs = {}
+    for name in ("packed", "apart"):
+        if name == "apart":  # (one part a file, as before packing)
+            monkeypatch.setattr(pipeline_mod, "packs_text", lambda f, rows: False)
+        cli("curate", pool, "--out", tmp_path / name, *args)
+        runs[name] = json.loads((tmp_path / name / "report.json").read_text())
+    # a0-a5 | b6-b8 | c9 | d10-d11 (c9's columns end the pack of a*)
+    assert runs["packed"]["parts"] == 4, runs["packed"]
+    assert runs["apart"]["parts"] == 12
+    for key in ("pool_rows", "matched_rows", "curated_rows", "expected_curated_rows"):
+        assert runs["packed"][key] == runs["apart"][key], key
+    assert runs["packed"]["pool_rows"] == 120
+    packed, apart = (read_parts(tmp_path / n / "matched", ["uid"]) for n in runs)
+    assert packed.equals(apart)
+    # By hand: every row matches but those of "a tree"; the uids of (file, row number).
+    names = [f"a{f}.csv" for f in range(6)] + [f"b{f}.tsv" for f in range(6, 9)]
+    names += ["c9.csv", "d10.csv", "d11.csv"]
+    want = []
+    for name in names:
+        f = int(name[1:].split(".")[0])
+        kept = [i for i in range(10) if name == "c9.csv" or texts[(f + i) % 5] != "a tree"]
+        want.extend(position_uids(name, 0, 10)[kept].tolist())
+    assert packed.column("uid").to_pylist() == want
+    for n in ("curated", "matched"):  # (the parts' columns differ: uids and ids only)
+        a, b = (read_parts(tmp_path / r / n, ["uid", "entry_ids"]) for r in runs)
+        assert a.equals(b), n
+    for name in ("entry_counts.parquet", "curated_entry_counts.parquet"):
+        a, b = (pq.read_table(tmp_path / r / name) for r in runs)
+        assert a.equals(b), name
+
+
 def test_a_resume_counts_a_finished_part_of_many_row_groups(tmp_path, monkeypatch):
     # A finished part's counts are read back from its entry_ids, a run of row groups at a
     # time: a streamed file's part holds many.
