@@ -583,11 +583,8 @@ def delimited_schemas(
     def schema(f: InputFile) -> pa.Schema:
         try:
             open_ = functools.partial(open_input, f.path)
-            read, parse, convert = _delimited_options(
-                open_, f.format, text_column, id_column, f.path
-            )
-            with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as reader:
-                return reader.schema
+            options = _delimited_options(open_, f.format, text_column, id_column, f.path)
+            return _csv_schema(open_, *options)
         except _READ_ERRORS as exc:
             raise cannot_read(f.path, exc) from None
 
@@ -1202,14 +1199,59 @@ def _delimited_tables(piece: Piece, text_column, id_column, rows: int) -> Iterat
         elif piece.byte_start:
             # The file's columns are its first row's: a row of another count is an error
             # in any range, as in a whole read (not the columns of the range's first row).
-            with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as first:
-                read.column_names = first.schema.names
+            read.column_names = _csv_schema(open_, read, parse, convert).names
             read.autogenerate_column_names = False
         open_ = functools.partial(open_range, f.path, piece.byte_start, piece.byte_end)
-    with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as reader:
-        yield from _gathered(
-            reader, rows, lambda batches: _valid_utf8(pa.Table.from_batches(batches, reader.schema))
-        )
+    # Arrow's reader fails on a row that straddles two of its blocks (a row longer than a
+    # block), so whether it fails would depend on where the read begins (a range's start
+    # or the file's): such a read is begun again with blocks 8x larger (up to 1 GiB),
+    # past the rows it has given.
+    sent = 0
+    while True:
+        try:
+            with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as reader:
+                join = functools.partial(_joined_batches, schema=reader.schema)
+                tables = _gathered(_past_rows(reader, sent), rows, join)
+                for table in tables:
+                    if table.num_rows or not sent:
+                        sent += table.num_rows
+                        yield table
+            return
+        except pa.ArrowInvalid as exc:
+            _grow_blocks(read, exc)
+
+
+def _grow_blocks(read: pacsv.ReadOptions, exc: pa.ArrowInvalid) -> None:
+    """Make Arrow's blocks 8x larger (up to 1 GiB) where ``exc`` is a row that straddles
+    two of them; raise ``exc`` otherwise."""
+    if "straddl" not in str(exc) or read.block_size >= 1 << 30:
+        raise exc
+    read.block_size = min(read.block_size * 8, 1 << 30)
+
+
+def _csv_schema(open_, read, parse, convert) -> pa.Schema:
+    """The columns Arrow's reader gives a CSV/TSV file (from its first block: blocks
+    grown as :func:`_delimited_tables` grows them where its first row is longer)."""
+    while True:
+        try:
+            with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as reader:
+                return reader.schema
+        except pa.ArrowInvalid as exc:
+            _grow_blocks(read, exc)
+
+
+def _joined_batches(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    return _valid_utf8(pa.Table.from_batches(batches, schema))
+
+
+def _past_rows(batches: Iterable[pa.RecordBatch], skip: int) -> Iterator[pa.RecordBatch]:
+    """``batches`` without their first ``skip`` rows."""
+    for batch in batches:
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        yield batch.slice(skip) if skip else batch
+        skip = 0
 
 
 def _check_size(f: InputFile) -> None:

@@ -31,8 +31,8 @@ import numpy as np
 
 from .errors import cannot_read
 
-# Rows a range of a TSV file is cut to hold, about (--partition-rows sets it for a run):
-# the size of a Parquet part (gpu_curate.io.PART_ROWS).
+# Rows a range of a CSV, TSV or JSON Lines file is cut to hold, about (--partition-rows
+# sets it for a run): the size of a Parquet part (gpu_curate.io.PART_ROWS).
 RANGE_ROWS = 1_000_000
 # The head of the file that gives its bytes per row.
 _SAMPLE = 1 << 20
@@ -184,6 +184,8 @@ def count_rows(path: str, start: int, end: int) -> int:
 # unquoted field, inside a quoted one, after a quote inside a quoted one (a second quote
 # is a quote, anything else ends the quoting), after a CR (a LF there ends no new line).
 LINE, FIELD, UNQUOTED, QUOTED, QUOTE, CR = range(6)
+# gpu-curate's CSV delimiter and quote character (gpu_curate.io._delimited_options).
+_COMMA, _QUOTE = ord(","), ord('"')
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -255,7 +257,7 @@ def count_csv_rows(path: str, start: int, end: int, state: int = LINE) -> tuple[
             while chunk := fh.read(_CHUNK):
                 data = chunk[len(_BOM) :] if first and chunk.startswith(_BOM) else chunk
                 first = False
-                n, state = _csv_rows(np.frombuffer(data, np.uint8), state, 44, 34)
+                n, state = _csv_rows(np.frombuffer(data, np.uint8), state, _COMMA, _QUOTE)
                 rows += n
     except OSError as exc:
         raise cannot_read(path, exc) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 
+import pyarrow as pa
 import pytest
 
 from gpu_curate.errors import CurateError
@@ -234,3 +235,34 @@ def test_a_cut_inside_a_quoted_field_is_joined_to_the_range_before(tmp_path, loc
     assert not any(p.pieces[0].byte_start in inside for p in parts)
     got = [row for p in parts for row in read_piece(p.pieces[0]).to_pylist()]
     assert got == whole
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+@pytest.mark.parametrize("before", [0, 40, 77])
+def test_a_row_longer_than_a_block_reads_alike_from_a_range_and_the_whole_file(
+    tmp_path, monkeypatch, fmt, before
+):
+    # Arrow's reader fails on a row that straddles two of its blocks, so whether it failed
+    # hung on where the read began (the file's start or a range's): a 35 MB CSV with a
+    # 20 MB caption after 15.5 MB of rows failed whole and read cut (16 MB blocks).
+    from gpu_curate import io as gio
+
+    monkeypatch.setattr(gio, "_CSV_BLOCK", 100)
+    sep = "," if fmt == "csv" else "\t"
+    value = '"' + "x\n" * 85 + '"' if fmt == "csv" else "x" * 170
+    rows = [f"a dog{sep}" + "p" * before, *(f"s{i}{sep}u" for i in range(4))]
+    rows += [f"the man{sep}{value}", *(f"r{i}{sep}u" for i in range(8))]
+    path = tmp_path / f"long.{fmt}"
+    path.write_text("\n".join(rows) + "\n")
+    f = gio.InputFile(str(path), path.name, fmt, path.stat().st_size)
+    whole = pa.concat_tables(gio.read_piece_batches(gio.Piece(f, 0, None), rows=1))
+    assert whole.num_rows == 14
+    assert whole.column(1).to_pylist()[5] == value.strip('"')
+    # Ranges that begin at each row: the long row at a range's start, or inside one.
+    ends = [0]
+    for row in rows:
+        ends.append(ends[-1] + len(row) + 1)
+    for i, j in [(1, 14), (3, 8), (5, 14), (0, 7)]:
+        piece = gio.Piece(f, i, j, 14, ends[i], ends[j])
+        cut = pa.concat_tables(gio.read_piece_batches(piece, rows=1))
+        assert cut.equals(whole.slice(i, j - i)), (i, j)
