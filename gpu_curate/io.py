@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from fsspec.utils import glob_translate, infer_compression
 
 from .errors import CurateError, cannot_read
-from .line_ranges import open_range
+from .line_ranges import UTF8_BOM, open_range
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
 _EXTENSIONS = {
@@ -901,7 +901,6 @@ def _list_items(t: pa.DataType) -> Iterator[pa.DataType]:
 JSON_STREAM_BYTES = 1 << 29
 # Bytes of a streamed JSON Lines file parsed at a time (cut at a line end).
 _JSON_CHUNK = 1 << 24
-_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _json_streamed(f: InputFile) -> bool:
@@ -954,7 +953,7 @@ def _json_fields(chunks: Iterable[bytes], first: bool) -> tuple[int, dict | None
     fields: dict[str, pa.DataType] = {}
     rows = 0
     for n, chunk in enumerate(chunks):
-        if (n or not first) and chunk.startswith(_UTF8_BOM):
+        if (n or not first) and chunk.startswith(UTF8_BOM):
             # (Arrow skips a BOM that begins its input only: the whole read fails.)
             return rows, None
         try:
@@ -1266,7 +1265,7 @@ def _check_size(f: InputFile) -> None:
         )
 
 
-def splits_by_lines(f: InputFile) -> bool:
+def can_cut(f: InputFile) -> bool:
     """Whether the file can be cut into byte ranges of whole rows
     (:mod:`gpu_curate.line_ranges`): an uncompressed TSV or CSV file of known size, or
     JSON Lines file of more than :data:`JSON_STREAM_BYTES` (a smaller one is read whole,
@@ -1274,9 +1273,9 @@ def splits_by_lines(f: InputFile) -> bool:
 
     Examples
     --------
-    >>> splits_by_lines(InputFile("pool/cc12m.tsv", "cc12m.tsv", "tsv", 2_609_623_345))
+    >>> can_cut(InputFile("pool/cc12m.tsv", "cc12m.tsv", "tsv", 2_609_623_345))
     True
-    >>> splits_by_lines(InputFile("pool/cc12m.tsv.gz", "cc12m.tsv.gz", "tsv", 1_000_000_000))
+    >>> can_cut(InputFile("pool/cc12m.tsv.gz", "cc12m.tsv.gz", "tsv", 1_000_000_000))
     False
     """
     # (open_input decompresses whatever fsspec infers from the suffix: .lzma, .zip too.

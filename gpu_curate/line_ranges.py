@@ -39,7 +39,8 @@ _SAMPLE = 1 << 20
 # Bytes read at a time when looking for a line end or counting lines.
 _WINDOW = 1 << 16
 _CHUNK = 1 << 24
-_BOM = b"\xef\xbb\xbf"
+# A UTF-8 byte-order mark: Arrow's readers drop one that begins the bytes they read.
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class _ByteRange(io.RawIOBase):
@@ -131,7 +132,7 @@ def _next_line(fh, at: int) -> int:
             continue
         at += found + 1
         fh.seek(at)
-        if fh.read(len(_BOM)) != _BOM:
+        if fh.read(len(UTF8_BOM)) != UTF8_BOM:
             return at
         fh.seek(at)
     return at
@@ -166,17 +167,26 @@ def count_rows(path: str, start: int, end: int) -> int:
     1003276
     """
     rows, after_break = 0, True
+    for data in _chunks(path, start, end):
+        rows += count_lines(data, after_break)
+        after_break = data[-1] in b"\r\n"
+    return rows
+
+
+def _chunks(path: str, start: int, end: int) -> Iterator[bytes]:
+    """Bytes [start, end) of a file, :data:`_CHUNK` at a time (none empty), without the
+    BOM that begins the file (Arrow drops it)."""
     try:
         with open_range(path, start, end) as fh:
-            first = start == 0  # (Arrow drops the BOM that begins the file)
+            first = start == 0
             while chunk := fh.read(_CHUNK):
-                data = chunk[len(_BOM) :] if first and chunk.startswith(_BOM) else chunk
-                rows += count_lines(data, after_break)
-                after_break = chunk[-1] in b"\r\n" if data else after_break
+                if first and chunk.startswith(UTF8_BOM):
+                    chunk = chunk[len(UTF8_BOM) :]
                 first = False
+                if chunk:
+                    yield chunk
     except OSError as exc:
         raise cannot_read(path, exc) from None
-    return rows
 
 
 # States of Arrow's CSV parser (its quoting mode, with doubled quotes and no escape
@@ -200,68 +210,77 @@ def _in_field(c: int, delimiter: int) -> tuple[int, int]:
     return UNQUOTED, 0
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _csv_step(c: int, state: int, delimiter: int, quote: int) -> tuple[int, int]:
+    """(state, rows ended) after byte ``c`` read in ``state``."""
+    if state == UNQUOTED:  # (the most bytes first)
+        return _in_field(c, delimiter)
+    if state == QUOTED:
+        return (QUOTE if c == quote else QUOTED), 0
+    if state == QUOTE:  # a doubled quote is a quote; anything else ends the quoting
+        return (QUOTED, 0) if c == quote else _in_field(c, delimiter)
+    if state == CR:
+        if c == 10:
+            return LINE, 0  # (CR LF: one line end)
+        state = LINE
+    if state == LINE:  # an empty line is no row
+        if c == 13:
+            return CR, 0
+        if c == 10:
+            return LINE, 0
+    # The start of a field: quoting is recognised there only.
+    return (QUOTED, 0) if c == quote else _in_field(c, delimiter)
+
+
 @numba.njit(nogil=True, cache=True)
 def _csv_rows(data, state: int, delimiter: int, quote: int) -> tuple[int, int]:
     """(rows that end in ``data``, the state after it), ``data`` read from ``state``."""
     rows = 0
     for c in data:
-        if state == UNQUOTED:  # (the most bytes first)
-            state, ended = _in_field(c, delimiter)
-            rows += ended
-        elif state == QUOTED:
-            if c == quote:
-                state = QUOTE
-        elif state == QUOTE:  # a doubled quote is a quote; anything else ends the quoting
-            if c == quote:
-                state = QUOTED
-            else:
-                state, ended = _in_field(c, delimiter)
-                rows += ended
-        else:
-            if state == CR:
-                state = LINE
-                if c == 10:
-                    continue  # (CR LF: one line end)
-            if state == LINE:  # an empty line is no row
-                if c == 13:
-                    state = CR
-                    continue
-                if c == 10:
-                    continue
-            # The start of a field: quoting is recognised there only.
-            if c == quote:
-                state = QUOTED
-            else:
-                state, ended = _in_field(c, delimiter)
-                rows += ended
+        state, ended = _csv_step(c, state, delimiter, quote)
+        rows += ended
     return rows, state
 
 
-def count_csv_rows(path: str, start: int, end: int, state: int = LINE) -> tuple[int, int]:
-    """(rows that end in bytes [start, end) of an uncompressed CSV file, Arrow's parser's
-    state at ``end``), read from ``state`` at ``start`` (:data:`LINE`: a row begins there).
+@numba.njit(nogil=True, cache=True)
+def _csv_meet(data, a: int, b: int, delimiter: int, quote: int):
+    """``data`` read from two states at once until they meet (from there on, the two
+    reads are one): (bytes read, rows ended in each read, their states)."""
+    rows_a = rows_b = 0
+    i = 0
+    while i < data.size and a != b:
+        a, ended_a = _csv_step(data[i], a, delimiter, quote)
+        b, ended_b = _csv_step(data[i], b, delimiter, quote)
+        rows_a += ended_a
+        rows_b += ended_b
+        i += 1
+    return i, rows_a, rows_b, a, b
 
-    A row whose line break is in a quoted field goes on past it, so a range of a CSV file
-    cut after a line break may begin inside a row: :func:`csv_ranges` joins such a range
-    to the one before it. The last row of the file may end unended (:data:`MID_ROW`).
+
+def count_csv_rows(path: str, start: int, end: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The rows that end in bytes [start, end) of an uncompressed CSV file and Arrow's
+    parser's state at ``end``, as (rows, state) read from a row's start, and as read from
+    inside a quoted field: a row whose line break is in a quoted field goes on past it, so
+    a range cut after a line break may begin inside a row (:func:`csv_ranges`).
+
+    The second read follows the first from the first quote on (where both reads meet),
+    so it costs a few bytes. The last row of the file may end unended (:data:`MID_ROW`).
 
     Examples
     --------
     >>> count_csv_rows("pool/captions.csv", 0, 1 << 28)  # doctest: +SKIP
-    (1210329, 0)
+    ((1210329, 0), (1210328, 0))
     """
-    rows = 0
-    try:
-        with open_range(path, start, end) as fh:
-            first = start == 0  # (Arrow drops the BOM that begins the file)
-            while chunk := fh.read(_CHUNK):
-                data = chunk[len(_BOM) :] if first and chunk.startswith(_BOM) else chunk
-                first = False
-                n, state = _csv_rows(np.frombuffer(data, np.uint8), state, _COMMA, _QUOTE)
-                rows += n
-    except OSError as exc:
-        raise cannot_read(path, exc) from None
-    return rows, int(state)
+    rows, states = [0, 0], [LINE, QUOTED]
+    for chunk in _chunks(path, start, end):
+        data = np.frombuffer(chunk, np.uint8)
+        if states[0] != states[1]:
+            i, ra, rb, sa, sb = _csv_meet(data, states[0], states[1], _COMMA, _QUOTE)
+            rows, states, data = [rows[0] + ra, rows[1] + rb], [int(sa), int(sb)], data[i:]
+        if states[0] == states[1]:
+            n, state = _csv_rows(data, states[0], _COMMA, _QUOTE)
+            rows, states = [rows[0] + n, rows[1] + n], [int(state)] * 2
+    return (rows[0], states[0]), (rows[1], states[1])
 
 
 # States in which the file's last row has no line break: Arrow's reader ends it there.
@@ -269,25 +288,26 @@ MID_ROW = (FIELD, UNQUOTED, QUOTED, QUOTE)
 
 
 def csv_ranges(
-    path: str, spans: list[tuple[int, int]], counted: list[tuple[int, int]]
+    spans: list[tuple[int, int]], counted: list[tuple[tuple[int, int], tuple[int, int]]]
 ) -> list[tuple[int, int, int]]:
     """(byte_start, byte_end, rows) of a CSV file's ranges of whole rows, from ``spans``
-    (from :func:`line_cuts`) and their :func:`count_csv_rows` read from a row's start: a
-    range that begins inside a quoted field is joined to the one before it (its rows then
-    counted again from that state, here: rare, a cut falls in a multi-line caption).
+    (from :func:`line_cuts`) and their :func:`count_csv_rows`: a range that begins inside
+    a quoted field (a cut fell in a caption of several lines) is joined to the one before
+    it, its rows those read from inside a quoted field.
 
     Examples
     --------
-    >>> csv_ranges("a.csv", [(0, 10), (10, 20)], [(2, LINE), (1, LINE)])
-    [(0, 10, 2), (10, 20, 1)]
+    >>> csv_ranges([(0, 10), (10, 20)], [((2, QUOTED), (1, LINE)), ((1, LINE), (0, LINE))])
+    [(0, 20, 2)]
     """
     ranges: list[tuple[int, int, int]] = []
     state = LINE
-    for (a, b), (rows, end) in zip(spans, counted, strict=True):
+    for (a, b), (from_row, from_quoted) in zip(spans, counted, strict=True):
+        # (A cut follows a line feed: there a row begins, or a quoted field goes on.)
+        rows, end = from_row if state == LINE else from_quoted
         if state == LINE:
             ranges.append((a, b, rows))
         else:
-            rows, end = count_csv_rows(path, a, b, state)
             ranges[-1] = (ranges[-1][0], b, ranges[-1][2] + rows)
         state = end
     if state in MID_ROW:

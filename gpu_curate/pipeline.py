@@ -40,6 +40,7 @@ from .io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_parquet,
+    can_cut,
     delimited_schemas,
     discover,
     full_path,
@@ -51,7 +52,6 @@ from .io import (
     plan_parts,
     read_piece,
     row_group_runs,
-    splits_by_lines,
 )
 from .line_ranges import RANGE_ROWS, count_csv_rows, count_rows, csv_ranges, line_cuts
 from .metadata import Metadata
@@ -334,7 +334,7 @@ def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
     cuts = {
         f.path: list(itertools.pairwise(c))
         for f in files
-        if splits_by_lines(f) and len(c := line_cuts(f.path, f.size, target)) > 2
+        if can_cut(f) and len(c := line_cuts(f.path, f.size, target)) > 2
     }
     ranges = _cut(client, by_path, cuts, opts) if cuts else {}
     small = [f for f in files if f.path not in ranges and packs_text(f, opts.partition_rows)]
@@ -347,7 +347,7 @@ def _cut(client, by_path: dict[str, InputFile], cuts: dict, opts: Options) -> di
     ``cuts`` ({path: spans}), their rows counted by tasks on the cluster."""
     jobs = [(path, a, b) for path, spans in cuts.items() for a, b in spans]
     files_cut = _count(len(cuts), "big text file")
-    _say(opts, f"counting the rows of {files_cut}, in {len(jobs)} ranges of lines")
+    _say(opts, f"counting the rows of {files_cut}, in {len(jobs)} ranges")
     count = {"tsv": count_rows, "csv": count_csv_rows, "jsonl": json_range_types}
     tasks = [dask.delayed(count[by_path[p].format], pure=False)(p, a, b) for p, a, b in jobs]
     found = iter(client.gather(client.compute(tasks, optimize_graph=False)))
@@ -361,7 +361,7 @@ def _cut(client, by_path: dict[str, InputFile], cuts: dict, opts: Options) -> di
                 continue  # (read whole, or as one stream that finds it so again)
             cut = [(a, b, n) for (a, b), (n, _) in zip(spans, layouts, strict=True)]
         elif f.format == "csv":
-            cut = csv_ranges(path, spans, layouts)
+            cut = csv_ranges(spans, layouts)
         else:
             cut = [(a, b, n) for (a, b), n in zip(spans, layouts, strict=True)]
         if f.format != "jsonl" and has_header(f, opts.text_column, opts.id_column):

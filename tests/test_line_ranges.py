@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from gpu_curate.errors import CurateError
-from gpu_curate.io import InputFile, Piece, piece_tables, plan_parts, read_piece, splits_by_lines
+from gpu_curate.io import InputFile, Piece, can_cut, piece_tables, plan_parts, read_piece
 from gpu_curate.line_ranges import count_lines, count_rows, line_cuts
 from gpu_curate.pipeline import Options, _plan
 
@@ -169,8 +169,8 @@ def test_line_cuts_read_a_file_with_no_line_feed_once(tmp_path, monkeypatch):
 def test_a_file_that_is_read_decompressed_or_from_memory_is_not_cut(name):
     # open_input decompresses whatever fsspec infers from the suffix: its bytes are no
     # lines. (memory://: one file object for every reader of the file.)
-    assert not splits_by_lines(InputFile(name, name, "tsv", 1 << 30))
-    assert splits_by_lines(InputFile("pool.tsv", "pool.tsv", "tsv", 1 << 30))
+    assert not can_cut(InputFile(name, name, "tsv", 1 << 30))
+    assert can_cut(InputFile("pool.tsv", "pool.tsv", "tsv", 1 << 30))
 
 
 def _csv(rng: random.Random, rows: int, header: bool, bom: bool) -> bytes:
@@ -206,7 +206,7 @@ def test_the_ranges_of_a_csv_file_hold_its_rows_with_their_row_numbers(
     path.write_bytes(_csv(rng, rng.randrange(150, 400), seed % 2 == 0, seed % 3 == 0))
     f = InputFile(str(path), "pool.csv", "csv", path.stat().st_size)
     whole = read_piece(Piece(f, 0, None)).to_pylist()
-    rows, state = count_csv_rows(str(path), 0, f.size)
+    (rows, state), _ = count_csv_rows(str(path), 0, f.size)
     assert rows + (state in MID_ROW) - (seed % 2 == 0) == len(whole)
 
     parts = _plan(local_client, [f], Options(partition_rows=rng.randrange(5, 30), quiet=True))
@@ -266,3 +266,26 @@ def test_a_row_longer_than_a_block_reads_alike_from_a_range_and_the_whole_file(
         piece = gio.Piece(f, i, j, 14, ends[i], ends[j])
         cut = pa.concat_tables(gio.read_piece_batches(piece, rows=1))
         assert cut.equals(whole.slice(i, j - i)), (i, j)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_csv_rows_are_counted_from_a_rows_start_and_from_inside_quotes(tmp_path, monkeypatch, seed):
+    # The second count follows the first from where the two reads meet: it must equal a
+    # read of the range from inside a quoted field, byte by byte, across chunks.
+    import numpy as np
+
+    import gpu_curate.line_ranges as lr
+
+    monkeypatch.setattr(lr, "_CHUNK", 7)
+    rng = random.Random(seed)
+    data = bytes(rng.choice(b'ab,"\r\n\n') for _ in range(400))
+    path = tmp_path / "x.csv"
+    path.write_bytes(data)
+    for _ in range(30):
+        a = rng.randrange(1, 400)
+        b = rng.randrange(a, 401)
+        from_row, from_quoted = lr.count_csv_rows(str(path), a, b)
+        raw = np.frombuffer(data[a:b], np.uint8)
+        for got, state in ((from_row, lr.LINE), (from_quoted, lr.QUOTED)):
+            want = lr._csv_rows(raw, state, ord(","), ord('"'))
+            assert got == (want[0], want[1]), (a, b, state)

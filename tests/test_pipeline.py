@@ -1025,7 +1025,7 @@ def test_a_big_text_file_is_cut_into_ranges_with_the_whole_files_uids(
                ("whole", "cut")}  # fmt: skip
     parts = reports["cut"]["parts"]
     assert reports["whole"]["parts"] == 1 and 7 <= parts <= 9, parts
-    assert f"counting the rows of 1 big text file, in {parts} ranges of lines" in r.output
+    assert f"counting the rows of 1 big text file, in {parts} ranges" in r.output
     for key in ("pool_rows", "matched_rows", "curated_rows", "expected_curated_rows"):
         assert reports["cut"][key] == reports["whole"][key], key
     n = len(cc3m_texts)
