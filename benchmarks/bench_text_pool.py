@@ -1,9 +1,11 @@
-"""One big text file as the pool: `gpu-curate curate` on a TSV, CSV or JSON Lines file of
-millions of rows, its wall time and peak RSS (is memory bounded by the part size?).
+"""A text pool: `gpu-curate curate` on one TSV, CSV or JSON Lines file of millions of rows
+(is memory bounded by the part size? is the file matched by every core?), or on the
+same rows in many small files (``--files``: are they packed?), its wall time and peak RSS.
 
     python benchmarks/bench_text_pool.py --rows 5000000 --format tsv,csv,jsonl
+    python benchmarks/bench_text_pool.py --rows 1000000 --files 1000 --format tsv
 
-Builds (once, cached in --workdir) one file from the CC3M validation captions of
+Builds (once, cached in --workdir) the pool from the CC3M validation captions of
 ../shared/data, row n's caption suffixed with `` #n`` so that no two rows are equal: a
 TSV (``caption<TAB>url``, no header, as CC3M and CC12M are published), a CSV
 (``caption,url`` with a header, Python's csv module quoting where needed; every 100th
@@ -34,33 +36,37 @@ from bench_pipeline import SHARED, curated_uids, run_cli
 CC3M = "captions/cc3m_validation_alt_text.tsv"
 
 
-def build_file(cc3m: Path, folder: Path, rows: int, fmt: str) -> Path:
-    """The pool file of ``rows`` rows (CC3M's captions and URLs, repeated, suffixed)."""
-    path = folder / f"pool-{fmt}-{rows}" / f"cc.{fmt}"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+def build_pool(cc3m: Path, folder: Path, rows: int, fmt: str, files: int = 1) -> Path:
+    """The pool folder: ``rows`` rows (CC3M's captions and URLs, repeated, suffixed) in one
+    file, or in ``files`` files of equal rows (a CSV file: each with its header)."""
+    pool = folder / (f"pool-{fmt}-{rows}" + (f"-x{files}" if files > 1 else ""))
+    if pool.exists():
+        return pool
     lines = [line.split("\t", 1) for line in cc3m.read_text(encoding="utf-8").splitlines()]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        n = 0
-        if fmt == "csv":
-            fh.write("caption,url\r\n")
-        while n < rows:
-            out = []
-            for caption, url in lines[: rows - n]:
-                if fmt == "tsv":
-                    out.append(f"{caption} #{n}\t{url}\n")
-                elif fmt == "csv":
-                    text = f"{caption} #{n}" if n % 100 else f"{caption}\nline two #{n}"
-                    out.append(_csv_line(text, url))
-                else:
-                    out.append(json.dumps({"caption": f"{caption} #{n}", "url": url, "id": n}))
-                    out.append("\n")
-                n += 1
-            fh.write("".join(out))
-    tmp.rename(path)
-    return path
+    tmp = pool.with_name(f".{pool.name}.tmp")
+    tmp.mkdir(parents=True)
+    n = 0
+    for f in range(files):
+        name = f"cc.{fmt}" if files == 1 else f"cc-{f:05d}.{fmt}"
+        end = rows * (f + 1) // files
+        with open(tmp / name, "w", encoding="utf-8", newline="") as fh:
+            if fmt == "csv":
+                fh.write("caption,url\r\n")
+            while n < end:
+                out = []
+                for caption, url in lines[: end - n]:
+                    if fmt == "tsv":
+                        out.append(f"{caption} #{n}\t{url}\n")
+                    elif fmt == "csv":
+                        text = f"{caption} #{n}" if n % 100 else f"{caption}\nline two #{n}"
+                        out.append(_csv_line(text, url))
+                    else:
+                        out.append(json.dumps({"caption": f"{caption} #{n}", "url": url, "id": n}))
+                        out.append("\n")
+                    n += 1
+                fh.write("".join(out))
+    tmp.rename(pool)
+    return pool
 
 
 def _csv_line(*fields: str) -> str:
@@ -81,6 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--format", default="tsv,csv,jsonl", help="tsv, csv, jsonl (comma-separated)")
+    ap.add_argument("--files", type=int, default=1, help="the rows in this many files")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gpu-curate-text-bench"))
     ap.add_argument("--data", type=Path, default=SHARED)
     ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH")
@@ -92,20 +99,21 @@ def main() -> None:
     trees = [tuple(t.split("=", 1)) for t in args.tree] or [("checkout", "")]
     os.environ["GPU_CURATE_CACHE_DIR"] = str(args.workdir / "table-cache")
     cpu = platform.processor() or platform.machine()
-    print(f"# bench_text_pool: {args.rows:,} rows; {cpu}, {os.cpu_count()} cores")
+    print(f"# bench_text_pool: {args.rows:,} rows in {args.files:,} file(s); {cpu}, "
+          f"{os.cpu_count()} cores")  # fmt: skip
     print(f"command: {' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
     print("\n| file | MB | tree | wall s | peak RSS GB | match s | balance s | curated rows |")
     print("|---|---|---|---|---|---|---|---|")
     python_path = os.environ.get("PYTHONPATH", "")
     for fmt in [f for f in args.format.split(",") if f]:
-        pool = build_file(cc3m, args.workdir, args.rows, fmt)
-        mb = pool.stat().st_size / 1e6
+        pool = build_pool(cc3m, args.workdir, args.rows, fmt, args.files)
+        mb = sum(f.stat().st_size for f in pool.iterdir()) / 1e6
         outs: dict[str, Path] = {}
         for _ in range(args.repeat):
             for label, path in trees:
                 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (path, python_path) if p)
                 out = args.workdir / f"out-{fmt}-{label}"
-                wall, rss_gb, rep = run_cli(pool.parent, metadata, out, ["--backend", "cpu"])
+                wall, rss_gb, rep = run_cli(pool, metadata, out, ["--backend", "cpu"])
                 m, b = rep["seconds_match"], rep["seconds_balance"]
                 print(f"| {fmt} | {mb:,.0f} | {label} | {wall:.2f} | {rss_gb:.2f} | {m:.1f} | "
                       f"{b:.1f} | {rep['curated_rows']:,} |", flush=True)  # fmt: skip
