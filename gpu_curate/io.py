@@ -9,6 +9,7 @@ what makes uids, and so the curated set, partition-independent.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import functools
 import importlib
@@ -541,13 +542,13 @@ def _pack_target(partition_rows: int | None) -> int:
 
 
 def _text_rows(f: InputFile) -> int:
-    # (A compressed file holds about 4x its size in text.)
-    return f.size * (4 if _is_compressed(f.path) else 1) // TEXT_BYTES_PER_ROW + 1
+    return f.size // TEXT_BYTES_PER_ROW + 1
 
 
 def packs_text(f: InputFile, partition_rows: int | None) -> bool:
     """Whether a CSV/TSV file is small enough to share a part with others (about
-    ``partition_rows`` rows, default :data:`PACK_ROWS`, from its size).
+    ``partition_rows`` rows, default :data:`PACK_ROWS`, from its size). A compressed one
+    is not packed: a pack's files are read whole, and its size says little of its text.
 
     Examples
     --------
@@ -557,6 +558,8 @@ def packs_text(f: InputFile, partition_rows: int | None) -> bool:
     return (
         f.format in ("csv", "tsv")
         and f.size is not None
+        and not _is_compressed(f.path)
+        and infer_compression(f.path) is None
         and _text_rows(f) <= _pack_target(partition_rows)
     )
 
@@ -1220,23 +1223,41 @@ def _delimited_tables(piece: Piece, text_column, id_column, rows: int) -> Iterat
             _grow_blocks(read, exc)
 
 
+# Arrow's errors for a row longer than its block: one that straddles two blocks, and (a
+# file without a header, whose column count its first row gives) a first block that ends
+# inside its first row. (A prefix: a parse error's message quotes the row, any text.)
+_BLOCK_TOO_SMALL = (
+    "straddling object straddles two block boundaries",
+    "CSV parse error: Empty CSV file or block: cannot infer number of columns",
+)
+
+
 def _grow_blocks(read: pacsv.ReadOptions, exc: pa.ArrowInvalid) -> None:
-    """Make Arrow's blocks 8x larger (up to 1 GiB) where ``exc`` is a row that straddles
-    two of them; raise ``exc`` otherwise."""
-    if "straddl" not in str(exc) or read.block_size >= 1 << 30:
+    """Make Arrow's blocks 8x larger (up to 1 GiB) where ``exc`` is a row longer than a
+    block (:data:`_BLOCK_TOO_SMALL`); raise ``exc`` otherwise."""
+    if not str(exc).startswith(_BLOCK_TOO_SMALL) or read.block_size >= 1 << 30:
         raise exc
     read.block_size = min(read.block_size * 8, 1 << 30)
 
 
+# Bytes of a CSV/TSV file's head read for its columns (grown where its first row is
+# longer): a block of _CSV_BLOCK read the whole of a small file on the client when the
+# run was planned (and 16-32 MB of a big one's for each of its ranges).
+_PROBE_BLOCK = 1 << 16
+
+
 def _csv_schema(open_, read, parse, convert) -> pa.Schema:
-    """The columns Arrow's reader gives a CSV/TSV file (from its first block: blocks
-    grown as :func:`_delimited_tables` grows them where its first row is longer)."""
+    """The columns Arrow's reader gives a CSV/TSV file with options ``read`` (from its
+    first row or header, read in blocks of :data:`_PROBE_BLOCK` grown as
+    :func:`_delimited_tables` grows them where that row is longer)."""
+    probe = copy.copy(read)
+    probe.block_size = min(read.block_size, _PROBE_BLOCK)
     while True:
         try:
-            with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as reader:
+            with open_() as fh, pacsv.open_csv(fh, probe, parse, convert) as reader:
                 return reader.schema
         except pa.ArrowInvalid as exc:
-            _grow_blocks(read, exc)
+            _grow_blocks(probe, exc)
 
 
 def _joined_batches(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
@@ -1349,10 +1370,10 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
             )
     if has_header:
         read = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=_CSV_BLOCK)
-        convert = _text_columns(tuple(names))
+        convert = _text_convert(tuple(names))
     else:
         read = pacsv.ReadOptions(autogenerate_column_names=True, block_size=_CSV_BLOCK)
-        convert = _text_columns(None)
+        convert = _text_convert(None)
     # Quoted captions may hold line breaks (valid CSV), which need the slower parser mode.
     parse = pacsv.ParseOptions(
         delimiter=delimiter,
@@ -1363,11 +1384,11 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
 
 
 @functools.lru_cache(maxsize=64)
-def _text_columns(names: tuple[str, ...] | None) -> pacsv.ConvertOptions:
+def _text_convert(names: tuple[str, ...] | None) -> pacsv.ConvertOptions:
     # Every column is text, kept byte for byte (no type guessing, and a row that is not
     # valid UTF-8 is a row like any other, as in a Parquet string column). (Made once for
     # a set of names: a header-less file's (None: f0, f1, ..., 4,096 of them) took 1-2 ms
-    # a file.)
+    # a file. One object for every read, on any thread: never change it.)
     names = names or tuple(f"f{i}" for i in range(_AUTO_COLUMNS))
     return pacsv.ConvertOptions(
         column_types={c: pa.string() for c in names},

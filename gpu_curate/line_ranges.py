@@ -263,8 +263,9 @@ def count_csv_rows(path: str, start: int, end: int) -> tuple[tuple[int, int], tu
     inside a quoted field: a row whose line break is in a quoted field goes on past it, so
     a range cut after a line break may begin inside a row (:func:`csv_ranges`).
 
-    The second read follows the first from the first quote on (where both reads meet),
-    so it costs a few bytes. The last row of the file may end unended (:data:`MID_ROW`).
+    The second read waits for the range's first quote (nothing else changes its state)
+    and follows the first once they meet, usually at the end of that quoted field, so it
+    costs a few bytes. The last row of the file may end unended (:data:`MID_ROW`).
 
     Examples
     --------
@@ -274,7 +275,15 @@ def count_csv_rows(path: str, start: int, end: int) -> tuple[tuple[int, int], tu
     rows, states = [0, 0], [LINE, QUOTED]
     for chunk in _chunks(path, start, end):
         data = np.frombuffer(chunk, np.uint8)
-        if states[0] != states[1]:
+        if states[0] != states[1] and states[1] == QUOTED:
+            # Inside a quoted field only a quote changes the state: up to the chunk's first
+            # quote the first read goes on alone (a range without quotes, where the two
+            # reads never meet, is read once, not twice in step).
+            q = chunk.find(b'"')
+            q = len(chunk) if q < 0 else q
+            n, state = _csv_rows(data[:q], states[0], _COMMA, _QUOTE)
+            rows[0], states[0], data = rows[0] + n, int(state), data[q:]
+        if states[0] != states[1] and data.size:
             i, ra, rb, sa, sb = _csv_meet(data, states[0], states[1], _COMMA, _QUOTE)
             rows, states, data = [rows[0] + ra, rows[1] + rb], [int(sa), int(sb)], data[i:]
         if states[0] == states[1]:

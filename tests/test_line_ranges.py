@@ -289,3 +289,85 @@ def test_csv_rows_are_counted_from_a_rows_start_and_from_inside_quotes(tmp_path,
         for got, state in ((from_row, lr.LINE), (from_quoted, lr.QUOTED)):
             want = lr._csv_rows(raw, state, ord(","), ord('"'))
             assert got == (want[0], want[1]), (a, b, state)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_a_first_row_longer_than_a_block_reads_without_a_header(tmp_path, monkeypatch, fmt):
+    # Without a header the columns are counted from the first row: a first block that ends
+    # inside it is "Empty CSV file or block: cannot infer number of columns" to Arrow, not
+    # a straddling row, and was not read again with larger blocks: the file failed (in the
+    # whole read, the packing probe and the column probe of a range).
+    from gpu_curate import io as gio
+
+    sep = "," if fmt == "csv" else "\t"
+    rows = [f"a dog{sep}" + "p" * 300, *(f"s{i}{sep}u" for i in range(6))]
+    path = tmp_path / f"long.{fmt}"
+    path.write_text("\n".join(rows) + "\n")
+    f = gio.InputFile(str(path), path.name, fmt, path.stat().st_size)
+    want = read_piece(Piece(f, 0, None))
+    monkeypatch.setattr(gio, "_CSV_BLOCK", 100)
+    assert read_piece(Piece(f, 0, None)).equals(want)
+    assert gio.delimited_schemas([f], None, None)[str(path)] == want.schema
+    start = len(rows[0]) + len(rows[1]) + 2
+    cut = read_piece(Piece(f, 2, 7, 7, start, f.size))
+    assert cut.equals(want.slice(2))
+
+
+def test_a_parse_error_that_quotes_straddling_is_not_read_again(tmp_path, monkeypatch):
+    # Only Arrow's own message (its prefix) grows the blocks: a parse error quotes the
+    # row, whatever its text.
+    import pyarrow.csv as pacsv
+
+    from gpu_curate import io as gio
+
+    opened = []
+    open_csv = pacsv.open_csv
+    monkeypatch.setattr(
+        gio.pacsv, "open_csv", lambda fh, read, *a: opened.append(1) or open_csv(fh, read, *a)
+    )
+    path = tmp_path / "bad.csv"
+    path.write_text("text,url\n" + "a dog,u\n" * 5 + "the straddling man,u,extra\n")
+    f = InputFile(str(path), path.name, "csv", path.stat().st_size)
+    with pytest.raises(CurateError, match="Expected 2 columns, got 3"):
+        read_piece(Piece(f, 0, None))
+    assert len(opened) == 1
+
+
+def test_a_range_without_quotes_is_read_once(tmp_path, monkeypatch):
+    # The count from inside a quoted field waits for a quote: where there is none, the two
+    # counts never meet, and reading both in step read the whole range at half the speed.
+    import gpu_curate.line_ranges as lr
+
+    read = []  # (bytes read in step)
+    meet = lr._csv_meet
+    monkeypatch.setattr(lr, "_csv_meet", lambda *a: read.append((got := meet(*a))[0]) or got)
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"a dog,u\n" * 1000 + b'"the, man",u\n' + b"a dog,u\n" * 10)
+    from_row, from_quoted = lr.count_csv_rows(str(path), 3, path.stat().st_size)
+    assert from_row == (1011, lr.LINE) and from_quoted == (11, lr.LINE)
+    assert sum(read) < 20, read
+
+
+def test_planning_reads_a_small_text_files_head_only(tmp_path, monkeypatch):
+    # delimited_schemas read each small file's columns in Arrow's 16 MiB blocks: the
+    # whole of a file of up to 32 MB (and readahead), on the client, for every file of
+    # the pool (a remote pool was downloaded to plan it). A small block (grown where the
+    # first row is longer) gives the same columns.
+    import pyarrow.csv as pacsv
+
+    from gpu_curate import io as gio
+
+    blocks = []
+    open_csv = pacsv.open_csv
+    monkeypatch.setattr(
+        gio.pacsv,
+        "open_csv",
+        lambda fh, read, *a: blocks.append(read.block_size) or open_csv(fh, read, *a),
+    )
+    short, long_ = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    short.write_text("a dog\tu\n" * 10)
+    long_.write_text("a dog\t" + "u" * 200_000 + "\n" + "the man\tu\n")
+    files = [InputFile(str(p), p.name, "tsv", p.stat().st_size) for p in (short, long_)]
+    schemas = gio.delimited_schemas(files, None, None)
+    assert [s.names for s in schemas.values()] == [["f0", "f1"], ["f0", "f1"]]
+    assert min(blocks) <= 1 << 16 and max(blocks) < 1 << 24, blocks
