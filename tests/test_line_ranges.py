@@ -47,6 +47,24 @@ def _tsv(rng: random.Random, rows: int, header: bool, bom: bool) -> bytes:
     return b"".join(out)
 
 
+def _cut_vs_whole(client, path, rows: int, min_parts: int = 2):
+    """(rows of the file read whole, rows of its ranges read one by one, the parts),
+    checking each range's row numbers on the way."""
+    f = InputFile(str(path), path.name, path.suffix[1:], path.stat().st_size)
+    whole = read_piece(Piece(f, 0, None)).to_pylist()
+    parts = _plan(client, [f], Options(partition_rows=rows, quiet=True))
+    assert len(parts) >= min_parts, "the file was not cut"
+    got = []
+    for part in parts:
+        (piece,) = part.pieces
+        assert piece.row_start == len(got) and piece.file_rows == len(whole)
+        for row, table in piece_tables(piece):
+            assert row == len(got)
+            got.extend(table.to_pylist())
+        assert len(got) == piece.row_end
+    return whole, got, parts
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_the_ranges_of_a_tsv_file_hold_its_rows_with_their_row_numbers(
     tmp_path, local_client, seed
@@ -55,23 +73,10 @@ def test_the_ranges_of_a_tsv_file_hold_its_rows_with_their_row_numbers(
     header, bom = seed % 2 == 0, seed % 3 == 0
     path = tmp_path / "pool.tsv"
     path.write_bytes(_tsv(rng, rng.randrange(150, 400), header, bom))
-    f = InputFile(str(path), "pool.tsv", "tsv", path.stat().st_size)
-    whole = read_piece(Piece(f, 0, None)).to_pylist()
-
-    parts = _plan(local_client, [f], Options(partition_rows=rng.randrange(7, 40), quiet=True))
-    assert len(parts) >= 3, "the file was not cut"
-    got, numbers = [], []
-    for part in parts:
-        (piece,) = part.pieces
-        assert piece.row_start == len(got) and piece.file_rows == len(whole)
-        for row, table in piece_tables(piece):
-            numbers.append(row)
-            got.extend(table.to_pylist())
-        assert len(got) == piece.row_end
+    whole, got, parts = _cut_vs_whole(local_client, path, rng.randrange(7, 40), 3)
     assert got == whole
-    assert numbers[0] == 0
-    cuts = [p.pieces[0].byte_start for p in parts] + [f.size]
     data = path.read_bytes()
+    cuts = [p.pieces[0].byte_start for p in parts] + [len(data)]
     assert all(data[c - 1 : c] == b"\n" for c in cuts[1:-1]), "a cut inside a line"
 
 
@@ -105,20 +110,6 @@ def test_a_row_with_more_fields_is_an_error_in_any_range(tmp_path):
     with pytest.raises(CurateError, match="Expected 2 columns, got 3"):
         for part in parts:
             list(piece_tables(part.pieces[0]))
-
-
-def _cut_vs_whole(client, path, rows: int, min_parts: int = 2):
-    """(rows of the file read whole, rows of its ranges read one by one, the parts)."""
-    f = InputFile(str(path), path.name, "tsv", path.stat().st_size)
-    whole = read_piece(Piece(f, 0, None)).to_pylist()
-    parts = _plan(client, [f], Options(partition_rows=rows, quiet=True))
-    assert len(parts) >= min_parts, "the file was not cut"
-    got = []
-    for part in parts:
-        (piece,) = part.pieces
-        assert piece.row_start == len(got)
-        got.extend(read_piece(piece).to_pylist())
-    return whole, got, parts
 
 
 def test_a_bom_alone_on_the_first_line_is_no_row(tmp_path, local_client):
@@ -204,19 +195,10 @@ def test_the_ranges_of_a_csv_file_hold_its_rows_with_their_row_numbers(
     rng = random.Random(seed)
     path = tmp_path / "pool.csv"
     path.write_bytes(_csv(rng, rng.randrange(150, 400), seed % 2 == 0, seed % 3 == 0))
-    f = InputFile(str(path), "pool.csv", "csv", path.stat().st_size)
-    whole = read_piece(Piece(f, 0, None)).to_pylist()
-    (rows, state), _ = count_csv_rows(str(path), 0, f.size)
-    assert rows + (state in MID_ROW) - (seed % 2 == 0) == len(whole)
-
-    parts = _plan(local_client, [f], Options(partition_rows=rng.randrange(5, 30), quiet=True))
-    assert len(parts) >= 3, "the file was not cut"
-    got = []
-    for part in parts:
-        (piece,) = part.pieces
-        assert piece.row_start == len(got)
-        got.extend(read_piece(piece).to_pylist())
+    whole, got, _ = _cut_vs_whole(local_client, path, rng.randrange(5, 30), 3)
     assert got == whole
+    (rows, state), _ = count_csv_rows(str(path), 0, path.stat().st_size)
+    assert rows + (state in MID_ROW) - (seed % 2 == 0) == len(whole)
 
 
 def test_a_cut_inside_a_quoted_field_is_joined_to_the_range_before(tmp_path, local_client):
