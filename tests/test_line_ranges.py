@@ -31,20 +31,30 @@ def test_count_lines_counts_the_rows_arrow_makes(seed):
     assert count_lines(data[:cut]) + count_lines(data[cut:], after) == _lines_reference(data)
 
 
-def _tsv(rng: random.Random, rows: int, header: bool, bom: bool) -> bytes:
+def _text_file(rng: random.Random, rows: int, head: bytes | None, bom: bool, row) -> bytes:
+    """``rows`` rows ``row(i)``, with empty lines between them (no rows), lines ended by
+    \\n, \\r\\n or \\r, the last one perhaps unended; a header line and a BOM."""
     ends = [b"\n", b"\r\n", b"\r"]
-    words = ["a dog", "new york", 'a "quoted" cat', "caf\u00e9", "", "x,y", " lead", "trail "]
     out = [b"\xef\xbb\xbf" if bom else b""]
-    if header:
-        out.append(b"caption\tid" + rng.choice(ends[:2]))
+    if head:
+        out.append(head + rng.choice(ends[:2]))
     for i in range(rows):
         if rng.random() < 0.15:
-            out.append(rng.choice(ends))  # an empty line: no row
-        text = " ".join(rng.choice(words) for _ in range(rng.randrange(1, 4)))
-        out.append(f"{text} {i}\tid{i}".encode())
-        if i < rows - 1 or rng.random() < 0.7:  # (the last line may end the file unended)
+            out.append(rng.choice(ends))
+        out.append(row(i))
+        if i < rows - 1 or rng.random() < 0.7:
             out.append(rng.choice(ends) if rng.random() < 0.3 else b"\n")
     return b"".join(out)
+
+
+def _tsv(rng: random.Random, rows: int, header: bool, bom: bool) -> bytes:
+    words = ["a dog", "new york", 'a "quoted" cat', "caf\u00e9", "", "x,y", " lead", "trail "]
+
+    def row(i: int) -> bytes:
+        text = " ".join(rng.choice(words) for _ in range(rng.randrange(1, 4)))
+        return f"{text} {i}\tid{i}".encode()
+
+    return _text_file(rng, rows, b"caption\tid" if header else None, bom, row)
 
 
 def _cut_vs_whole(client, path, rows: int, min_parts: int = 2):
@@ -167,21 +177,12 @@ def test_a_file_that_is_read_decompressed_or_from_memory_is_not_cut(name):
 def _csv(rng: random.Random, rows: int, header: bool, bom: bool) -> bytes:
     # Fields as Arrow's parser takes them: quoted ones that hold commas, line breaks and
     # doubled quotes, unquoted ones with quotes inside (kept as they are), text after a
-    # closing quote, empty lines between rows, lines ended by \n, \r\n or \r.
-    ends = [b"\n", b"\r\n", b"\r"]
+    # closing quote.
     fields = [b"a dog", b'"a, b"', b'"new\nyork"', b'"say ""hi"""', b'5" screen', b"",
               b'"x"y', b'"two\r\n\r\nbreaks"', b'""', b"caf\xc3\xa9", b'"\n"',
               b'"say ""hi""\nthere"', b'"""\n"""']  # fmt: skip
-    out = [b"\xef\xbb\xbf" if bom else b""]
-    if header:
-        out.append(b"text,id" + rng.choice(ends[:2]))
-    for i in range(rows):
-        if rng.random() < 0.1:
-            out.append(rng.choice(ends))  # an empty line: no row
-        out.append(rng.choice(fields) + b",%d" % i)
-        if i < rows - 1 or rng.random() < 0.7:
-            out.append(rng.choice(ends) if rng.random() < 0.3 else b"\n")
-    return b"".join(out)
+    head = b"text,id" if header else None
+    return _text_file(rng, rows, head, bom, lambda i: rng.choice(fields) + b",%d" % i)
 
 
 @pytest.mark.parametrize("seed", range(16))
