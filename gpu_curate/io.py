@@ -114,6 +114,12 @@ def _is_compressed(path: str) -> bool:
     return path.lower().endswith(_COMPRESSIONS)
 
 
+def _read_decompressed(path: str) -> bool:
+    """Whether :func:`open_input` decompresses the file: a suffix of ours, or any other
+    that fsspec infers a codec from (.lzma, .zip)."""
+    return _is_compressed(path) or infer_compression(path) is not None
+
+
 @functools.cache
 def _zstd() -> ModuleType | None:
     """Python's ``compression.zstd`` (3.14), or its backport (a dependency before 3.14);
@@ -558,8 +564,7 @@ def packs_text(f: InputFile, partition_rows: int | None) -> bool:
     return (
         f.format in ("csv", "tsv")
         and f.size is not None
-        and not _is_compressed(f.path)
-        and infer_compression(f.path) is None
+        and not _read_decompressed(f.path)
         and _text_rows(f) <= _pack_target(partition_rows)
     )
 
@@ -581,9 +586,10 @@ def delimited_schemas(
     >>> delimited_schemas([], None, None)
     {}
     """
-    paths = {f.path: f for f in files if f.format in ("csv", "tsv")}
+    by_path = {f.path: f for f in files if f.format in ("csv", "tsv")}
 
-    def schema(f: InputFile) -> pa.Schema:
+    def schema(path: str) -> pa.Schema:
+        f = by_path[path]
         try:
             open_ = functools.partial(open_input, f.path)
             options = _delimited_options(open_, f.format, text_column, id_column, f.path)
@@ -591,14 +597,7 @@ def delimited_schemas(
         except _READ_ERRORS as exc:
             raise cannot_read(f.path, exc) from None
 
-    remote = any("://" in p for p in paths)
-    threads = min(len(paths), _FOOTER_THREADS if remote else _FOOTER_THREADS_LOCAL)
-    if threads <= 1:
-        return {p: schema(f) for p, f in paths.items()}
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="gpu-curate-heads") as pool:
-        return dict(zip(paths, pool.map(schema, paths.values()), strict=True))
+    return _per_file(schema, list(by_path))
 
 
 def row_group_runs(groups: Sequence[int], target: int) -> list[list[int]]:
@@ -643,14 +642,21 @@ def _parquet_layouts(files: Sequence[InputFile]) -> dict[str, tuple[list[int], p
     """{path: :func:`parquet_layout`} of the Parquet files, their footers read by a pool of
     threads; of several unreadable files, the first in ``files``' order is the error."""
     paths = list(dict.fromkeys(f.path for f in files if f.format == "parquet"))
+    return _per_file(parquet_layout, paths)
+
+
+def _per_file(read: Callable[[str], object], paths: Sequence[str]) -> dict:
+    """{path: read(path)} of ``paths``, read by a pool of threads (more for remote files,
+    where each read waits for a round trip); of several that fail, the first in
+    ``paths``' order is the error."""
     remote = any("://" in p for p in paths)
     threads = min(len(paths), _FOOTER_THREADS if remote else _FOOTER_THREADS_LOCAL)
     if threads <= 1:
-        return {p: parquet_layout(p) for p in paths}
+        return {p: read(p) for p in paths}
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(threads, thread_name_prefix="gpu-curate-footers") as pool:
-        return dict(zip(paths, pool.map(parquet_layout, paths), strict=True))
+    with ThreadPoolExecutor(threads, thread_name_prefix="gpu-curate-heads") as pool:
+        return dict(zip(paths, pool.map(read, paths), strict=True))
 
 
 def _utf8(path: str) -> bool:
@@ -1299,15 +1305,9 @@ def can_cut(f: InputFile) -> bool:
     >>> can_cut(InputFile("pool/cc12m.tsv.gz", "cc12m.tsv.gz", "tsv", 1_000_000_000))
     False
     """
-    # (open_input decompresses whatever fsspec infers from the suffix: .lzma, .zip too.
-    # fsspec's memory file system hands one file object to every reader of a file, so
+    # (fsspec's memory file system hands one file object to every reader of a file, so
     # ranges read at once would move each other's position.)
-    if (
-        f.size is None
-        or _is_compressed(f.path)
-        or infer_compression(f.path) is not None
-        or f.path.startswith("memory://")
-    ):
+    if f.size is None or _read_decompressed(f.path) or f.path.startswith("memory://"):
         return False
     return f.format in ("tsv", "csv") or (f.format == "jsonl" and _json_streamed(f))
 

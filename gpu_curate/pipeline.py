@@ -360,12 +360,13 @@ def _cut(client, by_path: dict[str, InputFile], cuts: dict, opts: Options) -> di
             if schema is None:
                 continue  # (read whole, or as one stream that finds it so again)
             cut = [(a, b, n) for (a, b), (n, _) in zip(spans, layouts, strict=True)]
-        elif f.format == "csv":
-            cut = csv_ranges(spans, layouts)
         else:
-            cut = [(a, b, n) for (a, b), n in zip(spans, layouts, strict=True)]
-        if f.format != "jsonl" and has_header(f, opts.text_column, opts.id_column):
-            cut[0] = (cut[0][0], cut[0][1], cut[0][2] - 1)  # (the header is no row)
+            if f.format == "csv":
+                cut = csv_ranges(spans, layouts)
+            else:
+                cut = [(a, b, n) for (a, b), n in zip(spans, layouts, strict=True)]
+            if has_header(f, opts.text_column, opts.id_column):
+                cut[0] = (cut[0][0], cut[0][1], cut[0][2] - 1)  # (the header is no row)
         ranges[path] = (_rows_in_each(cut), schema)
     return ranges
 
