@@ -21,6 +21,7 @@ import posixpath
 import re
 import stat
 import uuid
+import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
-from fsspec.utils import glob_translate, infer_compression
+from fsspec.utils import glob_translate
 
 from .errors import CurateError, cannot_read
 from .line_ranges import UTF8_BOM, open_range
@@ -106,18 +107,20 @@ class Part:
     pieces: tuple[Piece, ...]
 
 
-# Compression suffixes: .gz, .bz2 and .xz read through fsspec's codecs, .zst by open_input.
-_COMPRESSIONS = (".gz", ".bz2", ".zst", ".xz")
+# Compression suffixes and the codecs that read them: fsspec's, except .zst and .zip,
+# which open_input reads with Python's zstd and zipfile modules.
+_CODECS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".lzma": "lzma", ".zst": "zstd",
+           ".zip": "zip"}  # fmt: skip
+_COMPRESSIONS = tuple(_CODECS)
+
+
+def _codec(path: str) -> str | None:
+    """The codec that decompresses ``path`` (by its suffix), or None: read as it is."""
+    return _CODECS.get(posixpath.splitext(path.lower())[1])
 
 
 def _is_compressed(path: str) -> bool:
-    return path.lower().endswith(_COMPRESSIONS)
-
-
-def _read_decompressed(path: str) -> bool:
-    """Whether :func:`open_input` decompresses the file: a suffix of ours, or any other
-    that fsspec infers a codec from (.lzma, .zip)."""
-    return _is_compressed(path) or infer_compression(path) is not None
+    return _codec(path) is not None
 
 
 @functools.cache
@@ -133,30 +136,62 @@ def _zstd() -> ModuleType | None:
 
 
 # What a damaged compressed file raises that is no OSError: gzip's zlib.error, xz's
-# LZMAError, zstd's ZstdError (a file cut short raises EOFError).
-_CODEC_ERRORS = (zlib.error, lzma.LZMAError, *((_zstd().ZstdError,) if _zstd() else ()))
+# LZMAError, zstd's ZstdError, zipfile's BadZipFile (a file cut short raises EOFError).
+_CODEC_ERRORS = (
+    zlib.error,
+    lzma.LZMAError,
+    zipfile.BadZipFile,
+    *((_zstd().ZstdError,) if _zstd() else ()),
+)
 
 
 @contextlib.contextmanager
 def open_input(path: str) -> Iterator[io.BufferedIOBase]:
-    """An input file opened for reading, decompressed by its suffix (.gz, .bz2, .xz, .zst).
+    """An input file opened for reading, decompressed by its suffix (.gz, .bz2, .xz,
+    .lzma, .zst, or .zip holding one file).
 
     A .zst file is read with Python's zstd module rather than whatever fsspec picks: it
     reads every frame of the file and raises EOFError on one cut short, where the
-    ``zstandard`` package's stream reader ends early without a word (rows lost).
+    ``zstandard`` package's stream reader ends early without a word (rows lost). A .zip
+    file is read with Python's zipfile module, which checks its file's CRC; one holding
+    several files is an error, where fsspec would read the first of them and no more.
 
     Examples
     --------
     >>> with open_input("pool/captions.jsonl.zst") as fh:  # doctest: +SKIP
     ...     first = fh.readline()
     """
-    if not path.lower().endswith(".zst"):
-        with fsspec.open(path, "rb", compression="infer") as fh:
+    codec = _codec(path)
+    if codec == "zstd":
+        _check_codec(path)
+        with fsspec.open(path, "rb") as raw, _zstd().ZstdFile(raw) as fh:
             yield fh
-        return
-    _check_codec(path)
-    with fsspec.open(path, "rb") as raw, _zstd().ZstdFile(raw) as fh:
-        yield fh
+    elif codec == "zip":
+        with fsspec.open(path, "rb") as raw, _zip_member(path, raw) as fh:
+            yield fh
+    else:
+        with fsspec.open(path, "rb", compression=codec) as fh:
+            yield fh
+
+
+@contextlib.contextmanager
+def _zip_member(path: str, raw: io.BufferedIOBase) -> Iterator[io.BufferedIOBase]:
+    """The one file a .zip file holds, opened for reading."""
+    with zipfile.ZipFile(raw) as archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) != 1:
+            names = ", ".join([m.filename for m in members[:3]] + ["..."] * (len(members) > 3))
+            raise CurateError(
+                f"{path}: a .zip input must hold one file, this one holds {len(members)}"
+                + (f" ({names})" if members else "")
+                + "; unzip it and give the folder"
+            )
+        try:
+            fh = archive.open(members[0])
+        except (NotImplementedError, RuntimeError) as exc:  # a method zipfile lacks; a password
+            raise CurateError(f"{path}: cannot read {members[0].filename} in it: {exc}") from exc
+        with fh:
+            yield fh
 
 
 @contextlib.contextmanager
@@ -415,15 +450,21 @@ def _glob_depth(pattern: str, root: str) -> int | None:
 
 
 def _check_codec(path: str) -> None:
-    # Without its codec, fsspec reads a compressed file as it is: its bytes would be
-    # matched as text, silently. (.zst files are opened by open_input, with Python's zstd.)
-    if not _is_compressed(path):
+    # Without its codec, fsspec would read a compressed file as it is: its bytes would be
+    # matched as text, silently. (.zst and .zip files are opened by open_input itself.)
+    codec = _codec(path)
+    if codec == "zip":
+        try:  # (a .zip file of several files is an error before anything is written)
+            with open_input(path):
+                pass
+        except (OSError, *_CODEC_ERRORS) as exc:
+            raise cannot_read(path, exc) from None
+    if codec is None or codec == "zip":
         return
-    zst = path.lower().endswith(".zst")
-    if (_zstd() is None) if zst else (infer_compression(path) is None):
+    if (_zstd() is None) if codec == "zstd" else (codec not in fsspec.available_compressions()):
         raise CurateError(
             f"{path}: no codec for {posixpath.splitext(path)[1]} files here"
-            + (" (pip install backports.zstd)" if zst else "")
+            + (" (pip install backports.zstd)" if codec == "zstd" else "")
         )
 
 
@@ -564,7 +605,7 @@ def packs_text(f: InputFile, partition_rows: int | None) -> bool:
     return (
         f.format in ("csv", "tsv")
         and f.size is not None
-        and not _read_decompressed(f.path)
+        and not _is_compressed(f.path)
         and _text_rows(f) <= _pack_target(partition_rows)
     )
 
@@ -1307,7 +1348,7 @@ def can_cut(f: InputFile) -> bool:
     """
     # (fsspec's memory file system hands one file object to every reader of a file, so
     # ranges read at once would move each other's position.)
-    if f.size is None or _read_decompressed(f.path) or f.path.startswith("memory://"):
+    if f.size is None or _is_compressed(f.path) or f.path.startswith("memory://"):
         return False
     return f.format in ("tsv", "csv") or (f.format == "jsonl" and _json_streamed(f))
 

@@ -8,9 +8,11 @@ Expected matches are written out by hand from DESIGN.md section 2 (an entry matc
 from __future__ import annotations
 
 import gzip
+import io as io_module
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -331,31 +333,76 @@ def test_compressed_parquet(tmp_path, md):
     assert json.loads((tmp_path / "out" / "report.json").read_text())["parts"] == 2
 
 
+def _zip(name: str, *members: tuple[str, bytes]) -> bytes:
+    buf = io_module.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member, data in members:
+            archive.writestr(member, data)
+    return buf.getvalue()
+
+
 def test_every_compression_suffix_is_decompressed(tmp_path, md, monkeypatch):
     import bz2
     import lzma
 
+    import fsspec.compression
     from conftest import zstd
 
     content = b"text\nzstd dog\nnew york\n"
     pool = tmp_path / "pool"
     pool.mkdir()
-    for suffix, compress in ((".gz", gzip.compress), (".bz2", bz2.compress),
-                             (".xz", lzma.compress), (".zst", zstd.compress)):  # fmt: skip
+    codecs = ((".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress),
+              (".lzma", lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE)),
+              (".zst", zstd.compress), (".zip", lambda d: _zip("a.csv", ("a.csv", d))))  # fmt: skip
+    for suffix, compress in codecs:
         (pool / f"a{suffix[1:]}.csv{suffix}").write_bytes(compress(content))
     r = match(pool, md, tmp_path / "out")
     assert r.exit_code == 0, (r.output, r.stderr)
-    assert sorted(matched(tmp_path / "out")["text"]) == [b"new york"] * 4 + [b"zstd dog"] * 4
+    assert sorted(matched(tmp_path / "out")["text"]) == [b"new york"] * 6 + [b"zstd dog"] * 6
+    # Found by their suffixes: a .parquet.lzma or .parquet.zip file is Parquet.
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": ["a dog", "new york cat"]}), table)
+    parquets = tmp_path / "parquets"
+    parquets.mkdir()
+    (parquets / "p.parquet.lzma").write_bytes(
+        lzma.compress(table.read_bytes(), format=lzma.FORMAT_ALONE)
+    )
+    (parquets / "q.parquet.zip").write_bytes(_zip("q", ("q.parquet", table.read_bytes())))
+    assert [f.format for f in discover([str(parquets)])] == ["parquet", "parquet"]
+    r = match(parquets, md, tmp_path / "out-parquet")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(tmp_path / "out-parquet")["entry_ids"] == [[0], [1, 2]] * 2
     # Without a codec, the compressed bytes would be read as text: an error instead.
-    from gpu_curate import io
-
-    monkeypatch.setattr(io, "infer_compression", lambda path: None)
+    monkeypatch.delitem(fsspec.compression.compr, "bz2")
     err = error_line(match(pool, md, tmp_path / "out2"))
     assert "no codec for .bz2 files here" in err
     # (A Python built without zstd, and without the backport.)
+    from gpu_curate import io
+
     monkeypatch.setattr(io, "_zstd", lambda: None)
     err = error_line(match(pool / "azst.csv.zst", md, tmp_path / "out3"))
     assert "no codec for .zst files here (pip install backports.zstd)" in err
+
+
+def test_a_zip_file_must_hold_one_file(tmp_path, md):
+    # fsspec's own zip codec reads the first file of the archive and no more: rows lost.
+    content = b"text\na dog\n"
+    pool = tmp_path / "pool"
+    write(pool / "a.csv.zip", _zip("a", ("a.csv", content), ("b.csv", content)))
+    out = tmp_path / "out"
+    err = error_line(match(pool, md, out))
+    assert (
+        f"{pool / 'a.csv.zip'}: a .zip input must hold one file, this one holds 2 (a.csv, b.csv)"
+        in err
+    )
+    assert not out.exists()  # found when the inputs are listed, before anything is written
+    write(pool / "a.csv.zip", _zip("a"))
+    assert "this one holds 0;" in error_line(match(pool, md, out))
+    write(pool / "a.csv.zip", _zip("a", ("a.csv", content))[:40])
+    assert f"cannot read {pool / 'a.csv.zip'}: File is not a zip file" in error_line(
+        match(pool, md, out)
+    )
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------ CSV / TSV

@@ -168,7 +168,7 @@ def test_line_cuts_read_a_file_with_no_line_feed_once(tmp_path, monkeypatch):
     "name", ["pool.tsv.lzma", "pool.tsv.zip", "pool.tsv.zst", "pool.TSV.GZ", "memory://pool.tsv"]
 )
 def test_a_file_that_is_read_decompressed_or_from_memory_is_not_cut(name):
-    # open_input decompresses whatever fsspec infers from the suffix: its bytes are no
+    # open_input decompresses a file by its suffix (.lzma, .zip too): its bytes are no
     # lines. (memory://: one file object for every reader of the file.)
     assert not can_cut(InputFile(name, name, "tsv", 1 << 30))
     assert can_cut(InputFile("pool.tsv", "pool.tsv", "tsv", 1 << 30))

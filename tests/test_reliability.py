@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import random
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -488,7 +490,7 @@ def test_duplicate_ids_far_apart_in_a_streamed_csv(small, tmp_path, monkeypatch,
 
 def _damaged(suffix: str, head: bytes, tail: bytes) -> bytes:
     """``head + tail`` compressed, damaged after ``head``'s bytes: decompressing raises the
-    codec's own error (zlib.error, LZMAError, ZstdError: none of them an OSError)."""
+    codec's own error (zlib.error, LZMAError, ZstdError, BadZipFile: none an OSError)."""
     import gzip
     import lzma
 
@@ -500,11 +502,19 @@ def _damaged(suffix: str, head: bytes, tail: bytes) -> bytes:
         return gzip.compress(head, mtime=0) + bytes(member)
     if suffix == ".xz":  # the stream footer's magic bytes
         return lzma.compress(head + tail)[:-2] + b"ZZ"
+    if suffix == ".zip":  # a stored file, a letter of its tail in the other case: bad CRC
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+            archive.writestr("a.csv", head + tail)
+        data = bytearray(buf.getvalue())
+        at = data.index(tail) + next(i for i, b in enumerate(tail) if chr(b).isalpha())
+        data[at] ^= 0x20
+        return bytes(data)
     data = zstd.compress(head + tail, options={zstd.CompressionParameter.checksum_flag: 1})
     return data[:-4] + bytes(b ^ 0xFF for b in data[-4:])  # the frame's checksum
 
 
-@pytest.mark.parametrize("suffix", [".gz", ".xz", ".zst"])
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".zst", ".zip"])
 def test_a_damaged_compressed_csv_is_one_line(small, tmp_path, monkeypatch, suffix):
     # The decompressor fails deep in the file, after tables of it were matched and
     # written: one line naming the file, and no part left, as for an unreadable row.
