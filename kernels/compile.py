@@ -32,6 +32,7 @@ FUNCTIONS = (
     "tokenize_row",
     "walk_row",
     "sort_unique",
+    "_sift_down",
     "_dedupe",
     "is_valid",
     "hash_bytes",

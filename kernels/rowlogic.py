@@ -351,45 +351,34 @@ def sort_unique(a, lo, n):
                 q -= 1
             a[q] = v
         return _dedupe(a, lo, n)
-    # Heapify.
     start = n // 2 - 1
     while start >= 0:
-        root = start
-        while True:
-            child = 2 * root + 1
-            if child >= n:
-                break
-            if child + 1 < n and a[lo + child] < a[lo + child + 1]:
-                child += 1
-            if a[lo + root] < a[lo + child]:
-                tmp = a[lo + root]
-                a[lo + root] = a[lo + child]
-                a[lo + child] = tmp
-                root = child
-            else:
-                break
+        _sift_down(a, lo, start, n)
         start -= 1
     end = n - 1
     while end > 0:
         tmp = a[lo]
         a[lo] = a[lo + end]
         a[lo + end] = tmp
-        root = 0
-        while True:
-            child = 2 * root + 1
-            if child >= end:
-                break
-            if child + 1 < end and a[lo + child] < a[lo + child + 1]:
-                child += 1
-            if a[lo + root] < a[lo + child]:
-                tmp = a[lo + root]
-                a[lo + root] = a[lo + child]
-                a[lo + child] = tmp
-                root = child
-            else:
-                break
+        _sift_down(a, lo, 0, end)
         end -= 1
     return _dedupe(a, lo, n)
+
+
+def _sift_down(a, lo, root, n):
+    """Move a[lo+root] down the max-heap a[lo:lo+n] to its place."""
+    while True:
+        child = 2 * root + 1
+        if child >= n:
+            return
+        if child + 1 < n and a[lo + child] < a[lo + child + 1]:
+            child += 1
+        if a[lo + root] >= a[lo + child]:
+            return
+        tmp = a[lo + root]
+        a[lo + root] = a[lo + child]
+        a[lo + child] = tmp
+        root = child
 
 
 def _dedupe(a, lo, n):

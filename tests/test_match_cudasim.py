@@ -166,6 +166,22 @@ def test_long_tokens():
     assert lists(ro, ids) == [reference_match(t, entries) for t in texts]
 
 
+def test_rows_of_more_occurrences_than_the_insertion_sort_takes():
+    # sort_unique sorts up to 24 occurrences by insertion and more with a heap: rows of
+    # 23 to 80 occurrences (repeats among them), in shuffled order, cross both paths.
+    from gpu_curate.metadata import Metadata
+
+    words = [f"w{i:02d}" for i in range(40)]
+    rng = random.Random(7)
+    texts = []
+    for n in (23, 24, 25, 26, 40, 80):
+        drawn = [rng.choice(words) for _ in range(n)]
+        texts.append(" ".join(drawn))
+    ro, ids = assert_same_csr(pa.array(texts), Metadata(words))
+    assert lists(ro, ids) == [reference_match(t, words) for t in texts]
+    assert max(len(t.split()) for t in texts) == 80
+
+
 @pytest.mark.parametrize("typ", [pa.string(), pa.large_string()], ids=["int32", "int64"])
 def test_sliced_arrays_with_nulls(typ):
     from gpu_curate.metadata import Metadata
