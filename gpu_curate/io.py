@@ -20,6 +20,7 @@ import os
 import posixpath
 import re
 import stat
+import struct
 import uuid
 import zipfile
 import zlib
@@ -35,7 +36,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from fsspec.utils import glob_translate
 
-from .errors import CurateError, cannot_read
+from .errors import CurateError, cannot_read, first_line
 from .line_ranges import UTF8_BOM, open_range
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
@@ -123,6 +124,15 @@ def _is_compressed(path: str) -> bool:
     return _codec(path) is not None
 
 
+def _uncompressed_name(path: str) -> tuple[str, int]:
+    """``path`` without its compression suffixes (any number, in any order), and how many
+    there were: only the last is decompressed, so a name of two is an error."""
+    name, n = path, 0
+    while _codec(name) is not None:
+        name, n = posixpath.splitext(name)[0], n + 1
+    return name, n
+
+
 @functools.cache
 def _zstd() -> ModuleType | None:
     """Python's ``compression.zstd`` (3.14), or its backport (a dependency before 3.14);
@@ -174,11 +184,30 @@ def open_input(path: str) -> Iterator[io.BufferedIOBase]:
             yield fh
 
 
+# What zipfile raises, beside BadZipFile, on a damaged archive's directory or headers: a
+# version or method it lacks (NotImplementedError), a name that is no UTF-8 where its flag
+# says it is (UnicodeDecodeError, a ValueError), an extra field cut short (IndexError,
+# struct.error). Turned into BadZipFile: one line, as for any damaged compressed file.
+_ZIP_DAMAGE = (NotImplementedError, ValueError, IndexError, struct.error)
+
+
 @contextlib.contextmanager
 def _zip_member(path: str, raw: io.BufferedIOBase) -> Iterator[io.BufferedIOBase]:
     """The one file a .zip file holds, opened for reading."""
-    with zipfile.ZipFile(raw) as archive:
-        members = [m for m in archive.infolist() if not m.is_dir()]
+    try:
+        archive = zipfile.ZipFile(raw)
+    except _ZIP_DAMAGE as exc:
+        raise zipfile.BadZipFile(first_line(exc)) from None
+    with archive:
+        # (Hidden names are skipped as in a folder: macOS's __MACOSX/._a.csv beside a.csv.)
+        members = [m for m in archive.infolist() if not m.is_dir() and not is_hidden(m.filename)]
+        if archive.infolist() and min(m.header_offset for m in archive.infolist()) != 0:
+            # (zipfile reads the last archive of a file and takes what comes before it
+            # for a prefix: of two archives one after the other, the first is dropped.)
+            raise CurateError(
+                f"{path}: this .zip file holds bytes before its archive (two .zip files "
+                "one after the other, or a self-extracting one): unzip it and give the folder"
+            )
         if len(members) != 1:
             names = ", ".join([m.filename for m in members[:3]] + ["..."] * (len(members) > 3))
             raise CurateError(
@@ -186,10 +215,21 @@ def _zip_member(path: str, raw: io.BufferedIOBase) -> Iterator[io.BufferedIOBase
                 + (f" ({names})" if members else "")
                 + "; unzip it and give the folder"
             )
+        name = members[0].filename
+        if _codec(name) is not None:
+            # (Only the .zip is decompressed: its file's bytes would be read as text.)
+            raise CurateError(
+                f"{path}: the file it holds, {name}, is itself compressed: "
+                "unzip it and give the file"
+            )
         try:
             fh = archive.open(members[0])
-        except (NotImplementedError, RuntimeError) as exc:  # a method zipfile lacks; a password
-            raise CurateError(f"{path}: cannot read {members[0].filename} in it: {exc}") from exc
+        except NotImplementedError as exc:  # a method zipfile lacks (Deflate64, PPMd)
+            raise CurateError(f"{path}: cannot read {name} in it: {exc}") from None
+        except RuntimeError:  # (a password: zipfile's message is the ZipInfo's repr)
+            raise CurateError(f"{path}: cannot read {name} in it: it is encrypted") from None
+        except _ZIP_DAMAGE as exc:
+            raise zipfile.BadZipFile(first_line(exc)) from None
         with fh:
             yield fh
 
@@ -203,12 +243,8 @@ def _parquet_file(path: str) -> Iterator[pq.ParquetFile]:
 
 
 def _format_of(path: str) -> str | None:
-    """The format its extension names (a compression suffix aside), or None."""
-    name = path.lower()
-    for suffix in _COMPRESSIONS:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return _EXTENSIONS.get(os.path.splitext(name)[1])
+    """The format its extension names (compression suffixes aside), or None."""
+    return _EXTENSIONS.get(os.path.splitext(_uncompressed_name(path.lower())[0])[1])
 
 
 # Files a folder or glob may hold beside the data: never read, even under --format.
@@ -331,6 +367,11 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
                for p, i, r, f in kept]  # fmt: skip
         files.extend(new)
         origin.update((id(f), spec) for f in new)
+    # A .zip file of several files is an error before anything is written: each is opened
+    # by its URL (not the path fsspec strips), by a pool of threads (on an object store
+    # each is a few round trips).
+    zips = {f.path: f.format for f in files if _codec(f.path) == "zip"}
+    _per_file(lambda path: _check_zip(path, zips[path]), list(zips))
     # One file reached twice (overlapping inputs, or two links to it) would be read twice,
     # under two relative paths and so two sets of uids: its rows counted and kept twice.
     if (twice := reached_twice([f.path for f in files])) is not None:
@@ -449,16 +490,29 @@ def _glob_depth(pattern: str, root: str) -> int | None:
     return None if "**" in below else below.count("/")
 
 
+def _check_zip(path: str, fmt: str) -> None:
+    """Whether a .zip input (a URL or local path) holds one file, of no other format than
+    ``fmt``; a :class:`CurateError` if not."""
+    try:
+        with open_input(path) as fh:
+            name = fh.name
+    except (OSError, EOFError, *_CODEC_ERRORS) as exc:
+        raise cannot_read(path, exc) from None
+    held = _format_of(name)
+    if held is not None and held != fmt:
+        raise CurateError(f"{path}: read as {fmt}, but the file it holds is {name}, a {held} file")
+
+
 def _check_codec(path: str) -> None:
     # Without its codec, fsspec would read a compressed file as it is: its bytes would be
     # matched as text, silently. (.zst and .zip files are opened by open_input itself.)
     codec = _codec(path)
-    if codec == "zip":
-        try:  # (a .zip file of several files is an error before anything is written)
-            with open_input(path):
-                pass
-        except (OSError, *_CODEC_ERRORS) as exc:
-            raise cannot_read(path, exc) from None
+    if _uncompressed_name(path)[1] > 1:
+        # (Only the last suffix is decompressed: the rest would be read as text.)
+        raise CurateError(
+            f"{path}: compressed twice ({''.join(PurePosixPath(path).suffixes[-2:])}): "
+            "decompress it once and give the result"
+        )
     if codec is None or codec == "zip":
         return
     if (_zstd() is None) if codec == "zstd" else (codec not in fsspec.available_compressions()):

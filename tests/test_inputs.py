@@ -398,11 +398,86 @@ def test_a_zip_file_must_hold_one_file(tmp_path, md):
     assert not out.exists()  # found when the inputs are listed, before anything is written
     write(pool / "a.csv.zip", _zip("a"))
     assert "this one holds 0;" in error_line(match(pool, md, out))
+    # Hidden names are skipped, as in a folder (macOS writes __MACOSX/._a.csv beside a.csv).
+    write(pool / "a.csv.zip", _zip("a", ("a.csv", content), ("__MACOSX/._a.csv", b"\0\5"),
+                                  (".DS_Store", b"\0")))  # fmt: skip
+    r = match(pool, md, out)
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(out)["text"] == [b"a dog"]
+    shutil.rmtree(out)
     write(pool / "a.csv.zip", _zip("a", ("a.csv", content))[:40])
     assert f"cannot read {pool / 'a.csv.zip'}: File is not a zip file" in error_line(
         match(pool, md, out)
     )
     assert not out.exists()
+
+
+def test_a_zip_file_given_by_url_is_checked_by_its_url(tmp_path, md):
+    # The check opened the path fsspec strips of its protocol: no such local file (or,
+    # worse, another one).
+    import fsspec
+
+    mem = fsspec.filesystem("memory")
+    mem.pipe("/h19-pool/a.csv.zip", _zip("a", ("a.csv", b"text\na dog\n")))
+    try:
+        r = match("memory://h19-pool/a.csv.zip", md, tmp_path / "out")
+        assert r.exit_code == 0, (r.output, r.stderr)
+        assert matched(tmp_path / "out")["text"] == [b"a dog"]
+        mem.pipe("/h19-pool/b.csv.zip", _zip("b", ("b.csv", b"x"), ("c.csv", b"y")))
+        err = error_line(match("memory://h19-pool", md, tmp_path / "out2"))
+        assert "memory:///h19-pool/b.csv.zip: a .zip input must hold one file" in err
+    finally:
+        mem.rm("/h19-pool", recursive=True)
+
+
+def test_a_file_compressed_twice_is_an_error(tmp_path, md):
+    # Only the last suffix is decompressed: the bytes below it were read as text (binary
+    # rows matched, the real ones gone, and exit 0).
+    tsv = b"a dog\nnew york\n"
+    inner = gzip.compress(tsv, mtime=0)
+    pool = tmp_path / "pool"
+    write(pool / "a.tsv.zip", _zip("a", ("a.tsv.gz", inner)))
+    err = error_line(match(pool, md, tmp_path / "out"))
+    assert f"{pool / 'a.tsv.zip'}: the file it holds, a.tsv.gz, is itself compressed" in err
+    shutil.rmtree(pool)
+    for name in ("a.tsv.zip.gz", "a.tsv.gz.zip", "a.tsv.xz.gz", "a.tsv.gz.zst"):
+        write(pool / name, gzip.compress(_zip("a", ("a.tsv", tsv))))
+        err = error_line(match(pool, md, tmp_path / "out"))
+        assert f"{pool / name}: compressed twice" in err, name
+        shutil.rmtree(pool)
+    # A .zip file that holds a file of another format than its name says.
+    write(pool / "a.csv.zip", _zip("a", ("a.tsv", tsv)))
+    err = error_line(match(pool, md, tmp_path / "out"))
+    assert "read as csv, but the file it holds is a.tsv, a tsv file" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_zip_directory_is_one_line(tmp_path, md):
+    good = _zip("a", ("\u00e9.csv", b"text\na dog\n"))
+    central = good.index(b"PK\x01\x02")
+    pool = tmp_path / "pool"
+    damaged = []
+    data = bytearray(good)
+    data[central + 6] = 0xFF  # the version needed to extract: NotImplementedError
+    damaged.append(bytes(data))
+    data = bytearray(good)
+    at = data.index("\u00e9".encode(), central)
+    data[at] = 0xFF  # a name flagged UTF-8 that is not: UnicodeDecodeError
+    damaged.append(bytes(data))
+    for data in damaged:
+        write(pool / "a.csv.zip", data)
+        err = error_line(match(pool, md, tmp_path / "out"))
+        assert f"cannot read {pool / 'a.csv.zip'}: " in err
+        assert not (tmp_path / "out").exists()
+
+
+def test_two_zip_files_one_after_the_other_are_an_error(tmp_path, md):
+    # zipfile reads the last archive of a file: the rows of the first were dropped.
+    first = _zip("a", ("a.csv", b"text\na dog\n"))
+    second = _zip("b", ("b.csv", b"text\nnew york\n"))
+    write(tmp_path / "pool" / "a.csv.zip", first + second)
+    err = error_line(match(tmp_path / "pool", md, tmp_path / "out"))
+    assert "this .zip file holds bytes before its archive" in err
 
 
 # ------------------------------------------------------------------------ CSV / TSV
