@@ -326,6 +326,13 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
     files: list[InputFile] = []
     origin: dict[int, str] = {}  # id(file) -> the input it was found through
     for spec in inputs:
+        if "::" in spec:
+            # (A file's URL is rebuilt as protocol + path: the rest of a chain, and with it
+            # the file, would be lost by the time a worker opens it.)
+            raise CurateError(
+                f"chained URLs are not read: {spec}; give the files' own URL or path "
+                "(a .zip of several files: unzip it)"
+            )
         fs, path = fsspec.core.url_to_fs(spec)
         prefix = "" if is_local(fs) else f"{protocol_of(fs)}://"
         # (path, listing info, relative path, format) of each candidate file.

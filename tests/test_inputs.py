@@ -430,6 +430,15 @@ def test_a_zip_file_given_by_url_is_checked_by_its_url(tmp_path, md):
         mem.rm("/h19-pool", recursive=True)
 
 
+def test_a_chained_url_is_one_line(tmp_path, md):
+    # The chain was dropped when the file's URL was rebuilt: a traceback in the workers.
+    write(tmp_path / "a.csv", b"text\na dog\n")
+    for spec in (f"simplecache::file://{tmp_path / 'a.csv'}", f"zip://*.csv::{tmp_path / 'a.zip'}"):
+        err = error_line(match(spec, md, tmp_path / "out"))
+        assert f"chained URLs are not read: {spec}; give the files' own URL" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_compressed_twice_is_an_error(tmp_path, md):
     # Only the last suffix is decompressed: the bytes below it were read as text (binary
     # rows matched, the real ones gone, and exit 0).
