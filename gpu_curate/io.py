@@ -358,6 +358,10 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
         else:
             raise CurateError(f"input not found: {spec}")
         kept = [(p, i, r, f) for p, i, r, f in kept if f is not None]
+        if any("link_to" in i for _, i, _, _ in kept):
+            # A link to a file that the scan keeps under its own name: read it there.
+            own = {os.path.realpath(p) for p, i, _, _ in kept if "link_to" not in i}
+            kept = [k for k in kept if k[1].get("link_to") not in own]
         for p, *_ in kept:
             _check_codec(p)
         # An empty CSV/TSV/JSONL file holds no rows (an empty Parquet file is no Parquet).
@@ -436,20 +440,24 @@ def _local_files(
 ) -> dict[str, dict]:
     """The files below a local folder (those whose path ``pattern`` matches, in folders at
     most ``depth`` levels below ``root``), as ``{path: listing info}``, following symbolic
-    links to files and to folders outside ``root``.
+    links to files and to folders.
 
     A pool is often a folder of links into shards: a folder scan and a glob must find
     the same files through them (fsspec lists a link as neither file nor folder). A link
-    to a file or folder inside ``root`` is skipped, as the scan reaches its target there
-    anyway (under its own name); a folder reached twice from outside is read once; names
-    starting with ``.`` or ``_`` are not entered (:func:`is_hidden`); a broken link to a
-    data file, and a folder that cannot be listed, are errors, not files left out.
+    whose target is inside ``root`` is read under its own name only where the scan does
+    not reach the target itself: a link to a folder is walked last, and only if that
+    folder was not walked; a link to a file is listed with its target's real path
+    (``link_to``), for :func:`discover` to drop when it keeps the target. A folder reached
+    twice is read once; names starting with ``.`` or ``_`` are not entered
+    (:func:`is_hidden`); a broken link to a data file, and a folder that cannot be
+    listed, are errors, not files left out.
     """
     found: dict[str, dict] = {}
     if not os.path.isdir(root):
         return found
     real_root = os.path.realpath(root)
     seen: set[str] = set()
+    folder_links: list[tuple[str, int]] = []  # (path, level) of links to folders inside
 
     def inside(path: str) -> bool:
         real = os.path.realpath(path)
@@ -459,35 +467,49 @@ def _local_files(
         # (os.walk skips a folder it cannot list: its files would be left out unsaid.)
         raise CurateError(f"cannot list input folder {exc.filename}: {exc.strerror}")
 
-    for folder, subfolders, names in os.walk(root, onerror=unreadable, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            subfolders.clear()
-            continue
-        seen.add(real)
-        level = 0 if folder == root else os.path.relpath(folder, root).count(os.sep) + 1
-        subfolders[:] = sorted(
-            d
-            for d in subfolders
-            if not d.startswith((".", "_"))
-            and (depth is None or level < depth)
-            and not (os.path.islink(os.path.join(folder, d)) and inside(os.path.join(folder, d)))
-        )
-        for name in names:
-            path = os.path.join(folder, name)
-            key = path.replace(os.sep, "/") if os.sep != "/" else path  # (fsspec's form)
-            if pattern is not None and not pattern.match(key):
+    def walk(top: str, top_level: int) -> None:
+        for folder, subfolders, names in os.walk(top, onerror=unreadable, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:
+                subfolders.clear()
                 continue
-            if os.path.islink(path) and inside(path):
-                continue
-            try:
-                st = os.stat(path)  # (follows a link)
-            except OSError:
-                if _format_of(name) is not None and not name.startswith((".", "_")):
-                    raise CurateError(f"input {path} is a broken symbolic link") from None
-                continue
-            if stat.S_ISREG(st.st_mode):
-                found[key] = {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
+            seen.add(real)
+            level = top_level + (
+                0 if folder == top else os.path.relpath(folder, top).count(os.sep) + 1
+            )
+            entered = []
+            for d in sorted(subfolders):
+                if d.startswith((".", "_")) or (depth is not None and level >= depth):
+                    continue
+                path = os.path.join(folder, d)
+                if os.path.islink(path) and inside(path):
+                    folder_links.append((path, level + 1))
+                else:
+                    entered.append(d)
+            subfolders[:] = entered
+            for name in names:
+                path = os.path.join(folder, name)
+                key = path.replace(os.sep, "/") if os.sep != "/" else path  # (fsspec's form)
+                if pattern is not None and not pattern.match(key):
+                    continue
+                try:
+                    st = os.stat(path)  # (follows a link)
+                except OSError:
+                    if _format_of(name) is not None and not name.startswith((".", "_")):
+                        raise CurateError(f"input {path} is a broken symbolic link") from None
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    found[key] = {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
+                    if os.path.islink(path) and inside(path):
+                        found[key]["link_to"] = os.path.realpath(path)
+
+    walk(root, 0)
+    # A link to a folder the walk did not enter (a hidden one, or one deeper than a glob
+    # reaches): its files are read under the link's name. (Its own links come after.)
+    while folder_links:
+        path, level = folder_links.pop(0)
+        if os.path.realpath(path) not in seen:
+            walk(path, level)
     return found
 
 

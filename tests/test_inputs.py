@@ -138,6 +138,25 @@ def test_folder_scans_and_globs_follow_symbolic_links_alike(tmp_path):
         discover([str(pool)])
 
 
+def test_a_link_inside_the_pool_to_what_the_scan_does_not_read_is_read(tmp_path):
+    # Links inside the pool were skipped as "read under the target's own name": rows lost
+    # without a word where the target is hidden, has no data extension, or is deeper
+    # than a glob reaches.
+    pool = tmp_path / "pool"
+    for rel in ["_v3/x.tsv", "_store/s.tsv", "raw", "d.tsv", "deep/e.tsv"]:
+        write(pool / rel, b"a dog\n")
+    (pool / "current").symlink_to(pool / "_v3", target_is_directory=True)  # a version
+    (pool / "a.tsv").symlink_to(pool / "_store" / "s.tsv")
+    (pool / "c.tsv").symlink_to(pool / "raw")
+    (pool / "e.tsv").symlink_to(pool / "deep" / "e.tsv")  # read as deep/e.tsv in a scan
+    (pool / "also-d.tsv").symlink_to(pool / "d.tsv")  # read as d.tsv
+    scan = ["a.tsv", "c.tsv", "current/x.tsv", "d.tsv", "deep/e.tsv"]
+    assert [f.relpath for f in discover([str(pool)])] == scan
+    assert [f.relpath for f in discover([f"{pool}/**"])] == scan
+    assert [f.relpath for f in discover([f"{pool}/*.tsv"])] == ["a.tsv", "c.tsv", "d.tsv", "e.tsv"]
+    assert [f.relpath for f in discover([f"{pool}/*/*.tsv"])] == ["current/x.tsv", "deep/e.tsv"]
+
+
 def test_a_link_inside_the_pool_is_skipped_and_globs_list_only_their_levels(tmp_path,
                                                                           monkeypatch):  # fmt: skip
     pool = tmp_path / "pool"
