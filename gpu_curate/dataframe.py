@@ -26,7 +26,7 @@ from .counts import counts_table, partition_counts, sum_counts
 from .errors import CurateError, first_line
 from .io import RESERVED_COLUMNS
 from .io import text_column as _text_column
-from .metadata import Metadata
+from .metadata import Metadata, MetadataLike
 from .steps import BalanceStep, MatchStep, csr_of
 
 if TYPE_CHECKING:
@@ -38,6 +38,10 @@ __all__ = ["match", "entry_counts", "balance"]
 # Without id_column, the index travels through MatchStep as this (temporary) id column, so
 # its uids are computed once, from the index values, and checked within the partition.
 _INDEX = "__gpu_curate_index__"
+# The metadata a result was matched against (its fingerprint), carried in the DataFrame's
+# attrs (pandas keeps them through filters, selections and repartitions), so that counts
+# of other metadata are refused rather than applied to the wrong entries.
+_METADATA_ATTR = "gpu_curate_metadata"
 
 
 def _is_cudf(df) -> bool:
@@ -143,8 +147,10 @@ def _match_one(
     return _with_results(df, matched.select(["uid", "entry_ids"]), keep)
 
 
-def _match_meta(meta_df):
+def _match_meta(meta_df, md: Metadata):
     out = meta_df.copy()
+    if hasattr(out, "attrs"):  # (pandas; a cuDF DataFrame has none)
+        out.attrs[_METADATA_ATTR] = md.fingerprint
     if _is_cudf(meta_df):
         import cudf
 
@@ -220,7 +226,7 @@ def _unique_check(ddf, id_column: str | None) -> Delayed | None:
 
 def match(
     ddf: dd.DataFrame,
-    metadata: Metadata | Sequence[str],
+    metadata: MetadataLike,
     text_column: str | None = None,
     id_column: str | None = None,
     keep_unmatched: bool = False,
@@ -240,7 +246,7 @@ def match(
     ----------
     ddf : dask.dataframe.DataFrame
         The texts, one per row (pandas or cuDF partitions).
-    metadata : Metadata or sequence of str
+    metadata : Metadata, sequence of str, or path
         The metadata entries; entry id = position.
     text_column : str, optional
         The text column (default: the first of ``TEXT``, ``text``, ``caption``,
@@ -286,6 +292,7 @@ def match(
     ...
     gpu_curate.errors.CurateError: id column 'id' has duplicate value 10 in 2 rows; ...
     """
+    _check_dask(ddf, "match")
     md = Metadata.coerce(metadata)
     check_name(backend)  # (fails now, not at compute; the GPU may be the workers' only)
     # Columns are named by str(label) for Arrow: an integer label (dd.read_csv(...,
@@ -308,7 +315,7 @@ def match(
     step = MatchStep(md, text, id_name if id_name is not None else _INDEX, True, backend)
     checked = _unique_check(ddf, None if id_name is None else label[id_name])
     return ddf.map_partitions(
-        _match_one, step, columns, keep_unmatched, checked, meta=_match_meta(ddf._meta)
+        _match_one, step, columns, keep_unmatched, checked, meta=_match_meta(ddf._meta, md)
     )
 
 
@@ -324,14 +331,14 @@ def _partition_counts(df, n_entries: int):
     return partition_counts(values, n_entries)
 
 
-def entry_counts(matched: dd.DataFrame, metadata: Metadata | Sequence[str]) -> pd.DataFrame:
+def entry_counts(matched: dd.DataFrame, metadata: MetadataLike) -> pd.DataFrame:
     """Count each entry over a matched Dask DataFrame (computes it).
 
     Parameters
     ----------
     matched : dask.dataframe.DataFrame
         The result of :func:`match` (its id check runs here too).
-    metadata : Metadata or sequence of str
+    metadata : Metadata, sequence of str, or path
         The metadata ``matched`` was matched against.
 
     Returns
@@ -349,16 +356,48 @@ def entry_counts(matched: dd.DataFrame, metadata: Metadata | Sequence[str]) -> p
     """
     import dask
 
+    _check_dask(matched, "entry_counts")
     md = Metadata.coerce(metadata)
+    _check_same_metadata(_matched_against(matched), md.fingerprint, "the metadata given")
     per = [dask.delayed(_partition_counts)(p, len(md)) for p in matched.to_delayed()]
     (total,) = dask.compute(sum_counts(per, len(md)))
-    return counts_table(md, total).to_pandas()
+    counts = counts_table(md, total).to_pandas()
+    counts.attrs[_METADATA_ATTR] = md.fingerprint
+    return counts
+
+
+def _check_dask(ddf, name: str) -> None:
+    if not hasattr(ddf, "map_partitions"):
+        raise TypeError(
+            f"{name} takes a Dask DataFrame, got {type(ddf).__module__}.{type(ddf).__name__} "
+            "(dd.from_pandas(df, npartitions=N) makes one)"
+        )
+
+
+def _matched_against(ddf) -> str | None:
+    """The fingerprint of the metadata ``ddf`` was matched against, where it is known."""
+    return getattr(ddf._meta, "attrs", {}).get(_METADATA_ATTR)
+
+
+def _check_same_metadata(matched: str | None, other: str | None, what: str) -> None:
+    if matched is not None and other is not None and matched != other:
+        raise CurateError(
+            f"the DataFrame was matched against other metadata (sha256 {matched[:12]}) than "
+            f"{what} (sha256 {other[:12]}): pass the metadata that match used"
+        )
 
 
 def _balance_one(df, step: BalanceStep):
     if "entry_ids" not in df.columns:
         raise CurateError("balance needs the result of match (no entry_ids column)")
-    mask, _, _ = step.decide(_to_arrow(df, ["entry_ids", "uid"]))
+    table = _to_arrow(df, ["entry_ids", "uid"])
+    _, values = csr_of(table.column("entry_ids"))
+    if values.size and int(values.max()) >= step.p.shape[0]:
+        raise CurateError(
+            f"matched entry id {int(values.max())} is past the {step.p.shape[0]} entries of "
+            "the counts given: pass the counts of the metadata that match used"
+        )
+    mask, _, _ = step.decide(table)
     return _with_results(df, pa.table({}), mask)
 
 
@@ -399,8 +438,17 @@ def balance(
     """
     from .pipeline import check_seed, check_t
 
+    _check_dask(matched, "balance")
     t, seed = check_t(t), check_seed(seed)
+    if isinstance(counts, Metadata) or isinstance(counts, str | bytes):
+        raise TypeError(
+            f"balance: counts must be the DataFrame entry_counts(matched, metadata) returns, "
+            f"or an array of ints; got {type(counts).__name__}"
+        )
     if hasattr(counts, "columns"):
+        _check_same_metadata(
+            _matched_against(matched), counts.attrs.get(_METADATA_ATTR), "the counts given"
+        )
         # Placed by entry_id, so a sorted or filtered copy of the table cannot shift them.
         values = np.asarray(counts["count"].to_numpy(), np.int64)
         ids = np.asarray(counts["entry_id"].to_numpy() if "entry_id" in counts.columns

@@ -7,14 +7,14 @@ pyarrow (host) and cuDF (device) share; this module only gets those buffers in a
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
 
 from .backend import Backend, resolve
 from .errors import CurateError
-from .metadata import Metadata
+from .metadata import Metadata, MetadataLike
 
 __all__ = ["match_arrow", "match_texts", "csr_to_lists"]
 
@@ -71,7 +71,7 @@ def _concat_csr(xp, parts):
     return xp.concatenate(offsets), xp.concatenate([ids for _, ids in parts])
 
 
-def match_arrow(array, metadata: Metadata | Sequence[str], backend: str | Backend = "auto"):
+def match_arrow(array, metadata: MetadataLike, backend: str | Backend = "auto"):
     """Match each text of a pyarrow string column against the metadata.
 
     Parameters
@@ -80,7 +80,7 @@ def match_arrow(array, metadata: Metadata | Sequence[str], backend: str | Backen
         ``pa.StringArray``, ``pa.LargeStringArray`` (or string view) or a ``ChunkedArray``
         of those; nulls allowed (they match nothing).
     metadata
-        A :class:`Metadata` or a list of entry strings.
+        A :class:`Metadata`, a list of entry strings, or a metadata file's path.
     backend
         "auto", "cpu" or "gpu". On gpu the buffers are copied to the device.
 
@@ -201,7 +201,7 @@ def device_tables(md: Metadata, xp) -> DeviceTables:
         return _DEVICE_TABLES[key]
 
 
-def match_cudf(series, metadata: Metadata | Sequence[str]):
+def match_cudf(series, metadata: MetadataLike):
     """Match a cuDF string Series on the device, without leaving it.
 
     Returns CuPy ``(row_offsets, entry_ids)``. Reads the column's device buffers through
@@ -285,7 +285,7 @@ def _without_surrogates(texts: list) -> list:
     ]
 
 
-def match_texts(texts, metadata: Metadata | Sequence[str], backend: str | Backend = "auto"):
+def match_texts(texts, metadata: MetadataLike, backend: str | Backend = "auto"):
     """Matched entry ids of each text, as a list of lists (for notebooks and tests).
 
     Parameters
@@ -293,7 +293,7 @@ def match_texts(texts, metadata: Metadata | Sequence[str], backend: str | Backen
     texts
         A list of str (None allowed), a pandas Series, a pyarrow array, or a cuDF Series.
     metadata
-        A :class:`Metadata` or a list of entry strings.
+        A :class:`Metadata`, a list of entry strings, or a metadata file's path.
     backend
         "auto", "cpu" or "gpu".
 

@@ -133,7 +133,10 @@ class Metadata:
         try:
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise MetadataError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise MetadataError(
+                f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); metadata is a JSON "
+                "list of strings or a .txt file of one entry per line"
+            ) from None
         if p.suffix.lower() == ".txt":
             # One entry per line; only the line break is removed, spaces are kept (exact).
             lines = text.split("\n")
@@ -158,9 +161,14 @@ class Metadata:
         return cls(entries, source=str(p))
 
     @classmethod
-    def coerce(cls, metadata: Metadata | Iterable[str]) -> Metadata:
-        """A :class:`Metadata` from itself or from a list of strings."""
-        return metadata if isinstance(metadata, Metadata) else cls(metadata, source="metadata list")
+    def coerce(cls, metadata: Metadata | Iterable[str] | str | os.PathLike) -> Metadata:
+        """A :class:`Metadata` from itself, from a list of strings, or from a file's path
+        (:meth:`from_file`)."""
+        if isinstance(metadata, Metadata):
+            return metadata
+        if isinstance(metadata, str | os.PathLike):
+            return cls.from_file(metadata)
+        return cls(metadata, source="metadata list")
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -196,6 +204,9 @@ class Metadata:
         self.entries = state["entries"]
         self.source = state["source"]
 
+
+# What the API takes for metadata: a Metadata, its entries, or a metadata file's path.
+MetadataLike = Metadata | Sequence[str] | str | os.PathLike
 
 _TABLES: OrderedDict[str, object] = OrderedDict()
 _TABLES_KEPT = 4

@@ -353,3 +353,53 @@ def test_counts_and_balance_name_a_wrong_input():
         gdf.entry_counts(m, ["dog"])
     with pytest.raises(CurateError, match="result of match"):
         gdf.balance(ddf, np.array([1, 1]), t=1).compute()
+
+
+def test_counts_of_other_metadata_are_refused(tmp_path):
+    # Counts are placed by entry id: counts of other metadata would balance each text by
+    # another entry's count, without a word.
+    pdf = pd.DataFrame({"TEXT": ["a dog", "a cat", "a dog and a cat"]})
+    ddf = dd.from_pandas(pdf, npartitions=2)
+    m = gdf.match(ddf, ["dog", "cat"])
+    other = gdf.match(ddf, ["cat", "dog"])  # same length, other entries
+    with pytest.raises(CurateError, match="matched against other metadata .* than the metadata"):
+        gdf.entry_counts(m, ["cat", "dog"])
+    other_counts = gdf.entry_counts(other, ["cat", "dog"])
+    with pytest.raises(CurateError, match="matched against other metadata .* than the counts"):
+        gdf.balance(m, other_counts, t=1)
+    # Kept through what a notebook does between the steps.
+    with pytest.raises(CurateError, match="than the counts"):
+        gdf.balance(m[m["TEXT"] != "x"].repartition(npartitions=1), other_counts, t=1)
+    # Counts as a bare array have no metadata: an id past their end is still refused.
+    with pytest.raises(CurateError, match="entry id 1 is past the 1 entries of the counts"):
+        gdf.balance(m, np.array([5]), t=1).compute()
+    kept = gdf.balance(m, gdf.entry_counts(m, ["dog", "cat"]), t=5).compute()
+    assert kept["TEXT"].tolist() == pdf["TEXT"].tolist()
+
+
+def test_wrong_types_and_a_metadata_path():
+    pdf = pd.DataFrame({"TEXT": ["a dog", "a cat"]})
+    with pytest.raises(TypeError, match=r"match takes a Dask DataFrame, got pandas.*from_pandas"):
+        gdf.match(pdf, ["dog"])
+    ddf = dd.from_pandas(pdf, npartitions=1)
+    m = gdf.match(ddf, ["dog", "cat"])
+    from gpu_curate.metadata import Metadata
+
+    with pytest.raises(TypeError, match="counts must be the DataFrame entry_counts"):
+        gdf.balance(m, Metadata(["dog", "cat"]), t=1)
+
+
+def test_metadata_given_by_its_path(tmp_path):
+    import json
+
+    from gpu_curate.errors import MetadataError
+
+    path = tmp_path / "md.json"
+    path.write_text(json.dumps(["dog", "cat"]))
+    ddf = dd.from_pandas(pd.DataFrame({"TEXT": ["a dog", "a cat"]}), npartitions=1)
+    by_path = gdf.match(ddf, str(path)).compute()["entry_ids"].tolist()
+    assert by_path == gdf.match(ddf, path).compute()["entry_ids"].tolist() == [[0], [1]]
+    assert gdf.entry_counts(gdf.match(ddf, path), path)["count"].tolist() == [1, 1]
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "md.parquet")
+    with pytest.raises(MetadataError, match="not UTF-8 text .*; metadata is a JSON list"):
+        gdf.match(ddf, tmp_path / "md.parquet")
