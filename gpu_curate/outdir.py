@@ -155,34 +155,58 @@ def prepare_out(
     if exists and not fs.isdir(path):
         raise CurateError(f"output {out} exists and is not a folder")
     fs.makedirs(path, exist_ok=True)
-    with _locked(fs, path, out):
-        # (A folder that holds only what a write cut off at its start left is empty.)
-        if exists and [p for p in fs.ls(path, detail=False) if not ignored_name(p)]:
-            if overwrite:
-                if is_local(fs) and _within(os.path.realpath(os.getcwd()), _key(fs, path)):
+    undone = False
+    try:
+        with _locked(fs, path, out) as locked:
+            # (A folder that holds only what a write cut off at its start left is empty.)
+            fresh = not (exists and [p for p in fs.ls(path, detail=False) if not ignored_name(p)])
+            if not fresh:
+                if overwrite:
+                    if is_local(fs) and _within(os.path.realpath(os.getcwd()), _key(fs, path)):
+                        raise CurateError(
+                            f"--overwrite would delete {out}, which holds the current "
+                            "directory: choose another --out"
+                        )
+                    if is_local(fs) and fcntl is not None:
+                        _check_nested(path, out)
+                    _empty(fs, path)
+                    fresh = True
+                elif not resume:
                     raise CurateError(
-                        f"--overwrite would delete {out}, which holds the current directory: "
-                        "choose another --out"
+                        f"output folder {out} exists and is not empty (use --overwrite to "
+                        "replace it or --resume to continue an interrupted run)"
                     )
-                if is_local(fs) and fcntl is not None:
-                    _check_nested(path, out)
-                _empty(fs, path)
-            elif not resume:
-                raise CurateError(
-                    f"output folder {out} exists and is not empty (use --overwrite to replace "
-                    "it or --resume to continue an interrupted run)"
-                )
-            else:
-                own = fs.exists(f"{path}/{manifest}")
-                if not (own or (same_as_keep and fs.exists(f"{path}/{MATCH_MANIFEST}"))):
-                    kind = "match or curate" if manifest == MATCH_MANIFEST else "balance"
-                    raise CurateError(
-                        f"--resume: {out} holds no interrupted {kind} run (no {manifest}); "
-                        "use a new folder or --overwrite"
-                    )
-        if exists:
-            _remove_temporaries(fs, path)
-        yield fs, path
+                else:
+                    own = fs.exists(f"{path}/{manifest}")
+                    if not (own or (same_as_keep and fs.exists(f"{path}/{MATCH_MANIFEST}"))):
+                        kind = "match or curate" if manifest == MATCH_MANIFEST else "balance"
+                        raise CurateError(
+                            f"--resume: {out} holds no interrupted {kind} run (no {manifest}); "
+                            "use a new folder or --overwrite"
+                        )
+            if exists:
+                _remove_temporaries(fs, path)
+            try:
+                yield fs, path
+            except CurateError:
+                # A run in a new or empty folder that fails before it finishes a part
+                # leaves the folder as it found it: its manifests alone would refuse the
+                # corrected run that follows (not empty; --resume: another run). (Only
+                # under the lock: elsewhere the files may be another run's.)
+                if locked and fresh and not _finished_parts(fs, path):
+                    _empty(fs, path)
+                    undone = True
+                raise
+    except CurateError:
+        if undone and not exists:
+            with contextlib.suppress(OSError):
+                fs.rmdir(path)
+        raise
+
+
+def _finished_parts(fs, path: str) -> bool:
+    """Whether the run folder ``path`` holds a finished part (matched/ or curated/)."""
+    return any(fs.glob(f"{path}/*/_parts/*.json"))
 
 
 def ignored_name(path: str) -> bool:
@@ -198,13 +222,14 @@ def ignored_name(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(fs, path: str, out: str) -> Iterator[None]:
-    """Hold the lock of the local folder ``path`` (nothing elsewhere); the lock file,
-    which names its holder for the message of a run refused, is removed at the end."""
+def _locked(fs, path: str, out: str) -> Iterator[bool]:
+    """Hold the lock of the local folder ``path`` (nothing elsewhere; yields whether it is
+    held); the lock file, which names its holder for the message of a run refused, is
+    removed at the end."""
     name = f"{path}/{LOCK}"
     fd = _lock(name, out) if is_local(fs) and fcntl is not None else None
     try:
-        yield
+        yield fd is not None
     finally:
         if fd is not None:
             with contextlib.suppress(OSError):

@@ -531,7 +531,7 @@ def test_a_damaged_compressed_csv_is_one_line(small, tmp_path, monkeypatch, suff
     out = tmp_path / "out"
     r = run_cli("curate", pool, "--metadata", md, "--out", out, "--backend", "cpu", "--quiet")
     assert_clean_error(r, out, f"cannot read {pool / f'a.csv{suffix}'}")
-    assert sorted(p.name for p in (out / "matched").iterdir()) == ["_parts"]
+    assert not out.exists()  # (no part finished: the run took back its folder)
 
 
 def test_a_zst_file_cut_short_is_one_line_and_every_frame_is_read(small, tmp_path, monkeypatch):
@@ -1370,16 +1370,50 @@ def test_balance_of_a_damaged_matched_success_is_one_line(small, tmp_path):
     assert_clean_error(r, tmp_path / "b", "_SUCCESS is damaged")
 
 
+def test_a_run_that_fails_before_any_part_leaves_the_folder_as_it_found_it(small, tmp_path):
+    # Its manifest alone refused the corrected run: "not empty" without --resume, "a
+    # different run (differs in: text_column)" with it; two retries for nothing kept.
+    pool, md = small
+    base = ["--metadata", md, "--backend", "cpu", "--quiet"]
+    out = tmp_path / "new"
+    r = run_cli("curate", pool, *base, "--out", out, "--text-column", "nope")
+    assert_clean_error(r, out, "'nope'")
+    assert not out.exists()
+    r = run_cli("curate", pool, *base, "--out", out)
+    assert r.exit_code == 0, r.output
+    # An empty folder stays, empty; a folder emptied by --overwrite is left empty.
+    for folder, extra in ((tmp_path / "empty", ()), (out, ("--overwrite",))):
+        folder.mkdir(exist_ok=True)
+        r = run_cli("curate", pool, *base, "--out", folder, "--text-column", "nope", *extra)
+        assert_clean_error(r, folder, "'nope'")
+        assert list(folder.iterdir()) == []
+    # Once a part is finished it is kept, with the manifest that a --resume checks: here
+    # every part, then a duplicate id over the pool.
+    dup = write_pool(tmp_path / "dup")
+    (dup / "part001.parquet").write_bytes((dup / "part000.parquet").read_bytes())  # same ids
+    r = run_cli("curate", dup, *base, "--out", out, "--id-column", "id", "--overwrite")
+    assert_clean_error(r, out, "duplicate value")
+    assert (out / "_run.json").exists() and list((out / "matched" / "_parts").glob("*.json"))
+    # A resume fails on the same rows: what it found stays.
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    r = run_cli("curate", dup, *base, "--out", out, "--id-column", "id", "--resume")
+    assert_clean_error(r, out, "duplicate value")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
 def test_two_runs_begun_in_one_folder_do_not_both_go_on(small, tmp_path, monkeypatch):
     # Both find the folder empty; the one that claims it second stops at once, instead
     # of matching everything and failing later with a '--resume' message it never asked
     # for (or mixing its parts with the other's).
-    from gpu_curate import pipeline
+    from gpu_curate import outdir, pipeline
     from gpu_curate.errors import CurateError
     from gpu_curate.outdir import claim
 
     pool, md = small
     out = tmp_path / "out"
+    # (Where there are locks, the other run waits for this one's: no locks, as on an
+    # object store, where a run that fails also leaves the folder's files as they are.)
+    monkeypatch.setattr(outdir, "fcntl", None)
     real_prepare = pipeline.prepare_out
 
     @contextlib.contextmanager
