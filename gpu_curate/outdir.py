@@ -506,6 +506,12 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run", resume: bo
             f"not {manifest['compression']}: resume with --compression "
             f"{previous.get('compression')}, or use --overwrite to start again"
         )
+    if what == "balance" and set(changed) <= {"t", "seed"}:
+        # (In the matched dataset's own folder, --overwrite is refused: it would delete it.)
+        raise CurateError(
+            f"--resume: {out} was balanced with another {' and '.join(changed)}: write this "
+            "balance into another --out, or use --overwrite to replace that one"
+        )
     raise CurateError(
         f"--resume: {out} was written by a different {what} (differs in: "
         f"{', '.join(changed)}); use --overwrite to start again"
@@ -615,5 +621,7 @@ def check_balance_settings(fs, out: str, t: float, seed: int) -> None:
         if changed:
             raise CurateError(
                 f"--resume: {out} was written by a different balance (differs in: "
-                f"{', '.join(changed)}); use --overwrite to start again"
+                f"{', '.join(changed)}); to balance its matched rows again, run `gpu-curate "
+                f"balance {out} --out NEW` with the new {' and '.join(changed)}, or use "
+                "--overwrite to start again"
             )

@@ -988,6 +988,7 @@ def test_resume_with_other_t_or_seed_is_refused(small, tmp_path, change):
     r = run_cli("curate", pool, "--out", out, "--resume", *flat, *common)
     assert r.exit_code == 2, (r.output, r.stderr)
     assert "different balance" in r.stderr and change[0][2:] in r.stderr, r.stderr
+    assert f"run `gpu-curate balance {out} --out NEW` with the new {change[0][2:]}" in r.stderr
     assert _files(out) == before
     # The same through `balance`, and with another matched dataset.
     m, m2, b = tmp_path / "m", tmp_path / "m2", tmp_path / "b"
@@ -997,10 +998,21 @@ def test_resume_with_other_t_or_seed_is_refused(small, tmp_path, change):
     bal = ["--backend", "cpu", "--quiet", "--workers", "1"]
     assert run_cli("balance", m, "--out", b, "--t", "30", "--seed", "7", *bal).exit_code == 0
     before = _files(b)
-    for src, extra in ((m, flat), (m2, ["--t", "30", "--seed", "7"])):
+    name = change[0][2:]
+    for src, extra, says in ((m, flat, f"was balanced with another {name}: write this balance "
+                              "into another --out"),
+                             (m2, ["--t", "30", "--seed", "7"], "different balance")):  # fmt: skip
         r = run_cli("balance", src, "--out", b, "--resume", *extra, *bal)
-        assert r.exit_code == 2 and "different balance" in r.stderr, (r.output, r.stderr)
+        assert r.exit_code == 2 and says in r.stderr, (r.output, r.stderr)
         assert _files(b) == before  # the counts beside the finished parts are untouched
+    # In the matched dataset's own folder, where --overwrite would delete it: the message
+    # names the way that works.
+    assert run_cli("balance", m, "--out", m, "--t", "30", "--seed", "7", "--resume",
+                   *bal).exit_code == 0  # fmt: skip
+    r = run_cli("balance", m, "--out", m, "--resume", *flat, *bal)
+    assert_clean_error(r, tmp_path / "nothing", "write this balance into another --out")
+    r = run_cli("balance", m, "--out", tmp_path / "b2", *flat, *bal)
+    assert r.exit_code == 0, (r.output, r.stderr)
 
 
 def test_resume_after_an_input_file_changed_is_refused(small, tmp_path):
