@@ -306,13 +306,17 @@ def glob_pattern(fs: fsspec.AbstractFileSystem, spec: str) -> tuple[str, str]:
     return pattern, _glob_root(pattern)
 
 
-def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
+def discover(
+    inputs: Sequence[str], fmt: str | None = None, metadata: str | None = None
+) -> list[InputFile]:
     """Expand files, folders, globs and fsspec URLs into the pool's files, in sorted order.
 
     A folder is scanned recursively, skipping names that start with ``.`` or ``_`` (in
     any folder below it). Files found in a folder or by a glob are read by extension;
     ``fmt`` (``--format``) applies to those without a known one (documentation such as
-    README or ``.md`` files is still skipped) and to every file named on its own.
+    README or ``.md`` files is still skipped) and to every file named on its own. The
+    ``metadata`` file (a path or URL), where the inputs reach it, is left out: MetaCLIP's
+    ``metadata.json`` beside the pool would be read as JSON Lines.
 
     Examples
     --------
@@ -378,6 +382,10 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
                for p, i, r, f in kept]  # fmt: skip
         files.extend(new)
         origin.update((id(f), spec) for f in new)
+    if metadata is not None and files:
+        files = _without(files, metadata)
+        if not files:
+            raise CurateError(f"the only input file is the metadata file {metadata}")
     # A .zip file of several files is an error before anything is written: each is opened
     # by its URL (not the path fsspec strips), by a pool of threads (on an object store
     # each is a few round trips).
@@ -400,6 +408,17 @@ def discover(inputs: Sequence[str], fmt: str | None = None) -> list[InputFile]:
             "give one folder or glob, or use --id-column"
         )
     return files
+
+
+def _file_key(path: str) -> str:
+    """What names the file ``path`` reaches: a local path's real path, a URL as written."""
+    return path if "://" in path else os.path.realpath(path)
+
+
+def _without(files: list[InputFile], path: str) -> list[InputFile]:
+    """``files`` less those that reach the file ``path``."""
+    drop = _file_key(path)
+    return [f for f in files if _file_key(f.path) != drop]
 
 
 def reached_twice(paths: Sequence[str | os.PathLike]) -> tuple[str, int, int] | None:
@@ -428,7 +447,7 @@ def reached_twice(paths: Sequence[str | os.PathLike]) -> tuple[str, int, int] | 
     """
     first: dict[str, int] = {}
     for i, path in enumerate(map(os.fspath, paths)):
-        key = path if "://" in path else os.path.realpath(path)
+        key = _file_key(path)
         if key in first:
             return key, first[key], i
         first[key] = i

@@ -649,7 +649,8 @@ def curate(
     inputs = [str(inputs)] if isinstance(inputs, str | os.PathLike) else [str(i) for i in inputs]
     md = metadata if isinstance(metadata, Metadata) else Metadata.from_file(metadata)
     be = resolve(opts.backend)
-    files = discover(inputs, opts.format)  # fails on missing inputs before the output is touched
+    # (Fails on missing inputs before the output is touched.)
+    files = discover(inputs, opts.format, None if isinstance(metadata, Metadata) else str(metadata))
     check_apart(out, [*inputs, *([] if isinstance(metadata, Metadata) else [str(metadata)])])
     # (Held until the run ends: no other run resumes or overwrites it meanwhile.)
     with prepare_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST) as (fs, path):

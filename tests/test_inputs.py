@@ -449,6 +449,23 @@ def test_a_zip_file_given_by_url_is_checked_by_its_url(tmp_path, md):
         mem.rm("/h19-pool", recursive=True)
 
 
+def test_the_metadata_file_among_the_inputs_is_not_read_as_one(tmp_path, md):
+    # MetaCLIP's metadata.json beside the pool was read as JSON Lines: "line 1 is not a
+    # JSON object".
+    pool = tmp_path / "pool"
+    write(pool / "a.csv", b"text\na dog\n")
+    shutil.copy(md, pool / "metadata.json")
+    (pool / "link.json").symlink_to(pool / "metadata.json")  # the same file
+    r = match(pool, pool / "metadata.json", tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(tmp_path / "out")["text"] == [b"a dog"]
+    err = error_line(match(pool / "metadata.json", pool / "metadata.json", tmp_path / "out2"))
+    assert f"the only input file is the metadata file {pool / 'metadata.json'}" in err
+    # Another JSON file of the folder is still read (and here fails as no JSON Lines).
+    shutil.copy(md, pool / "other.json")
+    assert "other.json" in error_line(match(pool, pool / "metadata.json", tmp_path / "out3"))
+
+
 def test_a_chained_url_is_one_line(tmp_path, md):
     # The chain was dropped when the file's URL was rebuilt: a traceback in the workers.
     write(tmp_path / "a.csv", b"text\na dog\n")
