@@ -19,6 +19,10 @@ from .errors import MetadataError
 _SHOWN = 5  # how many offending entries an error message lists
 
 
+def _entries_are(n: int) -> str:
+    return "1 metadata entry is" if n == 1 else f"{n:,} metadata entries are"
+
+
 def _ids(ids: list[int]) -> str:
     shown = ", ".join(str(i) for i in ids[:_SHOWN])
     return shown + (f" and {len(ids) - _SHOWN} more" if len(ids) > _SHOWN else "")
@@ -57,7 +61,7 @@ def validate_entries(entries: object, source: str = "metadata") -> tuple[str, ..
     if bad:
         kinds = sorted({type(entries[i]).__name__ for i in bad})
         raise MetadataError(
-            f"{source}: {len(bad)} metadata entries are not strings ({', '.join(kinds)}) "
+            f"{source}: {_entries_are(len(bad))} not strings ({', '.join(kinds)}) "
             f"at ids {_ids(bad)}"
         )
     try:
@@ -66,7 +70,7 @@ def validate_entries(entries: object, source: str = "metadata") -> tuple[str, ..
         # A lone surrogate (JSON's "\ud800" reads as one): no UTF-8 text holds it.
         bad = [i for i, e in enumerate(entries) if not _is_utf8(e)]
         raise MetadataError(
-            f"{source}: {len(bad)} metadata entries are not valid Unicode text (a lone "
+            f"{source}: {_entries_are(len(bad))} not valid Unicode text (a lone "
             f"surrogate such as \\ud800) at ids {_ids(bad)}"
         ) from None
     distinct = set(entries)
@@ -75,8 +79,7 @@ def validate_entries(entries: object, source: str = "metadata") -> tuple[str, ..
     if "" in distinct or any(map(str.isspace, entries)):
         blank = [i for i, e in enumerate(entries) if not e.strip()]
         raise MetadataError(
-            f"{source}: {len(blank)} metadata entries are empty or whitespace-only at ids "
-            f"{_ids(blank)}"
+            f"{source}: {_entries_are(len(blank))} empty or whitespace-only at ids {_ids(blank)}"
         )
     if len(distinct) != len(entries):
         first: dict[str, int] = {}
@@ -86,7 +89,8 @@ def validate_entries(entries: object, source: str = "metadata") -> tuple[str, ..
             if j != i:
                 dups.append(f"{e!r} at ids {j} and {i}")
         raise MetadataError(
-            f"{source}: {len(dups)} duplicate metadata entries: " + "; ".join(dups[:_SHOWN])
+            f"{source}: {len(dups)} duplicate metadata entr{'y' if len(dups) == 1 else 'ies'}: "
+            + "; ".join(dups[:_SHOWN])
         )
     if len(entries) >= 2**31 - 1:
         raise MetadataError(f"{source}: too many entries ({len(entries)}) for int32 entry ids")

@@ -512,9 +512,11 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run", resume: bo
             f"--resume: {out} was balanced with another {' and '.join(changed)}: write this "
             "balance into another --out, or use --overwrite to replace that one"
         )
+    # (The cut into parts follows from the options and files: named only when alone.)
+    shown = [k for k in changed if k != "parts_sha256"]
     raise CurateError(
         f"--resume: {out} was written by a different {what} (differs in: "
-        f"{', '.join(changed)}); use --overwrite to start again"
+        f"{', '.join(shown)}); use --overwrite to start again"
     )
 
 

@@ -508,7 +508,11 @@ def match_stage(
     seconds_ids = None
     if buckets:
         t1 = time.perf_counter()
-        _say(opts, f"checking that {opts.id_column!r} is unique over the pool ({buckets} buckets)")
+        _say(
+            opts,
+            f"checking that {opts.id_column!r} is unique over the pool "
+            f"({_count(buckets, 'bucket')})",
+        )
         check = UidCheck(tuple(parts), out, opts.id_column, opts.text_column, buckets)
         duplicate = find_duplicate(client, check)
         if duplicate is not None:
@@ -565,7 +569,7 @@ def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: 
         )  # fmt: skip
         for file in parts
     ]
-    _say(opts, f"balancing {len(parts)} parts (t={t:g}, seed={seed})")
+    _say(opts, f"balancing {_count(len(parts), 'part')} (t={t:g}, seed={seed})")
     stats, kept_counts = _compute(client, results, len(counts), opts)
     _success(fs, f"{out}/{CURATED}", stats, "curated_rows")
     return {

@@ -520,14 +520,35 @@ def test_an_interrupted_build_leaves_no_stale_sidecar(tmp_path, monkeypatch):
 
     monkeypatch.setattr(assemble_mod, "write_atomic", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        build_metadata(out, titles=titles)
+        build_metadata(out, titles=titles, overwrite=True)
     # The old metadata is whole; no sidecar describes anything but a file that is there.
     assert out.read_bytes() == before and not (tmp_path / "m.sources.json").exists()
     monkeypatch.undo()
     (tmp_path / "m.sources.json").mkdir()
     with pytest.raises(CurateError, match=r"m.sources.json is a folder"):
-        build_metadata(out, titles=titles)
+        build_metadata(out, titles=titles, overwrite=True)
     assert out.read_bytes() == before
+
+
+def test_an_existing_metadata_file_is_replaced_only_with_overwrite(tmp_path):
+    # As every command's output: a metadata file that a run used, replaced without a
+    # word, would change what a --resume of that run matches against.
+    titles = tmp_path / "t.tsv"
+    titles.write_text("Paris\t80\n")
+    out = tmp_path / "m.json"
+    args = ["metadata", "build", "--out", str(out), "--titles", str(titles)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    before = out.read_bytes()
+    titles.write_text("Paris\t80\nRome\t90\n")
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and f"{out} exists (use --overwrite to replace it)" in r.stderr
+    assert out.read_bytes() == before
+    out.unlink()  # (the sidecar alone is refused too: it would describe another file)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "m.sources.json exists" in r.stderr
+    r = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())[-2:] == ["Rome", "Paris"]
 
 
 def test_cli_max_entries_cuts_the_end(tmp_path):

@@ -105,6 +105,8 @@ def test_lone_surrogates_are_named():
     # JSON's "\ud800" reads as a lone surrogate, which no UTF-8 text holds.
     with pytest.raises(MetadataError, match=r"2 metadata entries are not valid Unicode .* 1, 3$"):
         Metadata(["dog", "\ud800", "cat", "x\udc00y"])
+    with pytest.raises(MetadataError, match=r": 1 metadata entry is not valid Unicode .* 3$"):
+        Metadata(["dog", "cat", "bird", "x\udc00y"])
 
 
 def test_texts_with_lone_surrogates_match_what_their_other_characters_match():
@@ -145,7 +147,8 @@ def test_validation_agrees_with_its_plain_definition(entries):
         assert "not strings" in msg
     elif not all(e.strip() for e in entries):
         ids = [i for i, e in enumerate(entries) if not e.strip()]
-        assert f"{len(ids)} metadata entries are empty or whitespace-only" in msg
+        said = "1 metadata entry is" if len(ids) == 1 else f"{len(ids):,} metadata entries are"
+        assert f"{said} empty or whitespace-only" in msg
     else:
         assert "duplicate" in msg
 

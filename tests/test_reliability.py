@@ -907,6 +907,12 @@ def test_resume_with_other_metadata_is_refused(small, tmp_path):
     assert "--resume" in r.stderr and "metadata" in r.stderr, r.stderr
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert (out / "report.json").read_bytes() == report
+    # Another cut: the option is named, not the digest of the cut that follows from it.
+    r = run_cli(
+        "match", pool, "--metadata", md, "--out", out, "--resume", "--backend", "cpu",
+        "--quiet", "--workers", "1", "--partition-rows", "700",
+    )  # fmt: skip
+    assert_clean_error(r, tmp_path / "nothing", "(differs in: partition_rows); use --overwrite")
 
 
 # ------------------------------------------------------------------------ 3b. the output folder

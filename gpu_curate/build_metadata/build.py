@@ -12,7 +12,7 @@ from typing import Any
 
 from ..backend import Backend, BackendError, resolve
 from ..errors import CurateError
-from .assemble import SOURCE_ORDER, assemble, numbers, write_metadata
+from .assemble import SOURCE_ORDER, assemble, numbers, sources_path_for, write_metadata
 from .ngrams import (
     NgramCounts,
     count_corpus,
@@ -100,6 +100,7 @@ def build_metadata(
     max_entries: int | None = 500_000,
     backend: str | Backend = "auto",
     use_dask: bool = False,
+    overwrite: bool = False,
 ) -> BuildResult:
     """Build MetaCLIP metadata (a list of entry strings) from its sources.
 
@@ -147,6 +148,9 @@ def build_metadata(
     use_dask
         Count the corpus files in parallel with Dask (:func:`~.ngrams.count_corpus_dask`;
         same result) instead of one after the other.
+    overwrite
+        Replace an existing ``out`` (and its sidecar); without it, one is an error (before
+        anything is built), as every command's output is.
 
     Returns
     -------
@@ -173,6 +177,12 @@ def build_metadata(
         # (Metadata.from_file reads any other name as one entry a line: the JSON list
         # would come back as one entry.)
         raise CurateError(f"--out must name a .json file (MetaCLIP's format), not {out}")
+    if out is not None and not overwrite:
+        # (A metadata file a run used, replaced without a word, would change what a
+        # --resume of that run matches against: the resume refuses it, late.)
+        for existing in (Path(out), sources_path_for(out)):
+            if existing.exists():
+                raise CurateError(f"{existing} exists (use --overwrite to replace it)")
     if not math.isfinite(min_pmi):
         raise CurateError(f"min_pmi must be a finite number, not {min_pmi}")
     if unigram_ngrams is not None and unigram_counts is not None and bigram_ngrams is None:

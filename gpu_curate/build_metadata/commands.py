@@ -73,6 +73,7 @@ def metadata() -> None:
     is_flag=True,
     help="Count the corpus files in parallel with Dask (same result).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 def build(
     out: Path,
     wordnet: Path | None,
@@ -89,6 +90,7 @@ def build(
     max_entries: int,
     backend: str,
     use_dask: bool,
+    overwrite: bool,
 ) -> None:
     """Build MetaCLIP metadata from WordNet, unigram counts, bigram PMI and titles.
 
@@ -112,6 +114,7 @@ def build(
         max_entries=max_entries,
         backend=backend,
         use_dask=use_dask,
+        overwrite=overwrite,
     )
     parts = ", ".join(f"{name} {count:,}" for name, count in result.kept.items())
     click.echo(f"wrote {len(result.entries):,} entries to {result.path} ({parts})")
