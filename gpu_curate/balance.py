@@ -3,7 +3,7 @@
 Every function takes NumPy or CuPy arrays and computes with the array module of its
 inputs (see :func:`array_module`), so the same code runs on the host and on a GPU.
 
-Reproducibility contract (DESIGN.md section 3): the curated set is a pure function of
+Reproducibility contract (README, Semantics): the curated set is a pure function of
 (pool, metadata, t, seed). Each (text, entry) pair gets its own uniform
 ``U(seed, uid, entry_id)`` from a counter-based hash (:func:`pair_uniforms`), so a text's
 fate depends only on its uid, its entry ids, the entry counts, ``t`` and ``seed``: not on

@@ -6,9 +6,10 @@ partitions on gpu). They run the same per-partition steps as the pipeline
 DataFrame's index values (which ``dd.from_pandas`` keeps the same for any number of
 partitions), so results do not depend on partitioning.
 
-uids must be unique (DESIGN section 3): the result of :func:`match` carries a lazy check
-of its id values (or index values) over the *whole* DataFrame, which runs when the result,
-or anything computed from it (:func:`entry_counts`, :func:`balance`), is computed.
+uids must be unique (they are the key of the balancing draws, :mod:`gpu_curate.uid`): the
+result of :func:`match` carries a lazy check of its id values (or index values) over the
+*whole* DataFrame, which runs when the result, or anything computed from it
+(:func:`entry_counts`, :func:`balance`), is computed.
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ def match(
 ) -> dd.DataFrame:
     """Add ``uid`` and ``entry_ids`` (list<int32>) to a Dask DataFrame of texts (lazy).
 
-    The uids must be unique over the whole DataFrame (DESIGN section 3): they are the key
+    The uids must be unique over the whole DataFrame: they are the key
     of the balancing draws. The result carries a lazy check of the ``id_column`` values
     (without ``id_column``: of the index values) across all partitions, which runs when
     the result or anything derived from it (``.compute()``, ``.to_parquet()``,

@@ -633,7 +633,7 @@ def curate(
     out
         Output folder (must be new or empty unless ``options.overwrite``/``resume``).
     t, seed
-        Balancing threshold and seed (DESIGN section 3).
+        Balancing threshold and seed (README, Semantics).
     match_only
         Stop after matching and counting (``gpu-curate match``).
 

@@ -203,7 +203,7 @@ def csr_of(
 
 @dataclass(frozen=True)
 class BalanceStep:
-    """Keep a text iff U(seed, uid, e) < p[e] for one of its entries (DESIGN section 3).
+    """Keep a text iff U(seed, uid, e) < p[e] for one of its entries (:mod:`gpu_curate.balance`).
 
     Accepts the ``cpu`` and ``gpu`` backends (draws on NumPy or CuPy, bit-identical).
     """

@@ -1,4 +1,4 @@
-"""Stable 64-bit row ids (uids): the key of every counter-based draw (DESIGN section 3).
+"""Stable 64-bit row ids (uids): the key of every counter-based draw (README, Semantics).
 
 * With an id column: a hash of each id value (integers, or the UTF-8 bytes of strings).
 * Without: a hash of (input file's path relative to the input root, row number in the file).

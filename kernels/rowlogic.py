@@ -5,7 +5,7 @@ loads it twice, once wrapping each function in ``numba.njit`` (CPU) and once in
 ``numba.cuda.jit(device=True)`` (GPU, or the CUDA simulator), so the CPU and GPU matchers
 run literally the same token / hash / lookup code.
 
-Semantics (DESIGN.md section 2): a text is split into tokens as MetaCLIP's ``spacing``
+Semantics (README, Semantics): a text is split into tokens as MetaCLIP's ``spacing``
 would leave it: space, tab, LF and CR end a token (two separators in a row give an empty
 token); each of the seven wrap characters ``, . ; : ? ! ` `` ends the current token and is a
 token of its own. An entry matches when its tokens occur as a contiguous run.

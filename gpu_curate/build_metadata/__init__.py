@@ -1,6 +1,6 @@
 """Build MetaCLIP metadata (the entry list) from its sources.
 
-MetaCLIP's recipe (DESIGN section 1): the numbers 0-99, WordNet synset names, Wikipedia
+MetaCLIP's recipe (Xu et al. 2023, section 3.1): the numbers 0-99, WordNet synset names, Wikipedia
 unigrams with count >= 100, bigrams with PMI >= 30, article titles with enough page views.
 :func:`build_metadata` runs it from local files; ``gpu-curate metadata build`` is its CLI.
 

@@ -13,7 +13,7 @@ fill_value=...)`` on bool, int and string columns, ``isin``, boolean masks,
 ``merge(on=..., how="inner")``, ``str.contains(regex=True)`` with a character class,
 ``astype("int64")``, ``.values`` (NumPy / CuPy array) and column assignment from it.
 
-Tokenization is the matcher's (DESIGN section 2): MetaCLIP's ``spacing`` (each of the
+Tokenization is the matcher's (README, Semantics): MetaCLIP's ``spacing`` (each of the
 seven characters ``, . ; : ? !`` and backtick gets a space on both sides; tab, newline and
 carriage return become spaces), then a split on the single space character. Unigrams are
 the non-empty tokens (the seven characters included: they are tokens of the text, and the
@@ -38,7 +38,7 @@ from .corpus import iter_corpus_texts
 from .tables import read_ngram_counts
 from .textio import BLOCK_BYTES
 
-#: The characters MetaCLIP's ``spacing`` surrounds with spaces (DESIGN section 2).
+#: The characters MetaCLIP's ``spacing`` surrounds with spaces (README, Semantics).
 WRAP_CHARS: tuple[str, ...] = (",", ".", ";", ":", "?", "!", "`")
 
 # A bigram word from a precomputed file that holds one of these can never match as a
