@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -312,11 +313,20 @@ def _compute(client, results: list, n_entries: int, opts: Options):
     if not opts.quiet:
         from distributed import progress
 
-        progress(future)
+        # (Redrawn ten times a second on a terminal; into a log file or a pipe, every 5 s:
+        # each redraw is another line's worth of bytes there.)
+        progress(future, interval="100ms" if _on_terminal() else "5s")
         opts.echo("")
     stats, total = client.gather(future)
     stats = stats if isinstance(stats, list) else [stats]  # (a single part is no merge)
     return stats, np.asarray(total, dtype=np.int64)
+
+
+def _on_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # (a replaced or closed stdout)
+        return False
 
 
 def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:

@@ -1255,6 +1255,37 @@ def test_progress_bar_with_scheduler(dask_cluster, tiny, tmp_path):
     assert_progress(result.stdout, ["matching 6 parts", "balancing 6 parts"])
 
 
+def _slow_match_task(*args, **kwargs):
+    time.sleep(0.5)
+    return _REAL_MATCH_TASK(*args, **kwargs)
+
+
+_REAL_MATCH_TASK = None
+
+
+def test_progress_into_a_file_is_redrawn_seldom(tiny, tmp_path, monkeypatch):
+    # Redrawn ten times a second, a bar wrote a line's worth of bytes to a log every
+    # 0.1 s of a run of hours; not on a terminal it is redrawn every 5 s (and at the end).
+    global _REAL_MATCH_TASK
+    from gpu_curate import pipeline
+
+    _REAL_MATCH_TASK = pipeline._match_task
+    monkeypatch.setattr(pipeline, "_match_task", _slow_match_task)
+    root, md = tiny
+    result = cli("match", root / "pool", "--metadata", md, "--out", tmp_path / "out",
+                 "--partition-rows", 10, "--workers", 1)  # fmt: skip
+    bars = stage_bars(result.stdout)
+    (line,) = bars
+    # 6 parts of 0.5 s each on one thread: 3 s, 30 redraws at 0.1 s.
+    assert line.startswith("matching 6 parts") and bars[line][-1] == 100
+    assert len(bars[line]) <= 3, bars
+    # (On a terminal the bar moves as before.)
+    monkeypatch.setattr(pipeline, "_on_terminal", lambda: True)
+    result = cli("match", root / "pool", "--metadata", md, "--out", tmp_path / "out2",
+                 "--partition-rows", 10, "--workers", 1)  # fmt: skip
+    assert len(stage_bars(result.stdout)[line]) >= 10
+
+
 def test_stage_bars_parser():
     # The parser itself, on a captured output: it must see bars, and miss none.
     out = (
