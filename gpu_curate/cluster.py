@@ -36,14 +36,18 @@ class ClusterInfo:
     address: str
 
     def describe(self) -> str:
+        def n(count: int, noun: str) -> str:
+            return f"{count} {noun}{'' if count == 1 else 's'}"
+
         if self.kind == "scheduler":
             return (
-                f"Dask cluster at {self.address} ({self.workers} workers, {self.threads} threads)"
+                f"Dask cluster at {self.address} ({n(self.workers, 'worker')}, "
+                f"{n(self.threads, 'thread')})"
             )
         per = self.threads // max(self.workers, 1)
         if self.kind == "local-cuda":
-            return f"LocalCUDACluster ({self.workers} GPU workers x {per} threads)"
-        return f"local {self.kind.split('-')[1]} ({self.workers} workers x {per} threads)"
+            return f"LocalCUDACluster ({n(self.workers, 'GPU worker')} x {n(per, 'thread')})"
+        return f"local {self.kind.split('-')[1]} ({n(self.workers, 'worker')} x {n(per, 'thread')})"
 
 
 @contextlib.contextmanager

@@ -406,6 +406,15 @@ def _rows_in_each(ranges: list[tuple[int, int, int]]) -> list[tuple[int, int, in
     return joined or [(ranges[0][0], ranges[-1][1], 0)]
 
 
+def _resumed(fs, folder: str, opts: Options) -> str:
+    """What a resume finds of a stage: ", N finished earlier" (a finished part whose file
+    no longer reads is redone all the same)."""
+    if not opts.resume:
+        return ""
+    n = len(fs.glob(f"{folder}/_parts/*.json"))
+    return f", {n:,} finished earlier" if n else ""
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
@@ -478,7 +487,11 @@ def match_stage(
         "parts_sha256": _plan_digest(parts),
     }
     claim(fs, out, MATCH_MANIFEST, manifest, resume=opts.resume)
-    _say(opts, f"matching {_count(len(parts), 'part')} of {_count(len(files), 'file')}")
+    _say(
+        opts,
+        f"matching {_count(len(parts), 'part')} of {_count(len(files), 'file')}"
+        + _resumed(fs, f"{out}/{MATCHED}", opts),
+    )
     fs.makedirs(f"{out}/{MATCHED}/_parts", exist_ok=True)
     # --id-column: the ids must be unique over the pool. Unless a previous run already
     # checked them (its matched/_SUCCESS is written after the check), each part writes
@@ -579,7 +592,11 @@ def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: 
         )  # fmt: skip
         for file in parts
     ]
-    _say(opts, f"balancing {_count(len(parts), 'part')} (t={t:g}, seed={seed})")
+    _say(
+        opts,
+        f"balancing {_count(len(parts), 'part')} (t={t:g}, seed={seed})"
+        + _resumed(fs, f"{out}/{CURATED}", opts),
+    )
     stats, kept_counts = _compute(client, results, len(counts), opts)
     _success(fs, f"{out}/{CURATED}", stats, "curated_rows")
     return {

@@ -1255,6 +1255,23 @@ def test_progress_bar_with_scheduler(dask_cluster, tiny, tmp_path):
     assert_progress(result.stdout, ["matching 6 parts", "balancing 6 parts"])
 
 
+def test_a_resume_says_what_it_found_finished(tiny, tmp_path):
+    root, md = tiny
+    out = tmp_path / "out"
+    argv = ["curate", root / "pool", "--metadata", md, "--partition-rows", 10, "--t", 5,
+            "--out", out, "--workers", 1]  # fmt: skip
+    first = cli(*argv, "--quiet")
+    for name in ("matched/_parts/part-00002.json", "curated/_parts/part-00000.json",
+                 "curated/_parts/part-00004.json", "curated/_SUCCESS", "report.json"):  # fmt: skip
+        (out / name).unlink()
+    result = cli(*argv, "--resume")
+    lines = [ln for ln in re.split(r"[\r\n]", ANSI.sub("", result.stdout)) if ln.strip()]
+    assert "(1 worker x " in lines[0], lines[0]  # (not "1 workers")
+    assert "matching 6 parts of 3 files, 5 finished earlier" in lines, lines
+    assert "balancing 6 parts (t=5, seed=0), 4 finished earlier" in lines, lines
+    assert first.exit_code == 0 and (out / "report.json").is_file()
+
+
 def _slow_match_task(*args, **kwargs):
     time.sleep(0.5)
     return _REAL_MATCH_TASK(*args, **kwargs)
