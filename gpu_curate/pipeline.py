@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import os
+import posixpath
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -739,6 +740,11 @@ def _balance_matched(
     """:func:`balance_matched` once its arguments are checked and its input is locked."""
     mfs, mpath = fsspec.core.url_to_fs(matched_dir)
     mpath = mpath.rstrip("/")
+    parts_folder = mfs.isdir(f"{mpath}/_parts") or mfs.exists(f"{mpath}/{SUCCESS}")
+    if parts_folder and not mfs.isdir(f"{mpath}/{MATCHED}"):
+        raise CurateError(
+            f"{matched_dir} is a folder of parts: give its run folder, {posixpath.dirname(mpath)}"
+        )
     for need in (f"{MATCHED}/{SUCCESS}", "entry_counts.parquet"):
         if not mfs.exists(f"{mpath}/{need}"):
             raise CurateError(f"{matched_dir} is not a complete matched dataset ({need} missing)")

@@ -54,6 +54,10 @@ def _dataset_root(matched_dir: str | Path) -> Path:
         raise CurateError(f"{root} is a file: give the output folder of gpu-curate match or curate")
     if not root.is_dir():
         raise CurateError(f"matched dataset directory not found: {root}")
+    parts_folder = (root / "_parts").is_dir() or (root / "_SUCCESS").is_file()
+    if parts_folder and not (root / "matched").is_dir():
+        # (matched/ or curated/ of a run: its parts, without the counts beside them.)
+        raise CurateError(f"{root} is a folder of parts: give its run folder, {root.parent}")
     return root
 
 
@@ -161,6 +165,12 @@ def load_entry_counts(matched_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     root = _dataset_root(matched_dir)
     path = root / "entry_counts.parquet"
     if not path.is_file():
+        if (root / "_run.json").is_file():
+            # (The counts are written once every part is matched.)
+            raise CurateError(
+                f"{root} is an interrupted run (no entry_counts.parquet yet): finish it with "
+                "--resume"
+            )
         raise CurateError(f"{root} is not a matched dataset: no entry_counts.parquet")
     table = read_counts_table(path, need_entry=False)
     ids = table.column("entry_id").to_numpy().astype(np.int64)

@@ -177,6 +177,24 @@ def test_load_errors(tmp_path, dataset):
         load_matched_csr(bad)
 
 
+def test_an_interrupted_run_or_its_parts_folder_says_what_to_give(tmp_path, dataset):
+    # Both said "not a matched dataset: no entry_counts.parquet".
+    root, _, _ = dataset
+    with pytest.raises(CurateError, match=f"{root / 'matched'} is a folder of parts: give its "
+                       f"run folder, {root}$"):  # fmt: skip
+        load_entry_counts(root / "matched")
+    res = CliRunner().invoke(main, ["plan", str(root / "matched"), "--t", "5"])
+    assert res.exit_code == 2 and "is a folder of parts: give its run folder" in res.stderr
+    res = CliRunner().invoke(main, ["balance", str(root / "matched"), "--t", "5", "--out",
+                                    str(tmp_path / "b")])  # fmt: skip
+    assert res.exit_code == 2 and "is a folder of parts: give its run folder" in res.stderr
+    run = tmp_path / "run"
+    (run / "matched" / "_parts").mkdir(parents=True)
+    (run / "_run.json").write_text("{}")
+    with pytest.raises(CurateError, match="is an interrupted run .*: finish it with --resume"):
+        load_entry_counts(run)
+
+
 # --------------------------------------------------------------------------- figures
 
 
