@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import re
 import socket
 import time
@@ -154,6 +155,7 @@ def prepare_out(
     exists = fs.exists(path)
     if exists and not fs.isdir(path):
         raise CurateError(f"output {out} exists and is not a folder")
+    made = [] if exists else _missing_folders(fs, path)  # (what makedirs creates, deepest first)
     fs.makedirs(path, exist_ok=True)
     undone = False
     try:
@@ -188,25 +190,72 @@ def prepare_out(
                 _remove_temporaries(fs, path)
             try:
                 yield fs, path
-            except CurateError:
+            except Exception:
                 # A run in a new or empty folder that fails before it finishes a part
                 # leaves the folder as it found it: its manifests alone would refuse the
                 # corrected run that follows (not empty; --resume: another run). (Only
-                # under the lock: elsewhere the files may be another run's.)
-                if locked and fresh and not _finished_parts(fs, path):
+                # under the lock: elsewhere the files may be another run's. Not on Ctrl-C,
+                # which says to --resume.)
+                if (
+                    locked
+                    and fresh
+                    and not _finished_parts(fs, path)
+                    and not _nested_run(path, out)
+                ):
                     _empty(fs, path)
                     undone = True
                 raise
-    except CurateError:
-        if undone and not exists:
-            with contextlib.suppress(OSError):
-                fs.rmdir(path)
+    except Exception:
+        if undone:
+            for folder in made:  # (stops at the first that is not empty: another's)
+                try:
+                    fs.rmdir(folder)
+                except OSError:
+                    break
         raise
 
 
+def _missing_folders(fs, path: str) -> list[str]:
+    """The local folders ``fs.makedirs(path)`` would create, deepest first (none
+    elsewhere: an object store has no folders to remove)."""
+    if not is_local(fs):
+        return []
+    made = []
+    while path and not fs.exists(path):
+        made.append(path)
+        parent = posixpath.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return made
+
+
 def _finished_parts(fs, path: str) -> bool:
-    """Whether the run folder ``path`` holds a finished part (matched/ or curated/)."""
-    return any(fs.glob(f"{path}/*/_parts/*.json"))
+    """Whether the run folder ``path`` holds a finished part (matched/ or curated/).
+
+    Listed, not globbed: in a folder named ``run[1]`` or ``a*b`` a pattern would match
+    nothing, and the finished parts would be deleted as if there were none.
+    """
+    for child in fs.ls(path, detail=True):
+        if child.get("type") != "directory":
+            continue
+        try:
+            names = fs.ls(f"{child['name'].rstrip('/')}/_parts", detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if any(str(n).endswith(".json") for n in names):
+            return True
+    return False
+
+
+def _nested_run(path: str, out: str) -> bool:
+    """Whether a run holds the lock of a folder below the local folder ``path`` (one that
+    began there while this run ran): its files are not this run's to remove."""
+    try:
+        _check_nested(path, out)
+    except CurateError:
+        return True
+    return False
 
 
 def ignored_name(path: str) -> bool:
@@ -506,11 +555,13 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run", resume: bo
             f"not {manifest['compression']}: resume with --compression "
             f"{previous.get('compression')}, or use --overwrite to start again"
         )
-    if what == "balance" and set(changed) <= {"t", "seed"}:
+    if what == "balance" and changed and set(changed) <= {"t", "seed"}:
         # (In the matched dataset's own folder, --overwrite is refused: it would delete it.)
+        in_matched = fs.exists(f"{out}/{MATCH_MANIFEST}")
         raise CurateError(
             f"--resume: {out} was balanced with another {' and '.join(changed)}: write this "
-            "balance into another --out, or use --overwrite to replace that one"
+            "balance into another --out"
+            + ("" if in_matched else ", or use --overwrite to replace that one")
         )
     # (The cut into parts follows from the options and files: named only when alone.)
     shown = [k for k in changed if k != "parts_sha256"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import posixpath
 import sys
@@ -312,15 +313,36 @@ def _compute(client, results: list, n_entries: int, opts: Options):
     # first merge under a new key; kept apart, each part is one task of the progress bar.
     future = client.compute(tree_reduce(results, _merge), optimize_graph=False)
     if not opts.quiet:
-        from distributed import progress
-
         # (Redrawn ten times a second on a terminal; into a log file or a pipe, every 5 s:
-        # each redraw is another line's worth of bytes there.)
-        progress(future, interval="100ms" if _on_terminal() else "5s")
+        # each redraw is another line's worth of bytes there. The scheduler is still asked
+        # ten times a second: asked every 5 s, a stage's end was seen only at the next tick,
+        # and every stage took up to 5 s longer than its work.)
+        _progress(future, 0.0 if _on_terminal() else _LOG_REDRAW_S)
         opts.echo("")
     stats, total = client.gather(future)
     stats = stats if isinstance(stats, list) else [stats]  # (a single part is no merge)
     return stats, np.asarray(total, dtype=np.int64)
+
+
+# Seconds between two redraws of a stage's bar where stdout is no terminal.
+_LOG_REDRAW_S = 5.0
+
+
+def _progress(future, every: float) -> None:
+    """Distributed's text progress bar of ``future`` (blocks until it is done), polled ten
+    times a second but redrawn at most every ``every`` seconds (and at its end)."""
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    class Bar(TextProgressBar):
+        _drawn = -math.inf
+
+        def _draw_bar(self, remaining, all, **kwargs):
+            now = time.monotonic()
+            if kwargs.get("status") in ("finished", "error") or now - self._drawn >= every:
+                self._drawn = now
+                super()._draw_bar(remaining, all, **kwargs)
+
+    Bar([future], interval="100ms")
 
 
 def _on_terminal() -> bool:
@@ -412,7 +434,11 @@ def _resumed(fs, folder: str, opts: Options) -> str:
     no longer reads is redone all the same)."""
     if not opts.resume:
         return ""
-    n = len(fs.glob(f"{folder}/_parts/*.json"))
+    # (Listed, not globbed: an --out such as run[1] is no pattern.)
+    try:
+        n = sum(str(p).endswith(".json") for p in fs.ls(f"{folder}/_parts", detail=False))
+    except FileNotFoundError:
+        n = 0
     return f", {n:,} finished earlier" if n else ""
 
 

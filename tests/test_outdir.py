@@ -236,3 +236,68 @@ def test_without_locks_no_lock_file_is_left(tmp_path, monkeypatch, code):
     assert sorted(p.name for p in out.iterdir()) == ["report.json"]
     overwrite(out)
     assert list(out.iterdir()) == []
+
+
+# ------------------------------------------------ a failed run takes back its folder: not more
+
+
+@pytest.mark.parametrize("name", ["run[1]", "run*", "run?"])
+def test_a_failed_run_keeps_its_finished_parts_whatever_the_folder_is_named(tmp_path, name):
+    # The finished parts were found by a glob of the folder's path: in a folder named
+    # run[1] it matched nothing, and a run failing after 3 finished parts deleted them all.
+    out = tmp_path / name
+    with pytest.raises(CurateError), prepare_out(str(out), False, False, MATCH_MANIFEST):
+        (out / MATCH_MANIFEST).write_text("{}")
+        (out / "matched" / "_parts").mkdir(parents=True)
+        (out / "matched" / "part-00000.parquet").write_bytes(b"finished")
+        (out / "matched" / "_parts" / "part-00000.json").write_text("{}")
+        raise CurateError("a bad row in the last file")
+    assert (out / "matched" / "part-00000.parquet").read_bytes() == b"finished"
+    assert (out / MATCH_MANIFEST).is_file()
+    # (With no part finished, the folder goes, whatever its name.)
+    other = tmp_path / "other[2]"
+    with pytest.raises(CurateError), prepare_out(str(other), False, False, MATCH_MANIFEST):
+        (other / MATCH_MANIFEST).write_text("{}")
+        raise CurateError("no such --text-column")
+    assert not other.exists()
+
+
+def test_a_failed_run_removes_the_folders_it_made_and_only_those(tmp_path):
+    # --out a/b/c where none existed: the whole chain goes, not c alone; and not on an
+    # error of another kind (an OSError: the disk is full, say) either.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep.txt").write_text("the user's")
+    out = tmp_path / "a" / "b" / "c"
+    with pytest.raises(OSError), prepare_out(str(out), False, False, MATCH_MANIFEST):
+        (out / MATCH_MANIFEST).write_text("{}")
+        raise OSError(28, "No space left on device")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["keep.txt"]
+    # Ctrl-C says to --resume: what it began stays.
+    with pytest.raises(KeyboardInterrupt), prepare_out(str(out), False, False, MATCH_MANIFEST):
+        (out / MATCH_MANIFEST).write_text("{}")
+        raise KeyboardInterrupt
+    assert (out / MATCH_MANIFEST).is_file()
+
+
+def test_a_failed_run_does_not_remove_a_run_begun_below_it(tmp_path):
+    # A run that began in a folder below this one's new folder meanwhile holds its lock:
+    # its files are not this run's to take back.
+    out = tmp_path / "out"
+    with contextlib.ExitStack() as other_run:  # (held until the checks are done)
+        with pytest.raises(CurateError), prepare_out(str(out), False, False, MATCH_MANIFEST):
+            other_run.enter_context(held(out / "nested", "writes"))
+            (out / MATCH_MANIFEST).write_text("{}")
+            raise CurateError("no such --text-column")
+        assert (out / "nested" / "part-00000.parquet").is_file()
+        assert (out / "nested" / LOCK).is_file()
+
+
+def test_balance_in_place_with_another_t_names_no_overwrite(matched):
+    # In the matched dataset's own folder --overwrite is refused (it would delete the
+    # matched dataset): the refusal of a resume with another t must not advise it.
+    cli("balance", matched, "--out", matched, "--t", 5, "--resume", "--workers", 1, "--quiet")
+    again = ["balance", matched, "--out", matched, "--t", 7, "--resume", "--workers", 1]
+    result = CliRunner().invoke(main, [str(a) for a in [*again, "--quiet"]])
+    assert result.exit_code == 2
+    assert "write this balance into another --out" in result.stderr, result.stderr
+    assert "--overwrite" not in result.stderr, result.stderr

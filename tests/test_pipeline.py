@@ -1303,6 +1303,26 @@ def test_progress_into_a_file_is_redrawn_seldom(tiny, tmp_path, monkeypatch):
     assert len(stage_bars(result.stdout)[line]) >= 10
 
 
+def test_progress_into_a_file_does_not_hold_up_a_stage(tiny, tmp_path, monkeypatch):
+    # Polled every 5 s where stdout is no terminal, a bar saw its stage's end only at the
+    # next tick: a stage of 0.1 s took 5 s (a tiny curate, 2 s on a terminal, took 11 s
+    # into a log). Drawn seldom, it must still see the end at once.
+    from gpu_curate import pipeline
+
+    monkeypatch.setattr(pipeline, "_LOG_REDRAW_S", 60.0, raising=False)
+    monkeypatch.setattr(pipeline, "_on_terminal", lambda: False)
+    root, md = tiny
+    began = time.monotonic()
+    result = cli("curate", root / "pool", "--metadata", md, "--out", tmp_path / "out",
+                 "--t", 5, "--workers", 1)  # fmt: skip
+    took = time.monotonic() - began
+    bars = stage_bars(result.stdout)
+    assert [b[-1] for b in bars.values()] == [100, 100], bars
+    elapsed = [float(x) for x in re.findall(r"Completed \|\s*([0-9.]+)s", result.stdout)]
+    assert elapsed and max(elapsed) < 4.5, (elapsed, result.stdout)
+    assert took < 30, took  # (not a 60 s tick per stage)
+
+
 def test_stage_bars_parser():
     # The parser itself, on a captured output: it must see bars, and miss none.
     out = (
