@@ -363,9 +363,17 @@ def discover(
             raise CurateError(f"input not found: {spec}")
         kept = [(p, i, r, f) for p, i, r, f in kept if f is not None]
         if any("link_to" in i for _, i, _, _ in kept):
-            # A link to a file that the scan keeps under its own name: read it there.
-            own = {os.path.realpath(p) for p, i, _, _ in kept if "link_to" not in i}
-            kept = [k for k in kept if k[1].get("link_to") not in own]
+            # A file reached through a link inside the scanned folder is read under its
+            # own name where the scan keeps it so, else under the first link's name.
+            taken = {os.path.realpath(p) for p, i, _, _ in kept if "link_to" not in i}
+            through_links = kept
+            kept = []
+            for k in through_links:
+                target = k[1].get("link_to")
+                if target not in taken:
+                    kept.append(k)
+                if target is not None:
+                    taken.add(target)
         for p, *_ in kept:
             _check_codec(p)
         # An empty CSV/TSV/JSONL file holds no rows (an empty Parquet file is no Parquet).
@@ -462,20 +470,22 @@ def _local_files(
     links to files and to folders.
 
     A pool is often a folder of links into shards: a folder scan and a glob must find
-    the same files through them (fsspec lists a link as neither file nor folder). A link
-    whose target is inside ``root`` is read under its own name only where the scan does
-    not reach the target itself: a link to a folder is walked last, and only if that
-    folder was not walked; a link to a file is listed with its target's real path
-    (``link_to``), for :func:`discover` to drop when it keeps the target. A folder reached
-    twice is read once; names starting with ``.`` or ``_`` are not entered
-    (:func:`is_hidden`); a broken link to a data file, and a folder that cannot be
-    listed, are errors, not files left out.
+    the same files through them (fsspec lists a link as neither file nor folder). A file
+    reached through a link whose target is inside ``root`` (a link to it, or to a folder
+    above it) is listed under the link's name with its real path (``link_to``), for
+    :func:`discover` to keep only where the scan does not keep the target under its own
+    name (a hidden folder such as ``current -> _v3/``, a name without a data extension,
+    a target outside a glob's pattern or depth). Links to folders inside are walked after
+    the rest, each real folder once. A folder reached twice from outside is read once;
+    names starting with ``.`` or ``_`` are not entered (:func:`is_hidden`); a broken link
+    to a data file, and a folder that cannot be listed, are errors, not files left out.
     """
     found: dict[str, dict] = {}
     if not os.path.isdir(root):
         return found
     real_root = os.path.realpath(root)
-    seen: set[str] = set()
+    seen: set[str] = set()  # real folders walked, by the walk of the root
+    seen_linked: set[str] = set()  # and through links inside it
     folder_links: list[tuple[str, int]] = []  # (path, level) of links to folders inside
 
     def inside(path: str) -> bool:
@@ -486,13 +496,14 @@ def _local_files(
         # (os.walk skips a folder it cannot list: its files would be left out unsaid.)
         raise CurateError(f"cannot list input folder {exc.filename}: {exc.strerror}")
 
-    def walk(top: str, top_level: int) -> None:
+    def walk(top: str, top_level: int, linked: bool) -> None:
+        walked = seen_linked if linked else seen
         for folder, subfolders, names in os.walk(top, onerror=unreadable, followlinks=True):
             real = os.path.realpath(folder)
-            if real in seen:
+            if real in walked:
                 subfolders.clear()
                 continue
-            seen.add(real)
+            walked.add(real)
             level = top_level + (
                 0 if folder == top else os.path.relpath(folder, top).count(os.sep) + 1
             )
@@ -519,16 +530,13 @@ def _local_files(
                     continue
                 if stat.S_ISREG(st.st_mode):
                     found[key] = {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
-                    if os.path.islink(path) and inside(path):
+                    if linked or (os.path.islink(path) and inside(path)):
                         found[key]["link_to"] = os.path.realpath(path)
 
-    walk(root, 0)
-    # A link to a folder the walk did not enter (a hidden one, or one deeper than a glob
-    # reaches): its files are read under the link's name. (Its own links come after.)
-    while folder_links:
+    walk(root, 0, False)
+    while folder_links:  # (the links found in these walks come after them)
         path, level = folder_links.pop(0)
-        if os.path.realpath(path) not in seen:
-            walk(path, level)
+        walk(path, level, True)
     return found
 
 

@@ -155,6 +155,20 @@ def test_a_link_inside_the_pool_to_what_the_scan_does_not_read_is_read(tmp_path)
     assert [f.relpath for f in discover([f"{pool}/**"])] == scan
     assert [f.relpath for f in discover([f"{pool}/*.tsv"])] == ["a.tsv", "c.tsv", "d.tsv", "e.tsv"]
     assert [f.relpath for f in discover([f"{pool}/*/*.tsv"])] == ["current/x.tsv", "deep/e.tsv"]
+    # A link to a folder the walk lists, whose files the glob's pattern or depth leaves
+    # out: read through the link, as the shell's glob reads it.
+    tree = tmp_path / "tree"
+    for rel in ["common/y.tsv", "v3/x.tsv", "a/b/c/deep.tsv", "x/y/z.tsv"]:
+        write(tree / rel, b"a dog\n")
+    (tree / "current").symlink_to(tree / "v3", target_is_directory=True)
+    (tree / "s").symlink_to(tree / "a" / "b", target_is_directory=True)
+    assert [f.relpath for f in discover([f"{tree}/c*/*.tsv"])] == ["common/y.tsv", "current/x.tsv"]
+    want = ["s/c/deep.tsv", "x/y/z.tsv"]
+    assert [f.relpath for f in discover([f"{tree}/*/*/*.tsv"])] == want
+    # Two links to one hidden folder, or file: read once, under the first name.
+    (pool / "latest").symlink_to(pool / "_v3", target_is_directory=True)
+    (pool / "b.tsv").symlink_to(pool / "_store" / "s.tsv")
+    assert [f.relpath for f in discover([str(pool)])] == scan
 
 
 def test_a_link_inside_the_pool_is_skipped_and_globs_list_only_their_levels(tmp_path,
