@@ -307,7 +307,7 @@ def glob_pattern(fs: fsspec.AbstractFileSystem, spec: str) -> tuple[str, str]:
 
 
 def discover(
-    inputs: Sequence[str], fmt: str | None = None, metadata: str | None = None
+    inputs: Sequence[str], fmt: str | None = None, exclude: Sequence[str] = ()
 ) -> list[InputFile]:
     """Expand files, folders, globs and fsspec URLs into the pool's files, in sorted order.
 
@@ -315,8 +315,9 @@ def discover(
     any folder below it). Files found in a folder or by a glob are read by extension;
     ``fmt`` (``--format``) applies to those without a known one (documentation such as
     README or ``.md`` files is still skipped) and to every file named on its own. The
-    ``metadata`` file (a path or URL), where the inputs reach it, is left out: MetaCLIP's
-    ``metadata.json`` beside the pool would be read as JSON Lines.
+    files of ``exclude`` (paths or URLs: the metadata file and its sidecar), where the
+    inputs reach them, are left out: MetaCLIP's ``metadata.json`` beside the pool would
+    be read as JSON Lines.
 
     Examples
     --------
@@ -390,10 +391,10 @@ def discover(
                for p, i, r, f in kept]  # fmt: skip
         files.extend(new)
         origin.update((id(f), spec) for f in new)
-    if metadata is not None and files:
-        files = _without(files, metadata)
+    if exclude and files:
+        files = _without(files, exclude)
         if not files:
-            raise CurateError(f"the only input file is the metadata file {metadata}")
+            raise CurateError(f"the inputs hold no pool file, only the metadata {exclude[0]}")
     # A .zip file of several files is an error before anything is written: each is opened
     # by its URL (not the path fsspec strips), by a pool of threads (on an object store
     # each is a few round trips).
@@ -423,10 +424,10 @@ def _file_key(path: str) -> str:
     return path if "://" in path else os.path.realpath(path)
 
 
-def _without(files: list[InputFile], path: str) -> list[InputFile]:
-    """``files`` less those that reach the file ``path``."""
-    drop = _file_key(path)
-    return [f for f in files if _file_key(f.path) != drop]
+def _without(files: list[InputFile], paths: Sequence[str]) -> list[InputFile]:
+    """``files`` less those that reach one of the files ``paths``."""
+    drop = {_file_key(p) for p in paths}
+    return [f for f in files if _file_key(f.path) not in drop]
 
 
 def reached_twice(paths: Sequence[str | os.PathLike]) -> tuple[str, int, int] | None:

@@ -97,6 +97,18 @@ def validate_entries(entries: object, source: str = "metadata") -> tuple[str, ..
     return entries
 
 
+def sources_path_for(out: str | os.PathLike) -> Path:
+    """The sidecar of ``out``: ``<out stem>.sources.json`` in the same folder.
+
+    Examples
+    --------
+    >>> sources_path_for("build/metadata.json").as_posix()
+    'build/metadata.sources.json'
+    """
+    p = Path(out)
+    return p.with_name(f"{p.stem}.sources.json")
+
+
 class Metadata:
     """MetaCLIP metadata: a list of entries; the entry id is the list index.
 

@@ -57,7 +57,7 @@ from .io import (
     row_group_runs,
 )
 from .line_ranges import RANGE_ROWS, count_csv_rows, count_rows, csv_ranges, line_cuts
-from .metadata import Metadata
+from .metadata import Metadata, sources_path_for
 from .outdir import (
     BALANCE_MANIFEST,
     MATCH_MANIFEST,
@@ -667,6 +667,14 @@ def _header(opts: Options, info: ClusterInfo, backend: str) -> dict:
     }
 
 
+def _metadata_files(metadata: Metadata | str | os.PathLike) -> list[str]:
+    """The metadata file and its sidecar (``metadata build`` writes both), which a folder
+    of the pool may hold: not pool files."""
+    if isinstance(metadata, Metadata):
+        return []
+    return [str(metadata), str(sources_path_for(metadata))]
+
+
 def curate(
     inputs: Sequence[str],
     metadata: Metadata | str | os.PathLike,
@@ -708,7 +716,7 @@ def curate(
     md = metadata if isinstance(metadata, Metadata) else Metadata.from_file(metadata)
     be = resolve(opts.backend)
     # (Fails on missing inputs before the output is touched.)
-    files = discover(inputs, opts.format, None if isinstance(metadata, Metadata) else str(metadata))
+    files = discover(inputs, opts.format, _metadata_files(metadata))
     check_apart(out, [*inputs, *([] if isinstance(metadata, Metadata) else [str(metadata)])])
     # (Held until the run ends: no other run resumes or overwrites it meanwhile.)
     with prepare_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST) as (fs, path):

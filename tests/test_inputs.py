@@ -474,7 +474,12 @@ def test_the_metadata_file_among_the_inputs_is_not_read_as_one(tmp_path, md):
     assert r.exit_code == 0, (r.output, r.stderr)
     assert matched(tmp_path / "out")["text"] == [b"a dog"]
     err = error_line(match(pool / "metadata.json", pool / "metadata.json", tmp_path / "out2"))
-    assert f"the only input file is the metadata file {pool / 'metadata.json'}" in err
+    assert f"the inputs hold no pool file, only the metadata {pool / 'metadata.json'}" in err
+    # Nor its sidecar, which `gpu-curate metadata build --out pool/metadata.json` writes.
+    (pool / "metadata.sources.json").write_text(json.dumps({"sources": {}}, indent=1))
+    r = match(pool, pool / "metadata.json", tmp_path / "out4")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(tmp_path / "out4")["text"] == [b"a dog"]
     # Another JSON file of the folder is still read (and here fails as no JSON Lines).
     shutil.copy(md, pool / "other.json")
     assert "other.json" in error_line(match(pool, pool / "metadata.json", tmp_path / "out3"))

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import CurateError
 from ..io import write_atomic
+from ..metadata import sources_path_for
 
 #: MetaCLIP's ``forbidden`` set: an entry that is one of these characters is dropped.
 PUNCTUATION = frozenset(string.punctuation)
@@ -154,18 +155,6 @@ def check_entries(entries: Sequence[str]) -> None:
         if entry in first:
             raise CurateError(f"entry {entry!r} appears twice (ids {first[entry]} and {i})")
         first[entry] = i
-
-
-def sources_path_for(out: str | os.PathLike) -> Path:
-    """The sidecar of ``out``: ``<out stem>.sources.json`` in the same folder.
-
-    Examples
-    --------
-    >>> sources_path_for("build/metadata.json").as_posix()
-    'build/metadata.sources.json'
-    """
-    p = Path(out)
-    return p.with_name(f"{p.stem}.sources.json")
 
 
 def encode_metadata(entries: Sequence[str]) -> bytes:
