@@ -426,8 +426,16 @@ def _file_key(path: str) -> str:
 
 def _without(files: list[InputFile], paths: Sequence[str]) -> list[InputFile]:
     """``files`` less those that reach one of the files ``paths``."""
-    drop = {_file_key(p) for p in paths}
-    return [f for f in files if _file_key(f.path) not in drop]
+
+    def key(path: str) -> str:
+        # (A URL as discover writes a file's: memory://pool/m.json is memory:///pool/m.json.)
+        if "://" not in path:
+            return _file_key(path)
+        fs, stripped = fsspec.core.url_to_fs(path)
+        return f"{protocol_of(fs)}://{stripped}"
+
+    drop = {key(p) for p in paths}
+    return [f for f in files if key(f.path) not in drop]
 
 
 def reached_twice(paths: Sequence[str | os.PathLike]) -> tuple[str, int, int] | None:
@@ -498,7 +506,10 @@ def _local_files(
         raise CurateError(f"cannot list input folder {exc.filename}: {exc.strerror}")
 
     def walk(top: str, top_level: int, linked: bool) -> None:
-        walked = seen_linked if linked else seen
+        # A glob with a depth (no '**') may keep a file under one link's name and not
+        # another's ('c*/*.tsv' keeps current/x.tsv, not aa/x.tsv): each link is walked,
+        # the depth bounds the walks; without a depth, each real folder once.
+        walked = (seen_linked if depth is None else set()) if linked else seen
         for folder, subfolders, names in os.walk(top, onerror=unreadable, followlinks=True):
             real = os.path.realpath(folder)
             if real in walked:
@@ -531,8 +542,12 @@ def _local_files(
                     continue
                 if stat.S_ISREG(st.st_mode):
                     found[key] = {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
-                    if linked or (os.path.islink(path) and inside(path)):
-                        found[key]["link_to"] = os.path.realpath(path)
+                    is_link = os.path.islink(path)
+                    if linked or (is_link and inside(path)):
+                        # (The folder's real path once, not each file's: a link's walk
+                        # may list many files.)
+                        target = os.path.realpath(path) if is_link else os.path.join(real, name)
+                        found[key]["link_to"] = target
 
     walk(root, 0, False)
     while folder_links:  # (the links found in these walks come after them)

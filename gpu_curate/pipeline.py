@@ -672,7 +672,11 @@ def _metadata_files(metadata: Metadata | str | os.PathLike) -> list[str]:
     of the pool may hold: not pool files."""
     if isinstance(metadata, Metadata):
         return []
-    return [str(metadata), str(sources_path_for(metadata))]
+    path = os.fspath(metadata)
+    if "://" in path:  # (a URL: Path would fold its '//')
+        head, _, name = path.rpartition("/")
+        return [path, f"{head}/{sources_path_for(name).name}"]
+    return [path, str(sources_path_for(path))]
 
 
 def curate(

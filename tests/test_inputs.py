@@ -1034,3 +1034,45 @@ def test_plan_parts_reads_the_footers_together_and_names_the_first_bad_file(tmp_
         (pool / name).write_bytes(b"not parquet")
     with pytest.raises(CurateError, match=r"cannot read Parquet file .*04\.parquet"):
         gio.plan_parts(discover([str(pool)]))
+
+
+def test_a_glob_reads_a_folder_through_every_link_its_pattern_or_depth_keeps(tmp_path):
+    # Links to one hidden folder: the first walked ('aa', or 's' at a lesser depth) was
+    # the only one, though the glob's pattern or depth kept none of its files there.
+    pool = tmp_path / "pool"
+    for rel in ["_h/x.tsv", "cat/y.tsv", "a/keep.tsv", "b/c/z.tsv"]:
+        write(pool / rel, b"a dog\n")
+    (pool / "aa").symlink_to(pool / "_h", target_is_directory=True)
+    (pool / "current").symlink_to(pool / "_h", target_is_directory=True)
+    (pool / "a" / "deep").symlink_to(pool / "_h", target_is_directory=True)
+    assert [f.relpath for f in discover([f"{pool}/c*/*.tsv"])] == ["cat/y.tsv", "current/x.tsv"]
+    assert [f.relpath for f in discover([f"{pool}/*/*/*.tsv"])] == ["a/deep/x.tsv", "b/c/z.tsv"]
+    # Links to each other: a glob goes round as far as its depth.
+    loop = tmp_path / "loop"
+    for rel in ["_a/x.tsv", "_b/y.tsv"]:
+        write(loop / rel, b"a dog\n")
+    (loop / "_a" / "tob").symlink_to(loop / "_b", target_is_directory=True)
+    (loop / "_b" / "toa").symlink_to(loop / "_a", target_is_directory=True)
+    (loop / "l").symlink_to(loop / "_a", target_is_directory=True)
+    assert [f.relpath for f in discover([f"{loop}/*/*/*/*.tsv"])] == ["l/tob/toa/x.tsv"]
+    assert [f.relpath for f in discover([str(loop)])] == ["l/tob/y.tsv", "l/x.tsv"]
+
+
+def test_the_metadata_and_its_sidecar_at_a_url_are_left_out_of_the_pool():
+    # The sidecar's URL lost a '/' (memory:/pool/...), and a URL was compared as written
+    # (memory://pool/ is listed as memory:///pool/): both were read as pool files.
+    import fsspec
+
+    from gpu_curate.pipeline import _metadata_files
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/mdpool/a.jsonl", b'{"text": "a dog"}\n')
+    fs.pipe("/mdpool/metadata.json", b'["dog"]')
+    fs.pipe("/mdpool/metadata.sources.json", b'{"dog": ["wordnet"]}')
+    try:
+        files = discover(
+            ["memory://mdpool/"], None, _metadata_files("memory://mdpool/metadata.json")
+        )
+        assert [f.relpath for f in files] == ["a.jsonl"]
+    finally:
+        fs.rm("/mdpool", recursive=True)
