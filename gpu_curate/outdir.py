@@ -622,6 +622,33 @@ def balance_manifest(
     }
 
 
+def not_matched_why(fs, path: str, shown: str) -> str | None:
+    """Why the folder ``path`` (``shown`` to the user) is no complete matched dataset, and
+    what to give instead; None when it holds one (``matched/_SUCCESS``).
+
+    Examples
+    --------
+    >>> not_matched_why(fsspec.filesystem("file"), "/nowhere", "out/")  # doctest: +SKIP
+    """
+    if fs.exists(f"{path}/matched/_SUCCESS"):
+        return None
+    if fs.exists(f"{path}/{MATCH_MANIFEST}"):
+        return f"{shown} is an interrupted run (matched/_SUCCESS missing): finish it with --resume"
+    if not fs.isdir(f"{path}/matched") and fs.exists(f"{path}/{BALANCE_MANIFEST}"):
+        # (A balance's output: its report names the matched dataset it read.)
+        try:
+            with fs.open(f"{path}/report.json", "rb") as fh:
+                source = json.load(fh).get("matched_dir")
+        except (OSError, ValueError, AttributeError):
+            source = None
+        return f"{shown} is the output of a balance, without matched/: give the matched " + (
+            f"dataset it balanced, {source}" if source else "dataset it balanced"
+        )
+    if not fs.isdir(f"{path}/matched"):
+        return f"{shown} is not a matched dataset: no matched/ folder"
+    return f"{shown} is not a complete matched dataset (matched/_SUCCESS missing)"
+
+
 def success_parts(fs: fsspec.AbstractFileSystem, folder: str) -> list[tuple[str, int]]:
     """The parts that ``folder/_SUCCESS`` lists: (file name, rows) of each, in its order.
 

@@ -65,6 +65,7 @@ from .outdir import (
     check_apart,
     check_balance_settings,
     claim,
+    not_matched_why,
     prepare_out,
     reading,
     success_parts,
@@ -783,9 +784,12 @@ def _balance_matched(
         raise CurateError(
             f"{matched_dir} is a folder of parts: give its run folder, {posixpath.dirname(mpath)}"
         )
-    for need in (f"{MATCHED}/{SUCCESS}", "entry_counts.parquet"):
-        if not mfs.exists(f"{mpath}/{need}"):
-            raise CurateError(f"{matched_dir} is not a complete matched dataset ({need} missing)")
+    if (why := not_matched_why(mfs, mpath, matched_dir)) is not None:
+        raise CurateError(why)
+    if not mfs.exists(f"{mpath}/entry_counts.parquet"):
+        raise CurateError(
+            f"{matched_dir} is not a complete matched dataset (entry_counts.parquet missing)"
+        )
     with mfs.open(f"{mpath}/entry_counts.parquet", "rb") as fh:
         table = pq.read_table(fh)
     md = Metadata(table.column("entry").to_pylist(), source=f"{matched_dir}/entry_counts.parquet")

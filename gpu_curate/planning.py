@@ -31,7 +31,7 @@ from .cli_options import backend_option
 from .counts import read_counts_table
 from .errors import CurateError
 from .io import read_parquet_columns
-from .outdir import reading, success_parts
+from .outdir import not_matched_why, reading, success_parts
 from .steps import list_chunk_csr
 
 __all__ = [
@@ -66,14 +66,8 @@ def _matched_files(matched_dir: str | Path) -> list[tuple[Path, int]]:
     that order (the order ``balance`` reads them in), and nothing else in the folder."""
     root = _dataset_root(matched_dir)
     sub = root / "matched"
-    if not sub.is_dir():
-        raise CurateError(f"{root} is not a matched dataset: no matched/ folder")
-    success = sub / "_SUCCESS"
-    if not success.is_file():
-        raise CurateError(
-            f"{root} is not a complete matched dataset (matched/_SUCCESS missing): finish "
-            "its run with --resume"
-        )
+    if (why := not_matched_why(LocalFileSystem(), str(root), str(root))) is not None:
+        raise CurateError(why)
     parts = [(sub / f, rows) for f, rows in success_parts(LocalFileSystem(), str(sub))]
     missing = [str(f) for f, _ in parts if not f.is_file()]
     if missing:

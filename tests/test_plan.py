@@ -193,6 +193,27 @@ def test_an_interrupted_run_or_its_parts_folder_says_what_to_give(tmp_path, data
     (run / "_run.json").write_text("{}")
     with pytest.raises(CurateError, match="is an interrupted run .*: finish it with --resume"):
         load_entry_counts(run)
+    with pytest.raises(CurateError, match="is an interrupted run .*: finish it with --resume"):
+        load_matched_csr(run)
+    res = CliRunner().invoke(main, ["balance", str(run), "--t", "5", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "is an interrupted run" in res.stderr, res.stderr
+    assert "finish it with --resume" in res.stderr
+    # A balance's output holds no matched/: the matched dataset it balanced is named.
+    res = CliRunner().invoke(main, ["balance", str(root), "--t", "5", "--out",
+                                    str(tmp_path / "b"), "--quiet"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    b = str(tmp_path / "b")
+    for argv in (["plan", f"{b}/curated", "--t", "5"], ["plan", b, "--t", "5"],
+                 ["balance", b, "--t", "5", "--out", str(tmp_path / "d")]):  # fmt: skip
+        res = CliRunner().invoke(main, argv)
+        assert res.exit_code == 2, (argv, res.output)
+        if argv[1].endswith("curated"):
+            assert f"give its run folder, {tmp_path / 'b'}" in res.stderr, res.stderr
+        else:
+            assert (
+                "is the output of a balance, without matched/: give the matched dataset it "
+                f"balanced, {root}" in res.stderr
+            ), res.stderr
 
 
 # --------------------------------------------------------------------------- figures
