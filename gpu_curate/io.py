@@ -425,17 +425,18 @@ def _file_key(path: str) -> str:
 
 
 def _without(files: list[InputFile], paths: Sequence[str]) -> list[InputFile]:
-    """``files`` less those that reach one of the files ``paths``."""
+    """``files`` (as :func:`discover` lists them) less those that reach one of ``paths``."""
 
     def key(path: str) -> str:
-        # (A URL as discover writes a file's: memory://pool/m.json is memory:///pool/m.json.)
+        # (A URL in the form discover writes a file's: memory://pool/m.json is listed as
+        # memory:///pool/m.json.)
         if "://" not in path:
             return _file_key(path)
         fs, stripped = fsspec.core.url_to_fs(path)
         return f"{protocol_of(fs)}://{stripped}"
 
     drop = {key(p) for p in paths}
-    return [f for f in files if key(f.path) not in drop]
+    return [f for f in files if _file_key(f.path) not in drop]
 
 
 def reached_twice(paths: Sequence[str | os.PathLike]) -> tuple[str, int, int] | None:
