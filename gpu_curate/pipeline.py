@@ -347,8 +347,11 @@ def _progress(future, every: float) -> None:
 
 
 def _on_terminal() -> bool:
+    """Whether stdout redraws a line in place: a terminal, or a Jupyter notebook's cell."""
+    from distributed.utils import is_kernel
+
     try:
-        return sys.stdout.isatty()
+        return sys.stdout.isatty() or is_kernel()
     except (AttributeError, ValueError):  # (a replaced or closed stdout)
         return False
 
