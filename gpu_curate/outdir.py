@@ -196,14 +196,15 @@ def prepare_out(
                 # corrected run that follows (not empty; --resume: another run). (Only
                 # under the lock: elsewhere the files may be another run's. Not on Ctrl-C,
                 # which says to --resume.)
-                if (
-                    locked
-                    and fresh
-                    and not _finished_parts(fs, path)
-                    and not _nested_run(path, out)
-                ):
-                    _empty(fs, path)
-                    undone = True
+                with contextlib.suppress(OSError):  # (the run's own error is the one to say)
+                    if (
+                        locked
+                        and fresh
+                        and not _finished_parts(fs, path)
+                        and not _nested_run(path, out)
+                    ):
+                        _empty(fs, path)
+                        undone = True
                 raise
     except Exception:
         if undone:

@@ -20,6 +20,7 @@ import posixpath
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 
 import dask
@@ -33,7 +34,7 @@ from .backend import Backend, resolve
 from .balance import EXPECTED_UNITS_PER_ROW, entry_probabilities
 from .cluster import ClusterInfo, open_client
 from .counts import add_counts, counts_json, counts_table, partition_counts, tree_reduce
-from .errors import CurateError, cannot_read
+from .errors import CurateError, cannot_read, first_line
 from .io import (
     COMPRESSIONS,
     PART_ROWS,
@@ -320,7 +321,15 @@ def _compute(client, results: list, n_entries: int, opts: Options):
         # and every stage took up to 5 s longer than its work.)
         _progress(future, 0.0 if _on_terminal() else _LOG_REDRAW_S)
         opts.echo("")
-    stats, total = client.gather(future)
+    try:
+        stats, total = client.gather(future)
+    except CancelledError as exc:
+        # (The scheduler was lost, or shut down, mid-stage: distributed cancels what it
+        # had, with a traceback of its own. The parts finished by then are kept.)
+        raise CurateError(
+            f"the Dask cluster went away during the run ({first_line(exc)}): the finished "
+            "parts are kept; run the same command with --resume to continue"
+        ) from None
     stats = stats if isinstance(stats, list) else [stats]  # (a single part is no merge)
     return stats, np.asarray(total, dtype=np.int64)
 
@@ -343,7 +352,17 @@ def _progress(future, every: float) -> None:
                 self._drawn = now
                 super()._draw_bar(remaining, all, **kwargs)
 
-    Bar([future], interval="100ms")
+    try:
+        Bar([future], interval="100ms")
+    except KeyboardInterrupt:
+        # (Ctrl-C leaves the bar's line unfinished: end it, so that the one line that
+        # says so starts a line of its own rather than following the bar's.)
+        try:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
+        raise
 
 
 def _on_terminal() -> bool:

@@ -279,6 +279,19 @@ def test_a_failed_run_removes_the_folders_it_made_and_only_those(tmp_path):
     assert (out / MATCH_MANIFEST).is_file()
 
 
+def test_a_cleanup_that_fails_leaves_the_run_s_own_error(tmp_path, monkeypatch):
+    def cannot(fs, path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(outdir, "_empty", cannot)
+    out = tmp_path / "out"
+    with pytest.raises(CurateError, match="no such --text-column"):
+        with prepare_out(str(out), False, False, MATCH_MANIFEST):
+            (out / MATCH_MANIFEST).write_text("{}")
+            raise CurateError("no such --text-column")
+    assert (out / MATCH_MANIFEST).is_file()  # (what could not be removed stays)
+
+
 def test_a_failed_run_does_not_remove_a_run_begun_below_it(tmp_path):
     # A run that began in a folder below this one's new folder meanwhile holds its lock:
     # its files are not this run's to take back.

@@ -1340,3 +1340,57 @@ def test_stage_bars_parser():
     }
     with pytest.raises(AssertionError, match="did not reach 100%"):
         assert_progress(out.replace("100%", "50%"), ["matching", "balancing"])
+
+
+def test_progress_ends_its_line_on_ctrl_c(monkeypatch, capsys):
+    # Ctrl-C during a stage: the bar's unfinished line is ended, so that the CLI's one
+    # line "gpu-curate: interrupted; ..." is not glued onto "[###  ] | 7% Completed | 1.3s".
+    from distributed.diagnostics import progressbar
+
+    def interrupted(self, *args, **kwargs):
+        sys.stdout.write("\r[###     ] | 7% Completed |  1.3s")
+        raise KeyboardInterrupt
+
+    from gpu_curate import pipeline
+
+    monkeypatch.setattr(progressbar.TextProgressBar, "__init__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline._progress(None, 0.0)
+    assert capsys.readouterr().out.endswith("\n")
+
+
+def test_a_lost_scheduler_is_one_line(monkeypatch):
+    # Killing the --scheduler mid-stage made distributed cancel the run's futures: a
+    # traceback ending in FutureCancelledError and exit 1, where the finished parts are
+    # kept and a --resume continues.
+    from distributed.client import FutureCancelledError
+
+    from gpu_curate import pipeline
+
+    class Client:
+        def compute(self, graph, optimize_graph=True):
+            return "future"
+
+        def gather(self, future):
+            raise FutureCancelledError("_merge-abc", reason="scheduler-connection-lost")
+
+    import dask
+
+    opts = pipeline.Options(quiet=True)
+    delayed = [dask.delayed(lambda: None)()]
+    with pytest.raises(CurateError, match=r"the Dask cluster went away during the run \(.*"
+                       r"scheduler-connection-lost.*\): the finished parts are kept; run the "
+                       r"same command with --resume"):  # fmt: skip
+        pipeline._compute(Client(), delayed, 3, opts)
+
+
+def test_the_progress_bar_hook_is_distributeds():
+    # pipeline._progress overrides TextProgressBar._draw_bar, a private method: a
+    # distributed that renames it or its parameters would leave the bar unthrottled or
+    # broken. (pyproject caps distributed; raising the cap must pass this.)
+    import inspect
+
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    params = list(inspect.signature(TextProgressBar._draw_bar).parameters)
+    assert params[:3] == ["self", "remaining", "all"] and params[-1] == "kwargs", params
