@@ -623,6 +623,26 @@ def balance_manifest(
     }
 
 
+def run_folder_why(fs, path: str, shown: str) -> str | None:
+    """Why ``path`` (``shown`` to the user) is no run folder to read (missing, a file, or
+    a run's ``matched/`` or ``curated/``), saying what to give; None when it may be one.
+
+    Examples
+    --------
+    >>> run_folder_why(fsspec.filesystem("file"), "/nowhere", "out/")
+    'matched dataset folder not found: out/'
+    """
+    if not fs.exists(path):
+        return f"matched dataset folder not found: {shown}"
+    if not fs.isdir(path):
+        return f"{shown} is a file: give the output folder of gpu-curate match or curate"
+    parts_folder = fs.isdir(f"{path}/_parts") or fs.exists(f"{path}/_SUCCESS")
+    if parts_folder and not fs.isdir(f"{path}/matched"):
+        # (matched/ or curated/ of a run: its parts, without the counts beside them.)
+        return f"{shown} is a folder of parts: give its run folder, {posixpath.dirname(path)}"
+    return None
+
+
 def not_matched_why(fs, path: str, shown: str) -> str | None:
     """Why the folder ``path`` (``shown`` to the user) is no complete matched dataset, and
     what to give instead; None when it holds one (``matched/_SUCCESS``).

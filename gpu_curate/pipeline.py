@@ -16,7 +16,6 @@ import itertools
 import json
 import math
 import os
-import posixpath
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +68,7 @@ from .outdir import (
     not_matched_why,
     prepare_out,
     reading,
+    run_folder_why,
     success_parts,
 )
 from .steps import BalanceStep, MatchStep, csr_of
@@ -801,13 +801,9 @@ def _balance_matched(
     """:func:`balance_matched` once its arguments are checked and its input is locked."""
     mfs, mpath = fsspec.core.url_to_fs(matched_dir)
     mpath = mpath.rstrip("/")
-    parts_folder = mfs.isdir(f"{mpath}/_parts") or mfs.exists(f"{mpath}/{SUCCESS}")
-    if parts_folder and not mfs.isdir(f"{mpath}/{MATCHED}"):
-        raise CurateError(
-            f"{matched_dir} is a folder of parts: give its run folder, {posixpath.dirname(mpath)}"
-        )
-    if (why := not_matched_why(mfs, mpath, matched_dir)) is not None:
-        raise CurateError(why)
+    for check in (run_folder_why, not_matched_why):
+        if (why := check(mfs, mpath, matched_dir)) is not None:
+            raise CurateError(why)
     if not mfs.exists(f"{mpath}/entry_counts.parquet"):
         raise CurateError(
             f"{matched_dir} is not a complete matched dataset (entry_counts.parquet missing)"

@@ -31,7 +31,7 @@ from .cli_options import backend_option
 from .counts import read_counts_table
 from .errors import CurateError
 from .io import read_parquet_columns
-from .outdir import not_matched_why, reading, success_parts
+from .outdir import not_matched_why, reading, run_folder_why, success_parts
 from .steps import list_chunk_csr
 
 __all__ = [
@@ -50,14 +50,8 @@ __all__ = [
 
 def _dataset_root(matched_dir: str | Path) -> Path:
     root = Path(matched_dir)
-    if root.exists() and not root.is_dir():
-        raise CurateError(f"{root} is a file: give the output folder of gpu-curate match or curate")
-    if not root.is_dir():
-        raise CurateError(f"matched dataset directory not found: {root}")
-    parts_folder = (root / "_parts").is_dir() or (root / "_SUCCESS").is_file()
-    if parts_folder and not (root / "matched").is_dir():
-        # (matched/ or curated/ of a run: its parts, without the counts beside them.)
-        raise CurateError(f"{root} is a folder of parts: give its run folder, {root.parent}")
+    if (why := run_folder_why(LocalFileSystem(), str(root.absolute()), str(root))) is not None:
+        raise CurateError(why)
     return root
 
 
