@@ -496,13 +496,7 @@ def _local_files(
     real_root = os.path.realpath(root)
     seen: set[str] = set()  # real folders walked, by the walk of the root
     seen_linked: set[str] = set()  # and through links inside it
-    # Real folders walked by any walk, and those where a glob's pattern left a file out:
-    # a '**' glob walks a folder again through another link only if it left one out.
-    walked_once: set[str] = set()
-    left_out: set[str] = set()
-    # (path, level, the real folders of the links it was reached through) of each link to
-    # a folder inside, walked after the rest.
-    folder_links: list[tuple[str, int, frozenset[str]]] = []
+    folder_links: list[tuple[str, int]] = []  # (path, level) of links to folders inside
 
     def inside(path: str) -> bool:
         real = os.path.realpath(path)
@@ -512,22 +506,17 @@ def _local_files(
         # (os.walk skips a folder it cannot list: its files would be left out unsaid.)
         raise CurateError(f"cannot list input folder {exc.filename}: {exc.strerror}")
 
-    def walk(top: str, top_level: int, through: frozenset[str] | None) -> None:
-        # A glob may keep a file under one link's name and not another's ('c*/*.tsv' keeps
-        # current/x.tsv, not aa/x.tsv): each link is walked, bounded by the glob's depth,
-        # or without one by the links it came through (a link back to one of their
-        # folders is a cycle). A folder scan keeps every name: each real folder once.
-        if through is None:
-            walked = seen
-        else:
-            walked = seen_linked if pattern is None else set()
+    def walk(top: str, top_level: int, linked: bool) -> None:
+        # A glob with a depth (no '**') may keep a file under one link's name and not
+        # another's ('c*/*.tsv' keeps current/x.tsv, not aa/x.tsv): each link is walked,
+        # the depth bounds the walks; without a depth, each real folder once.
+        walked = (seen_linked if depth is None else set()) if linked else seen
         for folder, subfolders, names in os.walk(top, onerror=unreadable, followlinks=True):
             real = os.path.realpath(folder)
             if real in walked:
                 subfolders.clear()
                 continue
             walked.add(real)
-            walked_once.add(real)
             level = top_level + (
                 0 if folder == top else os.path.relpath(folder, top).count(os.sep) + 1
             )
@@ -537,7 +526,7 @@ def _local_files(
                     continue
                 path = os.path.join(folder, d)
                 if os.path.islink(path) and inside(path):
-                    folder_links.append((path, level + 1, through or frozenset()))
+                    folder_links.append((path, level + 1))
                 else:
                     entered.append(d)
             subfolders[:] = entered
@@ -545,7 +534,6 @@ def _local_files(
                 path = os.path.join(folder, name)
                 key = path.replace(os.sep, "/") if os.sep != "/" else path  # (fsspec's form)
                 if pattern is not None and not pattern.match(key):
-                    left_out.add(real)
                     continue
                 try:
                     st = os.stat(path)  # (follows a link)
@@ -556,24 +544,16 @@ def _local_files(
                 if stat.S_ISREG(st.st_mode):
                     found[key] = {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
                     is_link = os.path.islink(path)
-                    if through is not None or (is_link and inside(path)):
+                    if linked or (is_link and inside(path)):
                         # (The folder's real path once, not each file's: a link's walk
                         # may list many files.)
                         target = os.path.realpath(path) if is_link else os.path.join(real, name)
                         found[key]["link_to"] = target
 
-    walk(root, 0, None)
+    walk(root, 0, False)
     while folder_links:  # (the links found in these walks come after them)
-        path, level, through = folder_links.pop(0)
-        target = os.path.realpath(path)
-        if depth is None:  # (a folder scan, or a '**' glob)
-            if target in through:
-                continue  # (a cycle: this link leads back to a folder the walk came through)
-            if target in walked_once and not any(
-                f == target or f.startswith(target + os.sep) for f in left_out
-            ):
-                continue  # (walked whole already: the files would come again, to be dropped)
-        walk(path, level, through | {target})
+        path, level = folder_links.pop(0)
+        walk(path, level, True)
     return found
 
 
