@@ -232,21 +232,31 @@ def _missing_folders(fs, path: str) -> list[str]:
 
 
 def _finished_parts(fs, path: str) -> bool:
-    """Whether the run folder ``path`` holds a finished part (matched/ or curated/).
+    """Whether the run folder ``path`` holds a finished part (matched/ or curated/)."""
+    return any(
+        finished_parts(fs, child["name"].rstrip("/"))
+        for child in fs.ls(path, detail=True)
+        if child.get("type") == "directory"
+    )
+
+
+def finished_parts(fs, stage: str) -> int:
+    """How many parts a stage's folder (``matched/`` or ``curated/``) marks finished: the
+    stats files in its ``_parts/``.
 
     Listed, not globbed: in a folder named ``run[1]`` or ``a*b`` a pattern would match
-    nothing, and the finished parts would be deleted as if there were none.
+    nothing, and the finished parts would be taken for none.
+
+    Examples
+    --------
+    >>> finished_parts(fsspec.filesystem("file"), "out/matched")  # doctest: +SKIP
+    5
     """
-    for child in fs.ls(path, detail=True):
-        if child.get("type") != "directory":
-            continue
-        try:
-            names = fs.ls(f"{child['name'].rstrip('/')}/_parts", detail=False)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if any(str(n).endswith(".json") for n in names):
-            return True
-    return False
+    try:
+        names = fs.ls(f"{stage}/_parts", detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    return sum(str(n).endswith(".json") for n in names)
 
 
 def _nested_run(path: str, out: str) -> bool:

@@ -65,6 +65,7 @@ from .outdir import (
     check_apart,
     check_balance_settings,
     claim,
+    finished_parts,
     not_matched_why,
     prepare_out,
     reading,
@@ -457,11 +458,7 @@ def _resumed(fs, folder: str, opts: Options) -> str:
     no longer reads is redone all the same)."""
     if not opts.resume:
         return ""
-    # (Listed, not globbed: an --out such as run[1] is no pattern.)
-    try:
-        n = sum(str(p).endswith(".json") for p in fs.ls(f"{folder}/_parts", detail=False))
-    except FileNotFoundError:
-        n = 0
+    n = finished_parts(fs, folder)
     return f", {n:,} finished earlier" if n else ""
 
 
