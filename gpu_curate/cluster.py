@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .backend import Backend
-from .errors import CurateError
+from .errors import CurateError, counted
 
 # Threads per GPU worker of the local GPU cluster (see open_client).
 GPU_THREADS = 4
@@ -36,18 +36,13 @@ class ClusterInfo:
     address: str
 
     def describe(self) -> str:
-        def n(count: int, noun: str) -> str:
-            return f"{count} {noun}{'' if count == 1 else 's'}"
-
+        workers, threads = counted(self.workers, "worker"), counted(self.threads, "thread")
         if self.kind == "scheduler":
-            return (
-                f"Dask cluster at {self.address} ({n(self.workers, 'worker')}, "
-                f"{n(self.threads, 'thread')})"
-            )
-        per = self.threads // max(self.workers, 1)
+            return f"Dask cluster at {self.address} ({workers}, {threads})"
+        per = counted(self.threads // max(self.workers, 1), "thread")
         if self.kind == "local-cuda":
-            return f"LocalCUDACluster ({n(self.workers, 'GPU worker')} x {n(per, 'thread')})"
-        return f"local {self.kind.split('-')[1]} ({n(self.workers, 'worker')} x {n(per, 'thread')})"
+            return f"LocalCUDACluster ({counted(self.workers, 'GPU worker')} x {per})"
+        return f"local {self.kind.split('-')[1]} ({workers} x {per})"
 
 
 @contextlib.contextmanager

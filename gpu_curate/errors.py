@@ -9,6 +9,17 @@ class MetadataError(CurateError, ValueError):
     """A metadata file or list that is not valid MetaCLIP metadata."""
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and its noun, in the singular for one: messages say "1 part", "3 parts".
+
+    Examples
+    --------
+    >>> counted(1, "part"), counted(1200, "part"), counted(2, "entry", "entries")
+    ('1 part', '1,200 parts', '2 entries')
+    """
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when the message is empty).
 

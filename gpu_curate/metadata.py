@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MetadataError
+from .errors import MetadataError, counted
 
 _SHOWN = 5  # how many offending entries an error message lists
 
 
 def _entries_are(n: int) -> str:
-    return "1 metadata entry is" if n == 1 else f"{n:,} metadata entries are"
+    return f"{counted(n, 'metadata entry', 'metadata entries')} {'is' if n == 1 else 'are'}"
 
 
 def _ids(ids: list[int]) -> str:
@@ -88,10 +88,8 @@ def validate_entries(entries: object, source: str = "metadata") -> tuple[str, ..
             j = first.setdefault(e, i)
             if j != i:
                 dups.append(f"{e!r} at ids {j} and {i}")
-        raise MetadataError(
-            f"{source}: {len(dups)} duplicate metadata entr{'y' if len(dups) == 1 else 'ies'}: "
-            + "; ".join(dups[:_SHOWN])
-        )
+        dup = counted(len(dups), "duplicate metadata entry", "duplicate metadata entries")
+        raise MetadataError(f"{source}: {dup}: " + "; ".join(dups[:_SHOWN]))
     if len(entries) >= 2**31 - 1:
         raise MetadataError(f"{source}: too many entries ({len(entries)}) for int32 entry ids")
     return entries

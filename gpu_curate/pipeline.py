@@ -33,7 +33,7 @@ from .backend import Backend, resolve
 from .balance import EXPECTED_UNITS_PER_ROW, entry_probabilities
 from .cluster import ClusterInfo, open_client
 from .counts import add_counts, counts_json, counts_table, partition_counts, tree_reduce
-from .errors import CurateError, cannot_read, first_line
+from .errors import CurateError, cannot_read, counted, first_line
 from .io import (
     COMPRESSIONS,
     PART_ROWS,
@@ -403,7 +403,7 @@ def _cut(client, by_path: dict[str, InputFile], cuts: dict, opts: Options) -> di
     """{path: (ranges of (byte_start, byte_end, rows), schema)} of the files cut at
     ``cuts`` ({path: spans}), their rows counted by tasks on the cluster."""
     jobs = [(path, a, b) for path, spans in cuts.items() for a, b in spans]
-    files_cut = _count(len(cuts), "big text file")
+    files_cut = counted(len(cuts), "big text file")
     _say(opts, f"counting the rows of {files_cut}, in {len(jobs)} ranges")
     count = {"tsv": count_rows, "csv": count_csv_rows, "jsonl": json_range_types}
     tasks = [dask.delayed(count[by_path[p].format], pure=False)(p, a, b) for p, a, b in jobs]
@@ -460,10 +460,6 @@ def _resumed(fs, folder: str, opts: Options) -> str:
         return ""
     n = finished_parts(fs, folder)
     return f", {n:,} finished earlier" if n else ""
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _plan_digest(parts: list[Part]) -> str:
@@ -536,7 +532,7 @@ def match_stage(
     claim(fs, out, MATCH_MANIFEST, manifest, resume=opts.resume)
     _say(
         opts,
-        f"matching {_count(len(parts), 'part')} of {_count(len(files), 'file')}"
+        f"matching {counted(len(parts), 'part')} of {counted(len(files), 'file')}"
         + _resumed(fs, f"{out}/{MATCHED}", opts),
     )
     fs.makedirs(f"{out}/{MATCHED}/_parts", exist_ok=True)
@@ -581,7 +577,7 @@ def match_stage(
         _say(
             opts,
             f"checking that {opts.id_column!r} is unique over the pool "
-            f"({_count(buckets, 'bucket')})",
+            f"({counted(buckets, 'bucket')})",
         )
         check = UidCheck(tuple(parts), out, opts.id_column, opts.text_column, buckets)
         duplicate = find_duplicate(client, check)
@@ -641,7 +637,7 @@ def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: 
     ]
     _say(
         opts,
-        f"balancing {_count(len(parts), 'part')} (t={t:g}, seed={seed})"
+        f"balancing {counted(len(parts), 'part')} (t={t:g}, seed={seed})"
         + _resumed(fs, f"{out}/{CURATED}", opts),
     )
     stats, kept_counts = _compute(client, results, len(counts), opts)
