@@ -320,15 +320,25 @@ def match(
     )
 
 
-def _partition_counts(df, n_entries: int):
+def _matched_ids(df, columns: list[str], n_entries: int, step: str, given: str):
+    """(``columns`` of a matched partition as Arrow, its entry ids), checked to be the
+    result of match and to fit ``n_entries`` (the entries of the ``given`` metadata or
+    counts, which ``step`` is called with)."""
     if "entry_ids" not in df.columns:
-        raise CurateError("entry_counts needs the result of match (no entry_ids column)")
-    _, values = csr_of(_to_arrow(df, ["entry_ids"]).column("entry_ids"))
+        raise CurateError(f"{step} needs the result of match (no entry_ids column)")
+    table = _to_arrow(df, columns)
+    _, values = csr_of(table.column("entry_ids"))
     if values.size and int(values.max()) >= n_entries:
         raise CurateError(
             f"matched entry id {int(values.max())} is past the {n_entries} entries of the "
-            "metadata given: pass the metadata that match used"
+            f"{given} given: pass the {given if given == 'metadata' else 'counts of the metadata'}"
+            " that match used"
         )
+    return table, values
+
+
+def _partition_counts(df, n_entries: int):
+    _, values = _matched_ids(df, ["entry_ids"], n_entries, "entry_counts", "metadata")
     return partition_counts(values, n_entries)
 
 
@@ -389,15 +399,7 @@ def _check_same_metadata(matched: str | None, other: str | None, what: str) -> N
 
 
 def _balance_one(df, step: BalanceStep):
-    if "entry_ids" not in df.columns:
-        raise CurateError("balance needs the result of match (no entry_ids column)")
-    table = _to_arrow(df, ["entry_ids", "uid"])
-    _, values = csr_of(table.column("entry_ids"))
-    if values.size and int(values.max()) >= step.p.shape[0]:
-        raise CurateError(
-            f"matched entry id {int(values.max())} is past the {step.p.shape[0]} entries of "
-            "the counts given: pass the counts of the metadata that match used"
-        )
+    table, _ = _matched_ids(df, ["entry_ids", "uid"], step.p.shape[0], "balance", "counts")
     mask, _, _ = step.decide(table)
     return _with_results(df, pa.table({}), mask)
 
