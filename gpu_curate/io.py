@@ -631,6 +631,7 @@ def plan_parts(
     line_ranges: Mapping[str, tuple[Sequence[tuple[int, int, int]], pa.Schema | None]]
     | None = None,
     text_schemas: Mapping[str, pa.Schema] | None = None,
+    check_schema: Callable[[pa.Schema, str], None] | None = None,
 ) -> list[Part]:
     """Cut the files into parts; pack small Parquet (and CSV/TSV) files together.
 
@@ -648,6 +649,8 @@ def plan_parts(
     (:mod:`gpu_curate.line_ranges`). CSV and TSV files of ``text_schemas`` (their columns,
     from :func:`delimited_schemas`) are packed as Parquet files are, their rows estimated
     from their size (:data:`TEXT_BYTES_PER_ROW`); never with Parquet files.
+    ``check_schema(schema, path)``, if given, is called on each Parquet file's schema
+    (from its footer) before any part is planned: a run's column checks.
 
     Examples
     --------
@@ -675,6 +678,8 @@ def plan_parts(
             pack_rows = 0
 
     layouts = _parquet_layouts(files)
+    for path, (_, schema) in layouts.items() if check_schema is not None else ():
+        check_schema(schema, path)
     for f in files:
         if f.path in (text_schemas or {}) and packs_text(f, partition_rows):
             add_to_pack(Piece(f, 0, None), _text_rows(f), ("text", text_schemas[f.path]))
@@ -880,7 +885,7 @@ def read_piece(
             table = _read_json_lines(open_, text_column)
     except _READ_ERRORS as exc:
         raise cannot_read(f.path, exc) from None
-    _check_names(table, f.path)
+    check_names(table.column_names, f.path)
     if f.format == "jsonl" and not table.column_names:
         # Blank lines only: no rows, as an empty (0-byte) file has.
         table = pa.table({text_column or TEXT_COLUMN_CANDIDATES[1]: pa.array([], pa.string())})
@@ -946,7 +951,7 @@ def read_piece_batches(
             return
         held = 0
         for table in tables:
-            _check_names(table, f.path)
+            check_names(table.column_names, f.path)
             held += table.num_rows
             yield _select_columns(table, columns, f.path)
     except _READ_ERRORS as exc:
@@ -985,8 +990,8 @@ def piece_tables(
 _READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, *_CODEC_ERRORS)
 
 
-def _check_names(table: pa.Table, path: str) -> None:
-    names = table.column_names
+def check_names(names: Sequence[str], path: str) -> None:
+    """A :class:`CurateError` if a file names one column twice."""
     if len(set(names)) != len(names):
         # (Matching would pass; the parts written could not be read back by name.)
         dup = next(c for c in names if names.count(c) > 1)
@@ -1616,8 +1621,8 @@ def text_column(schema: pa.Schema, requested: str | None, where: str) -> str:
     )
 
 
-def check_text_type(table: pa.Table, column: str, where: str) -> None:
-    t = table.schema.field(column).type
+def check_text_type(schema: pa.Schema, column: str, where: str) -> None:
+    t = schema.field(column).type
     if pa.types.is_dictionary(t):  # (a pandas Categorical, for one)
         t = t.value_type
     if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):

@@ -376,7 +376,9 @@ def _on_terminal() -> bool:
         return False
 
 
-def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
+def _plan(
+    client, files: list[InputFile], opts: Options, step: MatchStep | None = None
+) -> list[Part]:
     """The run's parts (:func:`~gpu_curate.io.plan_parts`).
 
     A big TSV, CSV or JSON Lines file is cut into ranges of about ``partition_rows`` rows
@@ -384,7 +386,8 @@ def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
     row's uid needs its row number. Those of a JSON Lines file also type its columns,
     which must be typed as its whole read types them: where they cannot be, the file is
     one part, read as before (:func:`~gpu_curate.io.json_ranges_schema`). Small CSV/TSV
-    files are packed by their columns, read from their heads.
+    files are packed by their columns, read from their heads. The Parquet files' columns
+    are checked from their footers (``step``'s :meth:`~gpu_curate.steps.MatchStep.check_columns`).
     """
     target = opts.partition_rows or RANGE_ROWS
     by_path = {f.path: f for f in files}
@@ -396,7 +399,8 @@ def _plan(client, files: list[InputFile], opts: Options) -> list[Part]:
     ranges = _cut(client, by_path, cuts, opts) if cuts else {}
     small = [f for f in files if f.path not in ranges and packs_text(f, opts.partition_rows)]
     schemas = delimited_schemas(small, opts.text_column, opts.id_column)
-    return plan_parts(files, opts.partition_rows, ranges, schemas)
+    check = step.check_columns if step is not None else None
+    return plan_parts(files, opts.partition_rows, ranges, schemas, check)
 
 
 def _cut(client, by_path: dict[str, InputFile], cuts: dict, opts: Options) -> dict:
@@ -511,8 +515,9 @@ def match_stage(
     """Match every part of ``files`` (from :func:`~gpu_curate.io.discover`); write matched/
     and the entry counts. Returns report figures."""
     t0 = time.perf_counter()
-    parts = _plan(client, files, opts)
     be = resolve(opts.backend)
+    step = MatchStep(metadata, opts.text_column, opts.id_column, opts.keep_unmatched, be.name)
+    parts = _plan(client, files, opts, step)
     manifest = {
         "inputs": [f.path for f in files],
         "metadata_sha256": metadata.fingerprint,
@@ -543,7 +548,6 @@ def match_stage(
     buckets = bucket_count(parts) if opts.id_column is not None and not checked else 0
     if buckets:
         fs.makedirs(f"{out}/{UIDS}", exist_ok=True)
-    step = MatchStep(metadata, opts.text_column, opts.id_column, opts.keep_unmatched, be.name)
     threads = max(1, (os.cpu_count() or 1) // max(info.threads, 1))
     # hash=False: a key derived from the contents would tokenize every entry (~0.2 s for
     # 375k); the step is scattered once per run, so a random key does as well.

@@ -19,7 +19,7 @@ from . import balance as bal
 from .backend import resolve
 from .counts import partition_counts
 from .errors import CurateError
-from .io import RESERVED_COLUMNS, check_text_type, text_column
+from .io import RESERVED_COLUMNS, check_names, check_text_type, text_column
 from .match import match_arrow
 from .metadata import Metadata
 from .uid import position_uids, value_uids
@@ -80,6 +80,37 @@ class MatchStep:
         out, stats, counts = self.match(table, uids, where)
         return out, stats, counts, all_uids
 
+    def check_columns(self, schema: pa.Schema, where: str) -> None:
+        """Whether rows of this schema can be matched: a :class:`CurateError` naming
+        ``where`` if they name a column twice, have a column gpu-curate adds, no text
+        column of strings, or not the id column.
+
+        The tasks check each part's rows; a run checks the Parquet files' schemas (their
+        footers) before it starts, so that a pool whose 900th file lacks the column fails
+        at once, not after hours of matching.
+
+        Examples
+        --------
+        >>> step = MatchStep(Metadata(["dog"]), text_column="caption")
+        >>> step.check_columns(pa.schema({"TEXT": pa.string()}), "a.parquet")
+        Traceback (most recent call last):
+        ...
+        gpu_curate.errors.CurateError: a.parquet: text column 'caption' not found; columns are: TEXT
+        """
+        check_names(schema.names, where)
+        clash = [c for c in RESERVED_COLUMNS if c in schema.names]
+        if clash:
+            raise CurateError(
+                f"{where}: the input has a column named {clash[0]!r}, which gpu-curate adds; "
+                "rename it"
+            )
+        check_text_type(schema, text_column(schema, self.text_column, where), where)
+        if self.id_column is not None and self.id_column not in schema.names:
+            raise CurateError(
+                f"{where}: id column {self.id_column!r} not found; columns are: "
+                f"{', '.join(schema.names)}"
+            )
+
     def uids(
         self, table: pa.Table, relpath: str, row_start: int, where: str
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -89,21 +120,10 @@ class MatchStep:
         column). The checks read the schema and the ids only, so the rows of several files
         can be checked one by one and then matched together (:meth:`match`).
         """
-        clash = [c for c in RESERVED_COLUMNS if c in table.column_names]
-        if clash:
-            raise CurateError(
-                f"{where}: the input has a column named {clash[0]!r}, which gpu-curate adds; "
-                "rename it"
-            )
-        check_text_type(table, text_column(table.schema, self.text_column, where), where)
+        self.check_columns(table.schema, where)
         if self.id_column is None:
             uids = position_uids(relpath, row_start, table.num_rows)
             return uids, uids
-        if self.id_column not in table.column_names:
-            raise CurateError(
-                f"{where}: id column {self.id_column!r} not found; columns are: "
-                f"{', '.join(table.column_names)}"
-            )
         uids = value_uids(table.column(self.id_column), self.id_column, where, row_start)
         all_uids = np.sort(uids)  # for the check here and the pool-wide one, once
         _check_unique(uids, all_uids, table.column(self.id_column), self.id_column, where,

@@ -237,6 +237,40 @@ def test_a_parquet_file_naming_a_column_twice_is_an_error(tmp_path, md):
     )
 
 
+@pytest.mark.parametrize(
+    ("last", "extra", "error"),
+    [
+        ({"desc": ["a dog"]}, [], "no text column (looked for TEXT, text, caption"),
+        ({"text": ["a dog"]}, ["--text-column", "caption"], "text column 'caption' not found"),
+        ({"text": [1]}, [], "text column 'text' is int64, not strings"),
+        ({"text": ["a"], "uid": ["x"]}, [], "the input has a column named 'uid', which"),
+        ({"text": ["a dog"], "id": [1]}, ["--id-column", "key"], "id column 'key' not found"),
+    ],
+)
+def test_the_parquet_files_columns_are_checked_before_any_part_is_matched(
+    tmp_path, md, last, extra, error
+):
+    # A pool of many files whose last one lacks the text column (or has one of the wrong
+    # type) fails from the footers, before the tasks match the others: not hours later.
+    pool = tmp_path / "pool"
+    pool.mkdir()
+
+    def good(key: int) -> pa.Table:
+        return pa.table({"text": ["a dog", "a cat"], "caption": ["x", "y"], "id": [1, 2],
+                         "key": [key, key + 1]})  # fmt: skip
+
+    for i, name in enumerate("ab"):
+        pq.write_table(good(2 * i), pool / f"{name}.parquet")
+    pq.write_table(pa.table(last), pool / "c.parquet")
+    args = ["match", str(pool), "--metadata", str(md), "--out", str(tmp_path / "out")]
+    r = CliRunner().invoke(main, [*args, "--backend", "cpu", *extra])
+    assert "c.parquet: " + error in error_line(r)
+    assert "matching" not in r.stdout, r.stdout  # (the stage's first line)
+    pq.write_table(good(4), pool / "c.parquet")
+    r = CliRunner().invoke(main, [*args, "--backend", "cpu", "--overwrite", *extra])
+    assert r.exit_code == 0, (r.output, r.stderr)
+
+
 def test_a_jsonl_file_of_blank_lines_holds_no_rows(tmp_path, md):
     write(tmp_path / "pool" / "a.jsonl", b"\n  \n\n")
     write(tmp_path / "pool" / "b.jsonl", b'{"text": "a dog"}\n')
