@@ -646,9 +646,10 @@ def plan_parts(
     before it, and their schema is known only once read), except a TSV, CSV or JSON Lines
     file that ``line_ranges`` cuts: ``{path: ([(byte_start, byte_end, rows), ...],
     schema)}`` (the schema of a JSON Lines file's columns, None for CSV/TSV), a part a range
-    (:mod:`gpu_curate.line_ranges`). CSV and TSV files of ``text_schemas`` (their columns,
-    from :func:`delimited_schemas`) are packed as Parquet files are, their rows estimated
-    from their size (:data:`TEXT_BYTES_PER_ROW`); never with Parquet files.
+    (:mod:`gpu_curate.line_ranges`). CSV, TSV and small JSON Lines files of
+    ``text_schemas`` (their columns, from :func:`text_schemas`) are packed as Parquet
+    files are, their rows estimated from their size (:data:`TEXT_BYTES_PER_ROW`); never
+    with Parquet files.
     ``check_schema(schema, path)``, if given, is called on each Parquet file's schema
     (from its footer) before any part is planned: a run's column checks.
 
@@ -720,26 +721,35 @@ def _pack_target(partition_rows: int | None) -> int:
     return partition_rows or min(PACK_ROWS, PART_ROWS)
 
 
+def _text_bytes(f: InputFile) -> int:
+    # (A compressed JSON Lines file's text taken as 4x its size, as for streaming it.)
+    return f.size * (4 if _is_compressed(f.path) else 1)
+
+
 def _text_rows(f: InputFile) -> int:
-    return f.size // TEXT_BYTES_PER_ROW + 1
+    return _text_bytes(f) // TEXT_BYTES_PER_ROW + 1
 
 
 def packs_text(f: InputFile, partition_rows: int | None) -> bool:
-    """Whether a CSV/TSV file is small enough to share a part with others (about
-    ``partition_rows`` rows, default :data:`PACK_ROWS`, from its size). A compressed one
-    is not packed: a pack's files are read whole, and its size says little of its text.
+    """Whether a CSV/TSV or JSON Lines file is small enough to share a part with others
+    (about ``partition_rows`` rows, default :data:`PACK_ROWS`, from its size).
+
+    A compressed CSV/TSV file is not packed: its size says little of its text. A JSON
+    Lines file is packed up to :data:`JSON_PACK_BYTES` (compressed or not), since its
+    column types are known only once it is read whole, which planning then does.
 
     Examples
     --------
     >>> packs_text(InputFile("shard-00001.tsv", "shard-00001.tsv", "tsv", 1_300_000), None)
     True
     """
-    return (
-        f.format in ("csv", "tsv")
-        and f.size is not None
-        and not _is_compressed(f.path)
-        and _text_rows(f) <= _pack_target(partition_rows)
-    )
+    if f.size is None or f.format not in ("csv", "tsv", "jsonl"):
+        return False
+    if f.format == "jsonl":
+        small = _text_bytes(f) <= JSON_PACK_BYTES
+    else:
+        small = not _is_compressed(f.path)
+    return small and _text_rows(f) <= _pack_target(partition_rows)
 
 
 def _same(a: tuple[str, pa.Schema], b: tuple[str, pa.Schema]) -> bool:
@@ -747,22 +757,27 @@ def _same(a: tuple[str, pa.Schema], b: tuple[str, pa.Schema]) -> bool:
     return a[0] == b[0] and a[1].equals(b[1])
 
 
-def delimited_schemas(
+def text_schemas(
     files: Sequence[InputFile], text_column: str | None, id_column: str | None
 ) -> dict[str, pa.Schema]:
-    """{path: columns} of the CSV/TSV ``files`` as the readers read them (their header, or
-    f0, f1, ... as many as their first row has), their heads read by a pool of threads,
-    for :func:`plan_parts` to pack them.
+    """{path: columns} of the CSV/TSV and JSON Lines ``files`` as the readers read them,
+    for :func:`plan_parts` to pack them: a CSV/TSV file's header (or f0, f1, ... as many
+    as its first row has), read from its head; a JSON Lines file's columns and their
+    types, which only a read of the whole file gives (small ones only,
+    :func:`packs_text`). Read by a pool of threads.
 
     Examples
     --------
-    >>> delimited_schemas([], None, None)
+    >>> text_schemas([], None, None)
     {}
     """
-    by_path = {f.path: f for f in files if f.format in ("csv", "tsv")}
+    by_path = {f.path: f for f in files if f.format in ("csv", "tsv", "jsonl")}
 
     def schema(path: str) -> pa.Schema:
         f = by_path[path]
+        if f.format == "jsonl":
+            # (The read a pack's task makes: the same types, or the pack is refused.)
+            return read_piece(Piece(f, 0, None), None, text_column, id_column).schema
         try:
             open_ = functools.partial(open_input, f.path)
             options = _delimited_options(open_, f.format, text_column, id_column, f.path)
@@ -1081,6 +1096,12 @@ def _list_items(t: pa.DataType) -> Iterator[pa.DataType]:
 
 # JSON Lines files larger than this (compressed ones: a quarter of it) are read as streams.
 JSON_STREAM_BYTES = 1 << 29
+# A JSON Lines file of at most this many bytes (a compressed one: a quarter of that) is
+# read whole when the run is planned, for its column types, so that small files of one
+# schema share a part (a part costs ~10 ms a stage: 1,000 files of 2 rows took 17-21 s
+# more than one file, docs/benchmarks.md); a bigger one is a part of its own (read twice
+# it would cost more than its part).
+JSON_PACK_BYTES = 1 << 22
 # Bytes of a streamed JSON Lines file parsed at a time (cut at a line end).
 _JSON_CHUNK = 1 << 24
 

@@ -44,7 +44,6 @@ from .io import (
     atomic_write_json,
     atomic_write_parquet,
     can_cut,
-    delimited_schemas,
     discover,
     full_path,
     has_header,
@@ -55,6 +54,7 @@ from .io import (
     plan_parts,
     read_piece,
     row_group_runs,
+    text_schemas,
 )
 from .line_ranges import RANGE_ROWS, count_csv_rows, count_rows, csv_ranges, line_cuts
 from .metadata import Metadata, sources_path_for
@@ -398,7 +398,7 @@ def _plan(
     }
     ranges = _cut(client, by_path, cuts, opts) if cuts else {}
     small = [f for f in files if f.path not in ranges and packs_text(f, opts.partition_rows)]
-    schemas = delimited_schemas(small, opts.text_column, opts.id_column)
+    schemas = text_schemas(small, opts.text_column, opts.id_column)
     check = step.check_columns if step is not None else None
     return plan_parts(files, opts.partition_rows, ranges, schemas, check)
 

@@ -290,7 +290,7 @@ def test_a_first_row_longer_than_a_block_reads_without_a_header(tmp_path, monkey
     want = read_piece(Piece(f, 0, None))
     monkeypatch.setattr(gio, "_CSV_BLOCK", 100)
     assert read_piece(Piece(f, 0, None)).equals(want)
-    assert gio.delimited_schemas([f], None, None)[str(path)] == want.schema
+    assert gio.text_schemas([f], None, None)[str(path)] == want.schema
     start = len(rows[0]) + len(rows[1]) + 2
     cut = read_piece(Piece(f, 2, 7, 7, start, f.size))
     assert cut.equals(want.slice(2))
@@ -332,7 +332,7 @@ def test_a_range_without_quotes_is_read_once(tmp_path, monkeypatch):
 
 
 def test_planning_reads_a_small_text_files_head_only(tmp_path, monkeypatch):
-    # delimited_schemas read each small file's columns in Arrow's 16 MiB blocks: the
+    # text_schemas read each small file's columns in Arrow's 16 MiB blocks: the
     # whole of a file of up to 32 MB (and readahead), on the client, for every file of
     # the pool (a remote pool was downloaded to plan it). A small block (grown where the
     # first row is longer) gives the same columns.
@@ -351,6 +351,6 @@ def test_planning_reads_a_small_text_files_head_only(tmp_path, monkeypatch):
     short.write_text("a dog\tu\n" * 10)
     long_.write_text("a dog\t" + "u" * 200_000 + "\n" + "the man\tu\n")
     files = [InputFile(str(p), p.name, "tsv", p.stat().st_size) for p in (short, long_)]
-    schemas = gio.delimited_schemas(files, None, None)
+    schemas = gio.text_schemas(files, None, None)
     assert [s.names for s in schemas.values()] == [["f0", "f1"], ["f0", "f1"]]
     assert min(blocks) <= 1 << 16 and max(blocks) < 1 << 24, blocks

@@ -1106,6 +1106,89 @@ def test_small_csv_and_tsv_files_are_packed_by_their_columns(tmp_path, monkeypat
         assert a.equals(b), name
 
 
+def test_small_jsonl_files_are_packed_by_their_column_types(tmp_path, monkeypatch):
+    # A JSON Lines file's column types are known once it is read whole: small ones are
+    # read when the run is planned, and those of one schema that follow each other share a
+    # part. Each file keeps the types of its own read (j4's ids are doubles), and the rows,
+    # uids and curated set are those of one part a file.
+    import gzip
+
+    import gpu_curate.pipeline as pipeline_mod
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    texts = ["a dog", "new york cat", "the cat", "a tree"]
+
+    def lines(f: int, ids=True) -> str:
+        rows = []
+        for i in range(5):
+            row = {"text": f"{texts[(f + i) % 4]} {f}-{i}"}
+            if ids:
+                row["id"] = 1.5 + f * 10 + i if f == 4 else f * 10 + i
+            rows.append(json.dumps(row) + "\n")
+        return "".join(rows)
+
+    for f in (0, 1, 2, 3, 4, 5, 6):
+        (pool / f"j{f}.jsonl").write_text(lines(f))
+    (pool / "j7.jsonl").write_text(lines(7, ids=False))
+    (pool / "j7b.jsonl").write_text("\n\n")  # (blank lines: no rows, a text column)
+    (pool / "j8.jsonl.gz").write_bytes(gzip.compress(lines(8).encode()))
+    (tmp_path / "md.json").write_text(json.dumps(["dog", "cat", "new york"]))
+    args = ["curate", pool, "--metadata", tmp_path / "md.json", "--t", 3, "--seed", 2,
+            "--backend", "cpu", "--quiet"]  # fmt: skip
+    runs = {}
+    with monkeypatch.context() as m:
+        for name in ("packed", "apart"):
+            if name == "apart":  # (one part a file, as before packing)
+                m.setattr(pipeline_mod, "packs_text", lambda f, rows: False)
+            cli(*args, "--out", tmp_path / name)
+            runs[name] = json.loads((tmp_path / name / "report.json").read_text())
+    # j0-j3 | j4 (double ids) | j5-j6 | j7, j7b (text only) | j8 (after them)
+    assert runs["packed"]["parts"] == 5, runs["packed"]
+    assert runs["apart"]["parts"] == 10
+    for key in ("pool_rows", "matched_rows", "curated_rows", "expected_curated_rows"):
+        assert runs["packed"][key] == runs["apart"][key], key
+    assert runs["packed"]["pool_rows"] == 45
+    by_id = {}
+    for name in runs:
+        matched = by_id[name] = read_parts(tmp_path / name / "matched", ["uid", "entry_ids"])
+        # (By hand: each row but those of "a tree"; uids of (file, row number).)
+        want = []
+        for f in ("j0", "j1", "j2", "j3", "j4", "j5", "j6", "j7", "j8"):
+            rel = f"{f}.jsonl.gz" if f == "j8" else f"{f}.jsonl"
+            n = int(f[1:])
+            kept = [i for i in range(5) if texts[(n + i) % 4] != "a tree"]
+            want.extend(position_uids(rel, 0, 5)[kept].tolist())
+        assert matched.column("uid").to_pylist() == want, name
+        parts = sorted((tmp_path / name / "matched").glob("part-*.parquet"))
+        schemas = [pq.read_schema(p) for p in parts]
+        types = [str(s.field("id").type) if "id" in s.names else "-" for s in schemas]
+        if name == "packed":
+            assert types == ["int64", "double", "int64", "-", "int64"], types
+        else:
+            assert types == ["int64"] * 4 + ["double", "int64", "int64", "-", "-", "int64"]
+    assert by_id["packed"].equals(by_id["apart"])
+    for folder in ("curated",):
+        a, b = (read_parts(tmp_path / r / folder, ["uid", "entry_ids"]) for r in runs)
+        assert a.equals(b) and a.num_rows > 0, folder
+    for name in ("entry_counts.parquet", "curated_entry_counts.parquet"):
+        a, b = (pq.read_table(tmp_path / r / name) for r in runs)
+        assert a.equals(b), name
+
+    # A file of a pack whose types change after the run was planned stops the run.
+    real = pipeline_mod.text_schemas
+
+    def then_changed(*a, **k):
+        schemas = real(*a, **k)
+        (pool / "j1.jsonl").write_text(lines(4))  # (ids now doubles)
+        return schemas
+
+    monkeypatch.setattr(pipeline_mod, "text_schemas", then_changed)
+    bad = cli(*args, "--out", tmp_path / "changed", ok=False)
+    assert bad.exit_code == 2, bad.output
+    assert "j1.jsonl changed during the run: its columns are no longer those of" in bad.output
+
+
 def test_a_resume_counts_a_finished_part_of_many_row_groups(tmp_path, monkeypatch):
     # A finished part's counts are read back from its entry_ids, a run of row groups at a
     # time: a streamed file's part holds many.
