@@ -1099,9 +1099,10 @@ JSON_STREAM_BYTES = 1 << 29
 # A JSON Lines file of at most this many bytes (a compressed one: a quarter of that) is
 # read whole when the run is planned, for its column types, so that small files of one
 # schema share a part (a part costs ~10 ms a stage: 1,000 files of 2 rows took 17-21 s
-# more than one file, docs/benchmarks.md); a bigger one is a part of its own (read twice
-# it would cost more than its part).
-JSON_PACK_BYTES = 1 << 22
+# more than one file, docs/benchmarks.md). A bigger one is a part of its own: from about
+# 1 MiB (~6k rows) its part's cost is no longer most of its work, and reading it twice,
+# on the client, would cost more than packing saves.
+JSON_PACK_BYTES = 1 << 20
 # Bytes of a streamed JSON Lines file parsed at a time (cut at a line end).
 _JSON_CHUNK = 1 << 24
 
