@@ -633,7 +633,7 @@ def plan_parts(
     text_schemas: Mapping[str, pa.Schema] | None = None,
     check_schema: Callable[[pa.Schema, str], None] | None = None,
 ) -> list[Part]:
-    """Cut the files into parts; pack small Parquet (and CSV/TSV) files together.
+    """Cut the files into parts; pack small Parquet (and CSV/TSV/JSON Lines) files together.
 
     With ``partition_rows``, a Parquet file is cut every ``partition_rows`` rows; without
     it, into runs of whole row groups of about :data:`PART_ROWS` rows (a larger row group
@@ -650,8 +650,9 @@ def plan_parts(
     ``text_schemas`` (their columns, from :func:`text_schemas`) are packed as Parquet
     files are, their rows estimated from their size (:data:`TEXT_BYTES_PER_ROW`); never
     with Parquet files.
-    ``check_schema(schema, path)``, if given, is called on each Parquet file's schema
-    (from its footer) before any part is planned: a run's column checks.
+    ``check_schema(schema, path)``, if given, is called on the schema of each Parquet
+    file (from its footer) and of ``text_schemas`` before any part is planned: a run's
+    column checks.
 
     Examples
     --------
@@ -679,8 +680,11 @@ def plan_parts(
             pack_rows = 0
 
     layouts = _parquet_layouts(files)
-    for path, (_, schema) in layouts.items() if check_schema is not None else ():
-        check_schema(schema, path)
+    if check_schema is not None:
+        for path, (_, schema) in layouts.items():
+            check_schema(schema, path)
+        for path, schema in (text_schemas or {}).items():
+            check_schema(schema, path)
     for f in files:
         if f.path in (text_schemas or {}) and packs_text(f, partition_rows):
             add_to_pack(Piece(f, 0, None), _text_rows(f), ("text", text_schemas[f.path]))

@@ -386,9 +386,10 @@ def _plan(
     row's uid needs its row number. Those of a JSON Lines file also type its columns,
     which must be typed as its whole read types them: where they cannot be, the file is
     one part, read as before (:func:`~gpu_curate.io.json_ranges_schema`). Small CSV/TSV
-    files are packed by their columns, read from their heads. The Parquet files' columns
-    are checked from their footers (``step``'s :meth:`~gpu_curate.steps.MatchStep.check_columns`).
-    """
+    files are packed by their columns, read from their heads, and small JSON Lines files
+    by their columns and types, read whole. The columns of these and of the Parquet files
+    (from their footers) are checked (``step``'s
+    :meth:`~gpu_curate.steps.MatchStep.check_columns`)."""
     target = opts.partition_rows or RANGE_ROWS
     by_path = {f.path: f for f in files}
     cuts = {

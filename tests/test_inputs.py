@@ -271,6 +271,29 @@ def test_the_parquet_files_columns_are_checked_before_any_part_is_matched(
     assert r.exit_code == 0, (r.output, r.stderr)
 
 
+@pytest.mark.parametrize(
+    ("last", "extra", "error"),
+    [
+        ('{"text": "a dog"}', ["--text-column", "caption"], "text column 'caption' not found"),
+        ('{"text": "a", "uid": "x"}', [], "the input has a column named 'uid', which"),
+        ('{"text": "a dog", "id": 9}', ["--id-column", "key"], "id column 'key' not found"),
+    ],
+)
+def test_small_text_files_columns_are_checked_before_any_part_is_matched(
+    tmp_path, md, last, extra, error
+):
+    # (Small JSON Lines files are read whole when the run is planned, to pack them.)
+    pool = tmp_path / "pool"
+    for i, name in enumerate("ab"):
+        row = {"text": "a dog", "caption": "x", "id": i, "key": i}
+        write(pool / f"{name}.jsonl", json.dumps(row).encode() + b"\n")
+    write(pool / "c.jsonl", last.encode() + b"\n")
+    args = ["match", str(pool), "--metadata", str(md), "--out", str(tmp_path / "out")]
+    r = CliRunner().invoke(main, [*args, "--backend", "cpu", *extra])
+    assert "c.jsonl: " + error in error_line(r)
+    assert "matching" not in r.stdout, r.stdout
+
+
 def test_a_jsonl_file_of_blank_lines_holds_no_rows(tmp_path, md):
     write(tmp_path / "pool" / "a.jsonl", b"\n  \n\n")
     write(tmp_path / "pool" / "b.jsonl", b'{"text": "a dog"}\n')
