@@ -123,13 +123,23 @@ def _as_u64_scalar(value: Any, name: str) -> int:
     return v
 
 
-def _check_t(t: Any) -> float:
+def check_t(t: Any) -> float:
+    """``t`` as a float, or a ValueError unless it is a positive finite number (the one
+    rule for t, wherever it is given).
+
+    Examples
+    --------
+    >>> check_t(20_000)
+    20000.0
+    """
     if isinstance(t, bool | str | bytes):  # (float() takes True and "5")
-        raise ValueError(f"t must be a positive number, got {t!r}")
+        raise ValueError(f"t must be a number, got {t!r}")
     try:
         tf = float(t)
+    except OverflowError:
+        raise ValueError("t must be a positive finite number, got one too large") from None
     except (TypeError, ValueError):
-        raise ValueError(f"t must be a positive number, got {t!r}") from None
+        raise ValueError(f"t must be a number, got {t!r}") from None
     if not (math.isfinite(tf) and tf > 0):
         raise ValueError(f"t must be a positive finite number, got {t!r}")
     return tf
@@ -257,7 +267,7 @@ def entry_probabilities(counts: Any, t: float) -> Any:
     >>> entry_probabilities(np.array([0, 5, 10, 40]), 10).tolist()
     [1.0, 1.0, 1.0, 0.25]
     """
-    tf = _check_t(t)
+    tf = check_t(t)
     xp = array_module(counts)
     c = xp.asarray(counts)
     if c.ndim != 1:

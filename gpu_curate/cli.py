@@ -185,6 +185,17 @@ def _options(kw: dict):
     )  # fmt: skip
 
 
+def _threshold(t) -> float:
+    """``--t`` (text on the command line) as the number the API takes."""
+    from .pipeline import check_t
+
+    try:
+        value = float(t)
+    except ValueError:
+        raise CurateError(f"t must be a number, got {t!r}") from None
+    return check_t(value)
+
+
 def _check_flags(kw: dict) -> None:
     if kw["overwrite"] and kw["resume"]:
         raise click.UsageError("--overwrite and --resume exclude each other")
@@ -197,11 +208,11 @@ def _check_flags(kw: dict) -> None:
 @seed_option()
 def curate(inputs, metadata_path, out, t, seed, **kw):
     """Match INPUT... against the metadata, count entries and balance: the whole recipe."""
-    from .pipeline import check_seed, check_t
+    from .pipeline import check_seed
     from .pipeline import curate as run
 
     _check_flags(kw)
-    run(inputs, metadata_path, out, check_t(t), check_seed(seed), _options(kw))
+    run(inputs, metadata_path, out, _threshold(t), check_seed(seed), _options(kw))
 
 
 @main.command()
@@ -226,7 +237,7 @@ def match(inputs, metadata_path, out, **kw):
 @compression_option()
 def balance(matched_dir, t, seed, out, **kw):
     """Balance MATCHED_DIR (a `match` or `curate` output) with a threshold t and a seed."""
-    from .pipeline import Options, balance_matched, check_seed, check_t
+    from .pipeline import Options, balance_matched, check_seed
 
     _check_flags(kw)
     opts = Options(
@@ -234,7 +245,7 @@ def balance(matched_dir, t, seed, out, **kw):
         processes=kw["use_processes"], quiet=kw["quiet"], overwrite=kw["overwrite"],
         resume=kw["resume"], compression=kw["compression"], echo=click.echo,
     )  # fmt: skip
-    balance_matched(matched_dir, out, check_t(t), check_seed(seed), opts)
+    balance_matched(matched_dir, out, _threshold(t), check_seed(seed), opts)
 
 
 @main.command()
@@ -254,9 +265,9 @@ def balance(matched_dir, t, seed, out, **kw):
 def demo(out, rows, t, seed, backend, overwrite, quiet):
     """Generate a synthetic long-tailed pool and its metadata, curate it, print a summary."""
     from .demo import run_demo
-    from .pipeline import check_seed, check_t
+    from .pipeline import check_seed
 
-    t = check_t(t if t is not None else max(1, rows // 1000))
+    t = _threshold(t if t is not None else max(1, rows // 1000))
     run_demo(out, rows, t, check_seed(seed), backend, overwrite, quiet, click.echo)
 
 

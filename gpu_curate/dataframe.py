@@ -117,13 +117,22 @@ def _index_arrow(df) -> pa.Array:
 
 
 def _match_one(
-    df, step: MatchStep, columns: list, keep_unmatched: bool, checked=None, partition_info=None
+    df,
+    step: MatchStep,
+    columns: list,
+    keep_unmatched: bool,
+    checked=None,
+    divisions=None,
+    partition_info=None,
 ):
     # ``columns``: the labels of the text (and id) column, which alone go to the step.
     # ``checked`` is the result of the pool-wide id check: this task runs after it.
+    # ``divisions``: where the index's uniqueness across partitions rests on them.
     where = "DataFrame partition"
     if partition_info is not None:
         where = f"{where} {partition_info['number']}"
+        if divisions is not None:
+            _check_in_division(df.index, divisions, partition_info["number"], where)
     try:
         table = _to_arrow(df, columns)
     except CurateError as exc:
@@ -164,11 +173,36 @@ def _match_meta(meta_df, md: Metadata):
 
 
 def _index_partitions_disjoint(ddf) -> bool:
-    """Whether known, strictly increasing divisions put each index value in one partition."""
+    """Whether known, strictly increasing divisions put each index value in one partition
+    (if the partitions hold what the divisions say: :func:`_check_in_division`)."""
     if not ddf.known_divisions:
         return False
     divisions = list(ddf.divisions)
     return all(a < b for a, b in zip(divisions[:-1], divisions[1:], strict=True))
+
+
+def _check_in_division(index, divisions: tuple, i: int, where: str) -> None:
+    """A :class:`CurateError` unless partition ``i``'s index values lie in its division
+    (``[divisions[i], divisions[i + 1])``, the last one closed).
+
+    Dask keeps the divisions through ``map_partitions`` even where the function changed
+    the index (``reset_index(drop=True)`` in each partition numbers each from 0): equal
+    values in two partitions would then pass the index check, and share their draws.
+    """
+    if len(index) == 0:
+        return
+    lo, hi = divisions[i], divisions[i + 1]
+    try:
+        first, last = index.min(), index.max()
+        inside = lo <= first and (last <= hi if i + 2 == len(divisions) else last < hi)
+    except TypeError:
+        inside = False
+    if not inside:
+        raise CurateError(
+            f"{where}: its index values are not in its division [{lo!r}, {hi!r}] (a "
+            "map_partitions that changed the index keeps the old divisions): the index's "
+            "uids cannot be checked unique; call .clear_divisions() first, or pass id_column="
+        )
 
 
 _UNIQUE_OVER_POOL = "ids must be unique over the pool"  # (gpu_curate.unique's wording)
@@ -256,9 +290,10 @@ def match(
         A column of unique integer or string ids; uids are its hashed values, by type: the
         integer 123 and the string "123" give different uids. (The CLI reads CSV/TSV
         columns as strings: to curate the same rows as ``gpu-curate curate --id-column``
-        on a CSV, read it with ``dd.read_csv(..., dtype=str)``.) Without it, uids are the
-        hashed index values (``dd.read_parquet`` gives each file's rows the index 0, 1,
-        ..., which is not unique: pass ``id_column`` there).
+        on a CSV, read it with ``dd.read_csv(..., dtype=str, keep_default_na=False)``:
+        pandas would else read ``NA``, ``null`` and empty fields as missing.) Without it,
+        uids are the hashed index values (``dd.read_parquet`` gives each file's rows the
+        index 0, 1, ..., which is not unique: pass ``id_column`` there).
     keep_unmatched : bool, default False
         Keep rows that match no entry (with an empty ``entry_ids``).
     backend : {"cpu", "gpu"}, default "cpu"
@@ -315,17 +350,38 @@ def match(
     # Rows are filtered after the step (which keeps everything) so the index stays aligned.
     step = MatchStep(md, text, id_name if id_name is not None else _INDEX, True, backend)
     checked = _unique_check(ddf, None if id_name is None else label[id_name])
+    # (Where the check trusts the divisions, each partition checks that it keeps to them.)
+    divisions = tuple(ddf.divisions) if id_name is None and checked is None else None
     return ddf.map_partitions(
-        _match_one, step, columns, keep_unmatched, checked, meta=_match_meta(ddf._meta, md)
+        _match_one,
+        _shared(step, md.fingerprint, text, id_name, backend),
+        columns,
+        keep_unmatched,
+        checked,
+        divisions,
+        meta=_match_meta(ddf._meta, md),
     )
+
+
+def _shared(step, *key) -> Delayed:
+    """``step`` as one Dask key that every task reads, not a copy in each task's arguments:
+    a MatchStep carries its metadata (~4 MB for 375k entries), which a distributed
+    scheduler would otherwise ship and unpickle once a partition. Named from ``key`` (its
+    metadata's fingerprint and settings) so that Dask need not hash its contents."""
+    import dask
+    from dask.base import tokenize
+
+    name = f"gpu-curate-{type(step).__name__}-{tokenize(*key)}"
+    return dask.delayed(step, name=name, traverse=False)
 
 
 def _matched_ids(df, columns: list[str], n_entries: int, step: str, given: str):
     """(``columns`` of a matched partition as Arrow, its entry ids), checked to be the
     result of match and to fit ``n_entries`` (the entries of the ``given`` metadata or
     counts, which ``step`` is called with)."""
-    if "entry_ids" not in df.columns:
-        raise CurateError(f"{step} needs the result of match (no entry_ids column)")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise CurateError(f"{step} needs the result of match (no {missing[0]} column)")
     table = _to_arrow(df, columns)
     _, values = csr_of(table.column("entry_ids"))
     if values.size and int(values.max()) >= n_entries:
@@ -383,6 +439,45 @@ def _check_dask(ddf, name: str) -> None:
             f"{name} takes a Dask DataFrame, got {type(ddf).__module__}.{type(ddf).__name__} "
             "(dd.from_pandas(df, npartitions=N) makes one)"
         )
+    if getattr(ddf, "ndim", 2) != 2:  # (a Dask Series)
+        raise TypeError(
+            f"{name} takes a Dask DataFrame, got a Dask {type(ddf).__name__} "
+            "(series.to_frame() makes one)"
+        )
+
+
+def _counts_array(counts) -> np.ndarray:
+    """The entry counts given to :func:`balance` as an int64 array in entry-id order."""
+    if isinstance(counts, Metadata | str | bytes | dict) or hasattr(counts, "dask"):
+        raise TypeError(
+            f"balance: counts must be the DataFrame entry_counts(matched, metadata) returns, "
+            f"or an array of ints; got {type(counts).__name__}"
+        )
+    if not hasattr(counts, "columns"):
+        c = np.asarray(counts)
+        if c.ndim != 1 or c.dtype.kind not in "iu":
+            raise CurateError(f"counts must be a 1-D array of integers, got {c.dtype} {c.shape}")
+        return c.astype(np.int64)
+    columns = {}
+    for name in ("entry_id", "count"):
+        if name not in counts.columns:
+            if name == "entry_id":
+                continue
+            raise CurateError("counts: no 'count' column (give the table entry_counts returns)")
+        if not pd.api.types.is_integer_dtype(counts[name].dtype) or counts[name].isna().any():
+            raise CurateError(f"counts: {name!r} must hold integers, got {counts[name].dtype}")
+        columns[name] = np.asarray(counts[name].to_numpy(), np.int64)
+    values = columns["count"]
+    # Placed by entry_id, so a sorted or filtered copy of the table cannot shift them.
+    ids = columns.get("entry_id", np.arange(len(values)))
+    if not np.array_equal(np.sort(ids), np.arange(len(ids))):
+        raise CurateError(
+            "counts: entry_id must hold every id 0..n-1 once (the table entry_counts "
+            "returns, whole)"
+        )
+    c = np.empty(len(values), np.int64)
+    c[ids] = values
+    return c
 
 
 def _matched_against(ddf) -> str | None:
@@ -443,27 +538,15 @@ def balance(
 
     _check_dask(matched, "balance")
     t, seed = check_t(t), check_seed(seed)
-    if isinstance(counts, Metadata) or isinstance(counts, str | bytes):
-        raise TypeError(
-            f"balance: counts must be the DataFrame entry_counts(matched, metadata) returns, "
-            f"or an array of ints; got {type(counts).__name__}"
-        )
-    if hasattr(counts, "columns"):
+    c = _counts_array(counts)
+    if hasattr(counts, "attrs"):
         _check_same_metadata(
             _matched_against(matched), counts.attrs.get(_METADATA_ATTR), "the counts given"
         )
-        # Placed by entry_id, so a sorted or filtered copy of the table cannot shift them.
-        values = np.asarray(counts["count"].to_numpy(), np.int64)
-        ids = np.asarray(counts["entry_id"].to_numpy() if "entry_id" in counts.columns
-                         else np.arange(len(values)))  # fmt: skip
-        if not np.array_equal(np.sort(ids), np.arange(len(ids))):
-            raise CurateError(
-                "counts: entry_id must hold every id 0..n-1 once (the table entry_counts "
-                "returns, whole)"
-            )
-        c = np.empty(len(values), np.int64)
-        c[ids] = values
-    else:
-        c = np.asarray(counts).astype(np.int64)
-    step = BalanceStep(bal.entry_probabilities(c, t), seed, backend)
-    return matched.map_partitions(_balance_one, step, meta=matched._meta)
+    try:
+        p = bal.entry_probabilities(c, t)
+    except ValueError as exc:  # (negative counts)
+        raise CurateError(f"counts: {exc}") from None
+    step = BalanceStep(p, seed, backend)
+    shared = _shared(step, p, seed, backend)  # (p: 8 bytes an entry, hashed quickly)
+    return matched.map_partitions(_balance_one, shared, meta=matched._meta)

@@ -29,13 +29,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .backend import Backend, resolve
+from .backend import Backend, check_name, resolve
 from .balance import EXPECTED_UNITS_PER_ROW, entry_probabilities
+from .balance import check_t as _check_t
 from .cluster import ClusterInfo, open_client
 from .counts import add_counts, counts_json, counts_table, partition_counts, tree_reduce
 from .errors import CurateError, cannot_read, counted, first_line
 from .io import (
     COMPRESSIONS,
+    FORMATS,
     PART_ROWS,
     InputFile,
     Part,
@@ -57,7 +59,7 @@ from .io import (
     text_schemas,
 )
 from .line_ranges import RANGE_ROWS, count_csv_rows, count_rows, csv_ranges, line_cuts
-from .metadata import Metadata, sources_path_for
+from .metadata import Metadata, MetadataLike, sources_path_for
 from .outdir import (
     BALANCE_MANIFEST,
     MATCH_MANIFEST,
@@ -109,10 +111,38 @@ class Options:
     echo: Callable[[str], None] = field(default=print, repr=False)
 
     def __post_init__(self) -> None:
+        # (The CLI's click types check its flags; a notebook's Options are checked here,
+        # so that partition_rows=-5 is no run of zero parts.)
         if self.compression not in COMPRESSIONS:
             raise CurateError(
                 f"unknown compression {self.compression!r}: choose one of {', '.join(COMPRESSIONS)}"
             )
+        check_name(self.backend)
+        if self.format is not None and self.format not in FORMATS:
+            raise CurateError(
+                f"unknown --format {self.format!r}: choose one of {', '.join(FORMATS)}"
+            )
+        for name in ("workers", "partition_rows"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise CurateError(f"{flag} must be a whole number of at least 1, got {value!r}")
+            setattr(self, name, int(value))
+        if self.overwrite and self.resume:
+            raise CurateError("--overwrite and --resume exclude each other")
+
+
+def _checked_options(options: Options | None) -> Options:
+    if options is None:
+        return Options()
+    if not isinstance(options, Options):
+        raise TypeError(
+            f"options must be a gpu_curate.Options (Options(overwrite=True), ...), got "
+            f"{type(options).__name__}"
+        )
+    return options
 
 
 def _say(opts: Options, msg: str) -> None:
@@ -121,13 +151,11 @@ def _say(opts: Options, msg: str) -> None:
 
 
 def check_t(t) -> float:
+    """:func:`gpu_curate.balance.check_t`, its error a :class:`CurateError`."""
     try:
-        tf = float(t)
-    except (TypeError, ValueError):
-        raise CurateError(f"t must be a number, got {t!r}") from None
-    if not np.isfinite(tf) or tf <= 0:
-        raise CurateError(f"t must be a positive number, got {t!r}")
-    return tf
+        return _check_t(t)
+    except ValueError as exc:
+        raise CurateError(str(exc)) from None
 
 
 def check_seed(seed) -> int:
@@ -688,10 +716,10 @@ def _header(opts: Options, info: ClusterInfo, backend: str) -> dict:
     }
 
 
-def _metadata_files(metadata: Metadata | str | os.PathLike) -> list[str]:
+def _metadata_files(metadata: MetadataLike) -> list[str]:
     """The metadata file and its sidecar (``metadata build`` writes both), which a folder
     of the pool may hold: not pool files."""
-    if isinstance(metadata, Metadata):
+    if not isinstance(metadata, str | os.PathLike):
         return []
     path = os.fspath(metadata)
     if "://" in path:  # (a URL: Path would fold its '//')
@@ -702,7 +730,7 @@ def _metadata_files(metadata: Metadata | str | os.PathLike) -> list[str]:
 
 def curate(
     inputs: Sequence[str],
-    metadata: Metadata | str | os.PathLike,
+    metadata: MetadataLike,
     out: str,
     t: float = 20_000,
     seed: int = 0,
@@ -716,7 +744,7 @@ def curate(
     inputs
         Files, folders, globs or fsspec URLs of Parquet / JSONL / CSV / TSV files.
     metadata
-        A :class:`Metadata` or the path of a metadata file.
+        A :class:`Metadata`, its entries, or the path of a metadata file.
     out
         Output folder (must be new or empty unless ``options.overwrite``/``resume``).
     t, seed
@@ -734,15 +762,16 @@ def curate(
     >>> report = curate(["pool/"], "metadata.json", "out/", t=20_000)  # doctest: +SKIP
     >>> report["curated_rows"]  # doctest: +SKIP
     """
-    opts = options or Options()
+    opts = _checked_options(options)
     t = check_t(t)
     seed = check_seed(seed)
     inputs = [str(inputs)] if isinstance(inputs, str | os.PathLike) else [str(i) for i in inputs]
-    md = metadata if isinstance(metadata, Metadata) else Metadata.from_file(metadata)
+    md = Metadata.coerce(metadata)
     be = resolve(opts.backend)
     # (Fails on missing inputs before the output is touched.)
     files = discover(inputs, opts.format, _metadata_files(metadata))
-    check_apart(out, [*inputs, *([] if isinstance(metadata, Metadata) else [str(metadata)])])
+    from_file = isinstance(metadata, str | os.PathLike)
+    check_apart(out, [*inputs, *([str(metadata)] if from_file else [])])
     # (Held until the run ends: no other run resumes or overwrites it meanwhile.)
     with prepare_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST) as (fs, path):
         if not match_only:
@@ -784,7 +813,7 @@ def balance_matched(
     --------
     >>> balance_matched("out/", "out_t5000/", t=5_000, seed=1)  # doctest: +SKIP
     """
-    opts = options or Options()
+    opts = _checked_options(options)
     t = check_t(t)
     seed = check_seed(seed)
     be = resolve(opts.backend)

@@ -405,11 +405,15 @@ def plan(
     """
     ts = [ts] if isinstance(ts, int | float | np.number) else list(ts)
     try:
-        ts = [balance._check_t(t) for t in ts]  # (the draws' own check of t)
+        ts = [balance.check_t(t) for t in ts]
     except ValueError as exc:
         raise CurateError(str(exc)) from None
-    if target_rows is not None and target_rows <= 0:
-        raise CurateError(f"--target-rows must be positive, got {target_rows}")
+    if target_rows is not None and (
+        isinstance(target_rows, bool)
+        or not isinstance(target_rows, int | np.integer)
+        or target_rows <= 0
+    ):
+        raise CurateError(f"--target-rows must be a positive whole number, got {target_rows!r}")
     if not ts and target_rows is None:
         raise CurateError("give at least one t (--t) or a target size (--target-rows)")
     with reading(str(matched_dir)):  # (no run overwrites it while it is read)

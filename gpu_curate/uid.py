@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .balance import fmix64_array
-from .errors import CurateError
+from .errors import CurateError, counted
 
 _GOLDEN = 0x9E3779B97F4A7C15
 # Distinct domains, so an integer id and a row position never hash alike by construction.
@@ -61,8 +61,9 @@ def value_uids(
     if column.null_count:
         first = row_start + int(pc.index(column.is_null(), True).as_py())
         raise CurateError(
-            f"{where + ': ' if where else ''}id column {name!r} has {column.null_count} null "
-            f"values, the first at row {first} (uids must be unique)"
+            f"{where + ': ' if where else ''}id column {name!r} has "
+            f"{counted(column.null_count, 'null value')}, the first at row {first} "
+            "(uids must be unique)"
         )
     t = column.type
     if len(column) == 0:

@@ -198,7 +198,7 @@ def test_index_types_give_the_uids_of_their_values(pdf, index, as_values):
 def test_null_in_a_nullable_index_is_named(pdf):
     index = pd.array([*range(399), None], dtype="Int64")
     ddf = dd.from_pandas(pdf.set_index(pd.Index(index)), npartitions=2, sort=False)
-    with pytest.raises(CurateError, match=r"the index has 1 null values, the first at row 199"):
+    with pytest.raises(CurateError, match=r"the index has 1 null value, the first at row 199"):
         gdf.match(ddf, ENTRIES).compute()
 
 
@@ -403,3 +403,71 @@ def test_metadata_given_by_its_path(tmp_path):
     pq.write_table(pa.table({"x": [1]}), tmp_path / "md.parquet")
     with pytest.raises(MetadataError, match="not UTF-8 text .*; metadata is a JSON list"):
         gdf.match(ddf, tmp_path / "md.parquet")
+
+
+def test_an_index_that_left_its_divisions_is_refused():
+    # map_partitions keeps the divisions even where it renumbers each partition's index:
+    # the index check trusted them, and 8 rows of 2 uids were matched without a word.
+    ddf = dd.from_pandas(pd.DataFrame({"TEXT": ["a dog"] * 8}), npartitions=4)
+    renumbered = ddf.map_partitions(lambda p: p.reset_index(drop=True))
+    assert renumbered.known_divisions
+    for consumer in (_compute_match, _compute_counts, _compute_balance):
+        with pytest.raises(
+            CurateError, match=r"partition [1-3]: its index values are not in its division"
+        ):
+            consumer(gdf.match(renumbered, ["dog"]), ["dog"])
+    # Without the divisions, the index is checked across partitions.
+    cleared = renumbered.clear_divisions()
+    with pytest.raises(CurateError, match="index has duplicate value 0 in 4 rows"):
+        gdf.match(cleared, ["dog"]).compute()
+    # Divisions that hold: the rows' uids are those of their index values.
+    kept = gdf.match(ddf, ["dog"]).compute()
+    assert kept.index.tolist() == list(range(8))
+    assert kept["uid"].tolist() == value_uids(pa.array(range(8)), "index", "").tolist()
+
+
+def test_one_copy_of_a_step_goes_to_all_the_tasks():
+    # A step holds its metadata (MBs for real metadata): in each task's arguments, a
+    # distributed scheduler shipped and unpickled it once a partition (64 partitions of a
+    # 3,000-row frame took 34-44 s, 9-11 s with one copy).
+    import pickle
+
+    entries = [f"entry {i}" for i in range(20_000)]
+    ddf = dd.from_pandas(pd.DataFrame({"TEXT": ["an entry 7"] * 16}), npartitions=8)
+    m = gdf.match(ddf, entries)
+    b = gdf.balance(m, np.ones(len(entries), np.int64), t=1)
+    for result, big in ((m, 100_000), (b, 100_000)):
+        graph = dict(result.__dask_graph__())
+        sizes = sorted(len(pickle.dumps(v)) for v in graph.values())
+        assert sum(s > big for s in sizes) == 1 if result is m else 2, sizes[-3:]
+    assert m.compute()["entry_ids"].tolist() == [[7]] * 16
+    assert len(b.compute()) == 16
+
+
+def test_balance_names_wrong_counts_and_columns():
+    pdf = pd.DataFrame({"TEXT": ["a dog", "a cat"]})
+    ddf = dd.from_pandas(pdf, npartitions=1)
+    m = gdf.match(ddf, ["dog", "cat"])
+    counts = gdf.entry_counts(m, ["dog", "cat"])
+    with pytest.raises(CurateError, match="counts: no 'count' column"):
+        gdf.balance(m, counts.drop(columns="count"), t=1)
+    with pytest.raises(CurateError, match="counts: 'entry_id' must hold integers, got float64"):
+        gdf.balance(m, counts.astype({"entry_id": float}), t=1)
+    with pytest.raises(CurateError, match="counts: 'count' must hold integers"):
+        gdf.balance(m, counts.assign(count=[1.0, np.nan]), t=1)
+    with pytest.raises(CurateError, match="counts must be a 1-D array of integers, got float64"):
+        gdf.balance(m, np.array([1.0, 2.0]), t=1)
+    with pytest.raises(CurateError, match="counts: counts must be non-negative"):
+        gdf.balance(m, np.array([1, -2]), t=1)
+    for wrong in (dd.from_pandas(counts, npartitions=1), {"dog": 1, "cat": 1}):
+        with pytest.raises(TypeError, match="counts must be the DataFrame entry_counts"):
+            gdf.balance(m, wrong, t=1)
+    with pytest.raises(CurateError, match="t must be a positive finite number"):
+        gdf.balance(m, counts, t=10**400)
+    for t in (True, "5"):
+        with pytest.raises(CurateError, match="t must be a number"):
+            gdf.balance(m, counts, t=t)
+    with pytest.raises(CurateError, match="balance needs the result of match .no uid column"):
+        gdf.balance(m.drop(columns="uid"), counts, t=1).compute()
+    with pytest.raises(TypeError, match="match takes a Dask DataFrame, got a Dask Series"):
+        gdf.match(ddf["TEXT"], ["dog"])

@@ -792,6 +792,38 @@ def test_compression_option(small, tmp_path):
         Options(compression="gzip")
 
 
+def test_the_api_checks_its_options_as_the_cli_checks_its_flags(small, tmp_path):
+    # Options(partition_rows=-5) curated a pool of zero parts and reported success, and
+    # overwrite=True with resume=True deleted the run that was to be resumed.
+    texts, entries, md = small
+    path, _ = _write(tmp_path / "in", "jsonl", texts)
+    for kw, message in [
+        ({"partition_rows": -5}, "--partition-rows must be a whole number of at least 1, got -5"),
+        ({"partition_rows": 0}, "--partition-rows must be a whole number of at least 1, got 0"),
+        ({"partition_rows": "100"}, "--partition-rows must be a whole number"),
+        ({"workers": "2"}, "--workers must be a whole number of at least 1, got '2'"),
+        ({"workers": True}, "--workers must be a whole number"),
+        ({"overwrite": True, "resume": True}, "--overwrite and --resume exclude each other"),
+        ({"format": "txt"}, "unknown --format 'txt'"),
+        ({"backend": "cuda"}, "unknown backend 'cuda'"),
+    ]:
+        with pytest.raises(CurateError, match=re.escape(message)):
+            Options(**kw)
+    assert Options(workers=np.int64(2), partition_rows=np.int32(7)).partition_rows == 7
+    with pytest.raises(TypeError, match=r"options must be a gpu_curate.Options .*got dict"):
+        gpu_curate.curate([str(path)], md, str(tmp_path / "o"), options={"overwrite": True})
+    for t in (True, "20000"):
+        with pytest.raises(CurateError, match="t must be a number"):
+            gpu_curate.curate([str(path)], md, str(tmp_path / "o"), t=t)
+    assert not (tmp_path / "o").exists()
+    # The metadata as a list of entries, as the dataframe API takes it.
+    opts = Options(quiet=True, backend="cpu")
+    by_list = gpu_curate.curate([str(path)], entries, str(tmp_path / "list"), 2, SEED, opts)
+    by_path = gpu_curate.curate([str(path)], md, str(tmp_path / "path"), 2, SEED, opts)
+    assert by_list["metadata_sha256"] == by_path["metadata_sha256"]
+    assert np.array_equal(curated_uids(tmp_path / "list"), curated_uids(tmp_path / "path"))
+
+
 def test_non_empty_out_refused_unless_overwrite(small, tmp_path):
     texts, entries, md = small
     path, _ = _write(tmp_path / "in", "jsonl", texts)

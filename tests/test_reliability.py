@@ -314,10 +314,10 @@ def test_duplicate_metadata_names_both_ids(small, tmp_path):
 @pytest.mark.parametrize(
     "flag, value, needle",
     [
-        ("--t", "0", "t must be a positive number"),
-        ("--t", "-5", "t must be a positive number"),
+        ("--t", "0", "t must be a positive finite number"),
+        ("--t", "-5", "t must be a positive finite number"),
         ("--t", "abc", "t must be a number"),
-        ("--t", "nan", "t must be a positive number"),
+        ("--t", "nan", "t must be a positive finite number"),
         ("--seed", "1.5", "seed must be an integer"),
         ("--seed", "abc", "seed must be an integer"),
         ("--seed", "-1", "seed must be in"),
@@ -334,7 +334,7 @@ def test_bad_t_and_seed(small, tmp_path, flag, value, needle):
 def test_bad_t_and_seed_balance(small, tmp_path):
     out = tmp_path / "out"
     r = run_cli("balance", tmp_path, "--out", out, "--t", "0")
-    assert_clean_error(r, out, "t must be a positive number")
+    assert_clean_error(r, out, "t must be a positive finite number")
     r = run_cli("balance", tmp_path, "--out", out, "--t", "5", "--seed", "x")
     assert_clean_error(r, out, "seed must be an integer")
 
