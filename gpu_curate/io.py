@@ -908,6 +908,8 @@ def read_piece(
     if f.format == "jsonl" and not table.column_names:
         # Blank lines only: no rows, as an empty (0-byte) file has.
         table = pa.table({text_column or TEXT_COLUMN_CANDIDATES[1]: pa.array([], pa.string())})
+    if f.format == "jsonl":
+        table = _valid_utf8(table)  # (Arrow's JSON reader keeps the bytes as they are)
     if f.format != "parquet":
         table = _select_columns(table, columns, f.path)
     return _without_views(table)
@@ -1219,8 +1221,8 @@ def json_ranges_schema(ranges: Sequence[dict | None], text_column: str | None) -
 
 def _json_tables(open_, schema: pa.Schema, rows: int) -> Iterator[pa.Table]:
     """A JSON Lines file's rows, typed by ``schema``, in tables of about ``rows`` rows (at
-    least one table)."""
-    tables = (_read_json_chunk(chunk, schema) for chunk in _json_chunks(open_))
+    least one table), their strings valid UTF-8 (:func:`_valid_utf8`)."""
+    tables = (_valid_utf8(_read_json_chunk(chunk, schema)) for chunk in _json_chunks(open_))
     yield from _gathered(
         tables, rows, lambda group: pa.concat_tables(group) if group else schema.empty_table()
     )
@@ -1599,8 +1601,8 @@ def _text_convert(names: tuple[str, ...] | None) -> pacsv.ConvertOptions:
 def _valid_utf8(table: pa.Table) -> pa.Table:
     """``table`` with the invalid UTF-8 of its string columns replaced by U+FFFD.
 
-    The CSV reader keeps a row whatever its bytes (it is data, not a reason to fail the
-    file), but a Parquet string column must hold UTF-8: pandas and other readers refuse
+    The CSV and JSON readers keep a row whatever its bytes (it is data, not a reason to
+    fail the file), but a Parquet string column must hold UTF-8: pandas and other readers refuse
     the file otherwise. The bytes are decoded as Python's (and pandas')
     ``errors="replace"`` does, only in the blocks that need it.
     """

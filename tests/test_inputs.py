@@ -708,6 +708,35 @@ def test_csv_row_that_is_not_utf8_is_data(tmp_path, md):
     assert back["text"].tolist() == ["caf\ufffd dog", "cat"]
 
 
+@pytest.mark.parametrize("read", ["whole", "streamed", "ranges"])
+def test_jsonl_row_that_is_not_utf8_is_data(tmp_path, md, monkeypatch, read):
+    # Arrow's JSON reader keeps invalid bytes in a string column: the parts were written,
+    # exit 0, and pandas could not read them. They become U+FFFD, as a CSV's do.
+    import pandas as pd
+
+    import gpu_curate.io as gio
+
+    rows = [b'{"text": "caf\xe9 dog", "url": "http://x/\xff"}', b'{"text": "cat", "url": "y"}']
+    write(tmp_path / "pool" / "a.jsonl", b"\n".join(rows * 3) + b"\n")
+    extra = []
+    if read == "streamed":
+        monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)
+    elif read == "ranges":
+        monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)  # (a file above it is cut)
+        extra = ["--partition-rows", "2"]
+    r = match(tmp_path / "pool", md, tmp_path / "out", *extra)
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(tmp_path / "out") == {
+        "text": ["caf\ufffd dog".encode(), b"cat"] * 3,
+        "url": ["http://x/\ufffd".encode(), b"y"] * 3,
+        "entry_ids": [[0], [2]] * 3,
+    }
+    back = pd.read_parquet(tmp_path / "out" / "matched")
+    assert back["text"].tolist() == ["caf\ufffd dog", "cat"] * 3
+    parts = json.loads((tmp_path / "out" / "report.json").read_text())["parts"]
+    assert parts == (3 if read == "ranges" else 1)
+
+
 # ------------------------------------------------------------------------ JSONL / Parquet
 
 
