@@ -21,6 +21,8 @@ _GOLDEN = 0x9E3779B97F4A7C15
 # Distinct domains, so an integer id and a row position never hash alike by construction.
 _INT_DOMAIN = 0x5851F42D4C957F2D
 _STR_SEED = 0x14057B7EF767814F
+# Integers of a uint64 column past int64's range (their bits are those of negative ints).
+_BIG_INT_DOMAIN = 0xD6E8FEB86659FD93
 
 
 def path_key(relpath: str) -> int:
@@ -66,21 +68,32 @@ def value_uids(
             "(uids must be unique)"
         )
     t = column.type
+    if pa.types.is_dictionary(t):  # (a pandas Categorical): the values it stands for
+        column = column.cast(t.value_type)
+        t = column.type
     if len(column) == 0:
         # An empty file's id column may have type null (pandas writes an empty object
         # column so): it holds no ids, so nothing to hash and nothing to reject.
         return np.zeros(0, np.uint64)
     if pa.types.is_integer(t):
-        values = column.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64).copy()
+        raw = column.to_numpy(zero_copy_only=False)
+        values = raw.astype(np.int64).view(np.uint64).copy()
         values ^= np.uint64(_INT_DOMAIN)
-        return fmix64_array(values)
+        uids = fmix64_array(values)
+        if raw.dtype == np.uint64 and (big := raw >= np.uint64(1 << 63)).any():
+            # Past int64's range: 2**64 - 1 has the bits of -1, and took its uid. (An integer
+            # keeps one uid whatever its column's type; these get their own.)
+            uids[big] = fmix64_array(uids[big] ^ np.uint64(_BIG_INT_DOMAIN))
+        return uids
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         from .kernels import cpu
         from .match import _host_buffers
 
         offsets, data, _, _ = _host_buffers(column)
         return cpu.hash_rows(offsets, data, np.uint64(_STR_SEED))
-    raise CurateError(f"id column {name!r} is {t}; use an integer or string column")
+    raise CurateError(
+        f"{where + ': ' if where else ''}id column {name!r} is {t}; use an integer or string column"
+    )
 
 
 __all__ = ["path_key", "position_uids", "value_uids"]
