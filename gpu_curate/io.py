@@ -903,6 +903,8 @@ def read_piece(
         else:
             table = _read_json_lines(open_, text_column)
     except _READ_ERRORS as exc:
+        if f.format == "jsonl" and "JSON parse error" in str(exc):
+            raise _json_parse_error(f.path, exc, piece.byte_start, piece.byte_end) from None
         raise cannot_read(f.path, exc) from None
     check_names(table.column_names, f.path)
     if f.format == "jsonl" and not table.column_names:
@@ -976,6 +978,8 @@ def read_piece_batches(
             held += table.num_rows
             yield _select_columns(table, columns, f.path)
     except _READ_ERRORS as exc:
+        if f.format == "jsonl" and "JSON parse error" in str(exc):
+            raise _json_parse_error(f.path, exc, piece.byte_start, piece.byte_end) from None
         raise cannot_read(f.path, exc) from None
     if piece.byte_end is not None and held != piece.row_end - piece.row_start:
         # (The rows of each range were counted when the run was planned: its uids number
@@ -1201,6 +1205,8 @@ def json_range_types(path: str, start: int, end: int) -> tuple[int, dict | None]
     try:
         return _json_fields(_json_chunks(open_), first=start == 0)
     except _READ_ERRORS as exc:
+        if "JSON parse error" in str(exc):
+            raise _json_parse_error(path, exc, start, end) from None
         raise cannot_read(path, exc) from None
 
 
@@ -1288,18 +1294,56 @@ _JSON_TYPES = {
 _JSON_BATCH = 1 << 16
 
 
-def _json_records(fh):
-    for n, line in enumerate(fh, 1):
+def _json_records(fh, first_line: int = 1):
+    """The objects of a JSON Lines stream of bytes; lines numbered from ``first_line``."""
+    for n, line in enumerate(fh, first_line):
         if not line.strip():
             continue
         try:
-            record = json.loads(line, parse_int=_Number, parse_float=_Number)
-        except ValueError as exc:
-            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-            raise pa.ArrowInvalid(f"line {n} is not valid JSON ({why})") from None
+            # (Invalid UTF-8 as U+FFFD, as Arrow's reader and _valid_utf8 have it.)
+            text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+            record = json.loads(text, parse_int=_Number, parse_float=_Number)
+        except json.JSONDecodeError as exc:
+            raise pa.ArrowInvalid(f"line {n} is not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
             raise pa.ArrowInvalid(f"line {n} is not a JSON object")
         yield record
+
+
+def _json_parse_error(
+    path: str, exc: BaseException, start: int = 0, end: int | None = None
+) -> CurateError:
+    """``cannot read``, naming the line of the file where a JSON Lines read (of its bytes
+    [start, end) where ``end`` is given) failed.
+
+    Arrow's reader says "in row 2": rows counted from 0 within a block, blank lines not
+    counted. On this (error) path the bytes are read again with Python's parser, which
+    names the first line it cannot parse; where it parses every line, Arrow's words stay.
+    """
+    first = 1
+    try:
+        if end is not None:
+            with open_input(path) as fh:  # (the lines before the range)
+                first += _newlines(fh, start)
+            opener = open_range(path, start, end)
+        else:
+            opener = open_input(path)
+        with opener as fh:
+            for _ in _json_records(fh, first):
+                pass
+    except pa.ArrowInvalid as found:
+        return cannot_read(path, found)
+    except (OSError, EOFError, *_CODEC_ERRORS):
+        pass
+    return cannot_read(path, exc)
+
+
+def _newlines(fh, end: int) -> int:
+    n = 0
+    while end > 0 and (block := fh.read(min(end, 1 << 24))):
+        n += block.count(b"\n")
+        end -= len(block)
+    return n
 
 
 def _read_json_lines_mixed(open_, text_column: str | None = None) -> pa.Table:

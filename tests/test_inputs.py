@@ -841,6 +841,38 @@ def test_jsonl_values_of_several_types_are_data(tmp_path, md, monkeypatch):
         assert why in error_line(match(tmp_path / "bad", md, tmp_path / "out2", "--overwrite"))
 
 
+def test_a_jsonl_file_of_mixed_types_that_is_not_utf8_is_data(tmp_path, md):
+    # (Read by Python's parser, which refused the file as "not UTF-8".)
+    write(tmp_path / "pool" / "a.jsonl", b'{"text": "caf\xe9 dog"}\n{"text": 1984}\n')
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    got = matched(tmp_path / "out")
+    assert got == {"text": ["caf\ufffd dog".encode(), b"1984"], "entry_ids": [[0], [3]]}
+
+
+@pytest.mark.parametrize("read", ["whole", "streamed", "ranges"])
+def test_a_jsonl_syntax_error_names_its_line(tmp_path, md, monkeypatch, read):
+    # Arrow's reader said "in row 2": counted from 0, within a block, blank lines not
+    # counted. The error names the line of the file, as a line that is no object does.
+    import gpu_curate.io as gio
+
+    lines = [f'{{"text": "a dog {i}", "id": {i}}}' for i in range(60)]
+    lines[4:4] = ["", ""]  # (blank lines: not rows)
+    lines[50] = '{"text": "a dog", oops}'
+    write(tmp_path / "pool" / "a.jsonl", ("\n".join(lines) + "\n").encode())
+    extra = []
+    if read != "whole":
+        monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)
+        monkeypatch.setattr(gio, "_JSON_CHUNK", 300)  # (the bad line in a later chunk)
+    if read == "ranges":
+        extra = ["--partition-rows", "10"]
+    r = match(tmp_path / "pool", md, tmp_path / "out", *extra)
+    assert (
+        "a.jsonl: line 51 is not valid JSON (Expecting property name enclosed in double quotes)"
+        in error_line(r)
+    )
+
+
 def _jsonl_lines(kind: str) -> list[str]:
     """40 JSON lines of a kind; "typed" ones have one type a column all through."""
     rows = []
