@@ -1605,6 +1605,20 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
     names = [c.strip() for c in fields]
     known = set(TEXT_COLUMN_CANDIDATES) | {c for c in (text_column, id_column) if c}
     has_header = any(c in known for c in names)
+    quoted = [c[1:-1] for c in names if len(c) > 2 and c[0] == c[-1] == '"']
+    if (
+        fmt == "tsv"
+        and not has_header
+        and len(quoted) == len(names)
+        and any(c in known for c in quoted)
+    ):
+        # (R's write.table quotes so by default. Its rows' quotes would be matched as
+        # part of the text: '"a dog"' holds no token "dog".)
+        raise CurateError(
+            f"{where}: the first line's names are in double quotes ({', '.join(names)}), but "
+            "a TSV file's fields are read as written, quotes and all: write it without "
+            "quotes (R: write.table(..., quote = FALSE))"
+        )
     # (Two fields at least: a one-column file of captions may start with a one-word one.)
     if not has_header and text_column is None and len(names) >= 2:
         if all(_HEADER_FIELD.fullmatch(c) for c in names):

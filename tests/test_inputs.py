@@ -365,6 +365,25 @@ def test_header_less_files_with_a_one_word_first_caption(tmp_path, md, content, 
     assert matched(tmp_path / "out")["f0"] == first
 
 
+def test_a_tsv_header_in_quotes_is_an_error(tmp_path, md):
+    # R's write.table quotes names and values: read as written, the header was a row and
+    # the id column (f0) was matched as the text; the rows' quotes stay in the texts.
+    write(tmp_path / "pool" / "q.tsv", b'\xef\xbb\xbf"id"\t"TEXT"\n1\t"a dog"\n')
+    for extra in ([], ["--text-column", "TEXT"]):
+        err = error_line(match(tmp_path / "pool", md, tmp_path / "o", *extra))
+        assert 'q.tsv: the first line\'s names are in double quotes ("id", "TEXT")' in err
+    # Quoted captions are data: a first line in quotes that names no column is a row.
+    write(tmp_path / "pool" / "q.tsv", b'"a dog"\t"a cat"\n')
+    r = match(tmp_path / "pool", md, tmp_path / "o")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(tmp_path / "o") == {"f0": [b'"a dog"'], "f1": [b'"a cat"'], "entry_ids": [[]]}
+    # A CSV file unquotes its header, as any CSV reader.
+    write(tmp_path / "csv" / "q.csv", b'"id","TEXT"\n1,"a dog"\n')
+    r = match(tmp_path / "csv", md, tmp_path / "o2")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(tmp_path / "o2") == {"id": [b"1"], "TEXT": [b"a dog"], "entry_ids": [[0]]}
+
+
 def test_csv_header_naming_a_column_twice_is_an_error(tmp_path, md):
     write(tmp_path / "pool" / "a.csv", b"TEXT,TEXT\ndog,cat\n")
     assert "names the column 'TEXT' twice" in error_line(
