@@ -48,8 +48,29 @@ __all__ = [
 # --------------------------------------------------------------------------- loading
 
 
+def local_folder(matched_dir: str | Path) -> Path:
+    """A run folder given as a path or a ``file://`` URL, as a local path (another URL is
+    a :class:`CurateError`: these readers take local folders).
+
+    Examples
+    --------
+    >>> local_folder("file:///data/out").as_posix()
+    '/data/out'
+    """
+    text = str(matched_dir)
+    if "://" in text:  # (Path would fold the URL's '//' into a local path that is not there)
+        protocol, _, rest = text.partition("://")
+        if protocol != "file":
+            raise CurateError(
+                f"{text}: a {protocol}:// URL, but plan, report and the sampler read a local "
+                "run folder: copy or mount it here"
+            )
+        return Path(rest)
+    return Path(matched_dir)
+
+
 def _dataset_root(matched_dir: str | Path) -> Path:
-    root = Path(matched_dir)
+    root = local_folder(matched_dir)
     if (why := run_folder_why(LocalFileSystem(), str(root.absolute()), str(root))) is not None:
         raise CurateError(why)
     return root
@@ -416,6 +437,7 @@ def plan(
         raise CurateError(f"--target-rows must be a positive whole number, got {target_rows!r}")
     if not ts and target_rows is None:
         raise CurateError("give at least one t (--t) or a target size (--target-rows)")
+    matched_dir = local_folder(matched_dir)
     with reading(str(matched_dir)):  # (no run overwrites it while it is read)
         counts_h, entries = load_entry_counts(matched_dir)
         offsets_h, values_h, _ = load_matched_csr(matched_dir, with_uids=False)

@@ -199,7 +199,9 @@ def load_run(folder: str | os.PathLike) -> RunData:
     >>> run.t, int(run.pool_counts.sum()) == run.report["matches"]  # doctest: +SKIP
     (200.0, True)
     """
-    root = Path(folder)
+    from .planning import local_folder
+
+    root = local_folder(folder)
     report = _read_report_json(root)
     pool, entries = _read_counts(root / "entry_counts.parquet")
     curated, _ = _read_counts(root / "curated_entry_counts.parquet", n_entries=pool.size)
@@ -713,7 +715,7 @@ def write_report(
 
 
 @click.command("report")
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("folder")
 @click.option(
     "--out-html",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -728,7 +730,7 @@ def write_report(
 )
 @backend_option(default="cpu", help="Where the t sweep is computed.")
 def report_command(
-    folder: Path, out_html: Path | None, embed: bool, no_sweep: bool, backend: str
+    folder: str, out_html: Path | None, embed: bool, no_sweep: bool, backend: str
 ) -> None:
     """Plots and an HTML page explaining the curate or balance output FOLDER."""
     files = write_report(folder, out_html, embed=embed, sweep=not no_sweep, backend=backend)
@@ -737,4 +739,7 @@ def report_command(
     if embed:
         click.echo(f"wrote {files.html} (the plots embedded)")
     else:
-        click.echo(f"wrote {len(files.images)} plots to {folder / REPORT_FOLDER} and {files.html}")
+        from .planning import local_folder
+
+        plots = local_folder(folder) / REPORT_FOLDER
+        click.echo(f"wrote {len(files.images)} plots to {plots} and {files.html}")

@@ -348,6 +348,18 @@ def test_plan_argument_errors(dataset):
         plan(root, [], target_rows=0)
     with pytest.raises(CurateError):
         plan(root, [])
+    for bad in (True, "1500", 1500.5):
+        with pytest.raises(CurateError, match="--target-rows must be a positive whole number"):
+            plan(root, [], target_rows=bad)
+
+
+def test_plan_takes_a_file_url_and_names_a_remote_one(dataset):
+    # Path folded "file:///abs/out" into "file:/abs/out": "folder not found".
+    root, rows, counts = dataset
+    (got,) = plan(f"file://{Path(root).absolute()}", [60])
+    assert got["expected_curated_rows"] == pytest.approx(ref_expected(rows, counts, 60))
+    with pytest.raises(CurateError, match="s3://b/out: a s3:// URL, but plan, report"):
+        plan("s3://b/out", [60])
 
 
 # --------------------------------------------------------------------------- CLI

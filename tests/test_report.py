@@ -225,6 +225,18 @@ def test_embedded_page_elsewhere_writes_nothing_into_the_run(demo, tmp_path):
     assert len(_parse(tmp_path / "p.html").imgs) == len(PLOT_NAMES)
 
 
+def test_a_run_given_as_a_file_url(demo, tmp_path):
+    # click's Path folded "file:///abs/run" into "file:/abs/run": "folder not found".
+    run = tmp_path / "run"
+    shutil.copytree(demo / "result", run, ignore=shutil.ignore_patterns("report"))
+    res = _invoke(["report", f"file://{run.absolute()}", "--no-sweep"])
+    assert res.exit_code == 0, res.output
+    assert f"plots to {run.absolute() / 'report'} and" in res.output
+    assert (run / "report" / "index.html").is_file()
+    res = _invoke(["report", "gs://bucket/run"])
+    assert res.exit_code == 2 and "a gs:// URL, but plan, report and the sampler" in res.output
+
+
 def test_a_report_without_the_sweep_removes_an_earlier_sweep_plot(demo, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(demo / "result", run, ignore=shutil.ignore_patterns("report"))
