@@ -538,6 +538,7 @@ def balance(
 
     _check_dask(matched, "balance")
     t, seed = check_t(t), check_seed(seed)
+    check_name(backend)  # (now, not when computed)
     c = _counts_array(counts)
     if hasattr(counts, "attrs"):
         _check_same_metadata(

@@ -469,5 +469,7 @@ def test_balance_names_wrong_counts_and_columns():
             gdf.balance(m, counts, t=t)
     with pytest.raises(CurateError, match="balance needs the result of match .no uid column"):
         gdf.balance(m.drop(columns="uid"), counts, t=1).compute()
+    with pytest.raises(CurateError, match="unknown backend 'cuda'"):
+        gdf.balance(m, counts, t=1, backend="cuda")  # (at once, not at compute)
     with pytest.raises(TypeError, match="match takes a Dask DataFrame, got a Dask Series"):
         gdf.match(ddf["TEXT"], ["dog"])
