@@ -117,22 +117,13 @@ def _index_arrow(df) -> pa.Array:
 
 
 def _match_one(
-    df,
-    step: MatchStep,
-    columns: list,
-    keep_unmatched: bool,
-    checked=None,
-    divisions=None,
-    partition_info=None,
+    df, step: MatchStep, columns: list, keep_unmatched: bool, checked=None, partition_info=None
 ):
     # ``columns``: the labels of the text (and id) column, which alone go to the step.
     # ``checked`` is the result of the pool-wide id check: this task runs after it.
-    # ``divisions``: where the index's uniqueness across partitions rests on them.
     where = "DataFrame partition"
     if partition_info is not None:
         where = f"{where} {partition_info['number']}"
-        if divisions is not None:
-            _check_in_division(df.index, divisions, partition_info["number"], where)
     try:
         table = _to_arrow(df, columns)
     except CurateError as exc:
@@ -173,36 +164,51 @@ def _match_meta(meta_df, md: Metadata):
 
 
 def _index_partitions_disjoint(ddf) -> bool:
-    """Whether known, strictly increasing divisions put each index value in one partition
-    (if the partitions hold what the divisions say: :func:`_check_in_division`)."""
+    """Whether known, strictly increasing divisions should put each index value in one
+    partition, and the index's values can be ordered (:func:`_check_index_ranges` then
+    checks that the partitions keep to that order)."""
     if not ddf.known_divisions:
+        return False
+    index = ddf._meta.index
+    if isinstance(index.dtype, pd.CategoricalDtype) and not index.dtype.ordered:
         return False
     divisions = list(ddf.divisions)
     return all(a < b for a, b in zip(divisions[:-1], divisions[1:], strict=True))
 
 
-def _check_in_division(index, divisions: tuple, i: int, where: str) -> None:
-    """A :class:`CurateError` unless partition ``i``'s index values lie in its division
-    (``[divisions[i], divisions[i + 1])``, the last one closed).
-
-    Dask keeps the divisions through ``map_partitions`` even where the function changed
-    the index (``reset_index(drop=True)`` in each partition numbers each from 0): equal
-    values in two partitions would then pass the index check, and share their draws.
-    """
+def _index_range(index) -> tuple | None:
+    """(first, last) of a partition's index values, None if it is empty."""
     if len(index) == 0:
-        return
-    lo, hi = divisions[i], divisions[i + 1]
-    try:
-        first, last = index.min(), index.max()
-        inside = lo <= first and (last <= hi if i + 2 == len(divisions) else last < hi)
-    except TypeError:
-        inside = False
-    if not inside:
-        raise CurateError(
-            f"{where}: its index values are not in its division [{lo!r}, {hi!r}] (a "
-            "map_partitions that changed the index keeps the old divisions): the index's "
-            "uids cannot be checked unique; call .clear_divisions() first, or pass id_column="
-        )
+        return None
+    return index.min(), index.max()
+
+
+def _check_index_ranges(*ranges) -> bool:
+    """A :class:`CurateError` unless the partitions' index ranges follow one another
+    without overlap: then no index value is in two partitions.
+
+    Known divisions say so, but Dask keeps them through ``map_partitions`` even where the
+    function changed the index (``reset_index(drop=True)`` in each partition numbers each
+    from 0): the index's equal values in two partitions would share their draws.
+    """
+    last = None
+    for i, r in enumerate(ranges):
+        if r is None:
+            continue
+        try:
+            overlap = last is not None and not last[1] < r[0]
+        except TypeError:  # (values that do not compare)
+            overlap = True
+        if overlap:
+            raise CurateError(
+                f"the DataFrame's index values of partition {i} ({r[0]!r} to {r[1]!r}) are not "
+                f"after those of partition {last[2]} (up to {last[1]!r}), as its divisions say (a "
+                "map_partitions that changed the index keeps the old divisions): the index's "
+                "uids cannot be checked unique; call .clear_divisions() first, or pass "
+                "id_column="
+            )
+        last = (*r, i)
+    return True
 
 
 _UNIQUE_OVER_POOL = "ids must be unique over the pool"  # (gpu_curate.unique's wording)
@@ -246,13 +252,18 @@ def _raise_on_duplicate(name: str | None, *parts) -> bool:
 def _unique_check(ddf, id_column: str | None) -> Delayed | None:
     """A lazy task that raises CurateError if ids (or index values) repeat across partitions.
 
-    None where no such check is needed: one partition, or an index whose divisions keep
-    each value in one partition (MatchStep checks within a partition).
+    None where no such check is needed: one partition (MatchStep checks within a
+    partition). An index whose divisions keep each value in one partition is checked to
+    keep to them (:func:`_check_index_ranges`).
     """
     import dask
 
-    if ddf.npartitions == 1 or (id_column is None and _index_partitions_disjoint(ddf)):
+    if ddf.npartitions == 1:
         return None
+    if id_column is None and _index_partitions_disjoint(ddf):
+        # (One pass over the index for its partitions' ranges, not a shuffle of it.)
+        ranges = [dask.delayed(_index_range)(p) for p in ddf.index.to_delayed()]
+        return dask.delayed(_check_index_ranges, pure=True)(*ranges)
     values = ddf[id_column] if id_column is not None else ddf.index.to_series()
     counts = values.value_counts(sort=False)  # Dask's default split_out: a shuffle, not a gather
     repeated = counts[counts > 1]
@@ -350,15 +361,12 @@ def match(
     # Rows are filtered after the step (which keeps everything) so the index stays aligned.
     step = MatchStep(md, text, id_name if id_name is not None else _INDEX, True, backend)
     checked = _unique_check(ddf, None if id_name is None else label[id_name])
-    # (Where the check trusts the divisions, each partition checks that it keeps to them.)
-    divisions = tuple(ddf.divisions) if id_name is None and checked is None else None
     return ddf.map_partitions(
         _match_one,
         _shared(step, md.fingerprint, text, id_name, backend),
         columns,
         keep_unmatched,
         checked,
-        divisions,
         meta=_match_meta(ddf._meta, md),
     )
 

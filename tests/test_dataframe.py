@@ -413,7 +413,7 @@ def test_an_index_that_left_its_divisions_is_refused():
     assert renumbered.known_divisions
     for consumer in (_compute_match, _compute_counts, _compute_balance):
         with pytest.raises(
-            CurateError, match=r"partition [1-3]: its index values are not in its division"
+            CurateError, match=r"index values of partition 1 \(0 to 1\) are not after those"
         ):
             consumer(gdf.match(renumbered, ["dog"]), ["dog"])
     # Without the divisions, the index is checked across partitions.
@@ -424,6 +424,29 @@ def test_an_index_that_left_its_divisions_is_refused():
     kept = gdf.match(ddf, ["dog"]).compute()
     assert kept.index.tolist() == list(range(8))
     assert kept["uid"].tolist() == value_uids(pa.array(range(8)), "index", "").tolist()
+
+
+def test_divisions_that_hold_pass_whatever_is_computed():
+    # The first check of the divisions ran in each partition against the full frame's
+    # divisions: a selection of partitions (numbered within it), a one-partition frame
+    # whose index a map_partitions moved, an unordered categorical index: all refused.
+    pdf = pd.DataFrame({"TEXT": [f"a dog {i}" for i in range(200)]})
+    ddf = dd.from_pandas(pdf, npartitions=4)
+    whole = gdf.match(ddf, ["dog"]).compute()
+    assert whole["uid"].tolist() == value_uids(pa.array(range(200))).tolist()
+    m = gdf.match(ddf, ["dog"])
+    assert m.partitions[2].compute().equals(whole.iloc[100:150])
+    assert m.get_partition(3).compute().equals(whole.iloc[150:])
+    assert m.loc[120:180].compute().equals(whole.loc[120:180])
+    assert m.tail(3).equals(whole.tail(3))
+    one = dd.from_pandas(pdf, npartitions=1).map_partitions(lambda p: p.set_axis(p.index + 1000))
+    got = gdf.match(one, ["dog"]).compute()
+    assert got["uid"].tolist() == value_uids(pa.array(range(1000, 1200))).tolist()
+    keys = pd.CategoricalIndex([f"k{i:04d}" for i in range(200)][::-1])
+    by_key = dd.from_pandas(pdf.set_index(keys), npartitions=3)
+    got = gdf.match(by_key, ["dog"]).compute().sort_index()
+    want = value_uids(pa.array([f"k{i:04d}" for i in range(200)])).tolist()
+    assert got["uid"].tolist() == want
 
 
 def test_one_copy_of_a_step_goes_to_all_the_tasks():
