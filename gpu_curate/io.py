@@ -1055,6 +1055,8 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
         try:
             with open_() as fh:
                 table = pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=block))
+            # (Invalid UTF-8 in a list would else look like the invalid lists below.)
+            table = _valid_utf8(table)
             if _json_lists_invalid(table):
                 # Arrow's reader drops the nulls that begin a list while it infers the
                 # list's type ([null, 1]: apache/arrow#51305), leaving a column whose
@@ -1065,6 +1067,7 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
                     table = pajson.read_json(
                         fh, read_options=pajson.ReadOptions(block_size=block), parse_options=parse
                     )
+                table = _valid_utf8(table)
                 null_lists = _json_lists_invalid(table)
             break
         except pa.ArrowInvalid as exc:
@@ -1294,20 +1297,27 @@ _JSON_TYPES = {
 _JSON_BATCH = 1 << 16
 
 
+_JSON_SPACE = re.compile(r"[ \t\r\n]*")
+
+
 def _json_records(fh, first_line: int = 1):
-    """The objects of a JSON Lines stream of bytes; lines numbered from ``first_line``."""
+    """The objects of a JSON Lines stream of bytes, its lines numbered from ``first_line``,
+    taken as Arrow's reader takes them: a byte-order mark before the first, invalid UTF-8
+    as U+FFFD, several objects on one line."""
+    decoder = json.JSONDecoder(parse_int=_Number, parse_float=_Number)
     for n, line in enumerate(fh, first_line):
-        if not line.strip():
-            continue
-        try:
-            # (Invalid UTF-8 as U+FFFD, as Arrow's reader and _valid_utf8 have it.)
-            text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-            record = json.loads(text, parse_int=_Number, parse_float=_Number)
-        except json.JSONDecodeError as exc:
-            raise pa.ArrowInvalid(f"line {n} is not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise pa.ArrowInvalid(f"line {n} is not a JSON object")
-        yield record
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        if n == 1:
+            text = text.removeprefix("\ufeff")
+        at = 0
+        while (at := _JSON_SPACE.match(text, at).end()) < len(text):
+            try:
+                record, at = decoder.raw_decode(text, at)
+            except json.JSONDecodeError as exc:
+                raise pa.ArrowInvalid(f"line {n} is not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise pa.ArrowInvalid(f"line {n} is not a JSON object")
+            yield record
 
 
 def _json_parse_error(
@@ -1657,33 +1667,62 @@ def _text_convert(names: tuple[str, ...] | None) -> pacsv.ConvertOptions:
 
 
 def _valid_utf8(table: pa.Table) -> pa.Table:
-    """``table`` with the invalid UTF-8 of its string columns replaced by U+FFFD.
+    """``table`` with the invalid UTF-8 of its strings (at any depth: in lists and structs
+    too) replaced by U+FFFD.
 
     The CSV and JSON readers keep a row whatever its bytes (it is data, not a reason to
-    fail the file), but a Parquet string column must hold UTF-8: pandas and other readers refuse
-    the file otherwise. The bytes are decoded as Python's (and pandas')
-    ``errors="replace"`` does, only in the blocks that need it.
+    fail the file), but a Parquet string column must hold UTF-8: pandas and other readers
+    refuse the file otherwise. The bytes are decoded as Python's (and pandas')
+    ``errors="replace"`` does, only in the chunks that need it.
     """
     for i, field in enumerate(table.schema):
-        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+        if not _holds_strings(field.type):
             continue
         chunks, changed = [], False
         for chunk in table.column(i).chunks:
             try:
                 chunk.validate(full=True)
                 chunks.append(chunk)
-            except pa.ArrowInvalid:
-                raw = chunk.view(
-                    pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary()
-                )
-                fixed = [
-                    None if b is None else b.decode("utf-8", "replace") for b in raw.to_pylist()
-                ]
-                chunks.append(pa.array(fixed, field.type))
+            except pa.ArrowInvalid as exc:
+                if "UTF8" not in str(exc):
+                    chunks.append(chunk)  # (not a matter of UTF-8: for the readers' checks)
+                    continue
+                chunks.append(_utf8_fixed(chunk))
                 changed = True
         if changed:
             table = table.set_column(i, field, pa.chunked_array(chunks, field.type))
     return table
+
+
+def _holds_strings(t: pa.DataType) -> bool:
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return True
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _holds_strings(t.value_type)
+    if pa.types.is_struct(t):
+        return any(_holds_strings(t.field(k).type) for k in range(t.num_fields))
+    return False
+
+
+def _utf8_fixed(array: pa.Array) -> pa.Array:
+    """``array`` (strings, or lists or structs of them) with valid UTF-8."""
+    t = array.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        raw = array.view(pa.large_binary() if pa.types.is_large_string(t) else pa.binary())
+        return pa.array([None if b is None else b.decode("utf-8", "replace")
+                         for b in raw.to_pylist()], t)  # fmt: skip
+    mask = array.is_null() if array.null_count else None
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        cls = pa.LargeListArray if pa.types.is_large_list(t) else pa.ListArray
+        values = _utf8_fixed(array.values) if _holds_strings(t.value_type) else array.values
+        return cls.from_arrays(array.offsets, values, type=t, mask=mask)
+    if pa.types.is_struct(t):
+        children = [
+            _utf8_fixed(array.field(k)) if _holds_strings(t.field(k).type) else array.field(k)
+            for k in range(t.num_fields)
+        ]
+        return pa.StructArray.from_arrays(children, fields=list(t), mask=mask)
+    return array
 
 
 def text_column(schema: pa.Schema, requested: str | None, where: str) -> str:

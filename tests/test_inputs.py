@@ -860,6 +860,51 @@ def test_jsonl_values_of_several_types_are_data(tmp_path, md, monkeypatch):
         assert why in error_line(match(tmp_path / "bad", md, tmp_path / "out2", "--overwrite"))
 
 
+@pytest.mark.parametrize("read", ["whole", "streamed", "ranges"])
+def test_invalid_utf8_in_nested_jsonl_values(tmp_path, md, monkeypatch, read):
+    # In lists and structs too: a streamed read wrote them as they were (pandas could not
+    # read the part), and a whole read took them for Arrow's invalid lists and turned the
+    # columns into JSON text.
+    import pandas as pd
+
+    import gpu_curate.io as gio
+
+    rows = [b'{"text": "a dog", "tags": ["x\xff"], "meta": {"k": "y\xfe"}}',
+            b'{"text": "a cat", "tags": [], "meta": {"k": "z"}}']  # fmt: skip
+    write(tmp_path / "pool" / "a.jsonl", b"\n".join(rows * 2) + b"\n")
+    extra = []
+    if read != "whole":
+        monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)
+    if read == "ranges":
+        extra = ["--partition-rows", "1"]
+    r = match(tmp_path / "pool", md, tmp_path / "out", *extra)
+    assert r.exit_code == 0, (r.output, r.stderr)
+    back = pd.read_parquet(tmp_path / "out" / "matched", dtype_backend="pyarrow")
+    assert back["tags"].tolist() == [["x\ufffd"], []] * 2
+    assert back["meta"].tolist() == [{"k": "y\ufffd"}, {"k": "z"}] * 2
+    assert back["entry_ids"].tolist() == [[0], [2]] * 2
+
+
+def test_jsonl_as_arrow_reads_it_a_bom_and_objects_on_one_line(tmp_path, md):
+    # Python's parser (the reader of mixed types, and the search for a bad line) took
+    # neither: a file Arrow reads was refused, or its error named the wrong line.
+    bom = b"\xef\xbb\xbf"
+    write(
+        tmp_path / "a" / "a.jsonl",
+        bom + b'{"text": "a dog", "x": 1}\n{"text": "a cat", "x": "s"}\n',
+    )
+    r = match(tmp_path / "a", md, tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(tmp_path / "out")["x"] == [b"1", b"s"]
+    for content, line in [
+        (bom + b'{"text": "a"}\n{"text": "b"}\n\n{"text": "c", oops}\n', 4),
+        (b'{"text": "a"} {"text": "b"}{"text": "c"}\n\n{"text": "d", oops}\n', 3),
+    ]:
+        write(tmp_path / "b" / "b.jsonl", content)
+        err = error_line(match(tmp_path / "b", md, tmp_path / "out2", "--overwrite"))
+        assert f"b.jsonl: line {line} is not valid JSON (Expecting property name" in err
+
+
 def test_a_jsonl_file_of_mixed_types_that_is_not_utf8_is_data(tmp_path, md):
     # (Read by Python's parser, which refused the file as "not UTF-8".)
     write(tmp_path / "pool" / "a.jsonl", b'{"text": "caf\xe9 dog"}\n{"text": 1984}\n')
