@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import sys
 
 import click
@@ -193,7 +194,12 @@ def _threshold(t) -> float:
         value = float(t)
     except ValueError:
         raise CurateError(f"t must be a number, got {t!r}") from None
-    return check_t(value)
+    except OverflowError:  # (an int of more digits than a float holds)
+        value = math.inf
+    try:
+        return check_t(value)
+    except CurateError:
+        raise CurateError(f"t must be a positive finite number, got {t}") from None
 
 
 def _check_flags(kw: dict) -> None:

@@ -454,6 +454,16 @@ def _check_dask(ddf, name: str) -> None:
         )
 
 
+def _integers(values: np.ndarray) -> np.ndarray | None:
+    """``values`` as int64 if they are integers (or floats without a fraction, as a
+    ``count`` column through a merge or a CSV may be), else None."""
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values % 1 == 0):
+        return values.astype(np.int64)
+    return None
+
+
 def _counts_array(counts) -> np.ndarray:
     """The entry counts given to :func:`balance` as an int64 array in entry-id order."""
     if isinstance(counts, Metadata | str | bytes | dict) or hasattr(counts, "dask"):
@@ -462,19 +472,23 @@ def _counts_array(counts) -> np.ndarray:
             f"or an array of ints; got {type(counts).__name__}"
         )
     if not hasattr(counts, "columns"):
-        c = np.asarray(counts)
-        if c.ndim != 1 or c.dtype.kind not in "iu":
+        c = _integers(np.asarray(counts))
+        if c is None or c.ndim != 1:
+            c = np.asarray(counts)
             raise CurateError(f"counts must be a 1-D array of integers, got {c.dtype} {c.shape}")
-        return c.astype(np.int64)
+        return c
     columns = {}
     for name in ("entry_id", "count"):
         if name not in counts.columns:
             if name == "entry_id":
                 continue
             raise CurateError("counts: no 'count' column (give the table entry_counts returns)")
-        if not pd.api.types.is_integer_dtype(counts[name].dtype) or counts[name].isna().any():
+        values = None
+        if pd.api.types.is_numeric_dtype(counts[name].dtype) and not counts[name].isna().any():
+            values = _integers(np.asarray(counts[name].to_numpy()))
+        if values is None:
             raise CurateError(f"counts: {name!r} must hold integers, got {counts[name].dtype}")
-        columns[name] = np.asarray(counts[name].to_numpy(), np.int64)
+        columns[name] = values
     values = columns["count"]
     # Placed by entry_id, so a sorted or filtered copy of the table cannot shift them.
     ids = columns.get("entry_id", np.arange(len(values)))

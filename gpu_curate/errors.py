@@ -20,6 +20,31 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
+def whole_number(value, name: str, at_least: int = 1) -> int:
+    """``value`` as an int: an integer, or a float without a fraction (``5e3``), of at
+    least ``at_least``; a :class:`CurateError` naming ``name`` if not (``True`` and
+    ``"100"`` are slips, not numbers).
+
+    Examples
+    --------
+    >>> whole_number(5e3, "--partition-rows")
+    5000
+    """
+    import numbers
+
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, numbers.Integral):
+        number = int(value)
+    elif isinstance(value, numbers.Real) and float(value).is_integer():
+        number = int(value)
+    else:
+        number = None
+    if number is None or number < at_least:
+        raise CurateError(f"{name} must be a whole number of at least {at_least}, got {value!r}")
+    return number
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when the message is empty).
 

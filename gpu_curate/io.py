@@ -630,7 +630,7 @@ def plan_parts(
     partition_rows: int | None = None,
     line_ranges: Mapping[str, tuple[Sequence[tuple[int, int, int]], pa.Schema | None]]
     | None = None,
-    text_schemas: Mapping[str, pa.Schema] | None = None,
+    text_schemas: Mapping[str, tuple[pa.Schema, int | None]] | None = None,
     check_schema: Callable[[pa.Schema, str], None] | None = None,
 ) -> list[Part]:
     """Cut the files into parts; pack small Parquet (and CSV/TSV/JSON Lines) files together.
@@ -647,9 +647,9 @@ def plan_parts(
     file that ``line_ranges`` cuts: ``{path: ([(byte_start, byte_end, rows), ...],
     schema)}`` (the schema of a JSON Lines file's columns, None for CSV/TSV), a part a range
     (:mod:`gpu_curate.line_ranges`). CSV, TSV and small JSON Lines files of
-    ``text_schemas`` (their columns, from :func:`text_schemas`) are packed as Parquet
-    files are, their rows estimated from their size (:data:`TEXT_BYTES_PER_ROW`); never
-    with Parquet files.
+    ``text_schemas`` (their columns and, for JSON Lines, rows: :func:`text_schemas`) are
+    packed as Parquet files are, the rows of a CSV/TSV file estimated from its size
+    (:data:`TEXT_BYTES_PER_ROW`); never with Parquet files.
     ``check_schema(schema, path)``, if given, is called on the schema of each Parquet
     file (from its footer) and of ``text_schemas`` before any part is planned: a run's
     column checks.
@@ -683,11 +683,13 @@ def plan_parts(
     if check_schema is not None:
         for path, (_, schema) in layouts.items():
             check_schema(schema, path)
-        for path, schema in (text_schemas or {}).items():
+        for path, (schema, _) in (text_schemas or {}).items():
             check_schema(schema, path)
     for f in files:
         if f.path in (text_schemas or {}) and packs_text(f, partition_rows):
-            add_to_pack(Piece(f, 0, None), _text_rows(f), ("text", text_schemas[f.path]))
+            schema, rows = text_schemas[f.path]
+            rows = _text_rows(f) if rows is None else rows
+            add_to_pack(Piece(f, 0, None), rows, ("text", schema))
             continue
         if f.format != "parquet":
             close_pack()
@@ -763,12 +765,12 @@ def _same(a: tuple[str, pa.Schema], b: tuple[str, pa.Schema]) -> bool:
 
 def text_schemas(
     files: Sequence[InputFile], text_column: str | None, id_column: str | None
-) -> dict[str, pa.Schema]:
-    """{path: columns} of the CSV/TSV and JSON Lines ``files`` as the readers read them,
-    for :func:`plan_parts` to pack them: a CSV/TSV file's header (or f0, f1, ... as many
-    as its first row has), read from its head; a JSON Lines file's columns and their
-    types, which only a read of the whole file gives (small ones only,
-    :func:`packs_text`). Read by a pool of threads.
+) -> dict[str, tuple[pa.Schema, int | None]]:
+    """{path: (columns, rows)} of the CSV/TSV and JSON Lines ``files`` as the readers read
+    them, for :func:`plan_parts` to pack them: a CSV/TSV file's header (or f0, f1, ... as
+    many as its first row has), read from its head (rows None: estimated from its size);
+    a JSON Lines file's columns and their types, which only a read of the whole file gives
+    (small ones only, :func:`packs_text`), and so its rows. Read by a pool of threads.
 
     Examples
     --------
@@ -777,15 +779,16 @@ def text_schemas(
     """
     by_path = {f.path: f for f in files if f.format in ("csv", "tsv", "jsonl")}
 
-    def schema(path: str) -> pa.Schema:
+    def schema(path: str) -> tuple[pa.Schema, int | None]:
         f = by_path[path]
         if f.format == "jsonl":
             # (The read a pack's task makes: the same types, or the pack is refused.)
-            return read_piece(Piece(f, 0, None), None, text_column, id_column).schema
+            table = read_piece(Piece(f, 0, None), None, text_column, id_column)
+            return table.schema, table.num_rows
         try:
             open_ = functools.partial(open_input, f.path)
             options = _delimited_options(open_, f.format, text_column, id_column, f.path)
-            return _csv_schema(open_, *options)
+            return _csv_schema(open_, *options), None
         except _READ_ERRORS as exc:
             raise cannot_read(f.path, exc) from None
 

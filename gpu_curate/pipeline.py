@@ -34,7 +34,7 @@ from .balance import EXPECTED_UNITS_PER_ROW, entry_probabilities
 from .balance import check_t as _check_t
 from .cluster import ClusterInfo, open_client
 from .counts import add_counts, counts_json, counts_table, partition_counts, tree_reduce
-from .errors import CurateError, cannot_read, counted, first_line
+from .errors import CurateError, cannot_read, counted, first_line, whole_number
 from .io import (
     COMPRESSIONS,
     FORMATS,
@@ -124,12 +124,9 @@ class Options:
             )
         for name in ("workers", "partition_rows"):
             value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            if value is not None:
                 flag = "--" + name.replace("_", "-")
-                raise CurateError(f"{flag} must be a whole number of at least 1, got {value!r}")
-            setattr(self, name, int(value))
+                setattr(self, name, whole_number(value, flag, at_least=1))
         if self.overwrite and self.resume:
             raise CurateError("--overwrite and --resume exclude each other")
 

@@ -29,7 +29,7 @@ from . import balance
 from .backend import BackendError, resolve
 from .cli_options import backend_option
 from .counts import read_counts_table
-from .errors import CurateError
+from .errors import CurateError, whole_number
 from .io import read_parquet_columns
 from .outdir import not_matched_why, reading, run_folder_why, success_parts
 from .steps import list_chunk_csr
@@ -429,12 +429,8 @@ def plan(
         ts = [balance.check_t(t) for t in ts]
     except ValueError as exc:
         raise CurateError(str(exc)) from None
-    if target_rows is not None and (
-        isinstance(target_rows, bool)
-        or not isinstance(target_rows, int | np.integer)
-        or target_rows <= 0
-    ):
-        raise CurateError(f"--target-rows must be a positive whole number, got {target_rows!r}")
+    if target_rows is not None:
+        target_rows = whole_number(target_rows, "--target-rows", at_least=1)
     if not ts and target_rows is None:
         raise CurateError("give at least one t (--t) or a target size (--target-rows)")
     matched_dir = local_folder(matched_dir)

@@ -810,6 +810,10 @@ def test_the_api_checks_its_options_as_the_cli_checks_its_flags(small, tmp_path)
         with pytest.raises(CurateError, match=re.escape(message)):
             Options(**kw)
     assert Options(workers=np.int64(2), partition_rows=np.int32(7)).partition_rows == 7
+    assert Options(partition_rows=5e3).partition_rows == 5000  # (a float without fraction)
+    for bad in (2.5, float("inf")):
+        with pytest.raises(CurateError, match="--partition-rows must be a whole number"):
+            Options(partition_rows=bad)
     with pytest.raises(TypeError, match=r"options must be a gpu_curate.Options .*got dict"):
         gpu_curate.curate([str(path)], md, str(tmp_path / "o"), options={"overwrite": True})
     for t in (True, "20000"):
@@ -1219,6 +1223,29 @@ def test_small_jsonl_files_are_packed_by_their_column_types(tmp_path, monkeypatc
     bad = cli(*args, "--out", tmp_path / "changed", ok=False)
     assert bad.exit_code == 2, bad.output
     assert "j1.jsonl changed during the run: its columns are no longer those of" in bad.output
+
+
+def test_packs_of_compressed_jsonl_files_hold_their_rows_not_an_estimate(tmp_path):
+    # A pack of .jsonl.gz files was sized by 4x their compressed bytes: 10 files of 50k
+    # rows (2 KB each) made one part of 500k rows where --partition-rows asked for 5k.
+    # Planning reads each file whole, so it packs by the rows it counted.
+    import gzip
+
+    from gpu_curate import io as gio
+
+    files = []
+    for i in range(6):
+        path = tmp_path / f"s{i}.jsonl.gz"
+        path.write_bytes(gzip.compress(b'{"text": "a dog"}\n' * (2000 + i)))
+        files.append(gio.InputFile(str(path), path.name, "jsonl", path.stat().st_size))
+    schemas = gio.text_schemas(files, None, None)
+    assert [rows for _, rows in schemas.values()] == [2000 + i for i in range(6)]
+    parts = gio.plan_parts(files, 4100, text_schemas=schemas)
+    assert [[p.file.relpath for p in part.pieces] for part in parts] == [
+        ["s0.jsonl.gz", "s1.jsonl.gz"],
+        ["s2.jsonl.gz", "s3.jsonl.gz"],
+        ["s4.jsonl.gz", "s5.jsonl.gz"],
+    ]  # (4,001, 4,005 and 4,009 rows: a third file would pass 4,100)
 
 
 def test_a_resume_counts_a_finished_part_of_many_row_groups(tmp_path, monkeypatch):

@@ -349,7 +349,7 @@ def test_plan_argument_errors(dataset):
     with pytest.raises(CurateError):
         plan(root, [])
     for bad in (True, "1500", 1500.5):
-        with pytest.raises(CurateError, match="--target-rows must be a positive whole number"):
+        with pytest.raises(CurateError, match="--target-rows must be a whole number of at least 1"):
             plan(root, [], target_rows=bad)
 
 
