@@ -117,13 +117,23 @@ def _index_arrow(df) -> pa.Array:
 
 
 def _match_one(
-    df, step: MatchStep, columns: list, keep_unmatched: bool, checked=None, partition_info=None
+    df,
+    step: MatchStep,
+    columns: list,
+    keep_unmatched: bool,
+    checked=None,
+    divisions=None,
+    partition_info=None,
 ):
     # ``columns``: the labels of the text (and id) column, which alone go to the step.
     # ``checked`` is the result of the pool-wide id check: this task runs after it.
+    # ``divisions``: the frame's, where the index's uniqueness across partitions rests on
+    # them (each partition then checks that it keeps to its own).
     where = "DataFrame partition"
     if partition_info is not None:
         where = f"{where} {partition_info['number']}"
+        if divisions is not None:
+            _check_in_division(df.index, divisions, partition_info["division"], where)
     try:
         table = _to_arrow(df, columns)
     except CurateError as exc:
@@ -165,8 +175,8 @@ def _match_meta(meta_df, md: Metadata):
 
 def _index_partitions_disjoint(ddf) -> bool:
     """Whether known, strictly increasing divisions should put each index value in one
-    partition, and the index's values can be ordered (:func:`_check_index_ranges` then
-    checks that the partitions keep to that order)."""
+    partition, and the index's values can be ordered (:func:`_check_in_division` then
+    checks that each partition keeps to its division)."""
     if not ddf.known_divisions:
         return False
     index = ddf._meta.index
@@ -176,39 +186,32 @@ def _index_partitions_disjoint(ddf) -> bool:
     return all(a < b for a, b in zip(divisions[:-1], divisions[1:], strict=True))
 
 
-def _index_range(index) -> tuple | None:
-    """(first, last) of a partition's index values, None if it is empty."""
-    if len(index) == 0:
-        return None
-    return index.min(), index.max()
+def _check_in_division(index, divisions: tuple, lower, where: str) -> None:
+    """A :class:`CurateError` unless a partition's index values lie in its division, the
+    one of ``divisions`` that starts at ``lower`` (``[lower, next)``, the last one closed):
+    then no index value is in two partitions (each checks its own within itself).
 
-
-def _check_index_ranges(*ranges) -> bool:
-    """A :class:`CurateError` unless the partitions' index ranges follow one another
-    without overlap: then no index value is in two partitions.
-
-    Known divisions say so, but Dask keeps them through ``map_partitions`` even where the
-    function changed the index (``reset_index(drop=True)`` in each partition numbers each
-    from 0): the index's equal values in two partitions would share their draws.
+    Dask keeps the divisions through ``map_partitions`` even where the function changed
+    the index (``reset_index(drop=True)`` in each partition numbers each from 0): the
+    index's equal values in two partitions would then share their draws. (The division
+    is found by its lower bound, not the partition's number, which counts within a
+    selection such as ``.partitions[2]``.)
     """
-    last = None
-    for i, r in enumerate(ranges):
-        if r is None:
-            continue
-        try:
-            overlap = last is not None and not last[1] < r[0]
-        except TypeError:  # (values that do not compare)
-            overlap = True
-        if overlap:
-            raise CurateError(
-                f"the DataFrame's index values of partition {i} ({r[0]!r} to {r[1]!r}) are not "
-                f"after those of partition {last[2]} (up to {last[1]!r}), as its divisions say (a "
-                "map_partitions that changed the index keeps the old divisions): the index's "
-                "uids cannot be checked unique; call .clear_divisions() first, or pass "
-                "id_column="
-            )
-        last = (*r, i)
-    return True
+    if len(index) == 0:
+        return
+    i = divisions.index(lower)
+    upper = divisions[i + 1]
+    try:
+        first, last = index.min(), index.max()
+        inside = lower <= first and (last <= upper if i + 2 == len(divisions) else last < upper)
+    except TypeError:  # (values that do not compare)
+        inside = False
+    if not inside:
+        raise CurateError(
+            f"{where}: its index values are not in its division [{lower!r}, {upper!r}] (a "
+            "map_partitions that changed the index keeps the old divisions): the index's "
+            "uids cannot be checked unique; call .clear_divisions() first, or pass id_column="
+        )
 
 
 _UNIQUE_OVER_POOL = "ids must be unique over the pool"  # (gpu_curate.unique's wording)
@@ -253,17 +256,13 @@ def _unique_check(ddf, id_column: str | None) -> Delayed | None:
     """A lazy task that raises CurateError if ids (or index values) repeat across partitions.
 
     None where no such check is needed: one partition (MatchStep checks within a
-    partition). An index whose divisions keep each value in one partition is checked to
-    keep to them (:func:`_check_index_ranges`).
+    partition), or an index whose divisions keep each value in one partition (each
+    partition checks that it keeps to its division: :func:`_check_in_division`).
     """
     import dask
 
-    if ddf.npartitions == 1:
+    if ddf.npartitions == 1 or (id_column is None and _index_partitions_disjoint(ddf)):
         return None
-    if id_column is None and _index_partitions_disjoint(ddf):
-        # (One pass over the index for its partitions' ranges, not a shuffle of it.)
-        ranges = [dask.delayed(_index_range)(p) for p in ddf.index.to_delayed()]
-        return dask.delayed(_check_index_ranges, pure=True)(*ranges)
     values = ddf[id_column] if id_column is not None else ddf.index.to_series()
     counts = values.value_counts(sort=False)  # Dask's default split_out: a shuffle, not a gather
     repeated = counts[counts > 1]
@@ -361,12 +360,14 @@ def match(
     # Rows are filtered after the step (which keeps everything) so the index stays aligned.
     step = MatchStep(md, text, id_name if id_name is not None else _INDEX, True, backend)
     checked = _unique_check(ddf, None if id_name is None else label[id_name])
+    trusted = ddf.npartitions > 1 and id_name is None and checked is None
     return ddf.map_partitions(
         _match_one,
         _shared(step, md.fingerprint, text, id_name, backend),
         columns,
         keep_unmatched,
         checked,
+        tuple(ddf.divisions) if trusted else None,
         meta=_match_meta(ddf._meta, md),
     )
 
@@ -459,7 +460,11 @@ def _integers(values: np.ndarray) -> np.ndarray | None:
     ``count`` column through a merge or a CSV may be), else None."""
     if values.dtype.kind in "iu":
         return values.astype(np.int64)
-    if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values % 1 == 0):
+    if (
+        values.dtype.kind == "f"
+        and np.all(np.abs(values) < 2.0**63)  # (also False for NaN and inf)
+        and np.all(values % 1 == 0)
+    ):
         return values.astype(np.int64)
     return None
 

@@ -413,7 +413,7 @@ def test_an_index_that_left_its_divisions_is_refused():
     assert renumbered.known_divisions
     for consumer in (_compute_match, _compute_counts, _compute_balance):
         with pytest.raises(
-            CurateError, match=r"index values of partition 1 \(0 to 1\) are not after those"
+            CurateError, match=r"partition [1-3]: its index values are not in its division"
         ):
             consumer(gdf.match(renumbered, ["dog"]), ["dog"])
     # Without the divisions, the index is checked across partitions.
@@ -447,6 +447,23 @@ def test_divisions_that_hold_pass_whatever_is_computed():
     got = gdf.match(by_key, ["dog"]).compute().sort_index()
     want = value_uids(pa.array([f"k{i:04d}" for i in range(200)])).tolist()
     assert got["uid"].tolist() == want
+
+
+def test_the_divisions_check_computes_nothing_twice():
+    # A pass over the index for its partitions' ranges (a Delayed of its own, optimised
+    # apart) computed the frame's whole graph a second time: a user's map_partitions, a
+    # read_csv, a shuffle.
+    calls = []
+
+    def step(p):
+        calls.append(len(p))
+        return p
+
+    pdf = pd.DataFrame({"TEXT": [f"a dog {i}" for i in range(40)]})
+    ddf = dd.from_pandas(pdf, npartitions=4).map_partitions(step, meta=pdf.iloc[:0])
+    assert ddf.known_divisions
+    got = gdf.match(ddf, ["dog"]).compute()
+    assert len(calls) == 4 and len(got) == 40
 
 
 def test_one_copy_of_a_step_goes_to_all_the_tasks():
@@ -484,6 +501,8 @@ def test_balance_names_wrong_counts_and_columns():
         gdf.balance(m, counts.assign(count=[1.0, np.nan]), t=1)
     with pytest.raises(CurateError, match="counts must be a 1-D array of integers, got float64"):
         gdf.balance(m, np.array([1.0, 2.5]), t=1)
+    with pytest.raises(CurateError, match="counts must be a 1-D array of integers, got float64"):
+        gdf.balance(m, np.array([1e19, 1.0]), t=1)  # (past int64)
     with pytest.raises(CurateError, match="counts: counts must be non-negative"):
         gdf.balance(m, np.array([1, -2]), t=1)
     for wrong in (dd.from_pandas(counts, npartitions=1), {"dog": 1, "cat": 1}):

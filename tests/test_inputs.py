@@ -885,6 +885,19 @@ def test_invalid_utf8_in_nested_jsonl_values(tmp_path, md, monkeypatch, read):
     assert back["entry_ids"].tolist() == [[0], [2]] * 2
 
 
+def test_invalid_utf8_in_a_list_that_begins_with_null(tmp_path, md):
+    # Arrow drops the nulls that begin a list (its offsets then outrun its values): the
+    # UTF-8 repair could not rebuild such a column and the file was refused.
+    import pandas as pd
+
+    rows = b'{"text": "a dog", "tags": [null, "x\xff"]}\n{"text": "a cat", "tags": ["o\xff"]}\n'
+    write(tmp_path / "pool" / "a.jsonl", rows)
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    back = pd.read_parquet(tmp_path / "out" / "matched", dtype_backend="pyarrow")
+    assert back["tags"].tolist() == [[None, "x\ufffd"], ["o\ufffd"]]
+
+
 def test_jsonl_as_arrow_reads_it_a_bom_and_objects_on_one_line(tmp_path, md):
     # Python's parser (the reader of mixed types, and the search for a bad line) took
     # neither: a file Arrow reads was refused, or its error named the wrong line.
