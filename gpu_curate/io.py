@@ -1074,9 +1074,10 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
                 null_lists = _json_lists_invalid(table)
             break
         except pa.ArrowInvalid as exc:
-            if "changed from" in str(exc):
+            if "changed from" in str(exc) or "Failed to convert JSON" in str(exc):
                 # A column holds values of several JSON types ({"text": 1984} among
-                # strings): Arrow's reader takes one type a column.
+                # strings): Arrow's reader takes one type a column. (Where a long line
+                # grew the blocks, it says so as a value it cannot convert.)
                 return _read_json_lines_mixed(open_, text_column)
             if "straddl" not in str(exc) or block >= 1 << 31:
                 raise

@@ -759,6 +759,18 @@ def test_jsonl_row_that_is_not_utf8_is_data(tmp_path, md, monkeypatch, read):
 # ------------------------------------------------------------------------ JSONL / Parquet
 
 
+def test_jsonl_of_mixed_types_with_a_line_longer_than_a_block(tmp_path, md):
+    # Read again with larger blocks for the long line, Arrow's reader says "Failed to
+    # convert JSON to double" rather than "changed from": the file was refused.
+    rows = [json.dumps({"text": "a dog", "x": 1.5})] * 3
+    rows += [json.dumps({"text": "dog " + "y" * 5_000_000, "x": "s"}), '{"text": "cat", "x": "s"}']
+    write(tmp_path / "pool" / "a.jsonl", ("\n".join(rows) + "\n").encode())
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    got = pq.read_table(tmp_path / "out" / "matched", columns=["x", "entry_ids"]).to_pydict()
+    assert got == {"x": ["1.5"] * 3 + ["s", "s"], "entry_ids": [[0]] * 4 + [[2]]}
+
+
 def test_jsonl_line_longer_than_a_read_block(tmp_path, md):
     long_text = "dog " + "x " * 3_000_000  # ~6 MB, past Arrow's default block
     lines = [json.dumps({"text": long_text}), json.dumps({"text": "new york"})]
