@@ -122,18 +122,17 @@ def _match_one(
     columns: list,
     keep_unmatched: bool,
     checked=None,
-    divisions=None,
+    on_divisions=False,
     partition_info=None,
 ):
     # ``columns``: the labels of the text (and id) column, which alone go to the step.
     # ``checked`` is the result of the pool-wide id check: this task runs after it.
-    # ``divisions``: the frame's, where the index's uniqueness across partitions rests on
-    # them (each partition then checks that it keeps to its own).
+    # ``on_divisions``: the index's uniqueness across partitions rests on the divisions.
     where = "DataFrame partition"
     if partition_info is not None:
         where = f"{where} {partition_info['number']}"
-        if divisions is not None:
-            _check_in_division(df.index, divisions, partition_info["division"], where)
+        if on_divisions and partition_info.get("division") is not None:
+            _check_from_division(df.index, partition_info["division"], where)
     try:
         table = _to_arrow(df, columns)
     except CurateError as exc:
@@ -175,8 +174,8 @@ def _match_meta(meta_df, md: Metadata):
 
 def _index_partitions_disjoint(ddf) -> bool:
     """Whether known, strictly increasing divisions should put each index value in one
-    partition, and the index's values can be ordered (:func:`_check_in_division` then
-    checks that each partition keeps to its division)."""
+    partition, and the index's values can be ordered (:func:`_check_from_division` then
+    checks that no partition starts below its division)."""
     if not ddf.known_divisions:
         return False
     index = ddf._meta.index
@@ -186,31 +185,29 @@ def _index_partitions_disjoint(ddf) -> bool:
     return all(a < b for a, b in zip(divisions[:-1], divisions[1:], strict=True))
 
 
-def _check_in_division(index, divisions: tuple, lower, where: str) -> None:
-    """A :class:`CurateError` unless a partition's index values lie in its division, the
-    one of ``divisions`` that starts at ``lower`` (``[lower, next)``, the last one closed):
-    then no index value is in two partitions (each checks its own within itself).
+def _check_from_division(index, lower, where: str) -> None:
+    """A :class:`CurateError` if a partition's index values start below its division's
+    lower bound (``partition_info["division"]``, that of the partition Dask runs).
 
     Dask keeps the divisions through ``map_partitions`` even where the function changed
-    the index (``reset_index(drop=True)`` in each partition numbers each from 0): the
-    index's equal values in two partitions would then share their draws. (The division
-    is found by its lower bound, not the partition's number, which counts within a
-    selection such as ``.partitions[2]``.)
+    the index (its own rule is that such a function clears them): ``reset_index(drop=True)``
+    in each partition numbers each from 0, and the index's equal values in two partitions
+    would share their draws. The lower bound is the one check that holds however Dask
+    regroups the partitions when it runs them (a selection such as ``.partitions[2]``, or
+    Parquet files read together: the upper bound of a partition is not known there).
     """
     if len(index) == 0:
         return
-    i = divisions.index(lower)
-    upper = divisions[i + 1]
     try:
-        first, last = index.min(), index.max()
-        inside = lower <= first and (last <= upper if i + 2 == len(divisions) else last < upper)
+        below = index.min() < lower
     except TypeError:  # (values that do not compare)
-        inside = False
-    if not inside:
+        below = True
+    if below:
         raise CurateError(
-            f"{where}: its index values are not in its division [{lower!r}, {upper!r}] (a "
-            "map_partitions that changed the index keeps the old divisions): the index's "
-            "uids cannot be checked unique; call .clear_divisions() first, or pass id_column="
+            f"{where}: its index values start below its division ({index.min()!r} < "
+            f"{lower!r}): a map_partitions that changed the index keeps the old divisions, "
+            "so the index's uids cannot be checked unique; call .clear_divisions() first, "
+            "or pass id_column="
         )
 
 
@@ -257,7 +254,7 @@ def _unique_check(ddf, id_column: str | None) -> Delayed | None:
 
     None where no such check is needed: one partition (MatchStep checks within a
     partition), or an index whose divisions keep each value in one partition (each
-    partition checks that it keeps to its division: :func:`_check_in_division`).
+    partition checks that it starts at its division: :func:`_check_from_division`).
     """
     import dask
 
@@ -367,7 +364,7 @@ def match(
         columns,
         keep_unmatched,
         checked,
-        tuple(ddf.divisions) if trusted else None,
+        trusted,
         meta=_match_meta(ddf._meta, md),
     )
 

@@ -1058,6 +1058,10 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
         try:
             with open_() as fh:
                 table = pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=block))
+            if not _keys_utf8(table.schema):
+                # A key that is not UTF-8: Python's reader takes it with U+FFFD, as
+                # the values.
+                return _read_json_lines_mixed(open_, text_column)
             # (Invalid UTF-8 in a list would else look like the invalid lists below.)
             table = _valid_utf8(table)
             if _json_lists_invalid(table):
@@ -1090,6 +1094,25 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
         # Arrow's reader reads them: read as JSON text, as lists of mixed types are.)
         return _read_json_lines_mixed(open_, text_column)
     return table
+
+
+def _keys_utf8(schema: pa.Schema) -> bool:
+    """Whether every column name, nested ones too, is UTF-8 (Arrow's JSON reader keeps a
+    key's bytes, which Python cannot decode into a name)."""
+
+    def named(field: pa.Field) -> bool:
+        field.name  # noqa: B018 (decoded here: raises if not UTF-8)
+        t = field.type
+        if pa.types.is_struct(t):
+            return all(named(t.field(i)) for i in range(t.num_fields))
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return named(t.value_field)
+        return True
+
+    try:
+        return all(named(schema.field(i)) for i in range(len(schema)))
+    except UnicodeDecodeError:
+        return False
 
 
 def _json_lists_invalid(table: pa.Table) -> bool:
@@ -1182,6 +1205,8 @@ def _json_fields(chunks: Iterable[bytes], first: bool) -> tuple[int, dict | None
         except pa.ArrowInvalid:
             return rows, None  # (mixed types in the chunk, or a bad line: the whole read says)
         rows += table.num_rows
+        if not _keys_utf8(table.schema):
+            return rows, None  # (a key that is not UTF-8: the whole read takes it)
         if not _add_fields(fields, ((f.name, f.type) for f in table.schema)):
             return rows, None
     return rows, fields

@@ -413,7 +413,7 @@ def test_an_index_that_left_its_divisions_is_refused():
     assert renumbered.known_divisions
     for consumer in (_compute_match, _compute_counts, _compute_balance):
         with pytest.raises(
-            CurateError, match=r"partition [1-3]: its index values are not in its division"
+            CurateError, match=r"partition [1-3]: its index values start below its division"
         ):
             consumer(gdf.match(renumbered, ["dog"]), ["dog"])
     # Without the divisions, the index is checked across partitions.
@@ -447,6 +447,20 @@ def test_divisions_that_hold_pass_whatever_is_computed():
     got = gdf.match(by_key, ["dog"]).compute().sort_index()
     want = value_uids(pa.array([f"k{i:04d}" for i in range(200)])).tolist()
     assert got["uid"].tolist() == want
+
+
+def test_divisions_of_parquet_files_read_together(tmp_path):
+    # Dask reads the files of a column selection together when it runs the graph: each
+    # partition then spans several of the divisions seen when match was called, and
+    # checking it against the next of those refused a correct frame.
+    for f in range(4):
+        ids = np.arange(f * 50, f * 50 + 50)
+        pdf = pd.DataFrame({"id": ids, "TEXT": ["a dog"] * 50, "big": ["x" * 2000] * 50})
+        pdf.to_parquet(tmp_path / f"{f}.parquet", index=False)
+    frame = dd.read_parquet(tmp_path, index="id", calculate_divisions=True)
+    assert frame.divisions == (0, 50, 100, 150, 199)
+    got = gdf.match(frame[["TEXT"]], ["dog"]).compute()
+    assert got["uid"].tolist() == value_uids(pa.array(np.arange(200))).tolist()
 
 
 def test_the_divisions_check_computes_nothing_twice():

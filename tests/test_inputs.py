@@ -910,6 +910,23 @@ def test_invalid_utf8_in_a_list_that_begins_with_null(tmp_path, md):
     assert back["tags"].tolist() == [[None, "x\ufffd"], ["o\ufffd"]]
 
 
+@pytest.mark.parametrize("read", ["whole", "streamed", "ranges"])
+def test_a_jsonl_key_that_is_not_utf8(tmp_path, md, monkeypatch, read):
+    # Arrow's field names are decoded when read: a traceback (UnicodeDecodeError). The
+    # key gets U+FFFD, as values do, by the reader of mixed types.
+    import gpu_curate.io as gio
+
+    rows = b'{"text": "a dog", "k\xff": 1, "s": {"j\xfe": "v"}}\n' * 2
+    write(tmp_path / "pool" / "a.jsonl", rows)
+    if read != "whole":
+        monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)
+    extra = ["--partition-rows", "1"] if read == "ranges" else []
+    r = match(tmp_path / "pool", md, tmp_path / "out", *extra)
+    assert r.exit_code == 0, (r.output, r.stderr)
+    got = pq.read_table(tmp_path / "out" / "matched").drop(["uid"]).to_pylist()
+    assert got == [{"text": "a dog", "k\ufffd": 1, "s": '{"j\ufffd":"v"}', "entry_ids": [0]}] * 2
+
+
 def test_jsonl_as_arrow_reads_it_a_bom_and_objects_on_one_line(tmp_path, md):
     # Python's parser (the reader of mixed types, and the search for a bad line) took
     # neither: a file Arrow reads was refused, or its error named the wrong line.
