@@ -906,9 +906,7 @@ def read_piece(
         else:
             table = _read_json_lines(open_, text_column)
     except _READ_ERRORS as exc:
-        if f.format == "jsonl" and "JSON parse error" in str(exc):
-            raise _json_parse_error(f.path, exc, piece.byte_start, piece.byte_end) from None
-        raise cannot_read(f.path, exc) from None
+        raise _read_error(f, exc, piece.byte_start, piece.byte_end) from None
     check_names(table.column_names, f.path)
     if f.format == "jsonl" and not table.column_names:
         # Blank lines only: no rows, as an empty (0-byte) file has.
@@ -981,9 +979,7 @@ def read_piece_batches(
             held += table.num_rows
             yield _select_columns(table, columns, f.path)
     except _READ_ERRORS as exc:
-        if f.format == "jsonl" and "JSON parse error" in str(exc):
-            raise _json_parse_error(f.path, exc, piece.byte_start, piece.byte_end) from None
-        raise cannot_read(f.path, exc) from None
+        raise _read_error(f, exc, piece.byte_start, piece.byte_end) from None
     if piece.byte_end is not None and held != piece.row_end - piece.row_start:
         # (The rows of each range were counted when the run was planned: its uids number
         # on from the rows counted before it.)
@@ -1237,9 +1233,7 @@ def json_range_types(path: str, start: int, end: int) -> tuple[int, dict | None]
     try:
         return _json_fields(_json_chunks(open_), first=start == 0)
     except _READ_ERRORS as exc:
-        if "JSON parse error" in str(exc):
-            raise _json_parse_error(path, exc, start, end) from None
-        raise cannot_read(path, exc) from None
+        raise _json_parse_error(path, exc, start, end) from None
 
 
 def json_ranges_schema(ranges: Sequence[dict | None], text_column: str | None) -> pa.Schema | None:
@@ -1349,16 +1343,26 @@ def _json_records(fh, first_line: int = 1):
             yield record
 
 
+def _read_error(f: InputFile, exc: BaseException, start: int, end: int | None) -> CurateError:
+    """``cannot read`` the file ``f`` (its bytes [start, end) where ``end`` is given), for
+    a reader's error ``exc``; a JSON Lines syntax error names its line."""
+    if f.format == "jsonl":
+        return _json_parse_error(f.path, exc, start, end)
+    return cannot_read(f.path, exc)
+
+
 def _json_parse_error(
     path: str, exc: BaseException, start: int = 0, end: int | None = None
 ) -> CurateError:
     """``cannot read``, naming the line of the file where a JSON Lines read (of its bytes
-    [start, end) where ``end`` is given) failed.
+    [start, end) where ``end`` is given) failed, where ``exc`` is a syntax error.
 
     Arrow's reader says "in row 2": rows counted from 0 within a block, blank lines not
     counted. On this (error) path the bytes are read again with Python's parser, which
     names the first line it cannot parse; where it parses every line, Arrow's words stay.
     """
+    if "JSON parse error" not in str(exc):
+        return cannot_read(path, exc)
     first = 1
     try:
         if end is not None:
