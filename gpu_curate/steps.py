@@ -85,9 +85,10 @@ class MatchStep:
         ``where`` if they name a column twice, have a column gpu-curate adds, no text
         column of strings, or not the id column.
 
-        The tasks check each part's rows; a run checks the Parquet files' schemas (their
-        footers) before it starts, so that a pool whose 900th file lacks the column fails
-        at once, not after hours of matching.
+        The tasks check each part's rows; a run checks the schemas it reads to plan (the
+        Parquet files' footers, the small CSV/TSV and JSON Lines files it packs) before it
+        starts, so that a pool whose 900th file lacks the column fails at once, not after
+        hours of matching.
 
         Examples
         --------
