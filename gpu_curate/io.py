@@ -758,6 +758,21 @@ def packs_text(f: InputFile, partition_rows: int | None) -> bool:
     return small and _text_rows(f) <= _pack_target(partition_rows)
 
 
+def json_layout(
+    f: InputFile, text_column: str | None, id_column: str | None
+) -> tuple[pa.Schema, int]:
+    """(columns, rows) of a small JSON Lines file, read whole as a pack's task reads it
+    (the same types, or the pack is refused), for :func:`plan_parts` to pack it.
+
+    Examples
+    --------
+    >>> json_layout(InputFile("a.jsonl", "a.jsonl", "jsonl", 40), None, None)  # doctest: +SKIP
+    (text: string, 2)
+    """
+    table = read_piece(Piece(f, 0, None), None, text_column, id_column)
+    return table.schema, table.num_rows
+
+
 def _same(a: tuple[str, pa.Schema], b: tuple[str, pa.Schema]) -> bool:
     """Whether two files of these (kind, schema) may share a pack."""
     return a[0] == b[0] and a[1].equals(b[1])
@@ -782,9 +797,7 @@ def text_schemas(
     def schema(path: str) -> tuple[pa.Schema, int | None]:
         f = by_path[path]
         if f.format == "jsonl":
-            # (The read a pack's task makes: the same types, or the pack is refused.)
-            table = read_piece(Piece(f, 0, None), None, text_column, id_column)
-            return table.schema, table.num_rows
+            return json_layout(f, text_column, id_column)
         try:
             open_ = functools.partial(open_input, f.path)
             options = _delimited_options(open_, f.format, text_column, id_column, f.path)
@@ -1136,8 +1149,8 @@ JSON_STREAM_BYTES = 1 << 29
 # read whole when the run is planned, for its column types, so that small files of one
 # schema share a part (a part costs ~10 ms a stage: 1,000 files of 2 rows took 17-21 s
 # more than one file, docs/benchmarks.md). A bigger one is a part of its own: from about
-# 1 MiB (~6k rows) its part's cost is no longer most of its work, and reading it twice,
-# on the client, would cost more than packing saves.
+# 1 MiB (~6k rows) its part's cost is no longer most of its work, and reading it twice
+# would cost more than packing saves.
 JSON_PACK_BYTES = 1 << 20
 # Bytes of a streamed JSON Lines file parsed at a time (cut at a line end).
 _JSON_CHUNK = 1 << 24

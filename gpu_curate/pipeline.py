@@ -49,6 +49,7 @@ from .io import (
     discover,
     full_path,
     has_header,
+    json_layout,
     json_range_types,
     json_ranges_schema,
     packs_text,
@@ -412,8 +413,8 @@ def _plan(
     which must be typed as its whole read types them: where they cannot be, the file is
     one part, read as before (:func:`~gpu_curate.io.json_ranges_schema`). Small CSV/TSV
     files are packed by their columns, read from their heads, and small JSON Lines files
-    by their columns and types, read whole. The columns of these and of the Parquet files
-    (from their footers) are checked (``step``'s
+    by their columns and types, read whole by tasks on the cluster. The columns of these
+    and of the Parquet files (from their footers) are checked (``step``'s
     :meth:`~gpu_curate.steps.MatchStep.check_columns`)."""
     target = opts.partition_rows or RANGE_ROWS
     by_path = {f.path: f for f in files}
@@ -424,9 +425,37 @@ def _plan(
     }
     ranges = _cut(client, by_path, cuts, opts) if cuts else {}
     small = [f for f in files if f.path not in ranges and packs_text(f, opts.partition_rows)]
-    schemas = text_schemas(small, opts.text_column, opts.id_column)
+    schemas = text_schemas(
+        [f for f in small if f.format != "jsonl"], opts.text_column, opts.id_column
+    )
+    schemas.update(_json_layouts(client, [f for f in small if f.format == "jsonl"], opts))
     check = step.check_columns if step is not None else None
     return plan_parts(files, opts.partition_rows, ranges, schemas, check)
+
+
+# Small JSON Lines files read for their layouts by one task (a pool of 100k small files
+# is some 400 tasks, not 100k).
+_JSON_LAYOUTS_A_TASK = 256
+
+
+def _json_layouts(client, files: list[InputFile], opts: Options) -> dict:
+    """{path: (columns, rows)} of small JSON Lines files (:func:`~gpu_curate.io.json_layout`),
+    read whole by tasks on the cluster: each is read again by its part's task, and on a
+    cluster of many nodes the client alone would fetch them all, twice the pool's bytes."""
+    if not files:
+        return {}
+    n = _JSON_LAYOUTS_A_TASK
+    batches = [files[i : i + n] for i in range(0, len(files), n)]
+    _say(opts, f"reading the columns of {counted(len(files), 'small JSON Lines file')}")
+    tasks = [dask.delayed(_layouts_of, pure=False)(b, opts.text_column, opts.id_column)
+             for b in batches]  # fmt: skip
+    found = client.gather(client.compute(tasks, optimize_graph=False))
+    return {f.path: layout for batch, got in zip(batches, found, strict=True)
+            for f, layout in zip(batch, got, strict=True)}  # fmt: skip
+
+
+def _layouts_of(files: list[InputFile], text_column: str | None, id_column: str | None):
+    return [json_layout(f, text_column, id_column) for f in files]
 
 
 def _cut(client, by_path: dict[str, InputFile], cuts: dict, opts: Options) -> dict:

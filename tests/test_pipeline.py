@@ -1212,17 +1212,45 @@ def test_small_jsonl_files_are_packed_by_their_column_types(tmp_path, monkeypatc
         assert a.equals(b), name
 
     # A file of a pack whose types change after the run was planned stops the run.
-    real = pipeline_mod.text_schemas
+    real = pipeline_mod._json_layouts
 
     def then_changed(*a, **k):
-        schemas = real(*a, **k)
+        layouts = real(*a, **k)
         (pool / "j1.jsonl").write_text(lines(4))  # (ids now doubles)
-        return schemas
+        return layouts
 
-    monkeypatch.setattr(pipeline_mod, "text_schemas", then_changed)
+    monkeypatch.setattr(pipeline_mod, "_json_layouts", then_changed)
     bad = cli(*args, "--out", tmp_path / "changed", ok=False)
     assert bad.exit_code == 2, bad.output
     assert "j1.jsonl changed during the run: its columns are no longer those of" in bad.output
+
+
+def test_small_jsonl_files_are_read_for_their_columns_by_tasks(tmp_path, monkeypatch):
+    # Read on the client, a remote pool's small files would all be fetched there (and
+    # again by their parts' tasks): tasks on the cluster read them, some 256 a task.
+    import threading
+
+    import gpu_curate.pipeline as pipeline_mod
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(300):
+        (pool / f"s{i:03d}.jsonl").write_text(f'{{"text": "a dog {i}"}}\n')
+    (tmp_path / "md.json").write_text(json.dumps(["dog"]))
+    log = tmp_path / "calls.txt"  # (the task is pickled, with a copy of any list here)
+    real = pipeline_mod._layouts_of
+
+    def layouts_of(files, *a):
+        with open(log, "a") as fh:
+            fh.write(f"{len(files)} {threading.current_thread() is threading.main_thread()}\n")
+        return real(files, *a)
+
+    monkeypatch.setattr(pipeline_mod, "_layouts_of", layouts_of)
+    r = cli("match", pool, "--metadata", tmp_path / "md.json", "--out", tmp_path / "out",
+            "--backend", "cpu")  # fmt: skip
+    assert sorted(log.read_text().splitlines()) == ["256 False", "44 False"]
+    assert "reading the columns of 300 small JSON Lines files" in r.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["parts"] == 1
 
 
 def test_packs_of_compressed_jsonl_files_hold_their_rows_not_an_estimate(tmp_path):
