@@ -122,17 +122,18 @@ def _match_one(
     columns: list,
     keep_unmatched: bool,
     checked=None,
-    on_divisions=False,
+    divisions_end=None,
     partition_info=None,
 ):
     # ``columns``: the labels of the text (and id) column, which alone go to the step.
     # ``checked`` is the result of the pool-wide id check: this task runs after it.
-    # ``on_divisions``: the index's uniqueness across partitions rests on the divisions.
+    # ``divisions_end``: the frame's last division, where the index's uniqueness across
+    # partitions rests on the divisions (a 1-tuple: the value may be None).
     where = "DataFrame partition"
     if partition_info is not None:
         where = f"{where} {partition_info['number']}"
-        if on_divisions and partition_info.get("division") is not None:
-            _check_from_division(df.index, partition_info["division"], where)
+        if divisions_end is not None and partition_info.get("division") is not None:
+            _check_in_divisions(df.index, partition_info["division"], divisions_end[0], where)
     try:
         table = _to_arrow(df, columns)
     except CurateError as exc:
@@ -174,8 +175,8 @@ def _match_meta(meta_df, md: Metadata):
 
 def _index_partitions_disjoint(ddf) -> bool:
     """Whether known, strictly increasing divisions should put each index value in one
-    partition, and the index's values can be ordered (:func:`_check_from_division` then
-    checks that no partition starts below its division)."""
+    partition, and the index's values can be ordered (:func:`_check_in_divisions` then
+    checks that each partition keeps to them)."""
     if not ddf.known_divisions:
         return False
     index = ddf._meta.index
@@ -185,29 +186,34 @@ def _index_partitions_disjoint(ddf) -> bool:
     return all(a < b for a, b in zip(divisions[:-1], divisions[1:], strict=True))
 
 
-def _check_from_division(index, lower, where: str) -> None:
-    """A :class:`CurateError` if a partition's index values start below its division's
-    lower bound (``partition_info["division"]``, that of the partition Dask runs).
+def _check_in_divisions(index, lower, last, where: str) -> None:
+    """A :class:`CurateError` unless a partition's index values lie between its division's
+    lower bound (``partition_info["division"]``, that of the partition Dask runs) and the
+    frame's last division ``last``.
 
     Dask keeps the divisions through ``map_partitions`` even where the function changed
     the index (its own rule is that such a function clears them): ``reset_index(drop=True)``
-    in each partition numbers each from 0, and the index's equal values in two partitions
-    would share their draws. The lower bound is the one check that holds however Dask
-    regroups the partitions when it runs them (a selection such as ``.partitions[2]``, or
-    Parquet files read together: the upper bound of a partition is not known there).
+    in each partition numbers each from 0, a new ``RangeIndex`` moves every partition past
+    the end, and equal index values in two partitions would share their draws. These
+    bounds hold however Dask regroups the partitions when it runs them (a selection such as
+    ``.partitions[2]``, or Parquet files read together), which the next division does not:
+    a partition's own upper bound is not known there.
     """
     if len(index) == 0:
         return
+    first, end = index.min(), index.max()
+    if pd.isna(first) or pd.isna(end):
+        return  # (a null index value: the step names it)
     try:
-        below = index.min() < lower
+        inside = bool(lower <= first and end <= last)
     except TypeError:  # (values that do not compare)
-        below = True
-    if below:
+        inside = False
+    if not inside:
         raise CurateError(
-            f"{where}: its index values start below its division ({index.min()!r} < "
-            f"{lower!r}): a map_partitions that changed the index keeps the old divisions, "
-            "so the index's uids cannot be checked unique; call .clear_divisions() first, "
-            "or pass id_column="
+            f"{where}: its index values ({first!r} to {end!r}) are not within its division "
+            f"and the frame's end ({lower!r} to {last!r}): a map_partitions that changed the "
+            "index keeps the old divisions, so the index's uids cannot be checked unique; "
+            "call .clear_divisions() first, or pass id_column="
         )
 
 
@@ -254,7 +260,8 @@ def _unique_check(ddf, id_column: str | None) -> Delayed | None:
 
     None where no such check is needed: one partition (MatchStep checks within a
     partition), or an index whose divisions keep each value in one partition (each
-    partition checks that it starts at its division: :func:`_check_from_division`).
+    partition checks that it keeps within its division and the frame's end:
+    :func:`_check_in_divisions`).
     """
     import dask
 
@@ -364,7 +371,7 @@ def match(
         columns,
         keep_unmatched,
         checked,
-        trusted,
+        (ddf.divisions[-1],) if trusted else None,
         meta=_match_meta(ddf._meta, md),
     )
 

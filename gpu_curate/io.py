@@ -1351,6 +1351,8 @@ def _json_records(fh, first_line: int = 1):
                 record, at = decoder.raw_decode(text, at)
             except json.JSONDecodeError as exc:
                 raise pa.ArrowInvalid(f"line {n} is not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise pa.ArrowInvalid(f"line {n} is nested too deeply to read") from None
             if not isinstance(record, dict):
                 raise pa.ArrowInvalid(f"line {n} is not a JSON object")
             yield record

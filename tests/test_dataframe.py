@@ -413,9 +413,19 @@ def test_an_index_that_left_its_divisions_is_refused():
     assert renumbered.known_divisions
     for consumer in (_compute_match, _compute_counts, _compute_balance):
         with pytest.raises(
-            CurateError, match=r"partition [1-3]: its index values start below its division"
+            CurateError, match=r"partition [1-3]: its index values \(0 to 1\) are not within"
         ):
             consumer(gdf.match(renumbered, ["dog"]), ["dog"])
+    # Moved up past the frame's end, or renumbered from 0 where every division is below 0.
+    moved = ddf.map_partitions(lambda p: p.set_axis(pd.RangeIndex(1000, 1000 + len(p))))
+    negative = dd.from_pandas(pd.DataFrame({"TEXT": ["a dog"] * 8}, index=range(-8, 0)), 4)
+    for frame in (moved, negative.map_partitions(lambda p: p.reset_index(drop=True))):
+        with pytest.raises(CurateError, match=r"are not within its division and the frame"):
+            gdf.match(frame, ["dog"]).compute()
+    # A null index value is the step's to name.
+    nulls = ddf.map_partitions(lambda p: p.set_axis(pd.Index(pd.array([None] * len(p), "Int64"))))
+    with pytest.raises(CurateError, match="the index has 2 null values"):
+        gdf.match(nulls, ["dog"]).compute()
     # Without the divisions, the index is checked across partitions.
     cleared = renumbered.clear_divisions()
     with pytest.raises(CurateError, match="index has duplicate value 0 in 4 rows"):

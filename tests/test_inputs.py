@@ -927,6 +927,17 @@ def test_a_jsonl_key_that_is_not_utf8(tmp_path, md, monkeypatch, read):
     assert got == [{"text": "a dog", "k\ufffd": 1, "s": '{"j\ufffd":"v"}', "entry_ids": [0]}] * 2
 
 
+def test_a_jsonl_value_nested_too_deeply_is_one_line(tmp_path, md):
+    # (Python's parser, which reads a file of mixed types, raised RecursionError.)
+    deep = b"[" * 3000 + b"]" * 3000
+    write(
+        tmp_path / "pool" / "a.jsonl",
+        b'{"text": "cat", "x": 1}\n{"text": "dog", "x": ' + deep + b"}\n",
+    )
+    err = error_line(match(tmp_path / "pool", md, tmp_path / "out"))
+    assert "a.jsonl: line 2 is nested too deeply to read" in err
+
+
 def test_jsonl_as_arrow_reads_it_a_bom_and_objects_on_one_line(tmp_path, md):
     # Python's parser (the reader of mixed types, and the search for a bad line) took
     # neither: a file Arrow reads was refused, or its error named the wrong line.
