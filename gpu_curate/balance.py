@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ArgumentError
+
 __all__ = [
     "array_module",
     "entry_probabilities",
@@ -124,8 +126,8 @@ def _as_u64_scalar(value: Any, name: str) -> int:
 
 
 def check_t(t: Any) -> float:
-    """``t`` as a float, or a ValueError unless it is a positive finite number (the one
-    rule for t, wherever it is given).
+    """``t`` as a float, or an :class:`~gpu_curate.errors.ArgumentError` (a ValueError)
+    unless it is a positive finite number: the one rule for t, wherever it is given.
 
     Examples
     --------
@@ -133,15 +135,15 @@ def check_t(t: Any) -> float:
     20000.0
     """
     if isinstance(t, bool | str | bytes):  # (float() takes True and "5")
-        raise ValueError(f"t must be a number, got {t!r}")
+        raise ArgumentError(f"t must be a number, got {t!r}")
     try:
         tf = float(t)
     except OverflowError:
-        raise ValueError("t must be a positive finite number, got one too large") from None
+        raise ArgumentError("t must be a positive finite number, got one too large") from None
     except (TypeError, ValueError):
-        raise ValueError(f"t must be a number, got {t!r}") from None
+        raise ArgumentError(f"t must be a number, got {t!r}") from None
     if not (math.isfinite(tf) and tf > 0):
-        raise ValueError(f"t must be a positive finite number, got {t!r}")
+        raise ArgumentError(f"t must be a positive finite number, got {t!r}")
     return tf
 
 

@@ -9,6 +9,11 @@ class MetadataError(CurateError, ValueError):
     """A metadata file or list that is not valid MetaCLIP metadata."""
 
 
+class ArgumentError(CurateError, ValueError):
+    """An argument out of its range (``t``, for one): one line in the CLI, a ValueError
+    to a library caller."""
+
+
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``n`` and its noun, in the singular for one: messages say "1 part", "3 parts".
 

@@ -30,8 +30,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .backend import Backend, check_name, resolve
-from .balance import EXPECTED_UNITS_PER_ROW, entry_probabilities
-from .balance import check_t as _check_t
+from .balance import EXPECTED_UNITS_PER_ROW, check_t, entry_probabilities
 from .cluster import ClusterInfo, open_client
 from .counts import add_counts, counts_json, counts_table, partition_counts, tree_reduce
 from .errors import CurateError, cannot_read, counted, first_line, whole_number
@@ -146,14 +145,6 @@ def _checked_options(options: Options | None) -> Options:
 def _say(opts: Options, msg: str) -> None:
     if not opts.quiet:
         opts.echo(msg)
-
-
-def check_t(t) -> float:
-    """:func:`gpu_curate.balance.check_t`, its error a :class:`CurateError`."""
-    try:
-        return _check_t(t)
-    except ValueError as exc:
-        raise CurateError(str(exc)) from None
 
 
 def check_seed(seed) -> int:

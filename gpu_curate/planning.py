@@ -425,10 +425,7 @@ def plan(
     >>> rows = plan("out/", [20_000, 170_000], target_rows=1_000_000)  # doctest: +SKIP
     """
     ts = [ts] if isinstance(ts, int | float | np.number) else list(ts)
-    try:
-        ts = [balance.check_t(t) for t in ts]
-    except ValueError as exc:
-        raise CurateError(str(exc)) from None
+    ts = [balance.check_t(t) for t in ts]
     if target_rows is not None:
         target_rows = whole_number(target_rows, "--target-rows", at_least=1)
     if not ts and target_rows is None:
