@@ -647,9 +647,10 @@ def plan_parts(
     file that ``line_ranges`` cuts: ``{path: ([(byte_start, byte_end, rows), ...],
     schema)}`` (the schema of a JSON Lines file's columns, None for CSV/TSV), a part a range
     (:mod:`gpu_curate.line_ranges`). CSV, TSV and small JSON Lines files of
-    ``text_schemas`` (their columns and, for JSON Lines, rows: :func:`text_schemas`) are
-    packed as Parquet files are, the rows of a CSV/TSV file estimated from its size
-    (:data:`TEXT_BYTES_PER_ROW`); never with Parquet files.
+    ``text_schemas`` (``{path: (columns, rows)}``: :func:`text_schemas` for CSV/TSV, whose
+    rows None are estimated from the size, :data:`TEXT_BYTES_PER_ROW`, and
+    :func:`json_layout` for JSON Lines) are packed as Parquet files are; never with
+    Parquet files.
     ``check_schema(schema, path)``, if given, is called on the schema of each Parquet
     file (from its footer) and of ``text_schemas`` before any part is planned: a run's
     column checks.
@@ -780,24 +781,21 @@ def _same(a: tuple[str, pa.Schema], b: tuple[str, pa.Schema]) -> bool:
 
 def text_schemas(
     files: Sequence[InputFile], text_column: str | None, id_column: str | None
-) -> dict[str, tuple[pa.Schema, int | None]]:
-    """{path: (columns, rows)} of the CSV/TSV and JSON Lines ``files`` as the readers read
-    them, for :func:`plan_parts` to pack them: a CSV/TSV file's header (or f0, f1, ... as
-    many as its first row has), read from its head (rows None: estimated from its size);
-    a JSON Lines file's columns and their types, which only a read of the whole file gives
-    (small ones only, :func:`packs_text`), and so its rows. Read by a pool of threads.
+) -> dict[str, tuple[pa.Schema, None]]:
+    """{path: (columns, None)} of the CSV/TSV ``files`` as the readers read them (their
+    header, or f0, f1, ... as many as their first row has), their heads read by a pool of
+    threads, for :func:`plan_parts` to pack them (their rows estimated from their sizes;
+    a small JSON Lines file's layout, rows counted, is :func:`json_layout`'s).
 
     Examples
     --------
     >>> text_schemas([], None, None)
     {}
     """
-    by_path = {f.path: f for f in files if f.format in ("csv", "tsv", "jsonl")}
+    by_path = {f.path: f for f in files if f.format in ("csv", "tsv")}
 
-    def schema(path: str) -> tuple[pa.Schema, int | None]:
+    def schema(path: str) -> tuple[pa.Schema, None]:
         f = by_path[path]
-        if f.format == "jsonl":
-            return json_layout(f, text_column, id_column)
         try:
             open_ = functools.partial(open_input, f.path)
             options = _delimited_options(open_, f.format, text_column, id_column, f.path)
@@ -924,8 +922,6 @@ def read_piece(
     if f.format == "jsonl" and not table.column_names:
         # Blank lines only: no rows, as an empty (0-byte) file has.
         table = pa.table({text_column or TEXT_COLUMN_CANDIDATES[1]: pa.array([], pa.string())})
-    if f.format == "jsonl":
-        table = _valid_utf8(table)  # (Arrow's JSON reader keeps the bytes as they are)
     if f.format != "parquet":
         table = _select_columns(table, columns, f.path)
     return _without_views(table)

@@ -416,9 +416,7 @@ def _plan(
     }
     ranges = _cut(client, by_path, cuts, opts) if cuts else {}
     small = [f for f in files if f.path not in ranges and packs_text(f, opts.partition_rows)]
-    schemas = text_schemas(
-        [f for f in small if f.format != "jsonl"], opts.text_column, opts.id_column
-    )
+    schemas = text_schemas(small, opts.text_column, opts.id_column)
     schemas.update(_json_layouts(client, [f for f in small if f.format == "jsonl"], opts))
     check = step.check_columns if step is not None else None
     return plan_parts(files, opts.partition_rows, ranges, schemas, check)

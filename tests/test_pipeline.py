@@ -1266,7 +1266,7 @@ def test_packs_of_compressed_jsonl_files_hold_their_rows_not_an_estimate(tmp_pat
         path = tmp_path / f"s{i}.jsonl.gz"
         path.write_bytes(gzip.compress(b'{"text": "a dog"}\n' * (2000 + i)))
         files.append(gio.InputFile(str(path), path.name, "jsonl", path.stat().st_size))
-    schemas = gio.text_schemas(files, None, None)
+    schemas = {f.path: gio.json_layout(f, None, None) for f in files}
     assert [rows for _, rows in schemas.values()] == [2000 + i for i in range(6)]
     parts = gio.plan_parts(files, 4100, text_schemas=schemas)
     assert [[p.file.relpath for p in part.pieces] for part in parts] == [
