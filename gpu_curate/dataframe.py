@@ -473,6 +473,16 @@ def _integers(values: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _column_integers(counts: pd.DataFrame, name: str) -> np.ndarray:
+    column = counts[name]
+    values = None
+    if pd.api.types.is_numeric_dtype(column.dtype) and not column.isna().any():
+        values = _integers(np.asarray(column.to_numpy()))
+    if values is None:
+        raise CurateError(f"counts: {name!r} must hold integers, got {column.dtype}")
+    return values
+
+
 def _counts_array(counts) -> np.ndarray:
     """The entry counts given to :func:`balance` as an int64 array in entry-id order."""
     if isinstance(counts, Metadata | str | bytes | dict) or hasattr(counts, "dask"):
@@ -481,26 +491,20 @@ def _counts_array(counts) -> np.ndarray:
             f"or an array of ints; got {type(counts).__name__}"
         )
     if not hasattr(counts, "columns"):
-        c = _integers(np.asarray(counts))
+        given = np.asarray(counts)
+        c = _integers(given)
         if c is None or c.ndim != 1:
-            c = np.asarray(counts)
-            raise CurateError(f"counts must be a 1-D array of integers, got {c.dtype} {c.shape}")
+            raise CurateError(
+                f"counts must be a 1-D array of integers, got {given.dtype} {given.shape}"
+            )
         return c
-    columns = {}
-    for name in ("entry_id", "count"):
-        if name not in counts.columns:
-            if name == "entry_id":
-                continue
-            raise CurateError("counts: no 'count' column (give the table entry_counts returns)")
-        values = None
-        if pd.api.types.is_numeric_dtype(counts[name].dtype) and not counts[name].isna().any():
-            values = _integers(np.asarray(counts[name].to_numpy()))
-        if values is None:
-            raise CurateError(f"counts: {name!r} must hold integers, got {counts[name].dtype}")
-        columns[name] = values
-    values = columns["count"]
     # Placed by entry_id, so a sorted or filtered copy of the table cannot shift them.
-    ids = columns.get("entry_id", np.arange(len(values)))
+    ids = _column_integers(counts, "entry_id") if "entry_id" in counts.columns else None
+    if "count" not in counts.columns:
+        raise CurateError("counts: no 'count' column (give the table entry_counts returns)")
+    values = _column_integers(counts, "count")
+    if ids is None:
+        ids = np.arange(len(values))
     if not np.array_equal(np.sort(ids), np.arange(len(ids))):
         raise CurateError(
             "counts: entry_id must hold every id 0..n-1 once (the table entry_counts "
