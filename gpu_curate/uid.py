@@ -55,15 +55,16 @@ def value_uids(
 ) -> np.ndarray:
     """uids from an id column: integers or strings; nulls are an error.
 
-    ``where`` (the file) and ``row_start`` (the column's first row in it) place a null in
-    the error message.
+    ``where`` (the file) and ``row_start`` (the column's first row in it) place a null,
+    or a column of another type, in the error message.
     """
+    at = f"{where}: " if where else ""  # (the messages' prefix)
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if column.null_count:
         first = row_start + int(pc.index(column.is_null(), True).as_py())
         raise CurateError(
-            f"{where + ': ' if where else ''}id column {name!r} has "
+            f"{at}id column {name!r} has "
             f"{counted(column.null_count, 'null value')}, the first at row {first} "
             "(uids must be unique)"
         )
@@ -91,9 +92,7 @@ def value_uids(
 
         offsets, data, _, _ = _host_buffers(column)
         return cpu.hash_rows(offsets, data, np.uint64(_STR_SEED))
-    raise CurateError(
-        f"{where + ': ' if where else ''}id column {name!r} is {t}; use an integer or string column"
-    )
+    raise CurateError(f"{at}id column {name!r} is {t}; use an integer or string column")
 
 
 __all__ = ["path_key", "position_uids", "value_uids"]
