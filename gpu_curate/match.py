@@ -221,6 +221,7 @@ def cudf_string_buffers(series):
     validity uint8, bit offset) of a cuDF string Series: the only place that knows cuDF's
     column internals."""
     import cupy
+    import pylibcudf as plc
 
     col = series.to_pylibcudf()
     if isinstance(col, tuple):  # some versions return (column, metadata)
@@ -229,9 +230,12 @@ def cudf_string_buffers(series):
     if n == 0:
         return cupy.zeros(1, np.int64), cupy.zeros(1, np.uint8), cupy.zeros(0, np.uint8), 0
     off_col = col.children()[0]
-    off_dtype = np.int64 if "64" in str(off_col.type().id()) else np.int32
+    # (Compared as the enum: TypeId is an IntEnum, whose str() is its number on Python >=
+    # 3.11, so a test on the name's text would take large strings' INT64 offsets for INT32.)
+    off_dtype = np.int64 if off_col.type().id() == plc.TypeId.INT64 else np.int32
     all_offsets = cupy.asarray(off_col.data()).view(off_dtype)
-    offsets = all_offsets[col.offset() : col.offset() + n + 1].astype(np.int64)
+    first = off_col.offset() + col.offset()
+    offsets = all_offsets[first : first + n + 1].astype(np.int64)
     chars = col.data()
     data = cupy.asarray(chars).view(np.uint8) if chars is not None else cupy.zeros(1, np.uint8)
     mask = col.null_mask()

@@ -6,6 +6,7 @@ The expected ids always come from ``conftest.reference_match`` (the literal defi
 
 from __future__ import annotations
 
+import enum
 import random
 
 import numpy as np
@@ -704,3 +705,75 @@ def test_property_sliced_chunked_arrays(data):
     ro, ids = match_arrow(arr, entries, "cpu")
     check_csr(ro, ids, length)
     assert csr_to_lists(ro, ids) == expected[start : start + length]
+
+
+# ---------------------------------------------------------------- cuDF's device buffers
+
+
+class _TypeId(enum.IntEnum):
+    """pylibcudf.TypeId's shape (an IntEnum, libcudf's values): str() gives the number."""
+
+    INT32 = 3
+    INT64 = 4
+    STRING = 23
+
+
+class _PlcColumn:
+    """The pylibcudf.Column calls cudf_string_buffers makes, over host arrays."""
+
+    def __init__(self, tid, size, data, mask=None, null_count=0, offset=0, children=()):
+        self._tid, self._size, self._data, self._mask = tid, size, data, mask
+        self._null_count, self._offset, self._children = null_count, offset, list(children)
+
+    def type(self):
+        tid = self._tid
+        return type("DataType", (), {"id": lambda self: tid})()
+
+    def size(self):
+        return self._size
+
+    def data(self):
+        return self._data
+
+    def null_mask(self):
+        return self._mask
+
+    def null_count(self):
+        return self._null_count
+
+    def offset(self):
+        return self._offset
+
+    def children(self):
+        return self._children
+
+
+@pytest.mark.parametrize("large", [False, True])
+@pytest.mark.parametrize("start", [0, 1])
+def test_cudf_string_buffers_read_int32_and_int64_offsets(monkeypatch, large, start):
+    # Without cuDF: NumPy stands in for CuPy and a pylibcudf-shaped column for the Series'
+    # (libcudf gives large strings INT64 offsets). The device kernel reads the same CSR
+    # inputs the CPU kernel gets here.
+    import sys
+    import types
+
+    from gpu_curate.kernels import cpu
+    from gpu_curate.match import cudf_string_buffers
+
+    fake_cupy = types.SimpleNamespace(asarray=np.asarray, zeros=np.zeros)
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setitem(sys.modules, "pylibcudf", types.SimpleNamespace(TypeId=_TypeId))
+    texts = ["x", "a new york dog", "cat", None, "new york"]
+    arr = pa.array(texts, pa.large_string())
+    validity, offsets_buf, chars = (np.frombuffer(b, np.uint8).copy() for b in arr.buffers())
+    offsets = np.frombuffer(offsets_buf, np.int64)
+    if not large:
+        offsets = offsets.astype(np.int32)
+    tid = _TypeId.INT64 if large else _TypeId.INT32
+    child = _PlcColumn(tid, offsets.size, offsets.view(np.uint8))
+    n = len(texts) - start  # (a sliced Series: the column's offset, the whole buffers)
+    column = _PlcColumn(_TypeId.STRING, n, chars, validity, 1, start, [child])
+    series = types.SimpleNamespace(to_pylibcudf=lambda: (column, {}))
+    md = Metadata(["dog", "new york", "cat"])
+    got = csr_to_lists(*cpu.match_rows(*cudf_string_buffers(series), md.tables))
+    assert got == cpu_lists(texts[start:], md) == [[], [0, 1], [2], [], [1]][start:]
