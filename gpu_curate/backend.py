@@ -94,6 +94,25 @@ def check_name(backend: str | Backend) -> None:
         raise BackendError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
+def resolved_name(backend: str | Backend = "auto") -> str:
+    """The backend "auto" | "cpu" | "gpu" stands for on this machine ("cpu" or "gpu"), without
+    importing its modules; a :class:`BackendError` if it cannot run here.
+
+    Examples
+    --------
+    >>> resolved_name("cpu")
+    'cpu'
+    """
+    check_name(backend)
+    if isinstance(backend, Backend):
+        return backend.name
+    if backend == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    if backend == "gpu" and (reason := gpu_unavailable_reason()) is not None:
+        raise BackendError(f"the gpu backend cannot run here: {reason}")
+    return backend
+
+
 def resolve(backend: str | Backend = "auto") -> Backend:
     """Turn "auto" | "cpu" | "gpu" (or a Backend) into a :class:`Backend`.
 
@@ -102,18 +121,12 @@ def resolve(backend: str | Backend = "auto") -> Backend:
     >>> resolve("cpu").name
     'cpu'
     """
-    check_name(backend)
     if isinstance(backend, Backend):
         return backend
-    if backend == "auto":
-        backend = "gpu" if gpu_available() else "cpu"
-    if backend == "cpu":
+    if resolved_name(backend) == "cpu":
         import numpy
 
         return Backend("cpu", numpy)
-    reason = gpu_unavailable_reason()
-    if reason is not None:
-        raise BackendError(f"the gpu backend cannot run here: {reason}")
     import cupy
 
     return Backend("gpu", cupy)

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .backend import Backend
+from .backend import Backend, resolved_name
 from .errors import CurateError, counted
 
 # Threads per GPU worker of the local GPU cluster (see open_client).
@@ -34,6 +34,7 @@ class ClusterInfo:
     workers: int
     threads: int
     address: str
+    backend: str  # "cpu" | "gpu": what the workers run (chosen where they are)
 
     def describe(self) -> str:
         workers, threads = counted(self.workers, "worker"), counted(self.threads, "thread")
@@ -47,14 +48,16 @@ class ClusterInfo:
 
 @contextlib.contextmanager
 def open_client(
-    backend: Backend,
+    backend: str | Backend,
     workers: int | None = None,
     scheduler: str | None = None,
     processes: bool = False,
 ) -> Iterator[tuple[object, ClusterInfo]]:
     """A ``distributed.Client`` for the run, closed (with its local cluster) at the end.
 
-    * ``scheduler``: connect to an existing cluster (multi-node) at that address;
+    * ``scheduler``: connect to an existing cluster (multi-node) at that address; its
+      workers, not this process, resolve ``backend`` (a client without a GPU may drive GPU
+      workers, and "auto" on a client without one must not make them run the CPU kernel);
     * gpu backend: ``dask_cuda.LocalCUDACluster``, one worker per visible GPU (or
       ``workers``), each running ``GPU_THREADS`` parts at once (fewer if cores are few);
     * cpu backend: ``LocalCluster`` with one process of ``workers`` threads (default: one
@@ -62,6 +65,12 @@ def open_client(
       processes when ``processes`` is True.
 
     The local clusters run with :data:`LOCAL_CLUSTER_CONFIG` (no worker profiler).
+
+    Examples
+    --------
+    >>> with open_client("cpu", workers=1) as (client, info):  # doctest: +SKIP
+    ...     info.backend
+    'cpu'
     """
     import dask
     from distributed import Client, LocalCluster
@@ -79,9 +88,10 @@ def open_client(
             threads = sum(w.get("nthreads", 1) for w in ws.values())
             if not ws:
                 raise CurateError(f"the Dask scheduler at {scheduler} has no workers")
-            yield client, ClusterInfo("scheduler", len(ws), threads, scheduler)
+            name = _workers_backend(client, backend, scheduler)
+            yield client, ClusterInfo("scheduler", len(ws), threads, scheduler, name)
         return
-    if backend.is_gpu:
+    if resolved_name(backend) == "gpu":
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
@@ -108,7 +118,7 @@ def open_client(
             )
         n = len(cluster.workers)
         with cluster, Client(cluster) as client:
-            yield client, ClusterInfo("local-cuda", n, n * per, cluster.scheduler_address)
+            yield client, ClusterInfo("local-cuda", n, n * per, cluster.scheduler_address, "gpu")
         return
     n = workers or os.cpu_count() or 1
     with dask.config.set(LOCAL_CLUSTER_CONFIG):
@@ -123,7 +133,23 @@ def open_client(
         )
     kind = "local-processes" if processes else "local-threads"
     with cluster, Client(cluster) as client:
-        yield client, ClusterInfo(kind, n if processes else 1, n, cluster.scheduler_address)
+        yield client, ClusterInfo(kind, n if processes else 1, n, cluster.scheduler_address, "cpu")
+
+
+def _workers_backend(client, backend: str | Backend, scheduler: str) -> str:
+    """The backend that every worker of the cluster can run, as the workers resolve it."""
+    name = backend.name if isinstance(backend, Backend) else backend
+    found = client.run(resolved_name, name, on_error="return")
+    failed = sorted((w, r) for w, r in found.items() if isinstance(r, BaseException))
+    if failed:
+        worker, exc = failed[0]
+        raise CurateError(
+            f"the Dask cluster at {scheduler}: worker {worker}: {exc}"
+            + (f" ({len(failed)} of {len(found)} workers)" if len(failed) > 1 else "")
+        )
+    # ("auto" on workers with and without a GPU: the cpu backend is the one all can run,
+    # and both give the same result.)
+    return "gpu" if set(found.values()) == {"gpu"} else "cpu"
 
 
 def _visible_gpus() -> int:

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .backend import Backend, check_name, resolve
+from .backend import check_name, resolved_name
 from .balance import EXPECTED_UNITS_PER_ROW, check_t, entry_probabilities
 from .cluster import ClusterInfo, open_client
 from .counts import add_counts, counts_json, counts_table, partition_counts, tree_reduce
@@ -559,8 +559,7 @@ def match_stage(
     """Match every part of ``files`` (from :func:`~gpu_curate.io.discover`); write matched/
     and the entry counts. Returns report figures."""
     t0 = time.perf_counter()
-    be = resolve(opts.backend)
-    step = MatchStep(metadata, opts.text_column, opts.id_column, opts.keep_unmatched, be.name)
+    step = MatchStep(metadata, opts.text_column, opts.id_column, opts.keep_unmatched, info.backend)
     parts = _plan(client, files, opts, step)
     manifest = {
         "inputs": [f.path for f in files],
@@ -656,10 +655,12 @@ def match_stage(
     }
 
 
-def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: int, fs, out, opts):
+def balance_stage(
+    client, info: ClusterInfo, matched_dir: str, counts: np.ndarray, t: float, seed: int, fs, out,
+    opts,
+):  # fmt: skip
     """Balance every matched part into curated/; returns report figures."""
     t0 = time.perf_counter()
-    be = resolve(opts.backend)
     mfs, mpath = fsspec.core.url_to_fs(matched_dir)
     success = f"{mpath.rstrip('/')}/{MATCHED}/{SUCCESS}"
     if not mfs.exists(success):
@@ -668,7 +669,7 @@ def balance_stage(client, matched_dir: str, counts: np.ndarray, t: float, seed: 
         )
     parts = [file for file, _ in success_parts(mfs, f"{mpath.rstrip('/')}/{MATCHED}")]
     fs.makedirs(f"{out}/{CURATED}/_parts", exist_ok=True)
-    step = BalanceStep(entry_probabilities(counts, t), seed, be.name)
+    step = BalanceStep(entry_probabilities(counts, t), seed, info.backend)
     step_future = client.scatter(step, broadcast=True, hash=False) if parts else step
     # Absolute (or a full URL): the tasks may run on workers with another working directory.
     prefix = full_path(mfs, mpath)
@@ -721,10 +722,17 @@ def _write_report(fs, out: str, report: dict) -> dict:
     return report
 
 
-def _header(opts: Options, info: ClusterInfo, backend: str) -> dict:
-    _say(opts, f"gpu-curate {__version__}: backend {backend}, {info.describe()}")
+def _check_local_backend(opts: Options) -> None:
+    """Fail before anything is written where the backend cannot run on this machine; a
+    ``scheduler``'s workers choose it where they run (:func:`~gpu_curate.cluster.open_client`)."""
+    if opts.scheduler is None:
+        resolved_name(opts.backend)
+
+
+def _header(opts: Options, info: ClusterInfo) -> dict:
+    _say(opts, f"gpu-curate {__version__}: backend {info.backend}, {info.describe()}")
     return {
-        "backend": backend,
+        "backend": info.backend,
         "workers": info.workers,
         "threads": info.threads,
         "cluster": info.kind,
@@ -782,7 +790,7 @@ def curate(
     seed = check_seed(seed)
     inputs = [str(inputs)] if isinstance(inputs, str | os.PathLike) else [str(i) for i in inputs]
     md = Metadata.coerce(metadata)
-    be = resolve(opts.backend)
+    _check_local_backend(opts)
     # (Fails on missing inputs before the output is touched.)
     files = discover(inputs, opts.format, _metadata_files(metadata))
     from_file = isinstance(metadata, str | os.PathLike)
@@ -797,8 +805,9 @@ def curate(
                 f"--resume: {out} holds a curate run, which `gpu-curate match` would leave "
                 "half described: continue it with `gpu-curate curate --resume`"
             )
-        with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
-            report = _header(opts, info, be.name)
+        cluster = open_client(opts.backend, opts.workers, opts.scheduler, opts.processes)
+        with cluster as (client, info):
+            report = _header(opts, info)
             report.update(match_stage(client, info, files, md, fs, path, opts))
             counts = report["_counts"]
             if match_only:
@@ -812,7 +821,7 @@ def curate(
             report.update({"t": t, "seed": seed})
             manifest = balance_manifest(fs, path, counts, t, seed, opts.compression)
             claim(fs, path, BALANCE_MANIFEST, manifest, "balance", resume=opts.resume)
-            report.update(balance_stage(client, out, counts, t, seed, fs, path, opts))
+            report.update(balance_stage(client, info, out, counts, t, seed, fs, path, opts))
             return _finish(fs, path, md, report, report["_kept_counts"], opts)
 
 
@@ -831,15 +840,13 @@ def balance_matched(
     opts = _checked_options(options)
     t = check_t(t)
     seed = check_seed(seed)
-    be = resolve(opts.backend)
+    _check_local_backend(opts)
     # (Held until the run ends: no other run overwrites the matched dataset while it is read.)
     with reading(matched_dir, writes=out):
-        return _balance_matched(matched_dir, out, t, seed, opts, be)
+        return _balance_matched(matched_dir, out, t, seed, opts)
 
 
-def _balance_matched(
-    matched_dir: str, out: str, t: float, seed: int, opts: Options, be: Backend
-) -> dict:
+def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Options) -> dict:
     """:func:`balance_matched` once its arguments are checked and its input is locked."""
     mfs, mpath = fsspec.core.url_to_fs(matched_dir)
     mpath = mpath.rstrip("/")
@@ -868,11 +875,12 @@ def _balance_matched(
         # or codec is refused before it replaces the counts beside the finished parts.
         manifest = balance_manifest(mfs, mpath, counts, t, seed, opts.compression)
         claim(fs, path, BALANCE_MANIFEST, manifest, "balance", resume=opts.resume)
-        with open_client(be, opts.workers, opts.scheduler, opts.processes) as (client, info):
-            report = _header(opts, info, be.name)
+        cluster = open_client(opts.backend, opts.workers, opts.scheduler, opts.processes)
+        with cluster as (client, info):
+            report = _header(opts, info)
             report.update(pool)
             report.update({"t": t, "seed": seed, "matched_dir": full_path(mfs, mpath)})
             atomic_write_parquet(fs, f"{path}/entry_counts.parquet", table)
             atomic_write_bytes(fs, f"{path}/entry_counts.json", counts_json(md, counts))
-            report.update(balance_stage(client, matched_dir, counts, t, seed, fs, path, opts))
+            report.update(balance_stage(client, info, matched_dir, counts, t, seed, fs, path, opts))
             return _finish(fs, path, md, report, report["_kept_counts"], opts)

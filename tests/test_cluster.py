@@ -96,3 +96,66 @@ def test_gpu_workers_get_the_ctrl_c_preload(monkeypatch):
     with open_client(Backend("gpu", np)) as (_, info):
         assert info.kind == "local-cuda"
     assert started[0]["preload"] == ["gpu_curate.worker_setup"]
+
+
+# ------------------------------------------------------- the backend of a --scheduler run
+
+
+@pytest.fixture
+def cpu_only_client(monkeypatch):
+    """No GPU in this process; the workers of an in-process cluster (their event loop runs
+    outside the main thread) see one."""
+    import threading
+
+    from gpu_curate import backend
+
+    def reason():
+        return (
+            "no GPU on the client"
+            if threading.current_thread() is threading.main_thread()
+            else None
+        )
+
+    monkeypatch.setattr(backend, "gpu_unavailable_reason", reason)
+
+
+def test_auto_is_chosen_by_the_workers_of_a_scheduler(cpu_only_client):
+    # A client without a GPU drives GPU workers (the README's multi-node setup): resolved
+    # on the client, "auto" would have had them run the cpu kernel without a word.
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as lc:
+        with open_client("auto", scheduler=lc.scheduler_address) as (_, info):
+            assert (info.kind, info.backend) == ("scheduler", "gpu")
+        with open_client("cpu", scheduler=lc.scheduler_address) as (_, info):
+            assert info.backend == "cpu"
+    # (And on a local cluster this process chooses.)
+    with open_client("auto", workers=1) as (_, info):
+        assert (info.kind, info.backend) == ("local-threads", "cpu")
+
+
+class _FakeClient:
+    def __init__(self, answers):
+        self.answers = answers
+
+    def run(self, function, *args, on_error="raise"):
+        assert on_error == "return"
+        return self.answers
+
+
+def test_workers_backend_names_a_worker_that_cannot_run_it():
+    from gpu_curate.backend import BackendError
+    from gpu_curate.cluster import _workers_backend
+    from gpu_curate.errors import CurateError
+
+    no = BackendError("the gpu backend cannot run here: CuPy is not installed")
+    client = _FakeClient({"tcp://b:2": no, "tcp://a:1": no, "tcp://c:3": "gpu"})
+    with pytest.raises(
+        CurateError,
+        match=r"^the Dask cluster at tcp://s:8786: worker tcp://a:1: the gpu backend cannot run "
+        r"here: CuPy is not installed \(2 of 3 workers\)$",
+    ):
+        _workers_backend(client, "gpu", "tcp://s:8786")
+    # "auto" on workers with and without a GPU: the backend every one of them can run.
+    assert _workers_backend(_FakeClient({"a": "gpu", "b": "cpu"}), "auto", "s") == "cpu"
+    assert _workers_backend(_FakeClient({"a": "gpu", "b": "gpu"}), "auto", "s") == "gpu"

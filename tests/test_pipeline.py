@@ -1419,6 +1419,26 @@ def test_progress_bar_with_scheduler(dask_cluster, tiny, tmp_path):
     assert_progress(result.stdout, ["matching 6 parts", "balancing 6 parts"])
 
 
+def test_the_workers_of_a_scheduler_choose_the_backend(dask_cluster, tiny, tmp_path):
+    # Not this client: a worker that cannot run the gpu backend is named.
+    from gpu_curate.backend import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU is visible here, so the local workers can run the gpu backend")
+    root, md = tiny
+    out = tmp_path / "out"
+    result = cli("curate", root / "pool", "--metadata", md, "--out", out, "--t", 5,
+                 "--scheduler", dask_cluster, "--backend", "gpu", ok=False)  # fmt: skip
+    assert result.exit_code == 2
+    assert re.search(
+        rf"^gpu-curate: error: the Dask cluster at {dask_cluster}: worker tcp://127\.0\.0\.1:\d+: the gpu "
+        r"backend cannot run here: CuPy is not installed .*\(2 of 2 workers\)$",
+        result.output,
+        re.M,
+    ), result.output
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_a_resume_says_what_it_found_finished(tiny, tmp_path):
     root, md = tiny
     out = tmp_path / "out"
