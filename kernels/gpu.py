@@ -23,6 +23,7 @@ build.
 """
 
 import threading
+import warnings
 
 import numpy as np
 from numba import cuda
@@ -30,6 +31,13 @@ from numba import cuda
 from .compile import invalidate_stale_cache, load_rowlogic
 
 invalidate_stale_cache()
+# numba-cuda warns on every launch of under 128 blocks (a tile of under 16,384 rows or
+# tokens: every small part, every notebook call), once per grid size and process. Those
+# launches are small because the work is; the warning says nothing a user can act on.
+# (By message: the warning's class moved between numba and numba-cuda.)
+warnings.filterwarnings(
+    "ignore", message=r"Grid size \d+ will likely result in GPU under-utilization"
+)
 _rl = load_rowlogic(cuda.jit(device=True), "gpu_curate.kernels._rowlogic_cuda")
 token_bytes = _rl.token_bytes
 lookup_token = _rl.lookup_token

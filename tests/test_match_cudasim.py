@@ -517,3 +517,17 @@ def test_threads_matching_at_once_launch_under_the_lock(monkeypatch):
         want = cpu_csr(arr, md)
         np.testing.assert_array_equal(got[k][0], want[0])
         np.testing.assert_array_equal(got[k][1], want[1])
+
+
+def test_small_launches_do_not_warn():
+    # numba-cuda's low-occupancy warning (which the simulator does not raise) would print
+    # once per grid size on every small part; other warnings still show.
+    import warnings
+
+    import gpu_curate.kernels.gpu  # noqa: F401
+
+    msg = "Grid size 3 will likely result in GPU under-utilization due to low occupancy."
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn(msg, RuntimeWarning, stacklevel=1)
+        warnings.warn("something else", RuntimeWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["something else"]

@@ -1431,8 +1431,9 @@ def test_the_workers_of_a_scheduler_choose_the_backend(dask_cluster, tiny, tmp_p
                  "--scheduler", dask_cluster, "--backend", "gpu", ok=False)  # fmt: skip
     assert result.exit_code == 2
     assert re.search(
-        rf"^gpu-curate: error: the Dask cluster at {dask_cluster}: worker tcp://127\.0\.0\.1:\d+: the gpu "
-        r"backend cannot run here: CuPy is not installed .*\(2 of 2 workers\)$",
+        rf"^gpu-curate: error: the Dask cluster at {dask_cluster}: worker "
+        r"tcp://127\.0\.0\.1:\d+: the gpu backend cannot run here: CuPy is not "
+        r"installed .*\(2 of 2 workers\)$",
         result.output,
         re.M,
     ), result.output
