@@ -328,6 +328,26 @@ def test_pmi_equals_hand_computation(corpus_file):
     assert got["new york"] == pytest.approx(2.0)
 
 
+def test_pmi_is_the_same_whichever_array_module_counted(corpus_file):
+    # CuPy's log2 may differ from NumPy's in the last bit, which would move a bigram at
+    # min_pmi or at the max_entries cut: the PMI is taken on the host. Here a stand-in
+    # device module whose log2 is off by a little must not change it.
+    import types
+
+    import numpy as np
+
+    from gpu_curate.backend import Backend
+    from gpu_curate.build_metadata import bigram_pmi
+
+    counts = count_corpus([corpus_file], CPU)
+    off = types.SimpleNamespace(
+        float64=np.float64, asnumpy=np.asarray, log2=lambda a: np.log2(a) * (1 + 1e-15)
+    )
+    host = bigram_pmi(counts, CPU)["pmi"].to_numpy()
+    device = bigram_pmi(counts, Backend("gpu", off))["pmi"].to_numpy()
+    assert np.array_equal(host, device)
+
+
 def test_bigram_thresholds_order_and_matching(corpus_file):
     counts = count_corpus([corpus_file], CPU)
     # PMI >= 3: log2(18) twice, log2(9) twice; ties sorted by text (code point order).

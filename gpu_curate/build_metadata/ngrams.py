@@ -1,17 +1,18 @@
 """Unigram and bigram counts, and bigram PMI, on pandas or cuDF dataframes.
 
 One implementation serves both backends. The backend-specific steps are choosing the
-dataframe module (``resolve(name).df``: pandas for "cpu", cuDF for "gpu"), the array module
-for ``log2`` (``resolve(name).xp``), moving small host tables across (``from_pandas`` /
-``to_pandas``) and, on pandas only, holding texts as Arrow strings (a dtype choice that makes
-pandas' own calls fast). Everything else uses calls that pandas and cuDF share; the ones
-relied on, all of which cuDF's ``Series`` / ``DataFrame`` API has (believed from its docs;
-not yet run on a GPU): ``str.replace(pat, repl, regex=False)``, ``str.split(" ")`` to a list
-column and ``explode()``, ``rename``, ``reset_index`` (also ``name=``), ``shift(-1,
-fill_value=...)`` on bool, int and string columns, ``isin``, boolean masks,
-``groupby([...], sort=False).size()`` / ``["count"].sum()``, ``concat(ignore_index=True)``,
-``merge(on=..., how="inner")``, ``str.contains(regex=True)`` with a character class,
-``astype("int64")``, ``.values`` (NumPy / CuPy array) and column assignment from it.
+dataframe module (``resolve(name).df``: pandas for "cpu", cuDF for "gpu"), moving small host
+tables across (``from_pandas`` / ``to_pandas``; the PMI's three columns too, whose ``log2``
+runs on the host so that both builds choose the same bigrams) and, on pandas only, holding
+texts as Arrow strings (a dtype choice that makes pandas' own calls fast). Everything else
+uses calls that pandas and cuDF share; the ones relied on, all of which cuDF's ``Series`` /
+``DataFrame`` API has (believed from its docs; not yet run on a GPU): ``str.replace(pat,
+repl, regex=False)``, ``str.split(" ")`` to a list column and ``explode()``, ``rename``,
+``reset_index`` (also ``name=``), ``shift(-1, fill_value=...)`` on bool, int and string
+columns, ``isin``, boolean masks, ``groupby([...], sort=False).size()`` /
+``["count"].sum()``, ``concat(ignore_index=True)``, ``merge(on=..., how="inner")``,
+``str.contains(regex=True)`` with a character class, ``astype("int64")``, ``.values`` (NumPy
+/ CuPy array) and column assignment from it.
 
 Tokenization is the matcher's (README, Semantics): MetaCLIP's ``spacing`` (each of the
 seven characters ``, . ; : ? !`` and backtick gets a space on both sides; tab, newline and
@@ -32,6 +33,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..backend import Backend
 from .corpus import iter_corpus_texts
@@ -355,12 +358,14 @@ def bigram_pmi(counts: NgramCounts, backend: Backend):
     table = counts.bigrams.merge(
         unigrams.rename(columns={"word": "w1", "count": "c1"}), on="w1", how="inner"
     ).merge(unigrams.rename(columns={"word": "w2", "count": "c2"}), on="w2", how="inner")
-    xp = backend.xp
     n = float(counts.total)
-    joint = table["count"].values.astype(xp.float64)
-    c1 = table["c1"].values.astype(xp.float64)
-    c2 = table["c2"].values.astype(xp.float64)
-    table["pmi"] = xp.log2(joint * n) - xp.log2(c1 * c2)
+    # On the host whichever backend counted: CuPy's log2 and NumPy's may differ in the last
+    # bit, and a bigram at min_pmi or at the max_entries cut would then be kept by one build
+    # and not by the other.
+    joint, c1, c2 = (
+        backend.asnumpy(table[c].values).astype(np.float64) for c in ("count", "c1", "c2")
+    )
+    table["pmi"] = np.log2(joint * n) - np.log2(c1 * c2)
     return table
 
 
