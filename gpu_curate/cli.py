@@ -108,7 +108,11 @@ _RUN_OPTIONS = [
 _QUIET = click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 _FOLDER_OPTIONS = [
     _QUIET,
-    click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder."),
+    click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Replace an earlier run's output folder (never one holding other files).",
+    ),
     click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
 ]
 

@@ -21,6 +21,11 @@ _FILLER = ["photo", "of", "the", "a", "with", "in", "on", "for", "and", "image",
            "new", "best", "free", "view", "from", "by", "at", "my", "our"]  # fmt: skip
 
 
+# What a demo folder holds (make_pool's pool and metadata, and the run): --overwrite
+# replaces a folder that holds nothing else.
+DEMO_NAMES = frozenset({"pool", "metadata.json", "result"})
+
+
 def _words(rng: np.random.Generator, n: int) -> list[str]:
     seen: set[str] = set(_FILLER)
     out: list[str] = []
@@ -82,7 +87,7 @@ def run_demo(out, rows, t, seed, backend, overwrite, quiet, echo=print) -> dict:
     if content and not overwrite:
         raise CurateError(f"demo folder {folder} exists and is not empty (use --overwrite)")
     # (The output folder's own guards: --overwrite never deletes the current directory.)
-    with prepare_out(str(folder), overwrite, False, MATCH_MANIFEST):
+    with prepare_out(str(folder), overwrite, False, MATCH_MANIFEST, owned=DEMO_NAMES):
         pool, metadata = make_pool(folder, rows, seed=seed)
         if not quiet:
             echo(f"demo: wrote a {rows:,}-row synthetic pool to {pool} and its metadata")

@@ -113,29 +113,54 @@ def check_apart(out: str, inputs: Sequence[str]) -> None:
             )
 
 
-@contextlib.contextmanager
-def prepare_out(
-    out: str, overwrite: bool, resume: bool, manifest: str, keep: str | None = None
-) -> Iterator[tuple[fsspec.AbstractFileSystem, str]]:
-    """Create (or, with ``overwrite``, empty) the output folder; refuse a non-empty one.
+# What a run writes at the top of its output folder (and ``gpu-curate report`` beside it):
+# ``--overwrite`` empties a folder that holds nothing else, and refuses any other, which
+# gpu-curate did not write. (Besides these: the lock, temporaries, and a folder browser's
+# .DS_Store.)
+RUN_NAMES = frozenset(
+    {MATCH_MANIFEST, BALANCE_MANIFEST, "matched", "curated", "_work", "entry_counts.parquet",
+     "entry_counts.json", "curated_entry_counts.parquet", "report.json", "report"}
+)  # fmt: skip
 
-    ``manifest`` is the run's kind (:data:`MATCH_MANIFEST` for ``match`` and ``curate``,
-    :data:`BALANCE_MANIFEST` for ``balance``): with ``resume``, a non-empty folder must
-    hold that manifest (a ``balance`` may also continue in its own matched dataset), and
-    the temporary files of an interrupted write are removed. ``keep``: the matched dataset
-    a ``balance`` reads, which the output may neither hold (``overwrite`` would delete it)
-    nor lie in.
 
-    A context manager: a local folder is locked (:data:`LOCK`) before anything in it is
-    checked or deleted, until the ``with`` block ends; a folder another run holds (writing
-    or reading it) is refused, and so, with ``overwrite``, is one holding a folder below
-    whose lock a run holds.
+def _foreign(fs, path: str, owned: frozenset[str]) -> list[str]:
+    """The names in the folder ``path`` that gpu-curate did not write (``owned``: it did)."""
+    names = [PurePosixPath(str(p)).name for p in fs.ls(path, detail=False)]
+    return sorted(
+        n
+        for n in names
+        if not ignored_name(n)
+        and n != ".DS_Store"
+        and n not in owned
+        # (A report page that ``gpu-curate report --out-html`` wrote in the run folder.)
+        and not (owned is RUN_NAMES and n.lower().endswith((".html", ".htm")))
+    )
 
-    Yields
-    ------
-    (fs, path)
-        The folder's file system and path (no trailing slash).
+
+def check_out(
+    out: str,
+    overwrite: bool,
+    resume: bool,
+    manifest: str,
+    keep: str | None = None,
+    owned: frozenset[str] | None = None,
+) -> None:
+    """Refuse an output folder as :func:`prepare_out` would, without touching it: a run
+    checks it before its slow start (the cluster, reading every input's columns), and
+    empties it with ``overwrite`` only once its inputs have passed those checks.
+
+    Examples
+    --------
+    >>> check_out("out/", overwrite=False, resume=False, manifest=MATCH_MANIFEST)  # doctest: +SKIP
+    Traceback (most recent call last):
+    gpu_curate.errors.CurateError: output folder out/ exists and is not empty (use --overwrite ...
     """
+    _checked_out(out, overwrite, resume, manifest, keep, owned)
+
+
+def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
+    """(fs, path, whether it exists, whether it is empty) of an output folder the run may
+    write; a :class:`CurateError` for one it may not."""
     if not str(out).strip():
         raise CurateError("--out is empty: name an output folder")
     fs, path = fsspec.core.url_to_fs(out)
@@ -155,37 +180,88 @@ def prepare_out(
     exists = fs.exists(path)
     if exists and not fs.isdir(path):
         raise CurateError(f"output {out} exists and is not a folder")
+    # (A folder that holds only what a write cut off at its start left is empty.)
+    fresh = not (exists and [p for p in fs.ls(path, detail=False) if not ignored_name(p)])
+    if fresh:
+        return fs, path, exists, fresh
+    if not locked and is_local(fs) and fcntl is not None:
+        # (Another run's lock says more than what its folder holds; under the lock, the
+        # probe would find this run's own.)
+        if (held := _probe(f"{path}/{LOCK}")) is not None:
+            raise CurateError(_held_message(held, out, f"{path}/{LOCK}"))
+    if overwrite:
+        if is_local(fs) and _within(os.path.realpath(os.getcwd()), _key(fs, path)):
+            raise CurateError(
+                f"--overwrite would delete {out}, which holds the current directory: choose "
+                "another --out"
+            )
+        if is_local(fs) and fcntl is not None:
+            _check_nested(path, out)
+        if foreign := _foreign(fs, path, RUN_NAMES if owned is None else owned):
+            shown = ", ".join(foreign[:3]) + (
+                f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            )
+            raise CurateError(
+                f"--overwrite would delete {out}, which holds what gpu-curate does not write "
+                f"({shown}): move that away or choose another --out"
+            )
+    elif not resume:
+        raise CurateError(
+            f"output folder {out} exists and is not empty (use --overwrite to replace it or "
+            "--resume to continue an interrupted run)"
+        )
+    else:
+        own = fs.exists(f"{path}/{manifest}")
+        if not (own or (same_as_keep and fs.exists(f"{path}/{MATCH_MANIFEST}"))):
+            kind = "match or curate" if manifest == MATCH_MANIFEST else "balance"
+            raise CurateError(
+                f"--resume: {out} holds no interrupted {kind} run (no {manifest}); use a new "
+                "folder or --overwrite"
+            )
+    return fs, path, exists, fresh
+
+
+@contextlib.contextmanager
+def prepare_out(
+    out: str,
+    overwrite: bool,
+    resume: bool,
+    manifest: str,
+    keep: str | None = None,
+    owned: frozenset[str] | None = None,
+) -> Iterator[tuple[fsspec.AbstractFileSystem, str]]:
+    """Create (or, with ``overwrite``, empty) the output folder; refuse a non-empty one.
+
+    ``manifest`` is the run's kind (:data:`MATCH_MANIFEST` for ``match`` and ``curate``,
+    :data:`BALANCE_MANIFEST` for ``balance``): with ``resume``, a non-empty folder must
+    hold that manifest (a ``balance`` may also continue in its own matched dataset), and
+    the temporary files of an interrupted write are removed. ``keep``: the matched dataset
+    a ``balance`` reads, which the output may neither hold (``overwrite`` would delete it)
+    nor lie in. ``owned``: the names a folder that ``overwrite`` empties may hold
+    (default :data:`RUN_NAMES`); a folder holding anything else is refused, not emptied.
+    :func:`check_out` makes the same checks without creating, locking or emptying anything.
+
+    A context manager: a local folder is locked (:data:`LOCK`) before anything in it is
+    checked or deleted, until the ``with`` block ends; a folder another run holds (writing
+    or reading it) is refused, and so, with ``overwrite``, is one holding a folder below
+    whose lock a run holds.
+
+    Yields
+    ------
+    (fs, path)
+        The folder's file system and path (no trailing slash).
+    """
+    fs, path, exists, _ = _checked_out(out, overwrite, resume, manifest, keep, owned)
     made = [] if exists else _missing_folders(fs, path)  # (what makedirs creates, deepest first)
     fs.makedirs(path, exist_ok=True)
     undone = False
     try:
         with _locked(fs, path, out) as locked:
-            # (A folder that holds only what a write cut off at its start left is empty.)
-            fresh = not (exists and [p for p in fs.ls(path, detail=False) if not ignored_name(p)])
-            if not fresh:
-                if overwrite:
-                    if is_local(fs) and _within(os.path.realpath(os.getcwd()), _key(fs, path)):
-                        raise CurateError(
-                            f"--overwrite would delete {out}, which holds the current "
-                            "directory: choose another --out"
-                        )
-                    if is_local(fs) and fcntl is not None:
-                        _check_nested(path, out)
-                    _empty(fs, path)
-                    fresh = True
-                elif not resume:
-                    raise CurateError(
-                        f"output folder {out} exists and is not empty (use --overwrite to "
-                        "replace it or --resume to continue an interrupted run)"
-                    )
-                else:
-                    own = fs.exists(f"{path}/{manifest}")
-                    if not (own or (same_as_keep and fs.exists(f"{path}/{MATCH_MANIFEST}"))):
-                        kind = "match or curate" if manifest == MATCH_MANIFEST else "balance"
-                        raise CurateError(
-                            f"--resume: {out} holds no interrupted {kind} run (no {manifest}); "
-                            "use a new folder or --overwrite"
-                        )
+            # (Again under the lock: another run may have written there since.)
+            _, _, _, fresh = _checked_out(out, overwrite, resume, manifest, keep, owned, True)
+            if not fresh and overwrite:
+                _empty(fs, path)
+                fresh = True
             if exists:
                 _remove_temporaries(fs, path)
             try:
@@ -308,19 +384,9 @@ def _lock(name: str, out: str) -> int | None:
         except OSError:
             _drop(fd, name, created)
             return None  # (a file system without locks, as some network mounts)
-        if held == "reads":
-            os.close(fd)
-            raise CurateError(
-                f"a gpu-curate run reads {out} (it holds {name}, which is released when that "
-                "process ends): wait for it to end, or choose another --out"
-            )
         if held is not None:
             os.close(fd)
-            raise CurateError(
-                f"another gpu-curate run ({held}) is writing to {out} "
-                f"(it holds {name}, which is released when that process ends): wait for it "
-                "to end or stop it, or choose another --out"
-            )
+            raise CurateError(_held_message(held, out, name))
         if _current(name, fd):
             os.ftruncate(fd, 0)
             since = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -416,6 +482,20 @@ def _check_nested(path: str, out: str) -> None:
             f"--overwrite would delete {nested}, which {run} (it holds {name}): wait for it "
             f"to end{stop}, or choose another --out"
         )
+
+
+def _held_message(held: str, out: str, name: str) -> str:
+    """Why a run may not write to ``out``, whose lock ``name`` another holds (``held``)."""
+    if held == "reads":
+        return (
+            f"a gpu-curate run reads {out} (it holds {name}, which is released when that "
+            "process ends): wait for it to end, or choose another --out"
+        )
+    return (
+        f"another gpu-curate run ({held}) is writing to {out} (it holds {name}, which is "
+        "released when that process ends): wait for it to end or stop it, or choose another "
+        "--out"
+    )
 
 
 def _probe(name: str) -> str | None:

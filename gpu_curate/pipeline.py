@@ -66,6 +66,7 @@ from .outdir import (
     balance_manifest,
     check_apart,
     check_balance_settings,
+    check_out,
     claim,
     finished_parts,
     not_matched_why,
@@ -554,13 +555,13 @@ def _text_columns(stats: list[dict]) -> dict[str, int]:
 
 
 def match_stage(
-    client, info: ClusterInfo, files: list[InputFile], metadata: Metadata, fs, out, opts
-) -> dict:
-    """Match every part of ``files`` (from :func:`~gpu_curate.io.discover`); write matched/
-    and the entry counts. Returns report figures."""
+    client, info: ClusterInfo, step: MatchStep, parts: list[Part], files: list[InputFile], fs,
+    out, opts,
+) -> dict:  # fmt: skip
+    """Match ``parts`` (:func:`_plan` of ``files``, from :func:`~gpu_curate.io.discover`) with
+    ``step``; write matched/ and the entry counts. Returns report figures."""
     t0 = time.perf_counter()
-    step = MatchStep(metadata, opts.text_column, opts.id_column, opts.keep_unmatched, info.backend)
-    parts = _plan(client, files, opts, step)
+    metadata = step.metadata
     manifest = {
         "inputs": [f.path for f in files],
         "metadata_sha256": metadata.fingerprint,
@@ -795,20 +796,24 @@ def curate(
     files = discover(inputs, opts.format, _metadata_files(metadata))
     from_file = isinstance(metadata, str | os.PathLike)
     check_apart(out, [*inputs, *([str(metadata)] if from_file else [])])
-    # (Held until the run ends: no other run resumes or overwrites it meanwhile.)
-    with prepare_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST) as (fs, path):
-        if not match_only:
-            check_balance_settings(fs, path, t, seed)
-        elif fs.exists(f"{path}/{BALANCE_MANIFEST}") or fs.exists(f"{path}/{CURATED}"):
-            # (A match would rewrite report.json beside a curated/ it does not describe.)
-            raise CurateError(
-                f"--resume: {out} holds a curate run, which `gpu-curate match` would leave "
-                "half described: continue it with `gpu-curate curate --resume`"
-            )
-        cluster = open_client(opts.backend, opts.workers, opts.scheduler, opts.processes)
-        with cluster as (client, info):
-            report = _header(opts, info)
-            report.update(match_stage(client, info, files, md, fs, path, opts))
+    # Refused before the slow start (the cluster, reading every input's columns), and
+    # emptied with --overwrite only once the inputs have passed that planning: a mistyped
+    # column must not cost the previous result.
+    check_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST)
+    _check_resumable(*fsspec.core.url_to_fs(out), out, t, seed, match_only)
+    cluster = open_client(opts.backend, opts.workers, opts.scheduler, opts.processes)
+    with cluster as (client, info):
+        report = _header(opts, info)
+        step = MatchStep(md, opts.text_column, opts.id_column, opts.keep_unmatched, info.backend)
+        t0 = time.perf_counter()
+        parts = _plan(client, files, opts, step)
+        planned = time.perf_counter() - t0
+        # (Held until the run ends: no other run resumes or overwrites it meanwhile.)
+        with prepare_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST) as (fs, path):
+            _check_resumable(fs, path, out, t, seed, match_only)  # (again, under the lock)
+            report.update(match_stage(client, info, step, parts, files, fs, path, opts))
+            # (The match stage's time includes its plan, as it did before the plan moved.)
+            report["seconds_match"] = round(report["seconds_match"] + planned, 3)
             counts = report["_counts"]
             if match_only:
                 report = _write_report(fs, path, report)
@@ -823,6 +828,20 @@ def curate(
             claim(fs, path, BALANCE_MANIFEST, manifest, "balance", resume=opts.resume)
             report.update(balance_stage(client, info, out, counts, t, seed, fs, path, opts))
             return _finish(fs, path, md, report, report["_kept_counts"], opts)
+
+
+def _check_resumable(fs, path: str, out: str, t: float, seed: int, match_only: bool) -> None:
+    """Refuse a resume that would mix runs: a curate with another t or seed, or a match
+    in a curate run's folder."""
+    path = path.rstrip("/") or "/"
+    if not match_only:
+        check_balance_settings(fs, path, t, seed)
+    elif fs.exists(f"{path}/{BALANCE_MANIFEST}") or fs.exists(f"{path}/{CURATED}"):
+        # (A match would rewrite report.json beside a curated/ it does not describe.)
+        raise CurateError(
+            f"--resume: {out} holds a curate run, which `gpu-curate match` would leave "
+            "half described: continue it with `gpu-curate curate --resume`"
+        )
 
 
 def balance_matched(

@@ -597,6 +597,14 @@ def test_demo(tmp_path):
     (killed / ".gpu-curate.lock").write_text("pid 1 on elsewhere since 2026-11-27\n")
     assert cli("demo", "--out", killed, "--rows", 2000).exit_code == 0
     assert not (killed / ".gpu-curate.lock").exists()
+    # --overwrite replaces a demo folder, and no folder that holds anything else
+    (out / "result" / "report.json").write_text("{}")
+    cli("demo", "--out", out, "--rows", 1000, "--overwrite", "--quiet")
+    assert report(out / "result")["pool_rows"] == 1000
+    (out / "notes.md").write_text("mine")
+    mine = cli("demo", "--out", out, "--rows", 1000, "--overwrite", ok=False)
+    assert "holds what gpu-curate does not write (notes.md)" in mine.output
+    assert (out / "notes.md").read_text() == "mine" and (out / "result" / "report.json").exists()
 
 
 def test_report(baseline, pool, ref, expected):
@@ -845,10 +853,41 @@ def test_non_empty_out_refused_unless_overwrite(small, tmp_path):
         assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     both = cli(*base, "--overwrite", "--resume", ok=False)
     assert both.exit_code != 0
+    # --overwrite replaces what gpu-curate wrote, never a file of someone else's.
+    foreign = cli(*base, "--overwrite", ok=False)
+    assert foreign.output.strip() == (
+        f"gpu-curate: error: --overwrite would delete {out}, which holds what gpu-curate does "
+        "not write (precious.txt): move that away or choose another --out"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    (out / "precious.txt").unlink()
+    cli(*base)  # (then report/ of `gpu-curate report` beside the run)
+    cli("report", out)
+    (out / "report.json").write_text("{}")  # (so that the new run's is seen to replace it)
     cli(*base, "--overwrite")
-    assert not (out / "precious.txt").exists()
     for name in LAYOUT:
         assert (out / name).is_file(), name
+    assert json.loads((out / "report.json").read_text())["t"] == 2
+    assert not (out / "report").exists()
+
+
+def test_overwrite_keeps_the_old_result_when_the_inputs_are_refused(small, tmp_path):
+    # The columns of every input are checked before --overwrite empties the folder: a
+    # mistyped column (or format) is refused with the previous result still there.
+    texts, entries, md = small
+    path, _ = _write(tmp_path / "in", "jsonl", texts)
+    out = tmp_path / "out"
+    base = ["curate", path, "--metadata", md, "--out", out, "--t", 2, "--quiet"]
+    cli(*base)
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    refused = cli(*base, "--overwrite", "--text-column", "txet", ok=False)
+    assert refused.exit_code == 2
+    assert "text column 'txet'" in refused.output, refused.output
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    # (And a new folder is not even created.)
+    fresh = tmp_path / "fresh"
+    cli("curate", path, "--metadata", md, "--out", fresh, "--text-column", "txet", ok=False)
+    assert not fresh.exists()
 
 
 def test_csv_header_with_custom_text_column(small, tmp_path):

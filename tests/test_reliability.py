@@ -686,14 +686,17 @@ def test_output_not_empty_is_refused(small, tmp_path):
     r = run_cli("curate", pool, "--metadata", md, "--out", out, "--overwrite", "--resume")
     assert_usage_error(r, "--overwrite and --resume")
     assert keep.exists()
-    # --overwrite replaces it.
-    r = run_cli(
-        "curate", pool, "--metadata", md, "--out", out, "--overwrite", "--backend", "cpu",
-        "--quiet", "--workers", "1",
-    )  # fmt: skip
+    # --overwrite refuses it too (gpu-curate did not write it), and replaces a run's folder.
+    argv = ["curate", pool, "--metadata", md, "--out", out, "--overwrite", "--backend", "cpu",
+            "--quiet", "--workers", "1"]  # fmt: skip
+    assert_clean_error(run_cli(*argv), out, "what gpu-curate does not write (precious.txt)")
+    assert keep.read_text() == "x"
+    keep.unlink()
+    assert run_cli(*argv).exit_code == 0
+    (out / "report.json").write_text("{}")
+    r = run_cli(*argv)
     assert r.exit_code == 0, r.output
-    assert not keep.exists()
-    assert (out / "report.json").exists()
+    assert json.loads((out / "report.json").read_text())["pool_rows"] > 0
 
 
 # ----------------------------------------------------------------------------- 2. bad rows
@@ -1328,13 +1331,13 @@ def test_overwrite_keeps_a_linked_output_folder_a_link(small, tmp_path):
     target.mkdir(parents=True)
     link.symlink_to(target, target_is_directory=True)
     assert run_cli("curate", pool, "--out", link, *common).exit_code == 0
-    (target / "stale.txt").write_text("old")
-    (target / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (target / "report.json").write_text("old")
+    (target / "report").symlink_to(elsewhere, target_is_directory=True)  # (a linked report/)
     r = run_cli("curate", pool, "--out", link, "--overwrite", *common)
     assert r.exit_code == 0, (r.output, r.stderr, r.exception)
     assert link.is_symlink() and link.resolve() == target.resolve()
-    assert (target / "report.json").exists() and (target / "curated" / "_SUCCESS").exists()
-    assert not (target / "stale.txt").exists() and not (target / "linked").exists()
+    assert (target / "report.json").read_text() != "old"
+    assert (target / "curated" / "_SUCCESS").exists() and not (target / "report").exists()
     assert (elsewhere / "keep.txt").read_text() == "x"  # a link inside: removed as a link
 
 
@@ -1399,12 +1402,17 @@ def test_a_run_that_fails_before_any_part_leaves_the_folder_as_it_found_it(small
     assert not out.exists()
     r = run_cli("curate", pool, *base, "--out", out)
     assert r.exit_code == 0, r.output
-    # An empty folder stays, empty; a folder emptied by --overwrite is left empty.
-    for folder, extra in ((tmp_path / "empty", ()), (out, ("--overwrite",))):
-        folder.mkdir(exist_ok=True)
-        r = run_cli("curate", pool, *base, "--out", folder, "--text-column", "nope", *extra)
-        assert_clean_error(r, folder, "'nope'")
-        assert list(folder.iterdir()) == []
+    # An empty folder stays, empty; a run's folder that --overwrite would replace keeps
+    # the previous result (the columns are checked before it is emptied).
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = run_cli("curate", pool, *base, "--out", empty, "--text-column", "nope")
+    assert_clean_error(r, empty, "'nope'")
+    assert list(empty.iterdir()) == []
+    r = run_cli("curate", pool, *base, "--out", out, "--text-column", "nope", "--overwrite")
+    assert r.exit_code == 2 and "'nope'" in r.stderr and "\n" not in r.stderr.strip()
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # Once a part is finished it is kept, with the manifest that a --resume checks: here
     # every part, then a duplicate id over the pool.
     dup = write_pool(tmp_path / "dup")
