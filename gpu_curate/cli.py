@@ -140,7 +140,8 @@ def _common(f):
         click.option(
             "--text-column",
             default=None,
-            help="Text column (default: the first of TEXT, text, caption, alt_text).",
+            help="Text column (default: the first of TEXT, text, caption, alt_text; f0 in a "
+            "CSV/TSV file without a header).",
         ),
         click.option(
             "--id-column",
@@ -152,7 +153,8 @@ def _common(f):
             "fmt",
             type=click.Choice(["parquet", "jsonl", "csv", "tsv"]),
             default=None,
-            help="Input format (default: by file extension).",
+            help="Format of the input files whose extension names none (default: by "
+            "extension; a file named on its own is read in it).",
         ),
         backend_option(),
         *_RUN_OPTIONS,

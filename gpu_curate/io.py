@@ -250,21 +250,27 @@ def _format_of(path: str) -> str | None:
 # Files a folder or glob may hold beside the data: never read, even under --format.
 _NOT_DATA_NAMES = ("readme", "license", "licence", "notice", "changelog", "citation")
 _NOT_DATA_EXTENSIONS = frozenset(
-    ".md .rst .html .htm .pdf .crc .yaml .yml .toml .py .ipynb .sh .log .png .jpg .jpeg"
+    ".md .rst .html .htm .pdf .crc .yaml .yml .toml .py .ipynb .sh .log .png .jpg .jpeg .tar"
     .split()
 )  # fmt: skip
+# img2dataset writes each shard's statistics beside it (00000_stats.json, one indented JSON
+# object), in the very folders of shards that a pool is.
+_SHARD_STATS = re.compile(r"_stats\.json$")
 
 
 def _scanned_format(path: str, fmt: str | None) -> str | None:
     """The format of a file found in a folder or by a glob, or None to skip it.
 
     A known extension names the format; ``--format`` applies to the other files, except
-    documentation and other files that are never data (README, LICENSE, ``.md``, ...).
+    documentation and other files that are never data (README, LICENSE, ``.md``, an
+    img2dataset shard's ``.tar`` and ``_stats.json``, ...).
     """
+    name = PurePosixPath(path).name.lower()
+    if _SHARD_STATS.search(name):
+        return None
     known = _format_of(path)
     if known is not None or fmt is None:
         return known
-    name = PurePosixPath(path).name.lower()
     if name.startswith(_NOT_DATA_NAMES) or os.path.splitext(name)[1] in _NOT_DATA_EXTENSIONS:
         return None
     return fmt
@@ -359,7 +365,8 @@ def discover(
             found = [(p, i, _rel(p, root)) for p, i in sorted(listing.items())]
             kept = [(p, i, r, _scanned_format(p, fmt)) for p, i, r in found if not is_hidden(r)]
         elif fs.exists(path):
-            kept = [(path, fs.info(path), PurePosixPath(path).name, fmt or _format_of(path))]
+            found = [(path, fs.info(path), PurePosixPath(path).name)]
+            kept = [(path, found[0][1], found[0][2], fmt or _format_of(path))]
         else:
             raise CurateError(f"input not found: {spec}")
         kept = [(p, i, r, f) for p, i, r, f in kept if f is not None]
@@ -383,9 +390,16 @@ def discover(
             raise CurateError(f"every input file in {spec} is empty (0 bytes)")
         kept = [k for k, e in zip(kept, empty, strict=True) if not e]
         if not kept:
+            known = ", ".join(sorted(set(_EXTENSIONS)))
+            if not [f for f in found if f[1].get("type", "file") == "file"]:
+                raise CurateError(f"no file {'matches' if is_glob(spec, fs) else 'in'} {spec}")
+            if len(found) == 1 and found[0][0] == path:
+                raise CurateError(
+                    f"{spec}: its name does not say its format (known: {known}): give it with "
+                    "--format"
+                )
             raise CurateError(
-                f"no readable input files in {spec} (looked for "
-                f"{', '.join(sorted(set(_EXTENSIONS)))}; use --format to force one)"
+                f"no readable input files in {spec} (looked for {known}; use --format to force one)"
             )
         new = [InputFile(prefix + p if prefix else p, r, f, i.get("size"), _stamp(i))
                for p, i, r, f in kept]  # fmt: skip

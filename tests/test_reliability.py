@@ -198,7 +198,34 @@ def test_input_empty_folder(small, tmp_path):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"
     r = run_cli("curate", tmp_path / "empty", "--metadata", md, "--out", out)
-    assert_clean_error(r, out, "no readable input files", "empty")
+    assert_clean_error(r, out, f"no file in {tmp_path / 'empty'}")
+    # A glob that matches nothing, a file whose name gives no format, a folder of others.
+    r = run_cli("curate", f"{tmp_path}/nowhere/*.parquet", "--metadata", md, "--out", out)
+    assert_clean_error(r, out, f"no file matches {tmp_path}/nowhere/*.parquet")
+    (tmp_path / "cc3m").write_text("a dog\thttps://x/1.jpg\n")
+    r = run_cli("curate", tmp_path / "cc3m", "--metadata", md, "--out", out)
+    assert_clean_error(r, out, f"{tmp_path / 'cc3m'}: its name does not say its format", "--format")
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    r = run_cli("curate", tmp_path / "empty", "--metadata", md, "--out", out)
+    assert_clean_error(r, out, "no readable input files in", "use --format")
+
+
+def test_an_img2dataset_folder_is_read_without_its_shard_stats_and_tars(small, tmp_path):
+    # img2dataset writes 00000.parquet, 00000.tar and 00000_stats.json per shard.
+    pool, md = small
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for p in sorted(pool.glob("*.parquet")):
+        (shards / p.name).write_bytes(p.read_bytes())
+        (shards / f"{p.stem}.tar").write_bytes(b"\0" * 1024)
+        (shards / f"{p.stem}_stats.json").write_text(json.dumps({"count": 3}, indent=4))
+    common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1", "--t", "5"]
+    for src, out in ((pool, tmp_path / "a"), (shards, tmp_path / "b")):
+        assert run_cli("curate", src, "--out", out, *common).exit_code == 0
+    assert np.array_equal(curated_uids(tmp_path / "a"), curated_uids(tmp_path / "b"))
+    # (The same with --format, which applies to files whose extension names none.)
+    r = run_cli("curate", shards, "--out", tmp_path / "c", "--format", "parquet", *common)
+    assert r.exit_code == 0, r.stderr
 
 
 def test_input_glob_matches_nothing(small, tmp_path):
