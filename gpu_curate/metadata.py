@@ -53,6 +53,9 @@ def validate_entries(entries: object, source: str = "metadata") -> tuple[str, ..
     if isinstance(entries, dict):
         raise MetadataError(f"{source}: metadata must be a JSON list of strings, got an object")
     entries = tuple(entries)
+    if not entries:
+        # (Every text would go unmatched: a run would look done and keep nothing.)
+        raise MetadataError(f"{source}: the metadata holds no entries")
     # The checks run as C loops (map, set) over the ~500k entries of a real metadata; the
     # offending ids are listed only when one fails.
     bad = []
@@ -145,7 +148,9 @@ class Metadata:
         if p.is_dir():
             raise MetadataError(f"metadata path is a folder, not a file: {p}")
         try:
-            text = p.read_text(encoding="utf-8")
+            # (utf-8-sig: a byte-order mark, as Windows editors write, is not part of the
+            # first entry.)
+            text = p.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as exc:
             raise MetadataError(
                 f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); metadata is a JSON "
@@ -153,10 +158,12 @@ class Metadata:
             ) from None
         if p.suffix.lower() == ".txt":
             # One entry per line; only the line break is removed, spaces are kept (exact).
-            lines = text.split("\n")
-            if lines and lines[-1] == "":
+            lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+            # (Blank lines at the end are no entries; one between entries is refused, since
+            # the entry ids after it would no longer be their line numbers less one.)
+            while lines and not lines[-1].strip():
                 lines.pop()
-            entries = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+            entries = lines
             blank = [i + 1 for i, e in enumerate(entries) if not e.strip()]
             if blank:
                 raise MetadataError(f"{p}: empty or whitespace-only entries on lines {_ids(blank)}")

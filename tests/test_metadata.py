@@ -134,16 +134,18 @@ _ENTRY = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_ENTRY, max_size=8))
 def test_validation_agrees_with_its_plain_definition(entries):
-    # The definition, written out: strings, none blank, all distinct.
+    # The definition, written out: at least one, strings, none blank, all distinct.
     strings = all(isinstance(e, str) for e in entries)
     valid = strings and all(e.strip() for e in entries) and len(set(entries)) == len(entries)
-    if valid:
+    if valid and entries:
         assert Metadata(entries).entries == tuple(entries)
         return
     with pytest.raises(MetadataError) as info:
         Metadata(entries)
     msg = str(info.value)
-    if not strings:
+    if not entries:
+        assert "holds no entries" in msg
+    elif not strings:
         assert "not strings" in msg
     elif not all(e.strip() for e in entries):
         ids = [i for i, e in enumerate(entries) if not e.strip()]
@@ -254,13 +256,37 @@ def test_txt_crlf(tmp_path):
 
 
 def test_txt_blank_line_is_an_error(tmp_path):
+    # Between entries (the ids after it would not be line numbers less one); at the end of
+    # the file blank lines are no entries.
     p = tmp_path / "m.txt"
-    p.write_bytes(b"dog\n\ncat\n   \n")
+    p.write_bytes(b"dog\n\ncat\n \t\nbird\n   \n\r\n\n")
     with pytest.raises(MetadataError) as info:
         Metadata.from_file(p)
     msg = str(info.value)
     assert "empty or whitespace-only" in msg and str(p) in msg
-    assert re.search(r"\b2\b.*\b4\b", msg), msg  # line numbers
+    assert msg.endswith("on lines 2, 4"), msg  # line numbers
+    p.write_bytes(b"dog\ncat\n\n  \r\n\n")
+    assert list(Metadata.from_file(p).entries) == ["dog", "cat"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_entry(tmp_path):
+    for name, data in (("m.txt", b"dog\ncat\n"), ("m.json", b'["dog", "cat"]')):
+        p = tmp_path / name
+        p.write_bytes(b"\xef\xbb\xbf" + data)  # (as Windows editors save UTF-8)
+        assert list(Metadata.from_file(p).entries) == ["dog", "cat"]
+
+
+@pytest.mark.parametrize("name, data", [("m.json", b"[]"), ("m.txt", b""), ("m.txt", b"\n\n")])
+def test_metadata_without_entries_is_an_error(tmp_path, name, data):
+    # A run on it would match nothing and look done.
+    p = tmp_path / name
+    p.write_bytes(data)
+    with pytest.raises(
+        MetadataError, match=f"^{re.escape(str(p))}: the metadata holds no entries$"
+    ):
+        Metadata.from_file(p)
+    with pytest.raises(MetadataError, match="holds no entries"):
+        Metadata([])
 
 
 def test_txt_duplicates(tmp_path):
