@@ -1695,6 +1695,7 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
                 f"none of {', '.join(TEXT_COLUMN_CANDIDATES)}: name the text column with "
                 "--text-column (--text-column f0 if the file has no header)"
             )
+        _refuse_urls_first(head, delimiter, quoting, where)
     if has_header:
         read = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=_CSV_BLOCK)
         convert = _text_convert(tuple(names))
@@ -1708,6 +1709,26 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
         newlines_in_values=fmt != "tsv",
     )
     return read, parse, convert
+
+
+_URL = re.compile(r"(?i)(https?|ftp|s3|gs)://\S*")
+
+
+def _refuse_urls_first(head: bytes, delimiter: str, quoting: dict, where: str) -> None:
+    """A :class:`CurateError` when the first column of a file without a header, which the
+    run would match as its text (f0), holds URLs in every line of ``head`` (CC12M's
+    ``url<TAB>caption``): the captions would be matched on their addresses, without a
+    word. Naming the column (--text-column) goes past this check."""
+    lines = [ln for ln in re.split(rb"\r\n|\r|\n", head)[:-1] if ln.strip()][:20]
+    fields = csv.reader((ln.decode("utf-8", "replace") for ln in lines), delimiter=delimiter,
+                        **quoting)  # fmt: skip
+    firsts = [row[0].strip() for row in fields if len(row) >= 2]
+    if firsts and len(firsts) == len(lines) and all(_URL.fullmatch(f) for f in firsts):
+        raise CurateError(
+            f"{where}: its first column holds URLs ({firsts[0][:60]}, ...), and a file without "
+            "a header is matched on its first column: name the caption column with "
+            "--text-column (f1 for the second; f0 matches the URLs all the same)"
+        )
 
 
 @functools.lru_cache(maxsize=64)

@@ -698,6 +698,28 @@ def test_csv_header_less_with_urls_reads_f0(tmp_path, md):
     }
 
 
+@pytest.mark.parametrize("ext, sep", [("tsv", b"\t"), ("csv", b",")])
+def test_header_less_urls_first_is_an_error_unless_the_column_is_named(tmp_path, md, ext, sep):
+    # CC12M's url<TAB>caption: matched on f0, the captions' addresses were curated.
+    rows = [(b"https://img.example/1.jpg", b"a dog"), (b"HTTP://x/2", b"new york cat")]
+    write(tmp_path / "pool" / f"a.{ext}", b"".join(u + sep + c + b"\r\n" for u, c in rows))
+    err = error_line(match(tmp_path / "pool", md, tmp_path / "out"))
+    assert err.endswith(
+        f"a.{ext}: its first column holds URLs (https://img.example/1.jpg, ...), and a file "
+        "without a header is matched on its first column: name the caption column with "
+        "--text-column (f1 for the second; f0 matches the URLs all the same)"
+    ), err
+    assert not (tmp_path / "out").exists()
+    for column, ids in (("f1", [[0], [1, 2]]), ("f0", [[], []])):
+        r = match(tmp_path / "pool", md, tmp_path / column, "--text-column", column)
+        assert r.exit_code == 0, r.output
+        assert matched(tmp_path / column)["entry_ids"] == ids
+    # One line of the head that is no URL, and the first column is taken for captions.
+    write(tmp_path / "pool" / f"a.{ext}", b"a dog" + sep + b"https://img.example/1.jpg\n"
+          + b"".join(u + sep + c + b"\n" for u, c in rows))  # fmt: skip
+    assert match(tmp_path / "pool", md, tmp_path / "mixed").exit_code == 0
+
+
 def test_csv_columns_are_strings_as_written(tmp_path, md):
     # No type guessing: "001" and "1" are two ids, and a caption "1984" is a text.
     write(tmp_path / "pool" / "a.csv", b"id,text\n001,1984\n1,a dog\n2001,2001\n")
