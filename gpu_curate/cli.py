@@ -17,7 +17,7 @@ import click
 from pyarrow import ArrowException
 
 from .cli_options import backend_option, compression_option, seed_option
-from .errors import CurateError
+from .errors import CurateError, Interrupted
 
 
 class _Group(click.Group):
@@ -55,14 +55,12 @@ class _Group(click.Group):
                 raise
             click.echo(f"gpu-curate: error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(
-                "gpu-curate: interrupted; finished parts are kept: run the same command with "
-                "--resume to continue",
-                err=True,
-            )
+            # (A plain one came before the run wrote anything, or after it was done.)
+            hint = f"; {exc.hint}" if isinstance(exc, Interrupted) else ""
+            click.echo(f"gpu-curate: interrupted{hint}", err=True)
             sys.exit(130)
 
 

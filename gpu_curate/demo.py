@@ -87,7 +87,10 @@ def run_demo(out, rows, t, seed, backend, overwrite, quiet, echo=print) -> dict:
     if content and not overwrite:
         raise CurateError(f"demo folder {folder} exists and is not empty (use --overwrite)")
     # (The output folder's own guards: --overwrite never deletes the current directory.)
-    with prepare_out(str(folder), overwrite, False, MATCH_MANIFEST, owned=DEMO_NAMES):
+    folder_out = prepare_out(
+        str(folder), overwrite, False, MATCH_MANIFEST, owned=DEMO_NAMES, resumable=False
+    )
+    with folder_out:
         pool, metadata = make_pool(folder, rows, seed=seed)
         if not quiet:
             echo(f"demo: wrote a {rows:,}-row synthetic pool to {pool} and its metadata")

@@ -14,6 +14,15 @@ class ArgumentError(CurateError, ValueError):
     to a library caller."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a run wrote its output folder: ``hint`` says what the user can do next
+    (the CLI prints it). A KeyboardInterrupt, as Ctrl-C is to any caller."""
+
+    def __init__(self, hint: str):
+        super().__init__(hint)
+        self.hint = hint
+
+
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``n`` and its noun, in the singular for one: messages say "1 part", "3 parts".
 

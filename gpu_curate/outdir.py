@@ -30,7 +30,7 @@ from pathlib import PurePosixPath
 import fsspec
 import numpy as np
 
-from .errors import CurateError
+from .errors import CurateError, Interrupted
 from .io import (
     atomic_write_json,
     glob_pattern,
@@ -229,6 +229,7 @@ def prepare_out(
     manifest: str,
     keep: str | None = None,
     owned: frozenset[str] | None = None,
+    resumable: bool = True,
 ) -> Iterator[tuple[fsspec.AbstractFileSystem, str]]:
     """Create (or, with ``overwrite``, empty) the output folder; refuse a non-empty one.
 
@@ -240,6 +241,8 @@ def prepare_out(
     nor lie in. ``owned``: the names a folder that ``overwrite`` empties may hold
     (default :data:`RUN_NAMES`); a folder holding anything else is refused, not emptied.
     :func:`check_out` makes the same checks without creating, locking or emptying anything.
+    Ctrl-C inside the block is raised as :class:`~gpu_curate.errors.Interrupted`, whose
+    hint is a ``--resume`` (or, not ``resumable``, an ``--overwrite``).
 
     A context manager: a local folder is locked (:data:`LOCK`) before anything in it is
     checked or deleted, until the ``with`` block ends; a folder another run holds (writing
@@ -266,6 +269,18 @@ def prepare_out(
                 _remove_temporaries(fs, path)
             try:
                 yield fs, path
+            except KeyboardInterrupt as exc:
+                # (The folder and its manifests stay, for --resume, where the command has
+                # one: a resume continues from the parts finished so far.)
+                if not resumable:
+                    raise Interrupted("run it again with --overwrite") from None
+                if isinstance(exc, Interrupted):
+                    raise  # (a run's, inside this folder)
+                instead = " instead of --overwrite" if overwrite else ""
+                raise Interrupted(
+                    f"finished parts are kept: run the same command with --resume{instead} "
+                    "to continue"
+                ) from None
             except Exception:
                 # A run in a new or empty folder that fails before it finishes a part
                 # leaves the folder as it found it: its manifests alone would refuse the

@@ -1583,6 +1583,41 @@ def test_progress_ends_its_line_on_ctrl_c(monkeypatch, capsys):
     assert capsys.readouterr().out.endswith("\n")
 
 
+def test_ctrl_c_says_resume_only_where_a_run_began(tiny, tmp_path, monkeypatch):
+    from gpu_curate import pipeline
+
+    root, md = tiny
+    out = tmp_path / "out"
+    argv = ["curate", root / "pool", "--metadata", md, "--out", out, "--t", 5, "--quiet"]
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # Before the folder was written (reading the inputs' columns): nothing to resume.
+    monkeypatch.setattr(pipeline, "_plan", ctrl_c)
+    r = cli(*argv, ok=False)
+    assert (r.exit_code, r.output) == (130, "gpu-curate: interrupted\n")
+    assert not out.exists()
+    monkeypatch.undo()
+    cli(*argv)
+    # Once it was: --resume, which excludes --overwrite.
+    monkeypatch.setattr(pipeline, "match_stage", ctrl_c)
+    new = [*argv[:5], tmp_path / "new", *argv[6:]]
+    for args, instead in ((new, ""), ([*argv, "--overwrite"], " instead of --overwrite")):
+        r = cli(*args, ok=False)
+        assert r.exit_code == 130
+        assert r.output == (
+            "gpu-curate: interrupted; finished parts are kept: run the same command with "
+            f"--resume{instead} to continue\n"
+        )
+    # The demo has no --resume.
+    r = cli("demo", "--out", tmp_path / "demo", "--rows", 300, "--quiet", ok=False)
+    assert (r.exit_code, r.output) == (
+        130,
+        "gpu-curate: interrupted; run it again with --overwrite\n",
+    )
+
+
 def test_a_lost_scheduler_is_one_line(monkeypatch):
     # Killing the --scheduler mid-stage made distributed cancel the run's futures: a
     # traceback ending in FutureCancelledError and exit 1, where the finished parts are
