@@ -106,6 +106,10 @@ def run_demo(out, rows, t, seed, backend, overwrite, quiet, echo=print) -> dict:
                 n = int(kept["count"][r["entry_id"]])
                 echo(f"  {r['entry']:<16} {r['count']:>8,} -> {n:>6,}")
             echo(
+                "  (more than t: a text is kept if any of its entries draws it, and these "
+                "texts also hold rarer entries, which keep theirs)"
+            )
+            echo(
                 f"next: gpu-curate plan {folder / 'result'} --t {max(1, t // 10):g} --t {t * 10:g}"
             )
         return report
