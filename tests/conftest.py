@@ -20,8 +20,13 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-SHARED_MISSING = "../shared/data not found: the shared test data is not present"
+# The shared test data (real alt-texts, a 375k-entry metadata): ../shared/data beside the
+# repository, or the folder $GPU_CURATE_TEST_DATA names.
+SHARED = Path(os.environ.get("GPU_CURATE_TEST_DATA") or REPO.parent / "shared" / "data")
+SHARED_MISSING = (
+    f"{SHARED} not found: the shared test data is not present (set GPU_CURATE_TEST_DATA to "
+    "its folder)"
+)
 
 LAION_PARQUET = "captions/laion_alt_text_10k.parquet"
 CC3M_TSV = "captions/cc3m_validation_alt_text.tsv"
