@@ -44,7 +44,7 @@ class _Group(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
-        logging.getLogger("asyncio").addFilter(_interrupted_gather)
+        logging.getLogger("asyncio").addFilter(_asyncio_noise)
         try:
             return super().invoke(ctx)
         except (CurateError, OSError, ImportError, ArrowException) as exc:
@@ -64,12 +64,21 @@ class _Group(click.Group):
             sys.exit(130)
 
 
-def _interrupted_gather(record: logging.LogRecord) -> bool:
-    # Ctrl-C during client.gather leaves Dask's waiting tasks with AllExit, which asyncio
-    # reports as "Task exception was never retrieved" when they are collected: noise, the
-    # interruption itself is reported in one line.
+def _asyncio_noise(record: logging.LogRecord) -> bool:
+    """False for the asyncio logger's records that are Dask's noise, not the run's news.
+
+    - Ctrl-C during client.gather leaves Dask's waiting tasks with AllExit, which asyncio
+      reports as "Task exception was never retrieved" when they are collected; the
+      interruption itself is reported in one line.
+    - Under load, a local worker's close can outlast the wait for it, and the timeout of
+      the close it abandoned (tornado's ``with_timeout``: TimeoutError("Timeout")) is
+      reported as "Future exception was never retrieved" after a run that had finished.
+    """
     exc = record.exc_info[1] if record.exc_info else None
-    return type(exc).__name__ != "AllExit"
+    if type(exc).__name__ == "AllExit":
+        return False
+    timed_out = isinstance(exc, TimeoutError) and exc.args == ("Timeout",)
+    return not (timed_out and str(record.msg).startswith("Future exception was never retrieved"))
 
 
 @click.group(cls=_Group)

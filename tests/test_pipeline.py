@@ -1566,6 +1566,30 @@ def test_stage_bars_parser():
         assert_progress(out.replace("100%", "50%"), ["matching", "balancing"])
 
 
+def test_dasks_shutdown_timeouts_are_not_reported_after_a_run(caplog):
+    # A worker's close that outlasted its wait, under load, left tornado's
+    # TimeoutError("Timeout") unretrieved: asyncio printed its traceback after a run that
+    # had finished. The CLI drops that record (and keeps any other).
+    import asyncio
+    import gc
+
+    from gpu_curate.cli import _asyncio_noise
+
+    def unretrieved(exc):
+        caplog.clear()
+        loop = asyncio.new_event_loop()
+        loop.create_future().set_exception(exc)
+        gc.collect()
+        loop.close()
+        (record,) = [r for r in caplog.records if r.name == "asyncio"]
+        return record
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        assert _asyncio_noise(unretrieved(TimeoutError("Timeout"))) is False
+        assert _asyncio_noise(unretrieved(TimeoutError("timed out after 5 s"))) is True
+        assert _asyncio_noise(unretrieved(ValueError("Timeout"))) is True
+
+
 def test_progress_ends_its_line_on_ctrl_c(monkeypatch, capsys):
     # Ctrl-C during a stage: the bar's unfinished line is ended, so that the CLI's one
     # line "gpu-curate: interrupted; ..." is not glued onto "[###  ] | 7% Completed | 1.3s".
