@@ -63,3 +63,34 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "epoch 0 == offline curated set: True" in text
     assert elapsed < TOTAL_BUDGET_S, f"notebook took {elapsed:.0f} s"
+
+
+def test_notebook_reads_a_pool_folder_as_gpu_curate_does(tmp_path):
+    # POOL set to an img2dataset output folder (shards' .parquet beside their .tar and
+    # _stats.json files): the set-up cell reads the Parquet shards only. (Up to that cell.)
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pool = tmp_path / "shards"
+    pool.mkdir()
+    for i in range(2):
+        texts = [f"a dog {i} {j}" for j in range(10)]
+        pq.write_table(pa.table({"caption": texts}), pool / f"0000{i}.parquet")
+        (pool / f"0000{i}.tar").write_bytes(b"\0" * 512)
+        (pool / f"0000{i}_stats.json").write_text(json.dumps({"count": 10}, indent=4))
+    (tmp_path / "md.json").write_text(json.dumps(["dog"]))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    params = nb.cells[1].source.replace("POOL = None", f"POOL = {str(pool)!r}", 1)
+    nb.cells[1].source = params.replace(
+        "METADATA = None", f"METADATA = {str(tmp_path / 'md.json')!r}", 1
+    )
+    nb.cells = nb.cells[:3]
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name=_kernel_name(),
+        resources={"metadata": {"path": str(tmp_path)}},
+    )  # fmt: skip
+    client.execute()
+    text = "".join(o.get("text", "") for o in nb.cells[2].outputs if o.output_type == "stream")
+    assert f"pool: {pool} (20 rows, text column 'caption')" in text, text
