@@ -594,7 +594,14 @@ def _empty(fs, path: str) -> None:
     # The folder's contents, not the folder: an --out that is a symbolic link (or a mount
     # point) must stay one, so that the new run writes where the old one did.
     # (A link inside is removed as a link: the folder it points to is not the run's.)
-    for child in fs.ls(path, detail=True):
+    # The manifests go last, _run.json after _balance.json: cut short (Ctrl-C), the folder
+    # is still a run whose manifests describe every part left, which a --resume checks,
+    # never parts whose manifest is gone (a resume with another t took the old curated
+    # parts as its own).
+    last = {BALANCE_MANIFEST: 1, MATCH_MANIFEST: 2}
+    children = fs.ls(path, detail=True)
+    children.sort(key=lambda c: last.get(PurePosixPath(c["name"]).name, 0))
+    for child in children:
         if PurePosixPath(child["name"]).name == LOCK:
             continue  # (this run's own)
         if child.get("islink"):
@@ -624,6 +631,12 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run", resume: bo
             )
         return
     if not fs.exists(path):
+        stage = {MATCH_MANIFEST: "matched", BALANCE_MANIFEST: "curated"}.get(name)
+        if stage is not None and finished_parts(fs, f"{out}/{stage}"):
+            raise CurateError(
+                f"--resume: {out}/{stage} holds finished parts but no {name} says which run "
+                "wrote them (an --overwrite cut short?): use --overwrite to start again"
+            )
         atomic_write_json(fs, path, manifest)
         return
     try:

@@ -800,7 +800,8 @@ def curate(
     # emptied with --overwrite only once the inputs have passed that planning: a mistyped
     # column must not cost the previous result.
     check_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST)
-    _check_resumable(*fsspec.core.url_to_fs(out), out, t, seed, match_only)
+    if opts.resume:  # (--overwrite replaces a run of any t and seed)
+        _check_resumable(*fsspec.core.url_to_fs(out), out, t, seed, match_only)
     cluster = open_client(opts.backend, opts.workers, opts.scheduler, opts.processes)
     with cluster as (client, info):
         report = _header(opts, info)

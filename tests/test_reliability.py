@@ -17,6 +17,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -1683,3 +1684,42 @@ def test_worker_killed_mid_run(big, dask_cluster, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["cluster"] == "scheduler"
     assert report["pool_rows"] == N_FILES * ROWS_PER_FILE
+
+
+def test_an_overwrite_cut_short_never_lends_its_parts_to_a_resume(small, tmp_path, monkeypatch):
+    # Ctrl-C while --overwrite empties a finished run, then the --resume the message
+    # suggests, with another t: once _balance.json was gone and _run.json was not, the old
+    # run's curated parts were taken as the new run's (its t, under the new t's report).
+    from fsspec.implementations.local import LocalFileSystem
+
+    pool, md = small
+    argv = ["curate", pool, "--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1"]
+    fresh = tmp_path / "fresh"
+    assert run_cli(*argv, "--out", fresh, "--t", 30).exit_code == 0
+    old = tmp_path / "old"
+    assert run_cli(*argv, "--out", old, "--t", 20).exit_code == 0
+    n_children = len(list(old.iterdir()))
+    real_rm, real_rm_file = LocalFileSystem.rm, LocalFileSystem.rm_file
+    for cut in range(1, n_children):
+        out = tmp_path / f"cut{cut}"
+        shutil.copytree(old, out)
+
+        def rm(self, *args, real=real_rm, calls=[], cut=cut, **kwargs):  # noqa: B006
+            calls.append(args)
+            if len(calls) == cut:
+                raise KeyboardInterrupt
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(LocalFileSystem, "rm", rm)
+        monkeypatch.setattr(
+            LocalFileSystem, "rm_file", lambda self, p, real=real_rm_file: rm(self, p, real=real)
+        )
+        r = run_cli(*argv, "--out", out, "--t", 30, "--overwrite")
+        monkeypatch.undo()
+        assert r.exit_code == 130, (cut, r.output, r.stderr)
+        r = run_cli(*argv, "--out", out, "--t", 30, "--resume")
+        if r.exit_code == 0:
+            assert np.array_equal(curated_uids(out), curated_uids(fresh)), cut
+        else:
+            assert r.exit_code == 2 and "--overwrite" in r.stderr, (cut, r.stderr)
+            assert completion_markers(out) == [] or (out / "curated" / "_SUCCESS").exists()
