@@ -283,8 +283,9 @@ def _add_stats(total: dict, more: dict) -> dict:
 
 
 def _balance_task(
-    src: str, name: str, step: BalanceStep, out: str, resume: bool, compression: str = "zstd"
-):
+    src: str, name: str, step: BalanceStep, out: str, resume: bool, compression: str = "zstd",
+    rows: int | None = None,
+):  # fmt: skip
     fs, _ = fsspec.core.url_to_fs(out)
     data_path = f"{out}/{CURATED}/{name}.parquet"
     stats_path = f"{out}/{CURATED}/_parts/{name}.json"
@@ -296,7 +297,7 @@ def _balance_task(
     with sfs.open(src, "rb") as fh, atomic_parquet_writer(fs, data_path, compression) as write:
         # Row groups of about a part's size at a time: memory stays bounded whatever the
         # size of the matched part (a CSV file of any size is one part).
-        for table in _matched_tables(fh, src):
+        for table in _matched_tables(fh, src, rows=rows):
             kept, batch_stats, batch_counts = step.run(table)
             write(kept)
             stats = _add_stats(stats, batch_stats)
@@ -308,12 +309,18 @@ def _balance_task(
     return stats, counts
 
 
-def _matched_tables(fh, src: str, columns: list[str] | None = None):
+def _matched_tables(fh, src: str, columns: list[str] | None = None, rows: int | None = None):
     """A matched (or curated) part's rows, or ``columns`` of them, as tables of whole row
-    groups of about PART_ROWS rows."""
+    groups of about PART_ROWS rows; ``rows``: how many its ``_SUCCESS`` lists (a part
+    replaced since, by a file that reads, is refused rather than balanced)."""
     try:
         pf = pq.ParquetFile(fh)
         groups = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+        if rows is not None and sum(groups) != rows:
+            raise CurateError(
+                f"the matched part {src} holds {sum(groups):,} rows, {MATCHED}/{SUCCESS} says "
+                f"{rows:,}: it changed since it was matched (match again)"
+            )
         for run in row_group_runs(groups, PART_ROWS):
             yield pf.read_row_groups(run, columns=columns)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -668,7 +675,7 @@ def balance_stage(
         raise CurateError(
             f"{matched_dir} has no complete matched dataset ({MATCHED}/{SUCCESS} missing)"
         )
-    parts = [file for file, _ in success_parts(mfs, f"{mpath.rstrip('/')}/{MATCHED}")]
+    parts = success_parts(mfs, f"{mpath.rstrip('/')}/{MATCHED}")
     fs.makedirs(f"{out}/{CURATED}/_parts", exist_ok=True)
     step = BalanceStep(entry_probabilities(counts, t), seed, info.backend)
     step_future = client.scatter(step, broadcast=True, hash=False) if parts else step
@@ -682,8 +689,9 @@ def balance_stage(
             out,
             opts.resume,
             opts.compression,
+            rows,
         )  # fmt: skip
-        for file in parts
+        for file, rows in parts
     ]
     _say(
         opts,

@@ -1408,6 +1408,22 @@ def test_balance_of_a_damaged_matched_part_is_one_line(small, tmp_path):
     assert "part-00000.parquet" in err
 
 
+def test_balance_of_a_matched_part_replaced_since_is_one_line(small, tmp_path):
+    # A part that reads, but holds other rows than matched/_SUCCESS lists (5 of its rows
+    # written back): balanced, it gave a smaller curated set without a word.
+    pool, md = small
+    m = tmp_path / "m"
+    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
+    part = m / "matched" / "part-00000.parquet"
+    rows = pq.read_table(part).num_rows
+    pq.write_table(pq.read_table(part).slice(0, 5), part)
+    r = run_cli("balance", m, "--t", "30", "--out", tmp_path / "b", *common)
+    assert_clean_error(
+        r, tmp_path / "b", f"the matched part {part} holds 5 rows, matched/_SUCCESS says {rows:,}"
+    )
+
+
 def test_balance_of_a_damaged_matched_success_is_one_line(small, tmp_path):
     # (plan and balance read matched/_SUCCESS through one reader: both say it is damaged.)
     pool, md = small
