@@ -1671,7 +1671,10 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
     quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"quotechar": '"'}
     fields = next(csv.reader([first_line], delimiter=delimiter, **quoting), [])
     names = [c.strip() for c in fields]
-    known = set(TEXT_COLUMN_CANDIDATES) | {c for c in (text_column, id_column) if c}
+    # (A text column named on the command line is the only text name a header may show:
+    # --text-column f0 reads a file whose first caption is "text" as a file without one.)
+    known = {text_column} if text_column else set(TEXT_COLUMN_CANDIDATES)
+    known |= {id_column} if id_column else set()
     has_header = any(c in known for c in names)
     quoted = [c[1:-1] for c in names if len(c) > 2 and c[0] == c[-1] == '"']
     if (

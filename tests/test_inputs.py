@@ -720,6 +720,19 @@ def test_header_less_urls_first_is_an_error_unless_the_column_is_named(tmp_path,
     assert match(tmp_path / "pool", md, tmp_path / "mixed").exit_code == 0
 
 
+def test_a_first_caption_that_is_a_default_name_is_a_row_under_text_column_f0(tmp_path, md):
+    # Placeholder alt-texts ("text", "caption") are common: by default such a first line is
+    # a header (the documented rule); naming f0 reads the file as one without a header.
+    write(tmp_path / "pool" / "a.tsv", b"caption\thttp://c\na dog\thttp://x\n")
+    r = match(tmp_path / "pool", md, tmp_path / "f0", "--text-column", "f0")
+    assert r.exit_code == 0, r.output
+    got = matched(tmp_path / "f0")
+    assert got["f0"] == [b"caption", b"a dog"] and got["entry_ids"] == [[], [0]]
+    r = match(tmp_path / "pool", md, tmp_path / "default")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "default")["caption"] == [b"a dog"]
+
+
 def test_csv_columns_are_strings_as_written(tmp_path, md):
     # No type guessing: "001" and "1" are two ids, and a caption "1984" is a text.
     write(tmp_path / "pool" / "a.csv", b"id,text\n001,1984\n1,a dog\n2001,2001\n")
