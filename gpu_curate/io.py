@@ -698,11 +698,14 @@ def plan_parts(
     if check_schema is not None:
         for path, (_, schema) in layouts.items():
             check_schema(schema, path)
-        for path, (schema, _) in (text_schemas or {}).items():
-            check_schema(schema, path)
+        for path, (schema, rows) in (text_schemas or {}).items():
+            if rows != 0:  # (a JSON Lines file of blank lines: no rows, and no columns)
+                check_schema(schema, path)
     for f in files:
         if f.path in (text_schemas or {}) and packs_text(f, partition_rows):
             schema, rows = text_schemas[f.path]
+            if rows == 0:
+                continue  # (no part, as for an empty file: its made-up columns are no pool's)
             rows = _text_rows(f) if rows is None else rows
             add_to_pack(Piece(f, 0, None), rows, ("text", schema))
             continue

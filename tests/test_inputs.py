@@ -733,6 +733,17 @@ def test_a_first_caption_that_is_a_default_name_is_a_row_under_text_column_f0(tm
     assert matched(tmp_path / "default")["caption"] == [b"a dog"]
 
 
+def test_a_json_lines_file_of_blank_lines_holds_no_rows_and_no_columns(tmp_path, md):
+    # Beside files with an id column: its made-up text column (no id) stopped the run.
+    write(tmp_path / "pool" / "a.jsonl", b'{"TEXT": "a dog", "id": 3}\n')
+    write(tmp_path / "pool" / "b.jsonl", b"\n \r\n")
+    r = match(tmp_path / "pool", md, tmp_path / "out", "--id-column", "id")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(tmp_path / "out") == {"TEXT": [b"a dog"], "id": [3], "entry_ids": [[0]]}
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (rep["pool_rows"], rep["column_sets"], rep["input_files"]) == (1, 1, 2)
+
+
 def test_csv_columns_are_strings_as_written(tmp_path, md):
     # No type guessing: "001" and "1" are two ids, and a caption "1984" is a text.
     write(tmp_path / "pool" / "a.csv", b"id,text\n001,1984\n1,a dog\n2001,2001\n")
