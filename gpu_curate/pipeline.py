@@ -309,22 +309,47 @@ def _balance_task(
     return stats, counts
 
 
-def _matched_tables(fh, src: str, columns: list[str] | None = None, rows: int | None = None):
-    """A matched (or curated) part's rows, or ``columns`` of them, as tables of whole row
-    groups of about PART_ROWS rows; ``rows``: how many its ``_SUCCESS`` lists (a part
-    replaced since, by a file that reads, is refused rather than balanced)."""
+def _matched_file(fh, src: str, rows: int | None = None) -> tuple[pq.ParquetFile, list[int]]:
+    """A matched (or curated) part's ParquetFile and the rows of its row groups; ``rows``:
+    how many its ``_SUCCESS`` lists (a part replaced since, by a file that reads, is
+    refused rather than balanced)."""
     try:
         pf = pq.ParquetFile(fh)
         groups = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
-        if rows is not None and sum(groups) != rows:
-            raise CurateError(
-                f"the matched part {src} holds {sum(groups):,} rows, {MATCHED}/{SUCCESS} says "
-                f"{rows:,}: it changed since it was matched (match again)"
-            )
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise cannot_read(f"the matched part {src}", exc, hint="match again") from None
+    if rows is not None and sum(groups) != rows:
+        raise CurateError(
+            f"the matched part {src} holds {sum(groups):,} rows, {MATCHED}/{SUCCESS} says "
+            f"{rows:,}: it changed since it was matched (match again)"
+        )
+    return pf, groups
+
+
+def _matched_tables(fh, src: str, columns: list[str] | None = None, rows: int | None = None):
+    """A matched (or curated) part's rows, or ``columns`` of them, as tables of whole row
+    groups of about PART_ROWS rows (``rows``: as :func:`_matched_file`)."""
+    pf, groups = _matched_file(fh, src, rows)
+    try:
         for run in row_group_runs(groups, PART_ROWS):
             yield pf.read_row_groups(run, columns=columns)
     except (pa.ArrowInvalid, OSError) as exc:
         raise cannot_read(f"the matched part {src}", exc, hint="match again") from None
+
+
+def _check_matched_parts(client, parts: list[tuple[str, int]]) -> None:
+    """Refuse, from their footers, matched parts ((path, rows its _SUCCESS lists) each) that
+    do not read or hold other rows: run as tasks on the cluster, 256 parts a task."""
+    batches = [parts[i : i + 256] for i in range(0, len(parts), 256)]
+    tasks = [dask.delayed(_parts_read, pure=False)(batch) for batch in batches]
+    client.gather(client.compute(tasks, optimize_graph=False))
+
+
+def _parts_read(parts: list[tuple[str, int]]) -> None:
+    for src, rows in parts:
+        fs, _ = fsspec.core.url_to_fs(src)
+        with fs.open(src, "rb") as fh:
+            _matched_file(fh, src, rows)
 
 
 def _merge(*results: tuple) -> tuple[list[dict], np.ndarray]:
@@ -897,15 +922,28 @@ def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Opti
                 "input_files", "metadata_entries", "metadata_sha256", "entries_matched",
                 "text_columns", "column_sets", "seconds_match")  # fmt: skip
         pool = {k: prev[k] for k in keep if k in prev}
-    folder = prepare_out(out, opts.overwrite, opts.resume, BALANCE_MANIFEST, keep=matched_dir)
-    with folder as (fs, path):  # (held until the run ends)
-        # Claimed before anything is written: a resume with another t, seed, matched dataset
-        # or codec is refused before it replaces the counts beside the finished parts.
-        manifest = balance_manifest(mfs, mpath, counts, t, seed, opts.compression)
-        claim(fs, path, BALANCE_MANIFEST, manifest, "balance", resume=opts.resume)
-        cluster = open_client(opts.backend, opts.workers, opts.scheduler, opts.processes)
-        with cluster as (client, info):
-            report = _header(opts, info)
+    check_out(out, opts.overwrite, opts.resume, BALANCE_MANIFEST, keep=matched_dir)
+    manifest = balance_manifest(mfs, mpath, counts, t, seed, opts.compression)
+    ofs, opath = fsspec.core.url_to_fs(out)
+    if opts.resume and ofs.exists(f"{opath.rstrip('/')}/{BALANCE_MANIFEST}"):
+        # (Read only, where the manifest is there: a resume of another balance is refused
+        # before the cluster starts; again under the lock below.)
+        claim(ofs, opath.rstrip("/"), BALANCE_MANIFEST, manifest, "balance", resume=True)
+    cluster = open_client(opts.backend, opts.workers, opts.scheduler, opts.processes)
+    with cluster as (client, info):
+        report = _header(opts, info)
+        if opts.overwrite:
+            # (What --overwrite would replace stays until the matched parts have been seen
+            # to read, each with the rows matched/_SUCCESS lists.)
+            prefix = f"{full_path(mfs, mpath)}/{MATCHED}"
+            parts = success_parts(mfs, f"{mpath}/{MATCHED}")
+            _check_matched_parts(client, [(f"{prefix}/{f}", rows) for f, rows in parts])
+        folder = prepare_out(out, opts.overwrite, opts.resume, BALANCE_MANIFEST, keep=matched_dir)
+        with folder as (fs, path):  # (held until the run ends)
+            # Claimed before anything is written: a resume with another t, seed, matched
+            # dataset or codec is refused before it replaces the counts beside the finished
+            # parts.
+            claim(fs, path, BALANCE_MANIFEST, manifest, "balance", resume=opts.resume)
             report.update(pool)
             report.update({"t": t, "seed": seed, "matched_dir": full_path(mfs, mpath)})
             atomic_write_parquet(fs, f"{path}/entry_counts.parquet", table)

@@ -1424,6 +1424,29 @@ def test_balance_of_a_matched_part_replaced_since_is_one_line(small, tmp_path):
     )
 
 
+def test_balance_overwrite_keeps_the_old_result_when_a_matched_part_is_damaged(small, tmp_path):
+    # The matched parts' footers are read before --overwrite empties the folder: a damaged
+    # or replaced part is refused with the previous balance still there, whole.
+    pool, md = small
+    m = tmp_path / "m"
+    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
+    old = tmp_path / "old"
+    assert run_cli("balance", m, "--t", "30", "--out", old, *common).exit_code == 0
+    before = {p: p.read_bytes() for p in sorted(old.rglob("*")) if p.is_file()}
+    part = sorted((m / "matched").glob("part-*.parquet"))[-1]
+    good = part.read_bytes()
+    for damage, needle in ((good[:1000], "cannot read the matched part"),
+                           (None, "holds 5 rows, matched/_SUCCESS says")):  # fmt: skip
+        if damage is None:
+            pq.write_table(pq.read_table(io.BytesIO(good)).slice(0, 5), part)
+        else:
+            part.write_bytes(damage)
+        r = run_cli("balance", m, "--t", "20", "--out", old, "--overwrite", *common)
+        assert r.exit_code == 2 and needle in r.stderr and str(part) in r.stderr, r.stderr
+        assert {p: p.read_bytes() for p in sorted(old.rglob("*")) if p.is_file()} == before
+
+
 def test_balance_of_a_damaged_matched_success_is_one_line(small, tmp_path):
     # (plan and balance read matched/_SUCCESS through one reader: both say it is damaged.)
     pool, md = small
