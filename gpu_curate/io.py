@@ -255,7 +255,7 @@ _NOT_DATA_EXTENSIONS = frozenset(
 )  # fmt: skip
 # img2dataset writes each shard's statistics beside it (00000_stats.json, one indented JSON
 # object), in the very folders of shards that a pool is.
-_SHARD_STATS = re.compile(r"_stats\.json$")
+_SHARD_STATS = re.compile(r"^\d+_stats\.json$")
 
 
 def _scanned_format(path: str, fmt: str | None) -> str | None:
@@ -397,6 +397,14 @@ def discover(
                 raise CurateError(
                     f"{spec}: its name does not say its format (known: {known}): give it with "
                     "--format"
+                )
+            shown = [f[2] for f in found if not is_hidden(f[2])]
+            if shown and all(_scanned_format(p, "jsonl") is None for p in shown):
+                # (--format would not make them data either.)
+                raise CurateError(
+                    f"no pool files in {spec}: {', '.join(shown[:3])}"
+                    f"{', ...' if len(shown) > 3 else ''} are never read as data (documentation, "
+                    "img2dataset's .tar and NNNNN_stats.json files)"
                 )
             raise CurateError(
                 f"no readable input files in {spec} (looked for {known}; use --format to force one)"
@@ -1725,6 +1733,7 @@ def _refuse_urls_first(head: bytes, delimiter: str, quoting: dict, where: str) -
     run would match as its text (f0), holds URLs in every line of ``head`` (CC12M's
     ``url<TAB>caption``): the captions would be matched on their addresses, without a
     word. Naming the column (--text-column) goes past this check."""
+    head = head.removeprefix(b"\xef\xbb\xbf")  # (a byte-order mark is no part of a field)
     lines = [ln for ln in re.split(rb"\r\n|\r|\n", head)[:-1] if ln.strip()][:20]
     fields = csv.reader((ln.decode("utf-8", "replace") for ln in lines), delimiter=delimiter,
                         **quoting)  # fmt: skip

@@ -58,6 +58,8 @@ _MANIFEST_DEFAULTS = {"compression": "zstd"}
 LOCK = ".gpu-curate.lock"
 # Temporary names of io.atomic_write_* (and the visible ones of earlier versions).
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{32}$")
+# io.write_atomic's (the report's pages and plots): .NAME.PID.HEX8.tmp
+_ATOMIC_TEMPORARY = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
 
 
 def _key(fs, path: str) -> str:
@@ -124,17 +126,23 @@ RUN_NAMES = frozenset(
 
 
 def _foreign(fs, path: str, owned: frozenset[str]) -> list[str]:
-    """The names in the folder ``path`` that gpu-curate did not write (``owned``: it did)."""
-    names = [PurePosixPath(str(p)).name for p in fs.ls(path, detail=False)]
-    return sorted(
-        n
-        for n in names
-        if not ignored_name(n)
-        and n != ".DS_Store"
-        and n not in owned
+    """The names in the folder ``path`` that gpu-curate did not write (``owned``: it did;
+    and a folder that holds a run's manifest is a run of its own, as ``balance RUN --out
+    RUN/t5000`` writes it)."""
+    foreign = []
+    for child in fs.ls(path, detail=True):
+        name = PurePosixPath(str(child["name"])).name
+        if ignored_name(name) or name == ".DS_Store" or name in owned:
+            continue
         # (A report page that ``gpu-curate report --out-html`` wrote in the run folder.)
-        and not (owned is RUN_NAMES and n.lower().endswith((".html", ".htm")))
-    )
+        if owned is RUN_NAMES and name.lower().endswith((".html", ".htm")):
+            continue
+        if child.get("type") == "directory" and not child.get("islink"):
+            folder = str(child["name"]).rstrip("/")
+            if any(fs.exists(f"{folder}/{m}") for m in (MATCH_MANIFEST, BALANCE_MANIFEST)):
+                continue
+        foreign.append(name)
+    return sorted(foreign)
 
 
 def check_out(
@@ -369,7 +377,8 @@ def ignored_name(path: str) -> bool:
     >>> ignored_name("out/.gpu-curate.lock"), ignored_name("out/report.json")
     (True, False)
     """
-    return bool(_TEMPORARY.search(path)) or PurePosixPath(path).name == LOCK
+    name = PurePosixPath(path).name
+    return bool(_TEMPORARY.search(path) or _ATOMIC_TEMPORARY.match(name)) or name == LOCK
 
 
 @contextlib.contextmanager

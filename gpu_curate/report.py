@@ -631,6 +631,12 @@ def _check_html_target(path: Path, run_folder: Path) -> None:
     if inside and not path.resolve().is_relative_to((run_folder / REPORT_FOLDER).resolve()):
         if path.suffix.lower() not in (".html", ".htm"):
             raise CurateError(f"report: --out-html {path} is in the run folder: name an .html")
+        if path.resolve().parent != run_folder.resolve():
+            # (A folder of its own in the run would be no run's: --overwrite refuses it.)
+            raise CurateError(
+                f"report: --out-html {path} is in a folder of the run: write it in the run "
+                f"folder itself, in its {REPORT_FOLDER}/, or outside the run"
+            )
 
 
 def write_report(

@@ -714,6 +714,12 @@ def test_header_less_urls_first_is_an_error_unless_the_column_is_named(tmp_path,
         r = match(tmp_path / "pool", md, tmp_path / column, "--text-column", column)
         assert r.exit_code == 0, r.output
         assert matched(tmp_path / column)["entry_ids"] == ids
+    # (A byte-order mark before the first URL changes nothing.)
+    write(
+        tmp_path / "bom" / f"a.{ext}",
+        b"\xef\xbb\xbf" + b"".join(u + sep + c + b"\n" for u, c in rows),
+    )
+    assert "its first column holds URLs" in error_line(match(tmp_path / "bom", md, tmp_path / "b"))
     # One line of the head that is no URL, and the first column is taken for captions.
     write(tmp_path / "pool" / f"a.{ext}", b"a dog" + sep + b"https://img.example/1.jpg\n"
           + b"".join(u + sep + c + b"\n" for u, c in rows))  # fmt: skip

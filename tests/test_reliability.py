@@ -214,19 +214,34 @@ def test_input_empty_folder(small, tmp_path):
 def test_an_img2dataset_folder_is_read_without_its_shard_stats_and_tars(small, tmp_path):
     # img2dataset writes 00000.parquet, 00000.tar and 00000_stats.json per shard.
     pool, md = small
-    shards = tmp_path / "shards"
+    plain, shards = tmp_path / "plain", tmp_path / "shards"
+    plain.mkdir()
     shards.mkdir()
-    for p in sorted(pool.glob("*.parquet")):
-        (shards / p.name).write_bytes(p.read_bytes())
-        (shards / f"{p.stem}.tar").write_bytes(b"\0" * 1024)
-        (shards / f"{p.stem}_stats.json").write_text(json.dumps({"count": 3}, indent=4))
+    for i, p in enumerate(sorted(pool.glob("*.parquet"))):
+        (plain / f"{i:05d}.parquet").write_bytes(p.read_bytes())
+        (shards / f"{i:05d}.parquet").write_bytes(p.read_bytes())
+        (shards / f"{i:05d}.tar").write_bytes(b"\0" * 1024)
+        (shards / f"{i:05d}_stats.json").write_text(json.dumps({"count": 3}, indent=4))
     common = ["--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1", "--t", "5"]
-    for src, out in ((pool, tmp_path / "a"), (shards, tmp_path / "b")):
+    for src, out in ((plain, tmp_path / "a"), (shards, tmp_path / "b")):
         assert run_cli("curate", src, "--out", out, *common).exit_code == 0
     assert np.array_equal(curated_uids(tmp_path / "a"), curated_uids(tmp_path / "b"))
     # (The same with --format, which applies to files whose extension names none.)
     r = run_cli("curate", shards, "--out", tmp_path / "c", "--format", "parquet", *common)
     assert r.exit_code == 0, r.stderr
+    # A folder of sidecars alone: --format would not make them data, so it is not offered.
+    sidecars = tmp_path / "sidecars"
+    sidecars.mkdir()
+    for p in shards.glob("0*.[tj]*"):
+        (sidecars / p.name).write_bytes(p.read_bytes())
+    r = run_cli("curate", sidecars, "--out", tmp_path / "e", *common)
+    err = assert_clean_error(r, tmp_path / "e", f"no pool files in {sidecars}: 00000.tar")
+    assert "--format" not in err
+    # Only img2dataset's shard stats (NNNNN_stats.json): another *_stats.json is a pool file.
+    (shards / "train_stats.json").write_text('{"TEXT": "a dog"}\n')
+    r = run_cli("curate", shards, "--out", tmp_path / "d", *common)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((tmp_path / "d" / "report.json").read_text())["input_files"] == 3
 
 
 def test_input_glob_matches_nothing(small, tmp_path):

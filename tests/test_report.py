@@ -202,6 +202,14 @@ def test_out_html_never_replaces_a_file_of_the_run(reported, target):
         assert path.read_bytes() == before
 
 
+def test_out_html_in_a_new_folder_of_the_run_is_refused(reported):
+    # A folder of its own in the run would be no run's: --overwrite would refuse the run.
+    path = Path(reported) / "pages" / "r.html"
+    res = _invoke(["report", str(reported), "--out-html", str(path), "--no-sweep"])
+    assert res.exit_code == 2 and "is in a folder of the run" in res.stderr, res.stderr
+    assert not path.parent.exists()
+
+
 def test_embed_puts_the_pngs_in_the_page(reported, tmp_path):
     write_report(reported)  # the PNG files, as a page without --embed has them
     html_path = tmp_path / "embedded.html"
