@@ -437,9 +437,11 @@ def _plan(
     which must be typed as its whole read types them: where they cannot be, the file is
     one part, read as before (:func:`~gpu_curate.io.json_ranges_schema`). Small CSV/TSV
     files are packed by their columns, read from their heads, and small JSON Lines files
-    by their columns and types, read whole by tasks on the cluster. The columns of these
-    and of the Parquet files (from their footers) are checked (``step``'s
-    :meth:`~gpu_curate.steps.MatchStep.check_columns`)."""
+    by their columns and types, read whole by tasks on the cluster. The columns of these,
+    of every CSV/TSV file (from its head), of the JSON Lines files cut into ranges and of
+    the Parquet files (from their footers) are checked (``step``'s
+    :meth:`~gpu_curate.steps.MatchStep.check_columns`); a big JSON Lines file read whole is
+    checked by its task."""
     target = opts.partition_rows or RANGE_ROWS
     by_path = {f.path: f for f in files}
     cuts = {
@@ -449,9 +451,15 @@ def _plan(
     }
     ranges = _cut(client, by_path, cuts, opts) if cuts else {}
     small = [f for f in files if f.path not in ranges and packs_text(f, opts.partition_rows)]
-    schemas = text_schemas(small, opts.text_column, opts.id_column)
+    # (The head of every CSV/TSV file, big or compressed too: its columns are checked before
+    # any part is matched, and the small ones are packed by them.)
+    schemas = text_schemas(files, opts.text_column, opts.id_column)
     schemas.update(_json_layouts(client, [f for f in small if f.format == "jsonl"], opts))
     check = step.check_columns if step is not None else None
+    if check is not None:
+        for path, (_, schema) in ranges.items():
+            if schema is not None:  # (a JSON Lines file cut into ranges: its typed columns)
+                check(schema, path)
     return plan_parts(files, opts.partition_rows, ranges, schemas, check)
 
 

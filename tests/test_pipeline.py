@@ -18,6 +18,7 @@ CLI runs cost seconds each, so the runs are shared through module-scoped fixture
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import json
 import logging
@@ -889,6 +890,17 @@ def test_overwrite_keeps_the_old_result_when_the_inputs_are_refused(small, tmp_p
     assert refused.exit_code == 2
     assert "text column 'txet'" in refused.output, refused.output
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    # The same for a compressed TSV file, and for one cut into ranges of rows.
+    tsv = tmp_path / "tsv"
+    tsv.mkdir()
+    clean = [" ".join(t.split()) or "a dog" for t in texts]  # (one TSV line each)
+    lines = "".join(f"{t}\thttps://x/{i}.jpg\n" for i, t in enumerate(clean)).encode()
+    (tsv / "a.tsv.gz").write_bytes(gzip.compress(lines))
+    (tsv / "b.tsv").write_bytes(lines)
+    for extra in (["--text-column", "txet"], ["--text-column", "txet", "--partition-rows", 3]):
+        refused = cli(*base[:1], tsv, *base[2:], "--overwrite", *extra, ok=False)
+        assert refused.exit_code == 2 and "text column 'txet'" in refused.output, refused.output
+        assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
     # (And a new folder is not even created.)
     fresh = tmp_path / "fresh"
     cli("curate", path, "--metadata", md, "--out", fresh, "--text-column", "txet", ok=False)
