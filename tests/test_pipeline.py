@@ -1494,6 +1494,15 @@ def test_the_workers_of_a_scheduler_choose_the_backend(dask_cluster, tiny, tmp_p
         re.M,
     ), result.output
     assert not out.exists() or list(out.iterdir()) == []
+    # balance too, and before --overwrite empties anything.
+    cli("match", root / "pool", "--metadata", md, "--out", out, "--quiet")
+    old = tmp_path / "old"
+    cli("balance", out, "--out", old, "--t", 5, "--quiet")
+    before = sorted(p.relative_to(old) for p in old.rglob("*"))
+    result = cli("balance", out, "--out", old, "--t", 6, "--scheduler", dask_cluster,
+                 "--backend", "gpu", "--overwrite", ok=False)  # fmt: skip
+    assert result.exit_code == 2 and "the gpu backend cannot run here" in result.output
+    assert sorted(p.relative_to(old) for p in old.rglob("*")) == before
 
 
 def test_a_resume_says_what_it_found_finished(tiny, tmp_path):
