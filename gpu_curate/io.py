@@ -710,7 +710,8 @@ def plan_parts(
             if rows != 0:  # (a JSON Lines file of blank lines: no rows, and no columns)
                 check_schema(schema, path)
     for f in files:
-        if f.path in (text_schemas or {}) and packs_text(f, partition_rows):
+        cut = f.path in (line_ranges or {})
+        if f.path in (text_schemas or {}) and not cut and packs_text(f, partition_rows):
             schema, rows = text_schemas[f.path]
             if rows == 0:
                 continue  # (no part, as for an empty file: its made-up columns are no pool's)

@@ -35,9 +35,7 @@ invalidate_stale_cache()
 # tokens: every small part, every notebook call), once per grid size and process. Those
 # launches are small because the work is; the warning says nothing a user can act on.
 # (By message: the warning's class moved between numba and numba-cuda.)
-warnings.filterwarnings(
-    "ignore", message=r"Grid size \d+ will likely result in GPU under-utilization"
-)
+_SMALL_GRID = r"Grid size \d+ will likely result in GPU under-utilization"
 _rl = load_rowlogic(cuda.jit(device=True), "gpu_curate.kernels._rowlogic_cuda")
 token_bytes = _rl.token_bytes
 lookup_token = _rl.lookup_token
@@ -202,7 +200,15 @@ def _hash_rows(offsets, data, seed, out):
 def _launch(kernel, n: int, *args) -> None:
     """Launch ``kernel`` with one thread per item of ``n``, holding the launch lock."""
     with _LAUNCH:
+        _quiet_small_grids()
         kernel[max(1, (n + THREADS - 1) // THREADS), THREADS](*args)
+
+
+def _quiet_small_grids() -> None:
+    # At each launch, not once at import: a filter added while the module was imported
+    # inside a warnings.catch_warnings() block (a test's, a library's) went with the block.
+    if not any(f[1] is not None and f[1].pattern == _SMALL_GRID for f in warnings.filters):
+        warnings.filterwarnings("ignore", message=_SMALL_GRID)
 
 
 def _exclusive_cumsum(xp, counts, dtype=np.int64):

@@ -51,7 +51,10 @@ def test_tricky_entries():
 @settings(max_examples=60, deadline=None)
 @given(
     entries=st.lists(
-        st.text(min_size=1, max_size=12).filter(lambda s: s.strip()), unique=True, max_size=30
+        st.text(min_size=1, max_size=12).filter(lambda s: s.strip()),
+        unique=True,
+        min_size=1,  # (metadata of no entries is refused)
+        max_size=30,
     ),
     data=st.data(),
 )

@@ -1187,13 +1187,15 @@ def packed_and_apart(monkeypatch, tmp_path: Path, args: list) -> dict:
     (DIR ``packed``) and making a part of each (``apart``, as before packing), checked to
     agree in their figures, matched and curated rows (uids and entry ids: the parts'
     columns may differ) and entry counts."""
+    import gpu_curate.io as io_mod
     import gpu_curate.pipeline as pipeline_mod
 
     runs = {}
     with monkeypatch.context() as m:
         for name in ("packed", "apart"):
             if name == "apart":
-                m.setattr(pipeline_mod, "packs_text", lambda f, rows: False)
+                for module in (pipeline_mod, io_mod):
+                    m.setattr(module, "packs_text", lambda f, rows: False)
             cli(*args, "--out", tmp_path / name)
             runs[name] = json.loads((tmp_path / name / "report.json").read_text())
     for key in ("pool_rows", "matched_rows", "curated_rows", "expected_curated_rows"):
