@@ -1702,9 +1702,25 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
             "a TSV file's fields are read as written, quotes and all: write it without "
             "quotes (R: write.table(..., quote = FALSE))"
         )
+    looks_like_header = len(names) >= 2 and all(_HEADER_FIELD.fullmatch(c) for c in names)
+    if not has_header and text_column and looks_like_header:
+        defaults = [c for c in names if c in TEXT_COLUMN_CANDIDATES]
+        if defaults and re.fullmatch(r"f\d+", text_column):
+            # (Read as a row, the header would be matched as a caption: a pool mixing files
+            # with this header and files without one cannot be read either way.)
+            raise CurateError(
+                f"{where}: its first line ({', '.join(names)}) is a header, but --text-column "
+                f"{text_column} reads files without one: give every file of the pool the header, "
+                "or none"
+            )
+        if defaults:
+            raise CurateError(
+                f"{where}: text column {text_column!r} not found; its header names "
+                f"{', '.join(names)}"
+            )
     # (Two fields at least: a one-column file of captions may start with a one-word one.)
     if not has_header and text_column is None and len(names) >= 2:
-        if all(_HEADER_FIELD.fullmatch(c) for c in names):
+        if looks_like_header:
             raise CurateError(
                 f"{where}: the first line ({', '.join(names)}) looks like a header but names "
                 f"none of {', '.join(TEXT_COLUMN_CANDIDATES)}: name the text column with "
