@@ -125,21 +125,28 @@ RUN_NAMES = frozenset(
 )  # fmt: skip
 
 
+# In a page that ``gpu-curate report`` writes (its head).
+REPORT_PAGE_TAG = b'<meta name="generator" content="gpu-curate report">'
+
+
 def _foreign(fs, path: str, owned: frozenset[str]) -> list[str]:
-    """The names in the folder ``path`` that gpu-curate did not write (``owned``: it did;
-    and a folder that holds a run's manifest is a run of its own, as ``balance RUN --out
-    RUN/t5000`` writes it)."""
+    """The names in the folder ``path`` that gpu-curate did not write (``owned``: it did),
+    below it too where a folder holds a run's manifest: a run of its own (``balance RUN
+    --out RUN/t5000`` writes it), whose other files are named as ``t5000/notes.txt``."""
     foreign = []
     for child in fs.ls(path, detail=True):
         name = PurePosixPath(str(child["name"])).name
         if ignored_name(name) or name == ".DS_Store" or name in owned:
             continue
-        # (A report page that ``gpu-curate report --out-html`` wrote in the run folder.)
-        if owned is RUN_NAMES and name.lower().endswith((".html", ".htm")):
-            continue
+        is_file = child.get("type") == "file" and not child.get("islink")
+        if owned is RUN_NAMES and is_file and name.lower().endswith((".html", ".htm")):
+            with fs.open(child["name"], "rb") as fh:
+                if REPORT_PAGE_TAG in fh.read(1024):  # (a report page in the run folder)
+                    continue
         if child.get("type") == "directory" and not child.get("islink"):
             folder = str(child["name"]).rstrip("/")
             if any(fs.exists(f"{folder}/{m}") for m in (MATCH_MANIFEST, BALANCE_MANIFEST)):
+                foreign += [f"{name}/{n}" for n in _foreign(fs, folder, RUN_NAMES)]
                 continue
         foreign.append(name)
     return sorted(foreign)
@@ -152,10 +159,11 @@ def check_out(
     manifest: str,
     keep: str | None = None,
     owned: frozenset[str] | None = None,
-) -> None:
+) -> bool:
     """Refuse an output folder as :func:`prepare_out` would, without touching it: a run
     checks it before its slow start (the cluster, reading every input's columns), and
-    empties it with ``overwrite`` only once its inputs have passed those checks.
+    empties it with ``overwrite`` only once its inputs have passed those checks. Returns
+    whether the folder holds anything (which ``overwrite`` would delete).
 
     Examples
     --------
@@ -163,7 +171,7 @@ def check_out(
     Traceback (most recent call last):
     gpu_curate.errors.CurateError: output folder out/ exists and is not empty (use --overwrite ...
     """
-    _checked_out(out, overwrite, resume, manifest, keep, owned)
+    return not _checked_out(out, overwrite, resume, manifest, keep, owned)[3]
 
 
 def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
@@ -607,7 +615,8 @@ def _empty(fs, path: str) -> None:
     # is still a run whose manifests describe every part left, which a --resume checks,
     # never parts whose manifest is gone (a resume with another t took the old curated
     # parts as its own).
-    last = {BALANCE_MANIFEST: 1, MATCH_MANIFEST: 2}
+    # (report.json first: a folder cut short in its emptying must not look finished.)
+    last = {"report.json": -1, BALANCE_MANIFEST: 1, MATCH_MANIFEST: 2}
     children = fs.ls(path, detail=True)
     children.sort(key=lambda c: last.get(PurePosixPath(c["name"]).name, 0))
     for child in children:

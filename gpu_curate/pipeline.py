@@ -930,7 +930,7 @@ def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Opti
                 "input_files", "metadata_entries", "metadata_sha256", "entries_matched",
                 "text_columns", "column_sets", "seconds_match")  # fmt: skip
         pool = {k: prev[k] for k in keep if k in prev}
-    check_out(out, opts.overwrite, opts.resume, BALANCE_MANIFEST, keep=matched_dir)
+    replaces = check_out(out, opts.overwrite, opts.resume, BALANCE_MANIFEST, keep=matched_dir)
     manifest = balance_manifest(mfs, mpath, counts, t, seed, opts.compression)
     ofs, opath = fsspec.core.url_to_fs(out)
     if opts.resume and ofs.exists(f"{opath.rstrip('/')}/{BALANCE_MANIFEST}"):
@@ -940,7 +940,7 @@ def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Opti
     cluster = open_client(opts.backend, opts.workers, opts.scheduler, opts.processes)
     with cluster as (client, info):
         report = _header(opts, info)
-        if opts.overwrite:
+        if opts.overwrite and replaces:
             # (What --overwrite would replace stays until the matched parts have been seen
             # to read, each with the rows matched/_SUCCESS lists.)
             prefix = f"{full_path(mfs, mpath)}/{MATCHED}"

@@ -44,6 +44,7 @@ from .cli_options import backend_option
 from .counts import read_counts_table
 from .errors import CurateError
 from .io import write_atomic
+from .outdir import REPORT_PAGE_TAG
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -572,6 +573,8 @@ def render_html(
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        # (--overwrite of a run folder takes a page with it as gpu-curate's.)
+        REPORT_PAGE_TAG.decode(),
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p>{html.escape(str(run.folder.resolve()))}</p>",

@@ -865,16 +865,24 @@ def test_non_empty_out_refused_unless_overwrite(small, tmp_path):
     (out / "precious.txt").unlink()
     cli(*base)  # (then report/ of `gpu-curate report` beside the run)
     cli("report", out)
+    cli("report", out, "--out-html", out / "page.html", "--no-sweep")
     (out / "report.json").write_text("{}")  # (so that the new run's is seen to replace it)
     # What gpu-curate writes into a run folder too: a balance of it (a run of its own), the
     # temporary of a report page a killed `report` left.
     cli("balance", out, "--out", out / "t3", "--t", 3, "--quiet")
     (out / ".r.html.4242.0123abcd.tmp").write_text("<html")
+    # ... but not a file of someone else's in that inner run, nor a page of theirs.
+    for mine in (out / "t3" / "notes.txt", out / "notes.htm"):
+        mine.write_text("<html>mine")
+        refused = cli(*base, "--overwrite", ok=False)
+        assert f"does not write ({mine.relative_to(out)})" in refused.output, refused.output
+        mine.unlink()
     cli(*base, "--overwrite")
     for name in LAYOUT:
         assert (out / name).is_file(), name
     assert json.loads((out / "report.json").read_text())["t"] == 2
     assert not (out / "report").exists() and not (out / "t3").exists()
+    assert not (out / "page.html").exists()
 
 
 def test_overwrite_keeps_the_old_result_when_the_inputs_are_refused(small, tmp_path):
