@@ -15,15 +15,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import CurateError
+from .outdir import RUN_FOLDER
 
 _SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 _FILLER = ["photo", "of", "the", "a", "with", "in", "on", "for", "and", "image", "stock",
            "new", "best", "free", "view", "from", "by", "at", "my", "our"]  # fmt: skip
 
 
-# What a demo folder holds (make_pool's pool and metadata, and the run): --overwrite
-# replaces a folder that holds nothing else.
-DEMO_NAMES = frozenset({"pool", "metadata.json", "result"})
+# What a demo folder holds (make_pool's pool and metadata, and the run, whose own files are
+# checked as a run folder's): --overwrite replaces a folder that holds nothing else.
+DEMO_NAMES = frozenset({"pool", "metadata.json", "result" + RUN_FOLDER})
 
 
 def _words(rng: np.random.Generator, n: int) -> list[str]:

@@ -1512,6 +1512,8 @@ _BATCH_ROWS = 1 << 16
 # A first line whose fields are all like these is a header, not data: a caption has
 # spaces, a URL has ":" and "/", a file name has ".".
 _HEADER_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
+# The names a file without a header gives its columns.
+_AUTO_NAME = re.compile(r"f\d+")
 # Bytes of a CSV/TSV file that Arrow's reader parses at a time (a streamed file's tables
 # grow by this much).
 _CSV_BLOCK = 1 << 24
@@ -1703,17 +1705,12 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
             "quotes (R: write.table(..., quote = FALSE))"
         )
     looks_like_header = len(names) >= 2 and all(_HEADER_FIELD.fullmatch(c) for c in names)
-    if not has_header and text_column and looks_like_header:
-        defaults = [c for c in names if c in TEXT_COLUMN_CANDIDATES]
-        if defaults and re.fullmatch(r"f\d+", text_column):
-            # (Read as a row, the header would be matched as a caption: a pool mixing files
-            # with this header and files without one cannot be read either way.)
-            raise CurateError(
-                f"{where}: its first line ({', '.join(names)}) is a header, but --text-column "
-                f"{text_column} reads files without one: give every file of the pool the header, "
-                "or none"
-            )
-        if defaults:
+    if not has_header and text_column and not _AUTO_NAME.fullmatch(text_column):
+        # (A named column the first line does not name is not found either way: say what
+        # the line names where it looks like a header, rather than "columns are: f0, f1".
+        # Under an fN column the line is a row, as asked, whatever it holds.)
+        known_lower = {c.lower() for c in (*TEXT_COLUMN_CANDIDATES, text_column)}
+        if looks_like_header and any(c.lower() in known_lower for c in names):
             raise CurateError(
                 f"{where}: text column {text_column!r} not found; its header names "
                 f"{', '.join(names)}"

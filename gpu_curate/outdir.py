@@ -117,39 +117,58 @@ def check_apart(out: str, inputs: Sequence[str]) -> None:
 
 # What a run writes at the top of its output folder (and ``gpu-curate report`` beside it):
 # ``--overwrite`` empties a folder that holds nothing else, and refuses any other, which
-# gpu-curate did not write. (Besides these: the lock, temporaries, and a folder browser's
-# .DS_Store.)
+# gpu-curate did not write. (Besides these: the lock, temporaries, a page of ``gpu-curate
+# report``, a balance of the run in a folder of its own, and a folder browser's .DS_Store.)
 RUN_NAMES = frozenset(
     {MATCH_MANIFEST, BALANCE_MANIFEST, "matched", "curated", "_work", "entry_counts.parquet",
      "entry_counts.json", "curated_entry_counts.parquet", "report.json", "report"}
 )  # fmt: skip
-
+# A name of ``owned`` (prepare_out) that is a run folder of its own, whose contents are
+# checked as a run's: the demo's ``result``.
+RUN_FOLDER = "/run"
 
 # In a page that ``gpu-curate report`` writes (its head).
 REPORT_PAGE_TAG = b'<meta name="generator" content="gpu-curate report">'
 
 
 def _foreign(fs, path: str, owned: frozenset[str]) -> list[str]:
-    """The names in the folder ``path`` that gpu-curate did not write (``owned``: it did),
-    below it too where a folder holds a run's manifest: a run of its own (``balance RUN
-    --out RUN/t5000`` writes it), whose other files are named as ``t5000/notes.txt``."""
+    """The names in the folder ``path`` that gpu-curate did not write (``owned``: it did;
+    a name in it followed by :data:`RUN_FOLDER` is a run folder, checked as one), named
+    from ``path`` (``t5000/notes.txt``)."""
     foreign = []
     for child in fs.ls(path, detail=True):
         name = PurePosixPath(str(child["name"])).name
+        folder = str(child["name"]).rstrip("/")
+        is_dir = child.get("type") == "directory" and not child.get("islink")
+        if is_dir and (name + RUN_FOLDER in owned or _balance_of(fs, folder, path)):
+            foreign += [f"{name}/{n}" for n in _foreign(fs, folder, RUN_NAMES)]
+            continue
         if ignored_name(name) or name == ".DS_Store" or name in owned:
             continue
         is_file = child.get("type") == "file" and not child.get("islink")
-        if owned is RUN_NAMES and is_file and name.lower().endswith((".html", ".htm")):
+        if is_file and name.lower().endswith((".html", ".htm")):
             with fs.open(child["name"], "rb") as fh:
-                if REPORT_PAGE_TAG in fh.read(1024):  # (a report page in the run folder)
+                if REPORT_PAGE_TAG in fh.read(1024):  # (a page of gpu-curate report)
                     continue
-        if child.get("type") == "directory" and not child.get("islink"):
-            folder = str(child["name"]).rstrip("/")
-            if any(fs.exists(f"{folder}/{m}") for m in (MATCH_MANIFEST, BALANCE_MANIFEST)):
-                foreign += [f"{name}/{n}" for n in _foreign(fs, folder, RUN_NAMES)]
-                continue
         foreign.append(name)
     return sorted(foreign)
+
+
+def _balance_of(fs, folder: str, run: str) -> bool:
+    """Whether ``folder`` is a balance of the run folder ``run`` (``balance RUN --out
+    RUN/t5000``): its manifest names that run's; another run inside is no part of it."""
+    try:
+        with fs.open(f"{folder}/{BALANCE_MANIFEST}", "rb") as fh:
+            manifest = json.load(fh)
+        with fs.open(f"{run}/{MATCH_MANIFEST}", "rb") as fh:
+            run_sha = hashlib.sha256(fh.read()).hexdigest()
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(manifest, dict)
+        and manifest.get("matched_run") == run_sha
+        and not fs.exists(f"{folder}/{MATCH_MANIFEST}")
+    )
 
 
 def check_out(
@@ -622,8 +641,16 @@ def _empty(fs, path: str) -> None:
     for child in children:
         if PurePosixPath(child["name"]).name == LOCK:
             continue  # (this run's own)
+        folder = str(child["name"]).rstrip("/")
         if child.get("islink"):
             fs.rm_file(child["name"])
+        elif child.get("type") == "directory" and any(
+            fs.exists(f"{folder}/{m}") for m in (MATCH_MANIFEST, BALANCE_MANIFEST)
+        ):
+            # (A run inside, a balance of this one: emptied the same way, so that one cut
+            # short is still a run, which the next --overwrite takes as gpu-curate's.)
+            _empty(fs, folder)
+            fs.rm(folder, recursive=True)
         else:
             fs.rm(child["name"], recursive=True)
 

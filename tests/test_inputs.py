@@ -739,19 +739,21 @@ def test_a_first_caption_that_is_a_default_name_is_a_row_under_text_column_f0(tm
     assert matched(tmp_path / "default")["caption"] == [b"a dog"]
 
 
-def test_a_header_under_another_text_column_is_named_not_read_as_a_row(tmp_path, md):
-    # With --text-column given, only it makes a first line a header: a default name's
-    # header is then said, not read as a row (matched, "caption" is an entry of many).
-    write(tmp_path / "pool" / "s0.tsv", b"url\tcaption\nhttp://x/0\ta dog\n")
-    write(tmp_path / "pool" / "s1.tsv", b"http://x/1\tnew york cat\n")
-    err = error_line(match(tmp_path / "pool", md, tmp_path / "f1", "--text-column", "f1"))
-    assert err.endswith(
-        "s0.tsv: its first line (url, caption) is a header, but --text-column f1 reads files "
-        "without one: give every file of the pool the header, or none"
-    ), err
-    err = error_line(match(tmp_path / "pool", md, tmp_path / "T", "--text-column", "TEXT"))
-    assert err.endswith("s0.tsv: text column 'TEXT' not found; its header names url, caption")
-    assert not (tmp_path / "f1").exists() and not (tmp_path / "T").exists()
+def test_a_header_that_does_not_name_the_text_column_is_said(tmp_path, md):
+    # --text-column TEXT on a file whose header is in other names (or cases): the message
+    # names that header, not the f0, f1 of a file without one.
+    for header in (b"url\tcaption", b"ID\tText"):
+        write(tmp_path / "pool" / "s0.tsv", header + b"\nhttp://x/0\ta dog\n")
+        err = error_line(match(tmp_path / "pool", md, tmp_path / "T", "--text-column", "text"))
+        names = header.decode().replace("\t", ", ")
+        assert err.endswith(f"s0.tsv: text column 'text' not found; its header names {names}")
+        assert not (tmp_path / "T").exists()
+    # Under --text-column fN the first line is a row, whatever it holds (a one-word caption
+    # beside a key that looks like a name).
+    write(tmp_path / "pool" / "s0.tsv", b"caption\timg_0001\na dog on a beach\timg_0002\n")
+    r = match(tmp_path / "pool", md, tmp_path / "f0", "--text-column", "f0")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "f0")["f0"] == [b"caption", b"a dog on a beach"]
 
 
 def test_a_json_lines_file_of_blank_lines_holds_no_rows_and_no_columns(tmp_path, md):
