@@ -603,10 +603,12 @@ def test_demo(tmp_path):
     (out / "result" / "report.json").write_text("{}")
     cli("demo", "--out", out, "--rows", 1000, "--overwrite", "--quiet")
     assert report(out / "result")["pool_rows"] == 1000
-    (out / "notes.md").write_text("mine")
-    mine = cli("demo", "--out", out, "--rows", 1000, "--overwrite", ok=False)
-    assert "holds what gpu-curate does not write (notes.md)" in mine.output
-    assert (out / "notes.md").read_text() == "mine" and (out / "result" / "report.json").exists()
+    for name in ("notes.md", "result/notes.md"):
+        (out / name).write_text("mine")
+        mine = cli("demo", "--out", out, "--rows", 1000, "--overwrite", ok=False)
+        assert f"holds what gpu-curate does not write ({name})" in mine.output
+        assert (out / name).read_text() == "mine" and (out / "result" / "report.json").exists()
+        (out / name).unlink()
 
 
 def test_report(baseline, pool, ref, expected):

@@ -1777,3 +1777,40 @@ def test_an_overwrite_cut_short_never_lends_its_parts_to_a_resume(small, tmp_pat
         else:
             assert r.exit_code == 2 and "--overwrite" in r.stderr, (cut, r.stderr)
             assert completion_markers(out) == [] or (out / "curated" / "_SUCCESS").exists()
+
+
+def test_overwrite_of_a_run_holding_its_balance_cut_short_can_be_run_again(
+    small, tmp_path, monkeypatch
+):
+    # A balance of the run inside it (RUN/t3) is gpu-curate's, emptied manifests last: an
+    # --overwrite cut short anywhere leaves a folder the next --overwrite replaces. Another
+    # run inside is no part of this one, and is refused.
+    from fsspec.implementations.local import LocalFileSystem
+
+    pool, md = small
+    argv = ["curate", pool, "--metadata", md, "--backend", "cpu", "--quiet", "--workers", "1"]
+    run = tmp_path / "run"
+    assert run_cli(*argv, "--out", run, "--t", 20).exit_code == 0
+    assert run_cli("balance", run, "--out", run / "t3", "--t", 3, "--quiet").exit_code == 0
+    n = sum(1 for _ in run.rglob("*"))
+    real_rm = LocalFileSystem.rm
+    for cut in range(1, n, 3):
+        out = tmp_path / f"cut{cut}"
+        shutil.copytree(run, out)
+
+        def rm(self, *args, calls=[], cut=cut, **kwargs):  # noqa: B006
+            calls.append(args)
+            if len(calls) == cut:
+                raise KeyboardInterrupt
+            return real_rm(self, *args, **kwargs)
+
+        monkeypatch.setattr(LocalFileSystem, "rm", rm)
+        run_cli(*argv, "--out", out, "--t", 30, "--overwrite")
+        monkeypatch.undo()
+        r = run_cli(*argv, "--out", out, "--t", 30, "--overwrite")
+        assert r.exit_code == 0, (cut, r.stderr)
+    other = run / "other"
+    assert run_cli(*argv, "--out", other, "--t", 5).exit_code == 0
+    r = run_cli(*argv, "--out", run, "--t", 30, "--overwrite")
+    assert r.exit_code == 2 and "does not write (other)" in r.stderr, r.stderr
+    assert (other / "report.json").exists()
