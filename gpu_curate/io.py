@@ -1712,8 +1712,8 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
         known_lower = {c.lower() for c in (*TEXT_COLUMN_CANDIDATES, text_column)}
         if looks_like_header and any(c.lower() in known_lower for c in names):
             raise CurateError(
-                f"{where}: text column {text_column!r} not found; its header names "
-                f"{', '.join(names)}"
+                f"{where}: text column {text_column!r} not found; its first line names "
+                f"{', '.join(names)} (a file without a header has columns f0, f1, ...)"
             )
     # (Two fields at least: a one-column file of captions may start with a one-word one.)
     if not has_header and text_column is None and len(names) >= 2:

@@ -131,19 +131,29 @@ RUN_FOLDER = "/run"
 REPORT_PAGE_TAG = b'<meta name="generator" content="gpu-curate report">'
 
 
-def _foreign(fs, path: str, owned: frozenset[str]) -> list[str]:
+def _foreign(fs, path: str, owned: frozenset[str], run: str | None = None) -> list[str]:
     """The names in the folder ``path`` that gpu-curate did not write (``owned``: it did;
     a name in it followed by :data:`RUN_FOLDER` is a run folder, checked as one), named
-    from ``path`` (``t5000/notes.txt``)."""
+    from ``path`` (``t5000/notes.txt``). ``run``: the run folder whose balances ``path``
+    may hold (default ``path``; inside a balance, still the run it balanced)."""
+    run = path if run is None else run
     foreign = []
     for child in fs.ls(path, detail=True):
         name = PurePosixPath(str(child["name"])).name
         folder = str(child["name"]).rstrip("/")
         is_dir = child.get("type") == "directory" and not child.get("islink")
-        if is_dir and (name + RUN_FOLDER in owned or _balance_of(fs, folder, path)):
+        if is_dir and name + RUN_FOLDER in owned:
             foreign += [f"{name}/{n}" for n in _foreign(fs, folder, RUN_NAMES)]
             continue
+        if is_dir and _balance_of(fs, folder, run):
+            foreign += [f"{name}/{n}" for n in _foreign(fs, folder, RUN_NAMES, run)]
+            continue
+        if is_dir and not [n for n in fs.ls(folder, detail=False) if not ignored_name(n)]:
+            continue  # (empty but for a lock or temporaries: an emptying cut short)
         if ignored_name(name) or name == ".DS_Store" or name in owned:
+            continue
+        if is_dir and any(fs.exists(f"{folder}/{m}") for m in (MATCH_MANIFEST, BALANCE_MANIFEST)):
+            foreign.append(f"{name} (another run's output)")
             continue
         is_file = child.get("type") == "file" and not child.get("islink")
         if is_file and name.lower().endswith((".html", ".htm")):

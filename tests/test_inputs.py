@@ -746,7 +746,10 @@ def test_a_header_that_does_not_name_the_text_column_is_said(tmp_path, md):
         write(tmp_path / "pool" / "s0.tsv", header + b"\nhttp://x/0\ta dog\n")
         err = error_line(match(tmp_path / "pool", md, tmp_path / "T", "--text-column", "text"))
         names = header.decode().replace("\t", ", ")
-        assert err.endswith(f"s0.tsv: text column 'text' not found; its header names {names}")
+        assert err.endswith(
+            f"s0.tsv: text column 'text' not found; its first line names {names} (a file "
+            "without a header has columns f0, f1, ...)"
+        )
         assert not (tmp_path / "T").exists()
     # Under --text-column fN the first line is a row, whatever it holds (a one-word caption
     # beside a key that looks like a name).
