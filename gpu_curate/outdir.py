@@ -152,7 +152,7 @@ def _foreign(fs, path: str, owned: frozenset[str], run: str | None = None) -> li
             continue  # (empty but for a lock or temporaries: an emptying cut short)
         if ignored_name(name) or name == ".DS_Store" or name in owned:
             continue
-        if is_dir and any(fs.exists(f"{folder}/{m}") for m in (MATCH_MANIFEST, BALANCE_MANIFEST)):
+        if is_dir and _holds_run(fs, folder):
             foreign.append(f"{name} (another run's output)")
             continue
         is_file = child.get("type") == "file" and not child.get("islink")
@@ -162,6 +162,11 @@ def _foreign(fs, path: str, owned: frozenset[str], run: str | None = None) -> li
                     continue
         foreign.append(name)
     return sorted(foreign)
+
+
+def _holds_run(fs, folder: str) -> bool:
+    """Whether ``folder`` holds a run's manifest (``_run.json`` or ``_balance.json``)."""
+    return any(fs.exists(f"{folder}/{m}") for m in (MATCH_MANIFEST, BALANCE_MANIFEST))
 
 
 def _balance_of(fs, folder: str, run: str) -> bool:
@@ -654,9 +659,7 @@ def _empty(fs, path: str) -> None:
         folder = str(child["name"]).rstrip("/")
         if child.get("islink"):
             fs.rm_file(child["name"])
-        elif child.get("type") == "directory" and any(
-            fs.exists(f"{folder}/{m}") for m in (MATCH_MANIFEST, BALANCE_MANIFEST)
-        ):
+        elif child.get("type") == "directory" and _holds_run(fs, folder):
             # (A run inside, a balance of this one: emptied the same way, so that one cut
             # short is still a run, which the next --overwrite takes as gpu-curate's.)
             _empty(fs, folder)
