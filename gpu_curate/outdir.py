@@ -150,10 +150,10 @@ def _foreign(fs, path: str, owned: frozenset[str], run: str | None = None) -> li
             continue
         if is_dir and not [n for n in fs.ls(folder, detail=False) if not ignored_name(n)]:
             continue  # (empty but for a lock or temporaries: an emptying cut short)
-        if ignored_name(name) or name == ".DS_Store" or name in owned:
-            continue
-        if is_dir and _holds_run(fs, folder):
+        if is_dir and _holds_run(fs, folder):  # (under a name of the layout's too: report/)
             foreign.append(f"{name} (another run's output)")
+            continue
+        if ignored_name(name) or name == ".DS_Store" or name in owned:
             continue
         is_file = child.get("type") == "file" and not child.get("islink")
         if is_file and name.lower().endswith((".html", ".htm")):
@@ -173,9 +173,12 @@ def _balance_of(fs, folder: str, run: str) -> bool:
     """Whether ``folder`` is a balance of the run folder ``run`` (``balance RUN --out
     RUN/t5000``): its manifest names that run's; another run inside is no part of it."""
     try:
-        with fs.open(f"{folder}/{BALANCE_MANIFEST}", "rb") as fh:
+        names = (f"{folder}/{BALANCE_MANIFEST}", f"{run}/{MATCH_MANIFEST}")
+        if any(fs.info(n).get("type") != "file" for n in names):
+            return False  # (a FIFO or a device would block or never end)
+        with fs.open(names[0], "rb") as fh:
             manifest = json.load(fh)
-        with fs.open(f"{run}/{MATCH_MANIFEST}", "rb") as fh:
+        with fs.open(names[1], "rb") as fh:
             run_sha = hashlib.sha256(fh.read()).hexdigest()
     except (OSError, ValueError):
         return False
@@ -245,9 +248,16 @@ def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
                 f"--overwrite would delete {out}, which holds the current directory: choose "
                 "another --out"
             )
-        if is_local(fs) and fcntl is not None:
-            _check_nested(path, out)
-        if foreign := _foreign(fs, path, RUN_NAMES if owned is None else owned):
+        try:
+            if is_local(fs) and fcntl is not None:
+                _check_nested(path, out)
+            foreign = _foreign(fs, path, RUN_NAMES if owned is None else owned)
+        except RecursionError:
+            raise CurateError(
+                f"--overwrite: {out} holds folders nested too deeply to be checked: empty it "
+                "yourself, or choose another --out"
+            ) from None
+        if foreign:
             shown = ", ".join(foreign[:3]) + (
                 f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
             )

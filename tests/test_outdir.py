@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from gpu_curate import outdir, pipeline, planning
 from gpu_curate.cli import main
 from gpu_curate.errors import CurateError
-from gpu_curate.outdir import LOCK, MATCH_MANIFEST, prepare_out
+from gpu_curate.outdir import LOCK, MATCH_MANIFEST, check_out, prepare_out
 from gpu_curate.sampler import BalancedSampler
 
 # Holds the lock of a folder in another process until its stdin closes: "writes" as a
@@ -316,3 +316,29 @@ def test_balance_in_place_with_another_t_names_no_overwrite(matched):
     assert result.exit_code == 2
     assert "write this balance into another --out" in result.stderr, result.stderr
     assert "--overwrite" not in result.stderr, result.stderr
+
+
+def test_overwrite_of_a_folder_nested_very_deeply_is_one_line(tmp_path):
+    # os.walk recurses (Python 3.11): a user's folder ~1,000 levels deep in the run gave a
+    # RecursionError traceback; it is refused in one line (what it holds, or its depth).
+    # (Here 300 levels under a lower recursion limit: a tree 1,000 deep would break
+    # pytest's own clean-up of old temporary folders, shutil.rmtree recursing too.)
+    import inspect
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "_run.json").write_text("{}")
+    folder = run / "u"
+    folder.mkdir()
+    for _ in range(300):
+        folder = folder / "d"
+        folder.mkdir()
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 150)
+    try:
+        with pytest.raises(CurateError) as caught:
+            check_out(str(run), overwrite=True, resume=False, manifest=MATCH_MANIFEST)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert str(run) in str(caught.value) and "\n" not in str(caught.value)
+    assert folder.is_dir()
