@@ -165,7 +165,10 @@ def test_balance_holds_its_matched_dataset_against_overwrite_and_resume(
     assert len(seen) == 3
     assert (out / "curated" / "_SUCCESS").is_file()
     assert not (matched / LOCK).exists()  # (the reader's lock file goes with it)
-    overwrite(matched.parent)  # no longer read
+    # No longer read: the run itself may be replaced (the folder holding it is no run, so
+    # its --overwrite would delete another run's output, and is refused).
+    refused(matched.parent, "does not write (matched (another run's output))")
+    overwrite(matched)
 
 
 def test_a_reader_in_another_process_blocks_overwrite(matched):
