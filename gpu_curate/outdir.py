@@ -145,16 +145,16 @@ def _foreign(fs, path: str, owned: frozenset[str], run: str | None = None) -> li
         if is_dir and name + RUN_FOLDER in owned:
             foreign += [f"{name}/{n}" for n in _foreign(fs, folder, RUN_NAMES)]
             continue
-        if is_dir and _balance_of(fs, folder, run):
-            foreign += [f"{name}/{n}" for n in _foreign(fs, folder, RUN_NAMES, run)]
-            continue
-        if is_dir and not [n for n in fs.ls(folder, detail=False) if not ignored_name(n)]:
-            continue  # (empty but for a lock or temporaries: an emptying cut short)
         if is_dir and _holds_run(fs, folder):  # (under a name of the layout's too: report/)
-            foreign.append(f"{name} (another run's output)")
+            if _balance_of(fs, folder, run):
+                foreign += [f"{name}/{n}" for n in _foreign(fs, folder, RUN_NAMES, run)]
+            else:
+                foreign.append(f"{name} (another run's output)")
             continue
         if ignored_name(name) or name == ".DS_Store" or name in owned:
             continue
+        if is_dir and not [n for n in fs.ls(folder, detail=False) if not ignored_name(n)]:
+            continue  # (empty but for a lock or temporaries: an emptying cut short)
         is_file = child.get("type") == "file" and not child.get("islink")
         if is_file and name.lower().endswith((".html", ".htm")):
             with fs.open(child["name"], "rb") as fh:
