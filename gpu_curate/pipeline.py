@@ -339,17 +339,33 @@ def _matched_tables(fh, src: str, columns: list[str] | None = None, rows: int | 
 
 def _check_matched_parts(client, parts: list[tuple[str, int]]) -> None:
     """Refuse, from their footers, matched parts ((path, rows its _SUCCESS lists) each) that
-    do not read or hold other rows: run as tasks on the cluster, 256 parts a task."""
-    batches = [parts[i : i + 256] for i in range(0, len(parts), 256)]
-    tasks = [dask.delayed(_parts_read, pure=False)(batch) for batch in batches]
-    client.gather(client.compute(tasks, optimize_graph=False))
+    do not read or hold other rows: read by tasks on the cluster."""
+    _in_tasks(client, _parts_read, parts)
 
 
-def _parts_read(parts: list[tuple[str, int]]) -> None:
+def _parts_read(parts: list[tuple[str, int]]) -> list[int]:
+    """The rows of each matched part, checked (:func:`_matched_file`)."""
+    found = []
     for src, rows in parts:
         fs, _ = fsspec.core.url_to_fs(src)
         with fs.open(src, "rb") as fh:
-            _matched_file(fh, src, rows)
+            found.append(sum(_matched_file(fh, src, rows)[1]))
+    return found
+
+
+# Files a task reads at planning (their layouts, their footers): a pool of 100k small files
+# is some 400 tasks, not 100k.
+_FILES_A_TASK = 256
+
+
+def _in_tasks(client, read: Callable[..., list], items: list, *args) -> list:
+    """``read(batch, *args)`` of ``items``, :data:`_FILES_A_TASK` a task on the cluster,
+    their results in the order of ``items``: on a cluster of many nodes the client alone
+    would fetch every file."""
+    n = _FILES_A_TASK
+    batches = [items[i : i + n] for i in range(0, len(items), n)]
+    tasks = [dask.delayed(read, pure=False)(batch, *args) for batch in batches]
+    return [r for got in client.gather(client.compute(tasks, optimize_graph=False)) for r in got]
 
 
 def _merge(*results: tuple) -> tuple[list[dict], np.ndarray]:
@@ -463,25 +479,15 @@ def _plan(
     return plan_parts(files, opts.partition_rows, ranges, schemas, check)
 
 
-# Small JSON Lines files read for their layouts by one task (a pool of 100k small files
-# is some 400 tasks, not 100k).
-_JSON_LAYOUTS_A_TASK = 256
-
-
 def _json_layouts(client, files: list[InputFile], opts: Options) -> dict:
     """{path: (columns, rows)} of small JSON Lines files (:func:`~gpu_curate.io.json_layout`),
-    read whole by tasks on the cluster: each is read again by its part's task, and on a
-    cluster of many nodes the client alone would fetch them all, twice the pool's bytes."""
+    read whole by tasks on the cluster (each is read again by its part's task: on many
+    nodes the client alone would fetch them all, twice the pool's bytes)."""
     if not files:
         return {}
-    n = _JSON_LAYOUTS_A_TASK
-    batches = [files[i : i + n] for i in range(0, len(files), n)]
     _say(opts, f"reading the columns of {counted(len(files), 'small JSON Lines file')}")
-    tasks = [dask.delayed(_layouts_of, pure=False)(b, opts.text_column, opts.id_column)
-             for b in batches]  # fmt: skip
-    found = client.gather(client.compute(tasks, optimize_graph=False))
-    return {f.path: layout for batch, got in zip(batches, found, strict=True)
-            for f, layout in zip(batch, got, strict=True)}  # fmt: skip
+    found = _in_tasks(client, _layouts_of, files, opts.text_column, opts.id_column)
+    return {f.path: layout for f, layout in zip(files, found, strict=True)}
 
 
 def _layouts_of(files: list[InputFile], text_column: str | None, id_column: str | None):
