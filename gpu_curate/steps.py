@@ -86,9 +86,9 @@ class MatchStep:
         column of strings, or not the id column.
 
         The tasks check each part's rows; a run checks the schemas it reads to plan (the
-        Parquet files' footers, the small CSV/TSV and JSON Lines files it packs) before it
-        starts, so that a pool whose 900th file lacks the column fails at once, not after
-        hours of matching.
+        Parquet files' footers, every CSV/TSV file's head, the small JSON Lines files it
+        packs and those it cuts into ranges) before it starts, so that a pool whose 900th
+        file lacks the column fails at once, not after hours of matching.
 
         Examples
         --------
