@@ -1544,7 +1544,7 @@ def _delimited_tables(piece: Piece, text_column, id_column, rows: int) -> Iterat
     sent = 0
     while True:
         try:
-            with open_() as fh, pacsv.open_csv(fh, read, parse, convert) as reader:
+            with open_() as fh, pacsv.open_csv(_LineEnded(fh), read, parse, convert) as reader:
                 join = functools.partial(_joined_batches, schema=reader.schema)
                 tables = _gathered(_past_rows(reader, sent), rows, join)
                 for table in tables:
@@ -1587,10 +1587,37 @@ def _csv_schema(open_, read, parse, convert) -> pa.Schema:
     probe.block_size = min(read.block_size, _PROBE_BLOCK)
     while True:
         try:
-            with open_() as fh, pacsv.open_csv(fh, probe, parse, convert) as reader:
+            with open_() as fh, pacsv.open_csv(_LineEnded(fh), probe, parse, convert) as reader:
                 return reader.schema
         except pa.ArrowInvalid as exc:
             _grow_blocks(probe, exc)
+
+
+class _LineEnded(io.RawIOBase):
+    """A binary stream read as ``fh`` with a line end after its last byte where it has
+    none.
+
+    Arrow's CSV reader takes a header-less file's column count from a whole row of its
+    first block, and a file of one row without a line end (``a photo of a dog``) has
+    none: "Empty CSV file or block". A file of more rows is read the same either way.
+    The end is known only when a read comes back empty, so each read is one ahead.
+    """
+
+    def __init__(self, fh: io.BufferedIOBase) -> None:
+        self._fh = fh
+        self._ahead: bytes | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size) if self._ahead is None else self._ahead
+        if not data:
+            return data
+        self._ahead = self._fh.read(size)
+        if not self._ahead and not data.endswith((b"\n", b"\r")):
+            data += b"\n"
+        return data
 
 
 def _joined_batches(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:

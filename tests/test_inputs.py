@@ -355,10 +355,20 @@ def test_a_file_name_that_is_not_utf8(tmp_path, md):
     [
         (b"Sunset\na dog on the beach\n", [b"Sunset", b"a dog on the beach"]),
         (b"dog\timg_001.jpg\n", [b"dog"]),
+        # One row without a line end: Arrow's reader found no whole row to count the
+        # columns of ("Empty CSV file or block"), where a second row read fine.
+        (b"a photo of a dog", [b"a photo of a dog"]),
+        (b"a dog\timg_001.jpg", [b"a dog"]),
+        (b'a dog,"in new\nyork"', [b"a dog"]),
     ],
 )
-def test_header_less_files_with_a_one_word_first_caption(tmp_path, md, content, first):
+@pytest.mark.parametrize("gz", [False, True])
+def test_header_less_files_a_one_word_caption_or_one_row_without_line_end(
+    tmp_path, md, content, first, gz
+):
     name = "a.tsv" if b"\t" in content else "a.csv"
+    if gz:
+        name, content = name + ".gz", gzip.compress(content)
     write(tmp_path / "pool" / name, content)
     r = match(tmp_path / "pool", md, tmp_path / "out")
     assert r.exit_code == 0, r.output
