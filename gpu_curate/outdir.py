@@ -217,6 +217,12 @@ def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
     if not str(out).strip():
         raise CurateError("--out is empty: name an output folder")
     fs, path = fsspec.core.url_to_fs(out)
+    if protocol_of(fs) == "memory":
+        # (fsspec's memory:// lives in one process: worker processes would write theirs.)
+        raise CurateError(
+            f"output folder {out} is in memory, which a run's workers do not share and which "
+            "ends with the process: name a folder on a disk or a shared file system"
+        )
     path = path.rstrip("/") or "/"
     same_as_keep = False
     if keep is not None:

@@ -345,3 +345,19 @@ def test_overwrite_of_a_folder_nested_very_deeply_is_one_line(tmp_path):
         sys.setrecursionlimit(limit)
     assert str(run) in str(caught.value) and "\n" not in str(caught.value)
     assert folder.is_dir()
+
+
+@pytest.mark.parametrize("command", ["curate", "match", "balance"])
+def test_an_output_folder_in_memory_is_refused(matched, tmp_path, command):
+    # (It failed in the first task, with a traceback's last line naming a temporary file.)
+    if command == "balance":
+        args = ["balance", matched, "--t", 5]
+    else:
+        args = [command, tmp_path / "pool", "--metadata", tmp_path / "metadata.json"]
+    result = CliRunner().invoke(main, [str(a) for a in [*args, "--out", "memory://o", "--quiet"]])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        "gpu-curate: error: output folder memory://o is in memory, which a run's workers do "
+        "not share and which ends with the process: name a folder on a disk or a shared file "
+        "system"
+    )
