@@ -27,6 +27,7 @@ from .counts import counts_table, partition_counts, sum_counts
 from .errors import CurateError, first_line
 from .io import RESERVED_COLUMNS
 from .io import text_column as _text_column
+from .match import without_surrogates
 from .metadata import Metadata, MetadataLike
 from .steps import BalanceStep, MatchStep, csr_of
 
@@ -57,11 +58,15 @@ def _to_arrow(df, columns: Sequence | None = None) -> pa.Table:
     labels = list(df.columns) if columns is None else list(columns)
     part = df[labels]
     try:
-        table = (
-            part.to_arrow(preserve_index=False)
-            if _is_cudf(df)
-            else pa.Table.from_pandas(part, preserve_index=False)
-        )
+        if _is_cudf(df):
+            table = part.to_arrow(preserve_index=False)
+        else:
+            try:
+                table = pa.Table.from_pandas(part, preserve_index=False)
+            except UnicodeEncodeError:
+                # Lone surrogates in an object column, which no UTF-8 holds: U+FFFD, as
+                # match_texts and the readers take them (an id's uid is the replaced text's).
+                table = pa.Table.from_pandas(_surrogates_replaced(part), preserve_index=False)
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
         # (An object column mixing strings and other values, for one.)
         bad = next((c for c in labels if _arrow_fails(part[c])), labels[0])
@@ -69,6 +74,15 @@ def _to_arrow(df, columns: Sequence | None = None) -> pa.Table:
             f"column {str(bad)!r} cannot be read as one Arrow type: {first_line(exc)}"
         ) from None
     return table.rename_columns([str(c) for c in labels])
+
+
+def _surrogates_replaced(part):
+    """A pandas partition with each lone surrogate of its object columns as U+FFFD."""
+    part = part.copy()
+    for i, dtype in enumerate(part.dtypes):
+        if pd.api.types.is_object_dtype(dtype):
+            part.iloc[:, i] = without_surrogates(part.iloc[:, i].tolist())
+    return part
 
 
 def _arrow_fails(column) -> bool:

@@ -6,6 +6,7 @@ pyarrow (host) and cuDF (device) share; this module only gets those buffers in a
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable
 
@@ -261,7 +262,7 @@ def _to_arrow(texts) -> pa.Array | pa.ChunkedArray:
         try:
             return pa.array(texts, from_pandas=True, type=pa.large_string())
         except UnicodeEncodeError:
-            fixed = _without_surrogates(texts.tolist())
+            fixed = without_surrogates(texts.tolist())
             return pa.array(fixed, from_pandas=True, type=pa.large_string())
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise CurateError(f"texts must be strings (or null): {exc}") from None
@@ -276,17 +277,25 @@ def _to_arrow(texts) -> pa.Array | pa.ChunkedArray:
     try:
         return pa.array(texts, type=pa.large_string())
     except UnicodeEncodeError:
-        return pa.array(_without_surrogates(texts), type=pa.large_string())
+        return pa.array(without_surrogates(texts), type=pa.large_string())
 
 
-def _without_surrogates(texts: list) -> list:
+def without_surrogates(texts: list) -> list:
     """Lone surrogates (no UTF-8 holds them) as U+FFFD, as the readers treat invalid
-    UTF-8: the text stays a text and matches what its other characters match."""
-    fix = "utf-16"  # (surrogatepass then replace: each lone surrogate becomes U+FFFD)
-    return [
-        t.encode(fix, "surrogatepass").decode(fix, "replace") if isinstance(t, str) else t
-        for t in texts
-    ]
+    UTF-8: the text stays a text and matches what its other characters match. Items
+    that are not strings (None) are kept as they are.
+
+    Examples
+    --------
+    >>> without_surrogates(["a \\ud800 dog", None]) == ["a \\ufffd dog", None]
+    True
+    """
+    # (Each on its own: a UTF-16 round trip would join a high and a low one into the
+    # character they would encode, a text the string does not hold.)
+    return [_SURROGATE.sub("\ufffd", t) if isinstance(t, str) else t for t in texts]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def match_texts(texts, metadata: MetadataLike, backend: str | Backend = "auto"):

@@ -543,3 +543,18 @@ def test_balance_names_wrong_counts_and_columns():
         gdf.balance(m, counts, t=1, backend="cuda")  # (at once, not at compute)
     with pytest.raises(TypeError, match="match takes a Dask DataFrame, got a Dask Series"):
         gdf.match(ddf["TEXT"], ["dog"])
+
+
+def test_lone_surrogates_in_object_columns_read_as_u_fffd():
+    # (pandas holds them where it was given them; Arrow, which holds UTF-8, refused them
+    # with a UnicodeEncodeError traceback, where match_texts and the readers take them as
+    # U+FFFD.) The id's uid is that of the replaced text.
+    texts = ["a \ud800 dog", "cat\udfff cat", "a \ud83d\ude00 cat"]
+    ids = ["x\ud800", "y", "z"]
+    with dask.config.set({"dataframe.convert-string": False}):
+        pdf = pd.DataFrame({"TEXT": texts, "id": ids}, dtype=object)
+        got = gdf.match(dd.from_pandas(pdf, npartitions=1), ENTRIES, id_column="id").compute()
+    fixed = ["a \ufffd dog", "cat\ufffd cat", "a \ufffd\ufffd cat"]
+    assert [list(e) for e in got["entry_ids"]] == [reference_match(t, ENTRIES) for t in fixed]
+    assert [list(e) for e in got["entry_ids"]] == [[0, 14], [1], [1, 14]]
+    assert got["uid"].tolist() == value_uids(pa.array(["x\ufffd", "y", "z"])).tolist()

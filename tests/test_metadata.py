@@ -112,9 +112,11 @@ def test_lone_surrogates_are_named():
 def test_texts_with_lone_surrogates_match_what_their_other_characters_match():
     import pandas as pd
 
-    entries = ["dog", "cat"]
-    texts = ["a \ud800 dog", None, "cat\udfff cat"]
-    want = [[0], [], [1]]  # (the surrogate reads as U+FFFD: "cat\ufffd" is no "cat")
+    entries = ["dog", "cat", "\U0001f600", "\ufffd \ufffd"]
+    # (Each surrogate reads as U+FFFD: "cat\ufffd" is no "cat". A high and a low one in a
+    # row are two, not the emoji they would encode in UTF-16.)
+    texts = ["a \ud800 dog", None, "cat\udfff cat", "a \ud83d\ude00 b", "\ud83d \ude00"]
+    want = [[0], [], [1], [], [3]]
     assert match_texts(texts, entries, "cpu") == want
     assert match_texts(pd.Series(texts, dtype=object), entries, "cpu") == want
 
