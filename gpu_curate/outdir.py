@@ -164,6 +164,17 @@ def _foreign(fs, path: str, owned: frozenset[str], run: str | None = None) -> li
     return sorted(foreign)
 
 
+def _in_layout(fs, path: str) -> tuple[str, str] | None:
+    """(run folder, name) where ``path`` is or lies in a folder of a run's layout
+    (``RUN/curated``, ``RUN/report/x``) below the run folder, else None."""
+    below = PurePosixPath(path)
+    for folder in below.parents:
+        name = below.relative_to(folder).parts[0]
+        if name in RUN_NAMES and str(folder) != "." and _run_like(fs, str(folder)):
+            return str(folder), name
+    return None
+
+
 def _holds_run(fs, folder: str) -> bool:
     """Whether ``folder`` holds a run's manifest (``_run.json`` or ``_balance.json``)."""
     return any(fs.exists(f"{folder}/{m}") for m in (MATCH_MANIFEST, BALANCE_MANIFEST))
@@ -230,12 +241,18 @@ def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
         if protocol_of(kfs) == protocol_of(fs):
             k, o = _key(kfs, kpath), _key(fs, path)
             same_as_keep = k == o
-            if _within(o, f"{k}/matched") or (overwrite and _within(k, o)):
+            if overwrite and _within(k, o):
                 raise CurateError(
-                    f"output folder {out} {'holds' if _within(k, o) else 'lies in'} the "
-                    f"matched dataset {keep}, which it would "
-                    f"{'delete' if _within(k, o) else 'mix with'}: choose another --out"
+                    f"output folder {out} holds the matched dataset {keep}, which it would "
+                    "delete: choose another --out"
                 )
+    if layout := _in_layout(fs, path):
+        # (Its parts would be read as the run's, and an --overwrite of the run would take
+        # them for files it did not write.)
+        raise CurateError(
+            f"output folder {out} lies in the {layout[1]}/ folder of the run {layout[0]}, "
+            "which it would mix with: choose another --out"
+        )
     exists = fs.exists(path)
     if exists and not fs.isdir(path):
         raise CurateError(f"output {out} exists and is not a folder")
@@ -829,10 +846,17 @@ def run_folder_why(fs, path: str, shown: str) -> str | None:
     if not fs.isdir(path):
         return f"{shown} is a file: give the output folder of gpu-curate match or curate"
     parts_folder = fs.isdir(f"{path}/_parts") or fs.exists(f"{path}/_SUCCESS")
-    if parts_folder and not fs.isdir(f"{path}/matched"):
-        # (matched/ or curated/ of a run: its parts, without the counts beside them.)
-        return f"{shown} is a folder of parts: give its run folder, {posixpath.dirname(path)}"
+    run = posixpath.dirname(path)
+    if parts_folder and not fs.isdir(f"{path}/matched") and _run_like(fs, run):
+        # (matched/ or curated/ of a run: its parts, without the counts beside them. Not
+        # any folder with a _SUCCESS: Spark writes one into a pool's.)
+        return f"{shown} is a folder of parts: give its run folder, {run}"
     return None
+
+
+def _run_like(fs, folder: str) -> bool:
+    """Whether ``folder`` holds a run's manifest or entry counts."""
+    return _holds_run(fs, folder) or fs.exists(f"{folder}/entry_counts.parquet")
 
 
 def not_matched_why(fs, path: str, shown: str) -> str | None:
@@ -858,7 +882,10 @@ def not_matched_why(fs, path: str, shown: str) -> str | None:
             f"dataset it balanced, {source}" if source else "dataset it balanced"
         )
     if not fs.isdir(f"{path}/matched"):
-        return f"{shown} is not a matched dataset: no matched/ folder"
+        return (
+            f"{shown} is not a matched dataset (no matched/ folder): give the output folder of "
+            "gpu-curate match or curate"
+        )
     return f"{shown} is not a complete matched dataset (matched/_SUCCESS missing)"
 
 

@@ -180,7 +180,10 @@ def load_entry_counts(matched_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
                 f"{root} is an interrupted run (no entry_counts.parquet yet): finish it with "
                 "--resume"
             )
-        raise CurateError(f"{root} is not a matched dataset: no entry_counts.parquet")
+        raise CurateError(
+            f"{root} is not a matched dataset (no entry_counts.parquet): give the output "
+            "folder of gpu-curate match or curate"
+        )
     table = read_counts_table(path, need_entry=False)
     ids = table.column("entry_id").to_numpy().astype(np.int64)
     counts = table.column("count").to_numpy().astype(np.int64)

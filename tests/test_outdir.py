@@ -361,3 +361,58 @@ def test_an_output_folder_in_memory_is_refused(matched, tmp_path, command):
         "not share and which ends with the process: name a folder on a disk or a shared file "
         "system"
     )
+
+
+@pytest.mark.parametrize("sub", ["matched", "matched/x", "curated", "report/x", "_work"])
+@pytest.mark.parametrize("command", ["balance", "curate"])
+def test_an_output_folder_in_a_runs_layout_is_refused(matched, tmp_path, sub, command):
+    # (balance M --out M/curated was taken: M/curated then held a balance's parts, counts
+    # and report.json among M's parts, read as rows by any Parquet reader.)
+    if command == "balance":
+        args = ["balance", matched, "--t", 5]
+    else:
+        args = ["curate", tmp_path / "pool", "--metadata", tmp_path / "metadata.json"]
+    before = sorted(p.relative_to(matched) for p in matched.rglob("*"))
+    for extra in ([], ["--overwrite"]):
+        result = CliRunner().invoke(
+            main, [str(a) for a in [*args, "--out", matched / sub, "--quiet", *extra]]
+        )
+        assert result.exit_code == 2, result.output
+        first = sub.split("/")[0]
+        assert result.stderr.strip() == (
+            f"gpu-curate: error: output folder {matched / sub} lies in the {first}/ folder of "
+            f"the run {matched}, which it would mix with: choose another --out"
+        )
+    assert sorted(p.relative_to(matched) for p in matched.rglob("*")) == before
+
+
+def test_a_balance_beside_or_around_its_matched_dataset(matched):
+    cli("balance", matched, "--t", 5, "--out", matched / "t5", "--quiet")
+    assert (matched / "t5" / "curated" / "_SUCCESS").exists()
+    result = CliRunner().invoke(
+        main, ["balance", str(matched), "--t", "5", "--out", str(matched.parent), "--overwrite"]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"gpu-curate: error: output folder {matched.parent} holds the matched dataset "
+        f"{matched}, which it would delete: choose another --out"
+    )
+
+
+def test_a_pool_with_a_success_file_is_no_folder_of_parts(tmp_path):
+    # (Spark writes _SUCCESS into a pool's folder: "give its run folder" named the pool's
+    # parent, which is no run.)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pq.write_table(pa.table({"text": ["a dog"]}), pool / "part-00000.parquet")
+    (pool / "_SUCCESS").write_text("")
+    for args in (["plan", pool, "--t", 5], ["balance", pool, "--t", 5, "--out", tmp_path / "o"]):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 2
+        assert result.stderr.strip().endswith(
+            f"{pool} is not a matched dataset (no matched/ folder): give the output folder of "
+            "gpu-curate match or curate"
+        ) or result.stderr.strip().endswith(
+            f"{pool} is not a matched dataset (no entry_counts.parquet): give the output "
+            "folder of gpu-curate match or curate"
+        ), result.stderr
