@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import reference_match
 
 from gpu_curate.backend import resolve
 from gpu_curate.build_metadata import (
@@ -478,9 +479,11 @@ def test_assemble_order_filters_dedupe_and_cap():
 def test_cli_end_to_end(tmp_path, corpus_file):
     wn = write_wordnet(tmp_path / "wn")
     unigrams = tmp_path / "unigrams.tsv"
-    unigrams.write_text("york\t500\ndog\t400\nzebra\t150\nrare\t99\n.\t1000\n")
+    unigrams.write_text("york\t500\ndog\t400\nzebra\t150\nrare\t99\n.\t1000\ne.g.\t700\n")
     titles = tmp_path / "titles.tsv"
-    titles.write_text("Eiffel_Tower\t90\nDog\t75\nObscure_page\t12\n")
+    titles.write_text(
+        "Eiffel_Tower\t90\nDog\t75\nWashington,_D.C.\t80\nSt_._Louis\t71\nObscure_page\t12\n"
+    )
     out = tmp_path / "out" / "metadata.json"
     args = [
         "metadata", "build", "--out", str(out), "--wordnet", str(wn),
@@ -493,13 +496,15 @@ def test_cli_end_to_end(tmp_path, corpus_file):
     assert "wrote" in result.output
 
     entries = load_checked(out)
-    wordnet_unique = list(dict.fromkeys(WORDNET_NAMES))  # 'dog' once, where it first is
+    # 'dog' once, where it first is; "st. john's wort" can match no text (MetaCLIP's
+    # spacing puts a space before every "."): dropped as unmatchable.
+    wordnet_unique = [n for n in dict.fromkeys(WORDNET_NAMES) if n != "st. john's wort"]
     assert entries == [
         *[str(i) for i in range(100)],
         *wordnet_unique,
         "york", "zebra",  # 'dog' is a WordNet name already; '.' is punctuation; 'rare' < 100
         "I love", "is big", "cat sat", "the cat",
-        "Eiffel Tower", "Dog",
+        "Eiffel Tower", "Dog", "St . Louis",  # (which "St.Louis" holds, spaced)
     ]  # fmt: skip
     assert json.loads(out.read_text(encoding="utf-8")) == entries
 
@@ -510,9 +515,15 @@ def test_cli_end_to_end(tmp_path, corpus_file):
     assert sidecar["order"] == ["numbers", "wordnet", "unigrams", "bigrams", "titles"]
     kept = {name: s["kept"] for name, s in sidecar["sources"].items()}
     assert kept == {
-        "numbers": 100, "wordnet": len(wordnet_unique), "unigrams": 2, "bigrams": 4, "titles": 2,
+        "numbers": 100, "wordnet": len(wordnet_unique), "unigrams": 2, "bigrams": 4, "titles": 3,
     }  # fmt: skip
     assert sidecar["sources"]["wordnet"]["duplicate"] == 1
+    dropped = ["st. john's wort", "e.g.", "Washington, D.C."]
+    texts = ["st. john's wort tea", "e.g. this", "Washington, D.C. at night", "e.g.  Washington"]
+    assert [reference_match(t, dropped) for t in texts] == [[], [], [], []]
+    assert reference_match("St.Louis at night", ["St . Louis"]) == [0]
+    unmatchable = {name: s["unmatchable"] for name, s in sidecar["sources"].items()}
+    assert unmatchable == {"numbers": 0, "wordnet": 1, "unigrams": 1, "bigrams": 0, "titles": 1}
     assert sidecar["sources"]["bigrams"]["total_unigram_count"] == N
     assert sidecar["parameters"]["min_pmi"] == 3.0
     assert sidecar["parameters"]["backend"] == "cpu"
@@ -580,7 +591,8 @@ def test_cli_max_entries_cuts_the_end(tmp_path):
     assert result.exit_code == 0, result.output
     assert load_checked(out)[100:] == ["entity", "dog", "united states"]
     sidecar = json.loads((tmp_path / "md.sources.json").read_text())
-    assert sidecar["sources"]["wordnet"]["cut"] == len(set(WORDNET_NAMES)) - 3
+    # (Not "st. john's wort", which can match nothing and takes no place.)
+    assert sidecar["sources"]["wordnet"]["cut"] == len(set(WORDNET_NAMES)) - 4
 
 
 def test_cli_error_names_file_and_line(tmp_path):

@@ -9,10 +9,12 @@ Order of the entries (entry id = list index), which is what makes a build reprod
 5. Wikipedia titles by views (descending), then title.
 
 Ties are broken by comparing the strings by Unicode code point. On the way, single
-punctuation characters (``string.punctuation``, as MetaCLIP's ``forbidden`` set), empty
-or whitespace-only strings and strings holding a tab or a line break (which no text can
-match: the matcher reads those as spaces) are dropped, and every later copy of an entry (within or
-across sources) is dropped: an entry keeps the earliest position it has. When more than
+punctuation characters (``string.punctuation``, as MetaCLIP's ``forbidden`` set), empty or
+whitespace-only strings and strings that no text can match (``unmatchable``: one holding a
+tab or a line break, which the matcher reads as spaces, or one of ``, . ; : ? ! ``` next to
+another character, as in ``"washington, d.c."``, since MetaCLIP's ``spacing`` puts a space
+on each side of those in every text) are dropped, and every later copy of an entry (within
+or across sources) is dropped: an entry keeps the earliest position it has. When more than
 ``max_entries`` are left, the list is cut after the first ``max_entries``: the entries cut
 are the *last* in this order (the lowest-viewed titles first, then the lowest-PMI bigrams,
 and so on).
@@ -31,6 +33,7 @@ from typing import Any
 
 from ..errors import CurateError
 from ..io import write_atomic
+from ..kernels.tables import entry_tokens
 from ..metadata import sources_path_for
 
 #: MetaCLIP's ``forbidden`` set: an entry that is one of these characters is dropped.
@@ -97,13 +100,13 @@ def assemble(
 
     Examples
     --------
-    >>> unigrams = ["dog", "1", ".", " ", "a\\tb", "cat"]
+    >>> unigrams = ["dog", "1", ".", " ", "a\\tb", "e.g.", "cat"]
     >>> a = assemble([("numbers", ["0", "1"]), ("unigrams", unigrams)], 3)
     >>> a.entries
     ['0', '1', 'dog']
     >>> t = a.tallies["unigrams"]
     >>> t.candidates, t.kept, t.duplicate, t.punctuation, t.blank, t.unmatchable, t.cut
-    (6, 1, 1, 1, 1, 1, 1)
+    (7, 1, 1, 1, 1, 2, 1)
     """
     if max_entries is not None and max_entries < 1:
         raise CurateError(f"max_entries must be at least 1, not {max_entries}")
@@ -118,10 +121,13 @@ def assemble(
                 raise CurateError(f"source {name!r} gave a non-string entry {entry!r}")
             if not entry.strip():
                 tally.blank += 1
-            elif "\t" in entry or "\n" in entry or "\r" in entry:
-                tally.unmatchable += 1
             elif entry in PUNCTUATION:
                 tally.punctuation += 1
+            elif entry_tokens(entry) is None:
+                # (A tab, or a wrap character next to another character: "washington,
+                # d.c." can match no text under MetaCLIP's rule, and would take a place
+                # under max_entries.)
+                tally.unmatchable += 1
             elif entry in seen:
                 tally.duplicate += 1
             elif max_entries is not None and len(entries) >= max_entries:

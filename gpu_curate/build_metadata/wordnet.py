@@ -9,7 +9,10 @@ Open English WordNet in WNDB format use the same layout).
 
 One difference from MetaCLIP's script, on purpose: MetaCLIP cut ``Synset.name()`` at its
 *first* dot, which truncates names that contain a dot (``"st._john's_wort.n.01"`` gave
-``"st"``); here the whole lemma is kept (``"st. john's wort"``).
+``"st"``, an entry matching every "st"); here the whole lemma is read (``"st. john's
+wort"``). Such a name can match no text under MetaCLIP's rule (a "." always has a space
+before it once spaced), so :func:`~.assemble.assemble` drops it as unmatchable, counted in
+the sidecar.
 """
 
 from __future__ import annotations
