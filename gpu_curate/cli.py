@@ -98,13 +98,15 @@ _RUN_OPTIONS = [
         type=click.IntRange(min=1),
         default=None,
         help="CPU: threads of the local worker, or worker processes with --processes; "
-        "GPU: workers, one per GPU (default: one per core / per visible GPU).",
+        "GPU: workers, one per GPU (default: one per core / per visible GPU). A local "
+        "cluster's: not with --scheduler.",
     ),
     click.option(
         "--processes",
         "use_processes",
         is_flag=True,
-        help="CPU: worker processes instead of threads in one process.",
+        help="CPU: worker processes instead of threads in one process (a local cluster's: "
+        "not with --scheduler).",
     ),
     click.option(
         "--scheduler",

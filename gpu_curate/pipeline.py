@@ -130,6 +130,12 @@ class Options:
                 setattr(self, name, whole_number(value, flag, at_least=1))
         if self.overwrite and self.resume:
             raise CurateError("--overwrite and --resume exclude each other")
+        if self.scheduler and (self.workers is not None or self.processes):
+            flags = "--workers" if self.workers is not None else "--processes"
+            raise CurateError(
+                f"{flags} shapes a local cluster, and --scheduler runs on an existing one, "
+                "whose workers are as they were started: leave out one of the two"
+            )
 
 
 def _checked_options(options: Options | None) -> Options:

@@ -818,6 +818,9 @@ def test_the_api_checks_its_options_as_the_cli_checks_its_flags(small, tmp_path)
         ({"overwrite": True, "resume": True}, "--overwrite and --resume exclude each other"),
         ({"format": "txt"}, "unknown --format 'txt'"),
         ({"backend": "cuda"}, "unknown backend 'cuda'"),
+        # (Both were ignored: the run went on the scheduler's workers, as they were.)
+        ({"scheduler": "tcp://h:8786", "workers": 3}, "--workers shapes a local cluster"),
+        ({"scheduler": "tcp://h:8786", "processes": True}, "--processes shapes a local cluster"),
     ]:
         with pytest.raises(CurateError, match=re.escape(message)):
             Options(**kw)
