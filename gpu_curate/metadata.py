@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -98,6 +99,33 @@ def validate_entries(entries: object, source: str = "metadata") -> tuple[str, ..
     return entries
 
 
+def _metadata_file(path: str | os.PathLike) -> tuple[str, str, Callable[[], bytes]]:
+    """(the path as shown, its lowercased suffix, a reader of its bytes) of a metadata
+    file on a local disk or at an fsspec URL (``s3://bucket/metadata.json``), as the
+    inputs may be; a :class:`MetadataError` for one that is missing or a folder."""
+    text = os.fspath(path)
+    if "://" in text:  # (a URL, shown as given: Path would fold its '//')
+        import fsspec  # (here: `import gpu_curate` stays quick)
+
+        fs, key = fsspec.core.url_to_fs(text)
+        shown, suffix = text, PurePosixPath(key).suffix.lower()
+        exists, is_dir, read = fs.exists(key), fs.isdir(key), lambda: fs.cat_file(key)
+    else:
+        p = Path(text)
+        shown, suffix, exists, is_dir, read = (
+            str(p),
+            p.suffix.lower(),
+            p.exists(),
+            p.is_dir(),
+            p.read_bytes,
+        )
+    if not exists:
+        raise MetadataError(f"metadata file not found: {shown}")
+    if is_dir:
+        raise MetadataError(f"metadata path is a folder, not a file: {shown}")
+    return shown, suffix, read
+
+
 def sources_path_for(out: str | os.PathLike) -> Path:
     """The sidecar of ``out``: ``<out stem>.sources.json`` in the same folder.
 
@@ -142,21 +170,17 @@ class Metadata:
         --------
         >>> Metadata.from_file("metadata.json")  # doctest: +SKIP
         """
-        p = Path(path)
-        if not p.exists():
-            raise MetadataError(f"metadata file not found: {p}")
-        if p.is_dir():
-            raise MetadataError(f"metadata path is a folder, not a file: {p}")
+        p, suffix, read = _metadata_file(path)
         try:
             # (utf-8-sig: a byte-order mark, as Windows editors write, is not part of the
-            # first entry.)
-            text = p.read_text(encoding="utf-8-sig")
+            # first entry. Line ends read as Path.read_text reads them: \r\n and \r are \n.)
+            text = io.TextIOWrapper(io.BytesIO(read()), encoding="utf-8-sig").read()
         except UnicodeDecodeError as exc:
             raise MetadataError(
                 f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); metadata is a JSON "
                 "list of strings or a .txt file of one entry per line"
             ) from None
-        if p.suffix.lower() == ".txt":
+        if suffix == ".txt":
             # One entry per line; only the line break is removed, spaces are kept (exact).
             lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
             # (Blank lines at the end are no entries; one between entries is refused, since

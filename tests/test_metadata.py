@@ -219,6 +219,31 @@ def test_not_json(tmp_path, content):
     assert "line" in msg
 
 
+def test_a_metadata_file_at_a_url(tmp_path):
+    # (As the inputs may be: Path folded "s3://b/m.json" into "s3:/b/m.json", not found.)
+    import fsspec
+
+    entries = ["dog", "new york"]
+    (tmp_path / "m.json").write_text(json.dumps(entries))
+    (tmp_path / "m.txt").write_bytes(b"\xef\xbb\xbfdog\r\nnew york\r\n\r\n")
+    for name in ("m.json", "m.txt"):
+        url = f"file://{tmp_path / name}"
+        assert Metadata.from_file(url).entries == tuple(entries)
+        assert Metadata.from_file(url).source == url
+    fsspec.filesystem("memory").pipe("/md/m.json", json.dumps(entries).encode())
+    assert Metadata.from_file("memory://md/m.json").entries == tuple(entries)
+    for url, what in [
+        ("memory://md/nope.json", "metadata file not found: memory://md/nope.json"),
+        ("memory://md", "metadata path is a folder, not a file: memory://md"),
+        (f"file://{tmp_path}", f"metadata path is a folder, not a file: file://{tmp_path}"),
+    ]:
+        with pytest.raises(MetadataError, match=f"^{re.escape(what)}$"):
+            Metadata.from_file(url)
+    (tmp_path / "bad.json").write_text('["dog", 3]')
+    with pytest.raises(MetadataError, match=re.escape(f"file://{tmp_path / 'bad.json'}")):
+        Metadata.from_file(f"file://{tmp_path / 'bad.json'}")
+
+
 def test_missing_file(tmp_path):
     p = tmp_path / "nope.json"
     with pytest.raises(MetadataError) as info:
