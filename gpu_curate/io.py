@@ -827,7 +827,7 @@ def text_schemas(
             options = _delimited_options(open_, f.format, text_column, id_column, f.path)
             return _csv_schema(open_, *options), None
         except _READ_ERRORS as exc:
-            raise cannot_read(f.path, exc) from None
+            raise _read_error(f, exc, 0, None) from None
 
     return _per_file(schema, list(by_path))
 
@@ -1385,7 +1385,46 @@ def _read_error(f: InputFile, exc: BaseException, start: int, end: int | None) -
     a reader's error ``exc``; a JSON Lines syntax error names its line."""
     if f.format == "jsonl":
         return _json_parse_error(f.path, exc, start, end)
+    if f.format in ("csv", "tsv"):
+        return _delimited_parse_error(f.path, exc, start, end)
     return cannot_read(f.path, exc)
+
+
+# Arrow's error for a CSV/TSV row of another number of fields than the first row; it
+# quotes the row, but says not where it is.
+_FIELD_COUNT = re.compile(r"CSV parse error: Expected \d+ columns?, got \d+: ")
+
+
+def _delimited_parse_error(
+    path: str, exc: BaseException, start: int = 0, end: int | None = None
+) -> CurateError:
+    """``cannot read``, naming the line of the CSV/TSV file (its bytes [start, end) where
+    ``end`` is given) where ``exc`` is Arrow's error for a row of another number of
+    fields: in a file of millions of lines, the row's text alone hardly finds it.
+
+    On this (error) path the lines are read again, up to the first that is the row (its
+    first line, for a quoted caption of several); where none is, Arrow's words stay.
+    """
+    message = str(exc)
+    found = _FIELD_COUNT.match(message)
+    if found is None:
+        return cannot_read(path, exc)
+    row = message[found.end() :].split("\n", 1)[0].encode("utf-8", "surrogateescape")
+    first = 1
+    try:
+        if end is not None:
+            with open_input(path) as fh:  # (the lines before the range)
+                first += _newlines(fh, start)
+            opener = open_range(path, start, end)
+        else:
+            opener = open_input(path)
+        with opener as fh:
+            for n, line in enumerate(fh, first):
+                if line.rstrip(b"\r\n") == row:
+                    return cannot_read(path, pa.ArrowInvalid(f"line {n}: {message}"))
+    except (OSError, EOFError, *_CODEC_ERRORS):
+        pass
+    return cannot_read(path, exc)
 
 
 def _json_parse_error(

@@ -1393,3 +1393,28 @@ def test_the_metadata_and_its_sidecar_at_a_url_are_left_out_of_the_pool():
         assert [f.relpath for f in files] == ["a.jsonl"]
     finally:
         fs.rm("/mdpool", recursive=True)
+
+
+@pytest.mark.parametrize("cut", [False, True])
+@pytest.mark.parametrize("name", ["a.tsv", "a.csv", "a.tsv.gz"])
+def test_a_row_of_another_field_count_is_named_by_its_line(tmp_path, md, name, cut):
+    # (Arrow quotes the row but not where it is: in a file of millions of lines, the
+    # line number is what finds it. JSON Lines errors named it already.)
+    sep = "," if ".csv" in name else "\t"
+    lines = ["text" + sep + "id"]
+    if ".csv" in name:
+        lines.append('"a dog\nin two lines",x')  # (a row of two lines: physical lines count)
+    # (Past the head that planning reads, 64 KiB: found by the task that reads its part.)
+    lines += [f"a dog {i}{sep}{i}" for i in range(30000)]
+    bad = lines.index(f"a dog 24999{sep}24999")
+    lines[bad] += f"{sep}x"
+    data = ("\n".join(lines) + "\n").encode()
+    write(tmp_path / "pool" / name, gzip.compress(data) if name.endswith(".gz") else data)
+    extra = ["--partition-rows", "100"] if cut else []
+    err = error_line(match(tmp_path / "pool", md, tmp_path / "out", *extra))
+    line = data[: data.index(f"a dog 24999{sep}24999{sep}x".encode())].count(b"\n") + 1
+    assert line == bad + 1 + (".csv" in name)
+    assert err == (
+        f"gpu-curate: error: cannot read {tmp_path / 'pool' / name}: line {line}: CSV parse "
+        f"error: Expected 2 columns, got 3: a dog 24999{sep}24999{sep}x"
+    )
