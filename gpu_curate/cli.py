@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import sys
 
 import click
 from pyarrow import ArrowException
 
-from .cli_options import backend_option, compression_option, seed_option
+from .cli_options import backend_option, compression_option, seed_option, threshold
 from .errors import CurateError, Interrupted
 
 
@@ -201,22 +200,6 @@ def _options(kw: dict):
     )  # fmt: skip
 
 
-def _threshold(t) -> float:
-    """``--t`` (text on the command line) as the number the API takes."""
-    from .pipeline import check_t
-
-    try:
-        value = float(t)
-    except ValueError:
-        raise CurateError(f"t must be a number, got {t!r}") from None
-    except OverflowError:  # (an int of more digits than a float holds)
-        value = math.inf
-    try:
-        return check_t(value)
-    except CurateError:
-        raise CurateError(f"t must be a positive finite number, got {t}") from None
-
-
 def _check_flags(kw: dict) -> None:
     if kw["overwrite"] and kw["resume"]:
         raise click.UsageError("--overwrite and --resume exclude each other")
@@ -233,7 +216,7 @@ def curate(inputs, metadata_path, out, t, seed, **kw):
     from .pipeline import curate as run
 
     _check_flags(kw)
-    run(inputs, metadata_path, out, _threshold(t), check_seed(seed), _options(kw))
+    run(inputs, metadata_path, out, threshold(t), check_seed(seed), _options(kw))
 
 
 @main.command()
@@ -266,7 +249,7 @@ def balance(matched_dir, t, seed, out, **kw):
         processes=kw["use_processes"], quiet=kw["quiet"], overwrite=kw["overwrite"],
         resume=kw["resume"], compression=kw["compression"], echo=click.echo,
     )  # fmt: skip
-    balance_matched(matched_dir, out, _threshold(t), check_seed(seed), opts)
+    balance_matched(matched_dir, out, threshold(t), check_seed(seed), opts)
 
 
 @main.command()
@@ -288,7 +271,7 @@ def demo(out, rows, t, seed, backend, overwrite, quiet):
     from .demo import run_demo
     from .pipeline import check_seed
 
-    t = _threshold(t if t is not None else max(1, rows // 1000))
+    t = threshold(t if t is not None else max(1, rows // 1000))
     run_demo(out, rows, t, check_seed(seed), backend, overwrite, quiet, click.echo)
 
 

@@ -6,9 +6,13 @@ their commands in their own modules, which ``cli.py`` imports.
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from .backend import BACKENDS
+from .balance import check_t
+from .errors import CurateError
 from .io import COMPRESSIONS
 
 
@@ -61,3 +65,24 @@ def seed_option(help: str = "Integer seed of the draws."):
     '0'
     """
     return click.option("--seed", default="0", show_default=True, help=help)
+
+
+def threshold(t: str | float) -> float:
+    """``--t`` (text on the command line) as the number the API takes; a one-line
+    :class:`~gpu_curate.errors.CurateError` for anything else.
+
+    Examples
+    --------
+    >>> threshold("2e4")
+    20000.0
+    """
+    try:
+        value = float(t)
+    except ValueError:
+        raise CurateError(f"t must be a number, got {t!r}") from None
+    except OverflowError:  # (an int of more digits than a float holds)
+        value = math.inf
+    try:
+        return check_t(value)
+    except CurateError:
+        raise CurateError(f"t must be a positive finite number, got {t}") from None

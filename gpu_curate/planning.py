@@ -27,7 +27,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from . import balance
 from .backend import BackendError, resolve
-from .cli_options import backend_option
+from .cli_options import backend_option, threshold
 from .counts import read_counts_table
 from .errors import CurateError, whole_number
 from .io import read_parquet_columns
@@ -510,7 +510,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option(
     "--t",
     "ts",
-    type=float,
     multiple=True,
     help="Balancing threshold to evaluate (repeatable).",
 )
@@ -531,7 +530,8 @@ def plan_command(
 ) -> None:
     """Expected curated size, head entries and tail share for each t of a matched dataset."""
     try:
-        rows = plan(matched_dir, list(ts), target_rows=target_rows, backend=backend)
+        rows = plan(matched_dir, [threshold(t) for t in ts], target_rows=target_rows,
+                    backend=backend)  # fmt: skip
     except BackendError as exc:
         raise CurateError(str(exc)) from exc
     if as_json:

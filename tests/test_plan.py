@@ -414,6 +414,23 @@ def test_cli_bad_arguments_exit_2(dataset, args):
     assert res.stderr.strip().count("\n") == 0 and "error" in res.stderr
 
 
+@pytest.mark.parametrize(
+    "t, message",
+    [
+        ("abc", "t must be a number, got 'abc'"),
+        ("1e400", "t must be a positive finite number, got 1e400"),
+        ("nan", "t must be a positive finite number, got nan"),
+    ],
+)
+def test_cli_t_is_checked_as_balance_checks_it(dataset, t, message):
+    # (A click FLOAT: "Error: Invalid value for '--t'" for abc, and "got inf" for 1e400.)
+    root, _, _ = dataset
+    for command in (["plan", str(root)], ["balance", str(root), "--out", str(root / "b")]):
+        res = CliRunner().invoke(main, [*command, "--t", t])
+        assert res.exit_code == 2
+        assert res.stderr.strip() == f"gpu-curate: error: {message}"
+
+
 def test_cli_missing_inputs_exit_2(tmp_path, dataset):
     res = CliRunner().invoke(main, ["plan", str(tmp_path / "missing"), "--t", "5"])
     assert res.exit_code == 2
