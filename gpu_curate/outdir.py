@@ -921,9 +921,21 @@ def success_parts(fs: fsspec.AbstractFileSystem, folder: str) -> list[tuple[str,
     path = f"{folder}/_SUCCESS"
     try:
         with fs.open(path, "rb") as fh:
-            return [(p["file"], int(p["rows"])) for p in json.load(fh)["parts"]]
-    except (ValueError, KeyError, TypeError) as exc:
+            parts = [(p["file"], int(p["rows"])) for p in json.load(fh)["parts"]]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CurateError(f"{path} is damaged ({exc!r}): run the match again") from None
+    # (A name is joined into the paths a balance reads and writes: "../../x.parquet"
+    # would have it overwrite a file outside both folders.)
+    bad = [name for name, _ in parts if not (isinstance(name, str) and _PART.fullmatch(name))]
+    names = [name for name, _ in parts]
+    if bad or len(set(names)) < len(names):
+        what = f"a part named {bad[0]!r}" if bad else "a part twice"
+        raise CurateError(f"{path} is damaged (it lists {what}): run the match again")
+    return parts
+
+
+# The name of a part that a run writes (pipeline: part-NNNNN, five digits or more).
+_PART = re.compile(r"part-\d{5,}\.parquet")
 
 
 def check_balance_settings(fs, out: str, t: float, seed: int) -> None:

@@ -1471,6 +1471,29 @@ def test_balance_of_a_damaged_matched_success_is_one_line(small, tmp_path):
     (m / "matched" / "_SUCCESS").write_text('{"parts": [{"rows": 1}]}')
     r = run_cli("balance", m, "--t", "30", "--out", tmp_path / "b", *common)
     assert_clean_error(r, tmp_path / "b", "_SUCCESS is damaged")
+    # A part's name is joined into the paths a balance reads and writes: one that leaves
+    # the folder replaced a file outside it with its curated rows.
+    victim = tmp_path / "victim" / "precious.parquet"
+    victim.parent.mkdir()
+    shutil.copy(sorted((m / "matched").glob("part-*.parquet"))[0], victim)
+    before = victim.read_bytes()
+    rows = pq.ParquetFile(victim).metadata.num_rows
+    for name, what in [
+        ("../../victim/precious.parquet", "a part named '../../victim/precious.parquet'"),
+        ("x", "a part named 'x'"),
+        ("part-00000.parquet", "a part twice"),
+    ]:
+        parts = [{"file": name, "rows": rows}, {"file": "part-00000.parquet", "rows": rows}]
+        (m / "matched" / "_SUCCESS").write_text(json.dumps({"parts": parts, "rows": 2 * rows}))
+        for command in (
+            ["balance", m, "--t", "30", "--out", tmp_path / "b"],
+            ["plan", m, "--t", "3"],
+        ):
+            r = run_cli(*command, *(common if command[0] == "balance" else []))
+            assert r.exit_code == 2, r.output
+            assert f"_SUCCESS is damaged (it lists {what}): run the match again" in r.stderr
+        assert victim.read_bytes() == before
+        assert not (tmp_path / "b").exists()
 
 
 def test_a_run_that_fails_before_any_part_leaves_the_folder_as_it_found_it(small, tmp_path):
