@@ -346,7 +346,12 @@ def prepare_out(
             # (Again under the lock: another run may have written there since.)
             _, _, _, fresh = _checked_out(out, overwrite, resume, manifest, keep, owned, True)
             if not fresh and overwrite:
-                _empty(fs, path)
+                try:
+                    _empty(fs, path)
+                except KeyboardInterrupt:
+                    raise Interrupted(
+                        "the folder was being emptied: run the same command again"
+                    ) from None
                 fresh = True
             if exists:
                 _remove_temporaries(fs, path)
@@ -682,11 +687,21 @@ def _empty(fs, path: str) -> None:
     # is still a run whose manifests describe every part left, which a --resume checks,
     # never parts whose manifest is gone (a resume with another t took the old curated
     # parts as its own).
-    # (report.json first: a folder cut short in its emptying must not look finished.)
-    last = {"report.json": -1, BALANCE_MANIFEST: 1, MATCH_MANIFEST: 2}
+    # (report.json first, then each folder's _SUCCESS: a folder cut short in its emptying
+    # must not look finished, nor list parts already gone.)
+    last = {BALANCE_MANIFEST: 1, MATCH_MANIFEST: 2}
     children = fs.ls(path, detail=True)
     children.sort(key=lambda c: last.get(PurePosixPath(c["name"]).name, 0))
+    firsts = [c["name"] for c in children if PurePosixPath(c["name"]).name == "report.json"]
     for child in children:
+        success = f"{str(child['name']).rstrip('/')}/_SUCCESS"
+        if child.get("type") == "directory" and not child.get("islink") and fs.exists(success):
+            firsts.append(success)
+    for name in firsts:
+        fs.rm_file(name)
+    for child in children:
+        if child["name"] in firsts:
+            continue
         if PurePosixPath(child["name"]).name == LOCK:
             continue  # (this run's own)
         folder = str(child["name"]).rstrip("/")

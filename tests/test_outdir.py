@@ -416,3 +416,38 @@ def test_a_pool_with_a_success_file_is_no_folder_of_parts(tmp_path):
             f"{pool} is not a matched dataset (no entry_counts.parquet): give the output "
             "folder of gpu-curate match or curate"
         ), result.stderr
+
+
+def test_an_overwrite_cut_short_leaves_no_success_listing_parts_gone(tmp_path, monkeypatch):
+    # (Ctrl-C while --overwrite emptied the folder left curated/_SUCCESS listing 1,000
+    # parts of which 512 were gone: a folder that looked complete to any reader.)
+    from fsspec.implementations.local import LocalFileSystem
+
+    (tmp_path / "pool").mkdir()
+    texts = [f"a dog {i}" if i % 3 else f"a cat {i}" for i in range(60)]
+    pq.write_table(pa.table({"TEXT": texts}), tmp_path / "pool" / "p.parquet")
+    (tmp_path / "metadata.json").write_text(json.dumps(["dog", "cat"]))
+    out = tmp_path / "out"
+    args = ["curate", tmp_path / "pool", "--metadata", tmp_path / "metadata.json", "--out", out,
+            "--t", 5, "--partition-rows", 10, "--workers", 1, "--quiet"]  # fmt: skip
+    cli(*args)
+    want = pq.read_table(out / "curated").column("uid").to_pylist()
+    rm = LocalFileSystem.rm
+
+    def cut_short(self, path, *a, **kw):
+        if str(path).rstrip("/").endswith(("matched", "curated")):
+            raise KeyboardInterrupt
+        return rm(self, path, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(LocalFileSystem, "rm", cut_short)
+        result = CliRunner().invoke(main, [str(a) for a in [*args, "--overwrite"]])
+    assert result.exit_code == 130
+    assert result.stderr.strip() == (
+        "gpu-curate: interrupted; the folder was being emptied: run the same command again"
+    )
+    assert not (out / "report.json").exists()
+    assert not list(out.rglob("_SUCCESS"))
+    assert list((out / "matched").glob("part-*.parquet"))  # (cut short: parts left)
+    cli(*args, "--overwrite")
+    assert pq.read_table(out / "curated").column("uid").to_pylist() == want
