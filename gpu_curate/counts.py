@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -102,8 +103,10 @@ def counts_table(metadata: Metadata, counts: np.ndarray) -> pa.Table:
     )
 
 
-def read_counts_table(path: str | os.PathLike, *, need_entry: bool = True) -> pa.Table:
-    """Read a local counts table as :func:`counts_table` writes it, its columns checked.
+def read_counts_table(
+    path: str | os.PathLike, *, need_entry: bool = True, fs: fsspec.AbstractFileSystem | None = None
+) -> pa.Table:
+    """Read a counts table as :func:`counts_table` writes it, its columns checked.
 
     ``plan`` and ``report`` both read ``entry_counts.parquet``; each checks the ids its own
     way (``report`` also reads ``curated_entry_counts.parquet``, of the same columns).
@@ -114,6 +117,8 @@ def read_counts_table(path: str | os.PathLike, *, need_entry: bool = True) -> pa
         The Parquet file.
     need_entry : bool, default True
         Whether an ``entry`` column must be there; without it, one that is there is read.
+    fs : fsspec.AbstractFileSystem, optional
+        The file system of ``path`` (default: a local file).
 
     Returns
     -------
@@ -130,10 +135,45 @@ def read_counts_table(path: str | os.PathLike, *, need_entry: bool = True) -> pa
     >>> table = read_counts_table("out/entry_counts.parquet")  # doctest: +SKIP
     """
     needed = ["entry_id", "entry", "count"] if need_entry else ["entry_id", "count"]
-    table = read_parquet_columns(path, needed, optional=["entry"])
+    table = read_parquet_columns(path, needed, optional=["entry"], fs=fs)
     if table.column("entry_id").null_count or table.column("count").null_count:
         raise CurateError(f"{path}: entry_id and count must not be null")
     return table
+
+
+def counts_by_id(table: pa.Table, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(counts, entries) of a counts table (:func:`read_counts_table`'s) in entry-id
+    order, its ids checked to be each of 0 .. n - 1 once and its counts not negative;
+    entries is None for a table without an ``entry`` column. ``where`` names the table in
+    errors.
+
+    Examples
+    --------
+    >>> t = pa.table({"entry_id": [1, 0], "entry": ["cat", "dog"], "count": [5, 7]})
+    >>> counts, entries = counts_by_id(t, "counts.parquet")
+    >>> counts.tolist(), entries.tolist()
+    ([7, 5], ['dog', 'cat'])
+    """
+    for name in ("entry_id", "count"):
+        if not pa.types.is_integer(table.column(name).type):
+            raise CurateError(f"{where}: {name} must be integers, not {table.column(name).type}")
+    ids = table.column("entry_id").to_numpy().astype(np.int64)
+    counts = table.column("count").to_numpy().astype(np.int64)
+    n = ids.size
+    order = None
+    if not np.array_equal(ids, np.arange(n)):
+        order = np.argsort(ids, kind="stable")
+        if not np.array_equal(ids[order], np.arange(n)):
+            raise CurateError(f"{where}: entry_id must hold each of 0 .. {n - 1} once")
+    if counts.size and int(counts.min()) < 0:
+        raise CurateError(f"{where}: negative counts")
+    entries = None
+    if "entry" in table.column_names:
+        entries = np.asarray(table.column("entry").to_pylist(), dtype=object)
+    if order is not None:
+        counts = counts[order]
+        entries = None if entries is None else entries[order]
+    return counts, entries
 
 
 @functools.lru_cache(maxsize=4)

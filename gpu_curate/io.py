@@ -1949,9 +1949,13 @@ _THREADED_READ_ROWS = 1 << 16
 
 
 def read_parquet_columns(
-    path: str | os.PathLike, needed: Sequence[str], optional: Sequence[str] = ()
+    path: str | os.PathLike,
+    needed: Sequence[str],
+    optional: Sequence[str] = (),
+    fs: fsspec.AbstractFileSystem | None = None,
 ) -> pa.Table:
-    """The ``needed`` columns of a local Parquet file, and those of ``optional`` it has.
+    """The ``needed`` columns of a Parquet file (local, or on the file system ``fs``), and
+    those of ``optional`` it has.
 
     One open and one footer parse, and Arrow's thread pool only for files of 65k rows or
     more: the parts of a pool of many small files are a few KB each, where
@@ -1968,7 +1972,8 @@ def read_parquet_columns(
     >>> table = read_parquet_columns("out/entry_counts.parquet", ["count"])  # doctest: +SKIP
     """
     try:
-        with pq.ParquetFile(path) as pf:
+        source = fs.open(path, "rb") if fs is not None else contextlib.nullcontext(path)
+        with source as fh, pq.ParquetFile(fh) as pf:
             names = pf.schema_arrow.names
             missing = [c for c in needed if c not in names]
             if missing:

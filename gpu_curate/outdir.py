@@ -949,8 +949,8 @@ def success_parts(fs: fsspec.AbstractFileSystem, folder: str) -> list[tuple[str,
     return parts
 
 
-# The name of a part that a run writes (pipeline: part-NNNNN, five digits or more).
-_PART = re.compile(r"part-\d{5,}\.parquet")
+# A part's name: a Parquet file's in the folder itself (a run writes part-NNNNN.parquet).
+_PART = re.compile(r"[^/\\.][^/\\]*\.parquet")
 
 
 def check_balance_settings(fs, out: str, t: float, seed: int) -> None:

@@ -32,7 +32,15 @@ from . import __version__
 from .backend import check_name, resolved_name
 from .balance import EXPECTED_UNITS_PER_ROW, check_t, entry_probabilities
 from .cluster import ClusterInfo, open_client
-from .counts import add_counts, counts_json, counts_table, partition_counts, tree_reduce
+from .counts import (
+    add_counts,
+    counts_by_id,
+    counts_json,
+    counts_table,
+    partition_counts,
+    read_counts_table,
+    tree_reduce,
+)
 from .errors import CurateError, cannot_read, counted, first_line, whole_number
 from .io import (
     COMPRESSIONS,
@@ -304,7 +312,10 @@ def _balance_task(
         # Row groups of about a part's size at a time: memory stays bounded whatever the
         # size of the matched part (a CSV file of any size is one part).
         for table in _matched_tables(fh, src, rows=rows):
-            kept, batch_stats, batch_counts = step.run(table)
+            try:
+                kept, batch_stats, batch_counts = step.run(table)
+            except ValueError as exc:  # (an entry id past the counts' end, for one)
+                raise CurateError(f"the matched part {src}: {exc} (match again)") from None
             write(kept)
             stats = _add_stats(stats, batch_stats)
             counts = batch_counts if counts is None else np.add(counts, batch_counts, out=counts)
@@ -328,6 +339,14 @@ def _matched_file(fh, src: str, rows: int | None = None) -> tuple[pq.ParquetFile
         raise CurateError(
             f"the matched part {src} holds {sum(groups):,} rows, {MATCHED}/{SUCCESS} says "
             f"{rows:,}: it changed since it was matched (match again)"
+        )
+    schema = pf.schema_arrow
+    uid = schema.field("uid").type if "uid" in schema.names else None
+    ids = schema.field("entry_ids").type if "entry_ids" in schema.names else None
+    if uid != pa.uint64() or not (pa.types.is_list(ids) and ids.value_type == pa.int32()):
+        raise CurateError(
+            f"the matched part {src} has no uid (uint64) and entry_ids (list<int32>) columns "
+            "as gpu-curate match writes them (match again)"
         )
     return pf, groups
 
@@ -930,14 +949,28 @@ def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Opti
         raise CurateError(
             f"{matched_dir} is not a complete matched dataset (entry_counts.parquet missing)"
         )
-    with mfs.open(f"{mpath}/entry_counts.parquet", "rb") as fh:
-        table = pq.read_table(fh)
-    md = Metadata(table.column("entry").to_pylist(), source=f"{matched_dir}/entry_counts.parquet")
-    counts = table.column("count").to_numpy().astype(np.int64)
+    # (Checked as plan checks them: a balance by counts of other ids would keep rows by
+    # other entries' counts, without a word.)
+    where = f"{full_path(mfs, mpath)}/entry_counts.parquet"
+    counts, entries = counts_by_id(read_counts_table(where, fs=mfs), where)
+    md = Metadata(entries.tolist(), source=where)
+    table = counts_table(md, counts)
     pool = {}
     if mfs.exists(f"{mpath}/report.json"):
-        with mfs.open(f"{mpath}/report.json", "rb") as fh:
-            prev = json.load(fh)
+        try:
+            with mfs.open(f"{mpath}/report.json", "rb") as fh:
+                prev = json.load(fh)
+            if not isinstance(prev, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, RecursionError) as exc:
+            raise CurateError(
+                f"{full_path(mfs, mpath)}/report.json is damaged ({exc}): run the match again"
+            ) from None
+        if prev.get("metadata_entries", len(counts)) != len(counts):
+            raise CurateError(
+                f"{where} holds {len(counts):,} entries, the run's report.json says "
+                f"{prev['metadata_entries']:,}: it changed since it was written (match again)"
+            )
         keep = ("pool_rows", "matched_rows", "null_texts", "empty_texts", "matches",
                 "input_files", "metadata_entries", "metadata_sha256", "entries_matched",
                 "text_columns", "column_sets", "seconds_match")  # fmt: skip

@@ -28,7 +28,7 @@ from fsspec.implementations.local import LocalFileSystem
 from . import balance
 from .backend import BackendError, resolve
 from .cli_options import backend_option, threshold
-from .counts import read_counts_table
+from .counts import counts_by_id, read_counts_table
 from .errors import CurateError, whole_number
 from .io import read_parquet_columns
 from .outdir import not_matched_why, reading, run_folder_why, success_parts
@@ -184,24 +184,9 @@ def load_entry_counts(matched_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
             f"{root} is not a matched dataset (no entry_counts.parquet): give the output "
             "folder of gpu-curate match or curate"
         )
-    table = read_counts_table(path, need_entry=False)
-    ids = table.column("entry_id").to_numpy().astype(np.int64)
-    counts = table.column("count").to_numpy().astype(np.int64)
-    n = ids.size
-    if not np.array_equal(ids, np.arange(n)):
-        order = np.argsort(ids, kind="stable")
-        if not np.array_equal(ids[order], np.arange(n)):
-            raise CurateError(f"{path}: entry_id must hold each of 0 .. {n - 1} once")
-    else:
-        order = None
-    if counts.size and int(counts.min()) < 0:
-        raise CurateError(f"{path}: negative counts")
-    if "entry" in table.column_names:
-        entries = np.asarray(table.column("entry").to_pylist(), dtype=object)
-    else:
-        entries = np.asarray([str(i) for i in range(n)], dtype=object)
-    if order is not None:
-        counts, entries = counts[order], entries[order]
+    counts, entries = counts_by_id(read_counts_table(path, need_entry=False), str(path))
+    if entries is None:
+        entries = np.asarray([str(i) for i in range(counts.size)], dtype=object)
     return counts, entries
 
 

@@ -1023,7 +1023,8 @@ def test_balance_never_deletes_or_writes_into_the_matched_dataset(small, tmp_pat
     cases += [(out, []) for out in inside]  # would mix curated parts into it
     for out, flag in cases:
         r = run_cli("balance", m, "--t", "5", "--out", out, *flag, *common)
-        assert_clean_error(r, tmp_path / "nothing", "matched dataset")
+        needle = "lies in the matched/ folder of the run" if out in inside else "matched dataset"
+        assert_clean_error(r, tmp_path / "nothing", needle)
         assert _files(m) == before
 
 
@@ -1839,7 +1840,10 @@ def test_overwrite_of_a_run_holding_its_balance_cut_short_can_be_run_again(
     # that is a FIFO is no balance of the run (reading it would block).
     for name in ("other", "report"):
         other = run / name
-        assert run_cli(*argv, "--out", other, "--t", 5).exit_code == 0
+        # (Written beside it and moved in: an --out in a folder of the run's layout, as
+        # run/report, is refused.)
+        assert run_cli(*argv, "--out", tmp_path / name, "--t", 5).exit_code == 0
+        shutil.move(tmp_path / name, other)
         r = run_cli(*argv, "--out", run, "--t", 30, "--overwrite")
         assert r.exit_code == 2, r.stderr
         assert f"does not write ({name} (another run's output))" in r.stderr, r.stderr
@@ -1849,3 +1853,75 @@ def test_overwrite_of_a_run_holding_its_balance_cut_short_can_be_run_again(
     os.mkfifo(run / "fifo" / "_balance.json")
     r = run_cli(*argv, "--out", run, "--t", 30, "--overwrite")
     assert r.exit_code == 2 and "(fifo (another run's output))" in r.stderr, r.stderr
+
+
+def _no_uid(m: Path) -> None:
+    part = m / "matched" / "part-00000.parquet"
+    pq.write_table(pq.read_table(part).drop(["uid"]), part)
+
+
+def _ids_past_the_counts(m: Path) -> None:
+    part = m / "matched" / "part-00000.parquet"
+    table = pq.read_table(part)
+    ids = pa.array([[99]] * table.num_rows, pa.list_(pa.int32()))
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("entry_ids"), "entry_ids", ids), part
+    )
+
+
+def _counts_as(m: Path, change) -> None:
+    counts = m / "entry_counts.parquet"
+    table = pq.read_table(counts)
+    pq.write_table(change(table), counts)
+
+
+TAMPERED = {
+    "no uid": (_no_uid, "has no uid (uint64) and entry_ids (list<int32>) columns"),
+    "entry ids past the counts": (_ids_past_the_counts, "entry id 99 is out of range for"),
+    "counts as text": (
+        lambda m: _counts_as(m, lambda t: t.set_column(2, "count", t["count"].cast(pa.string()))),
+        "entry_counts.parquet: count must be integers, not string",
+    ),
+    "negative counts": (
+        lambda m: _counts_as(m, lambda t: t.set_column(2, "count", pa.array([-1] * t.num_rows))),
+        "entry_counts.parquet: negative counts",
+    ),
+    "counts cut short": (
+        lambda m: _counts_as(m, lambda t: t.slice(0, 3)),
+        "entry_counts.parquet holds 3 entries, the run's report.json says",
+    ),
+    "report.json damaged": (
+        lambda m: (m / "report.json").write_text("{"),
+        "report.json is damaged (Expecting property name",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_balance_of_a_tampered_matched_dataset_is_one_line(small, tmp_path, case):
+    # (Each was a traceback, or, counts as text, taken without a word; plan checked the
+    # counts, balance read them raw.)
+    pool, md = small
+    m = tmp_path / "m"
+    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
+    tamper, needle = TAMPERED[case]
+    tamper(m)
+    r = run_cli("balance", m, "--t", "30", "--out", tmp_path / "b", *common)
+    assert_clean_error(r, tmp_path / "b", needle)
+
+
+def test_balance_reads_the_counts_by_their_entry_ids(small, tmp_path):
+    # (Rows of entry_counts.parquet in another order are the same counts: balanced as
+    # the counts in their order.)
+    pool, md = small
+    m = tmp_path / "m"
+    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
+    assert run_cli("balance", m, "--t", "30", "--out", tmp_path / "want", *common).exit_code == 0
+    _counts_as(m, lambda t: t.take(np.arange(t.num_rows)[::-1]))
+    assert run_cli("balance", m, "--t", "30", "--out", tmp_path / "got", *common).exit_code == 0
+    for name in ("curated", "entry_counts.parquet", "curated_entry_counts.parquet"):
+        assert pq.read_table(tmp_path / "got" / name).equals(
+            pq.read_table(tmp_path / "want" / name)
+        )
