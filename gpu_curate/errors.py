@@ -81,9 +81,15 @@ def first_line(exc: BaseException) -> str:
     'bad magic number'
     >>> first_line(OSError())
     'OSError'
+    >>> print(first_line(ValueError("got 2: \\x08\\x00,")))
+    got 2: \\x08\\x00,
     """
     lines = str(exc).splitlines()
-    return lines[0] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    # (A reader may quote the bytes of a binary file read as text: a terminal would take
+    # its control characters as its own.)
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in lines[0])
 
 
 def cannot_read(what: object, exc: BaseException, hint: str | None = None) -> CurateError:

@@ -1744,6 +1744,7 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
     # columns are f0, f1, ... (CC3M's caption<TAB>url has no header).
     with open_() as fh:
         head = fh.read(1 << 16)
+    _refuse_binary(head, fmt, where)
     delimiter = "\t" if fmt == "tsv" else ","
     # (A line ends at \n, \r\n or a lone \r, as Arrow's reader ends it.)
     line = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0]
@@ -1803,6 +1804,40 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
         newlines_in_values=fmt != "tsv",
     )
     return read, parse, convert
+
+
+# The first bytes of files that are no text: (bytes, what the file holds, its suffix).
+_MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed data", ".gz"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data", ".zst"),
+    (b"\xfd7zXZ\x00", "xz-compressed data", ".xz"),
+    (b"BZh", "bzip2-compressed data", ".bz2"),
+    (b"PK\x03\x04", "a zip archive", ".zip"),
+    (b"PAR1", "a Parquet file", ".parquet"),
+)
+
+
+def _refuse_binary(head: bytes, fmt: str, where: str) -> None:
+    """A :class:`CurateError` when a CSV/TSV file's first bytes (``head``, decompressed as
+    its name says) are those of compressed data or a Parquet file: read as text, such a
+    file gave a few rows of garbage and no match, without a word."""
+    for magic, what, suffix in _MAGIC:
+        # (bzip2's and Parquet's are ASCII: also a NUL byte, which no caption holds.)
+        if not (head.startswith(magic) and (magic[0] >= 0x80 or b"\x00" in head[:512])):
+            continue
+        name = posixpath.basename(where)
+        if _codec(where) is not None:  # (decompressed once already)
+            raise CurateError(
+                f"{where}: it holds {what} once decompressed: it was compressed twice, "
+                "and is read only if compressed once"
+            )
+        if name.lower().endswith(suffix):  # (read as text by --format)
+            todo = f"leave out --format {fmt}"
+        elif suffix == ".parquet":
+            todo = "name it .parquet"
+        else:
+            todo = f"name it with its codec's suffix: {name}{suffix}"
+        raise CurateError(f"{where}: it holds {what}, not {fmt.upper()} text: {todo}")
 
 
 _URL = re.compile(r"(?i)(https?|ftp|s3|gs)://\S*")

@@ -1418,3 +1418,41 @@ def test_a_row_of_another_field_count_is_named_by_its_line(tmp_path, md, name, c
         f"gpu-curate: error: cannot read {tmp_path / 'pool' / name}: line {line}: CSV parse "
         f"error: Expected 2 columns, got 3: a dog 24999{sep}24999{sep}x"
     )
+
+
+def _parquet_bytes() -> bytes:
+    sink = io_module.BytesIO()
+    pq.write_table(pa.table({"TEXT": ["a dog"] * 50}), sink)
+    return sink.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, data, extra, says",
+    [
+        ("caps.tsv", gzip.compress(b"TEXT\na dog\n"), [],
+         "it holds gzip-compressed data, not TSV text: name it with its codec's suffix: "
+         "caps.tsv.gz"),
+        ("caps.csv", _parquet_bytes(), [],
+         "it holds a Parquet file, not CSV text: name it .parquet"),
+        ("caps.parquet", _parquet_bytes(), ["--format", "csv"],
+         "it holds a Parquet file, not CSV text: leave out --format csv"),
+        ("caps.tsv.gz", gzip.compress(gzip.compress(b"TEXT\na dog\n")), [],
+         "it holds gzip-compressed data once decompressed: it was compressed twice, and is "
+         "read only if compressed once"),
+    ],
+)  # fmt: skip
+def test_compressed_or_parquet_bytes_in_a_text_file_are_an_error(tmp_path, md, name, data,
+                                                                  extra, says):  # fmt: skip
+    # (A gzipped .tsv was read as text: 7 rows of garbage, no match, exit 0. A Parquet
+    # file read as CSV put its control bytes into the error line.)
+    path = write(tmp_path / "pool" / name, data)
+    src = path if extra else tmp_path / "pool"
+    err = error_line(match(src, md, tmp_path / "out", *extra))
+    assert err == f"gpu-curate: error: {path}: {says}"
+
+
+def test_a_caption_that_begins_as_a_magic_number_is_text(tmp_path, md):
+    write(tmp_path / "pool" / "a.tsv", b"BZh91AY&SY dog\nPAR1 dog\nPK\x03\x04 dog\n")
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert matched(tmp_path / "out")["entry_ids"] == [[0], [0], [0]]
