@@ -198,6 +198,10 @@ class Metadata:
             raise MetadataError(
                 f"{p}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
             ) from None
+        except RecursionError:
+            raise MetadataError(
+                f"{p}: nested too deeply to read; metadata is a JSON list of strings"
+            ) from None
         if not isinstance(entries, list):
             raise MetadataError(
                 f"{p}: metadata must be a JSON list of strings, got a JSON "

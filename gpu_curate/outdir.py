@@ -191,7 +191,7 @@ def _balance_of(fs, folder: str, run: str) -> bool:
             manifest = json.load(fh)
         with fs.open(names[1], "rb") as fh:
             run_sha = hashlib.sha256(fh.read()).hexdigest()
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return (
         isinstance(manifest, dict)
@@ -748,7 +748,7 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run", resume: bo
     try:
         with fs.open(path, "rb") as fh:
             previous = json.load(fh)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RecursionError) as exc:
         raise CurateError(f"--resume: cannot read {path} ({exc}); use --overwrite") from None
     if not isinstance(previous, dict):
         raise CurateError(f"--resume: {path} is not a gpu-curate manifest; use --overwrite")
@@ -891,7 +891,7 @@ def not_matched_why(fs, path: str, shown: str) -> str | None:
         try:
             with fs.open(f"{path}/report.json", "rb") as fh:
                 source = json.load(fh).get("matched_dir")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             source = None
         return f"{shown} is the output of a balance, without matched/: give the matched " + (
             f"dataset it balanced, {source}" if source else "dataset it balanced"
@@ -961,7 +961,7 @@ def check_balance_settings(fs, out: str, t: float, seed: int) -> None:
     try:
         with fs.open(path, "rb") as fh:
             previous = json.load(fh)
-    except (ValueError, OSError):
+    except (ValueError, OSError, RecursionError):
         return  # claim() says it when the balance stage begins
     if isinstance(previous, dict):
         changed = [k for k, v in (("t", t), ("seed", seed)) if previous.get(k) != v]

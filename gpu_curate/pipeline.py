@@ -201,7 +201,7 @@ def _finished_part(fs, data_path: str, stats_path: str, n_entries: int):
                 rows += table.num_rows
                 ids = table.column("entry_ids")
                 counts += partition_counts(csr_of(ids, data_path)[1], n_entries)
-    except (ValueError, OSError, CurateError):
+    except (ValueError, OSError, CurateError, RecursionError):
         return None  # damaged since (ArrowInvalid is a ValueError): the part is redone
     if not isinstance(stats, dict) or rows != stats.get("rows_written", stats.get("curated_rows")):
         return None

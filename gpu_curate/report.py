@@ -113,7 +113,7 @@ def _read_report_json(folder: Path) -> dict[str, Any]:
         )
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CurateError(f"report: {path} is not valid JSON ({exc})") from None
     if not isinstance(report, dict):
         raise CurateError(f"report: {path} must hold a JSON object")

@@ -244,6 +244,14 @@ def test_a_metadata_file_at_a_url(tmp_path):
         Metadata.from_file(f"file://{tmp_path / 'bad.json'}")
 
 
+def test_json_nested_too_deeply_is_one_line(tmp_path):
+    # (A RecursionError traceback before.)
+    p = tmp_path / "m.json"
+    p.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(MetadataError, match=r": nested too deeply to read; metadata is a JSON"):
+        Metadata.from_file(p)
+
+
 def test_missing_file(tmp_path):
     p = tmp_path / "nope.json"
     with pytest.raises(MetadataError) as info:
