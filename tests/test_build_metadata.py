@@ -632,6 +632,24 @@ def test_option_conflicts(kwargs, message):
         build_metadata(**{"out": None, **kwargs})
 
 
+@pytest.mark.parametrize(
+    "out, source, flag",
+    [("c.json", "c.json", "unigram_counts"), ("e.json", "e.sources.json", "titles"),
+     ("k.json", "k.json", "corpus")],
+)  # fmt: skip
+def test_the_metadata_may_not_replace_a_source(tmp_path, out, source, flag):
+    # (With --overwrite, the build replaced the file it had read.)
+    src = tmp_path / source
+    src.write_text("dog\t500\n")
+    with pytest.raises(CurateError) as caught:
+        build_metadata(tmp_path / out, **{flag: src}, overwrite=True, min_count=1)
+    assert str(caught.value) == (
+        f"{src} is the build's --{flag.replace('_', '-')} source, which writing the metadata "
+        "would replace: choose another --out"
+    )
+    assert src.read_text() == "dog\t500\n"
+
+
 def test_auto_backend_runs_here(corpus_file):
     # "auto" must work on a machine without cuDF (falls back to pandas); one corpus path
     # needs no list.

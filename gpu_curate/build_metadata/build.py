@@ -83,6 +83,20 @@ def _backend(name: str | Backend) -> Backend:
         raise CurateError(str(exc)) from exc
 
 
+def _refuse_input_as_output(out: PathLike, sources: dict[str, Sequence]) -> None:
+    """A :class:`CurateError` where the metadata file ``out`` or its sidecar is one of the
+    build's source files (``sources``: the paths of each option): the build would replace
+    what it reads."""
+    outputs = {os.path.realpath(p): p for p in (Path(out), sources_path_for(out))}
+    for flag, paths in sources.items():
+        for src in paths:
+            if src is not None and (shown := outputs.get(os.path.realpath(src))) is not None:
+                raise CurateError(
+                    f"{shown} is the build's {flag} source, which writing the metadata would "
+                    "replace: choose another --out"
+                )
+
+
 def build_metadata(
     out: PathLike | None = None,
     *,
@@ -177,6 +191,12 @@ def build_metadata(
         # (Metadata.from_file reads any other name as one entry a line: the JSON list
         # would come back as one entry.)
         raise CurateError(f"--out must name a .json file (MetaCLIP's format), not {out}")
+    if out is not None:
+        _refuse_input_as_output(out, {
+            "--wordnet": [wordnet], "--unigram-counts": [unigram_counts], "--corpus": corpus,
+            "--unigram-ngrams": [unigram_ngrams], "--bigram-ngrams": [bigram_ngrams],
+            "--titles": [titles],
+        })  # fmt: skip
     if out is not None and not overwrite:
         # (A metadata file a run used, replaced without a word, would change what a
         # --resume of that run matches against: the resume refuses it, late.)
