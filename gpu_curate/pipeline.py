@@ -678,6 +678,16 @@ def match_stage(
     if len(text_columns) > 1 or opts.text_column is None:
         used = ", ".join(f"{c} ({n:,} file{'s' if n > 1 else ''})" for c, n in text_columns.items())
         _say(opts, f"text column{'s' if len(text_columns) > 1 else ''}: {used or '-'}")
+    if _sum(stats, "pool_rows") and not _sum(stats, "matched_rows"):
+        # (A run that looks like any other: a wrong column, or metadata of another
+        # language, is said where it shows.)
+        nulls = _sum(stats, "null_texts") + _sum(stats, "empty_texts")
+        _say(
+            opts,
+            f"note: no text matched an entry ({nulls:,} of {_sum(stats, 'pool_rows'):,} rows "
+            f"null or empty; texts from {', '.join(text_columns) or '-'}): check "
+            "--text-column and the metadata",
+        )
     column_sets = list(dict.fromkeys(tuple(s["columns"]) for s in stats if "columns" in s))
     if len(column_sets) > 1:
         # (A reader of the folder that takes one part's schema, as pyarrow's and pandas'

@@ -1726,3 +1726,20 @@ def test_the_progress_bar_hook_is_distributeds():
 
     params = list(inspect.signature(TextProgressBar._draw_bar).parameters)
     assert params[:3] == ["self", "remaining", "all"] and params[-1] == "kwargs", params
+
+
+def test_a_run_where_no_text_matched_says_so(tiny, tmp_path):
+    # (It looked like any other run: "matched 0" in its last line, nothing more.)
+    root, _ = tiny
+    md = tmp_path / "md.json"
+    md.write_text(json.dumps(["zebra"]))
+    pq.write_table(pa.table({"TEXT": [None, "", "a cow"]}), tmp_path / "nulls.parquet")
+    r = cli("match", root / "pool", tmp_path / "nulls.parquet", "--metadata", md,
+            "--out", tmp_path / "o", "--workers", 1)  # fmt: skip
+    assert (
+        "note: no text matched an entry (2 of 63 rows null or empty; texts from TEXT): check "
+        "--text-column and the metadata"
+    ) in r.output
+    r = cli("match", root / "pool", "--metadata", root / "metadata.json", "--out",
+            tmp_path / "o2", "--workers", 1)  # fmt: skip
+    assert "no text matched" not in r.output
