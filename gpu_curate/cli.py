@@ -8,6 +8,7 @@ become one line on stderr and exit code 2 (1 for unexpected errors; 130 for Ctrl
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -52,7 +53,21 @@ class _Group(click.Group):
             # rather than a traceback.)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"gpu-curate: error: {exc}", err=True)
+            message = str(exc)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                # (A write's error names no file, and the run may go on where it stopped.)
+                resumable = ctx.invoked_subcommand in ("curate", "match", "balance")
+                message = (
+                    "no space left on device"
+                    + (f" ({exc.filename})" if exc.filename else "")
+                    + (
+                        ": free some space, then run the same command with --resume (the parts "
+                        "finished so far are kept)"
+                        if resumable
+                        else ": free some space, then run the same command again"
+                    )
+                )
+            click.echo(f"gpu-curate: error: {message}", err=True)
             sys.exit(2)
         except KeyboardInterrupt as exc:
             if ctx.obj and ctx.obj.get("debug"):

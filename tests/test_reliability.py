@@ -1925,3 +1925,29 @@ def test_balance_reads_the_counts_by_their_entry_ids(small, tmp_path):
         assert pq.read_table(tmp_path / "got" / name).equals(
             pq.read_table(tmp_path / "want" / name)
         )
+
+
+def test_a_full_disk_says_to_free_space_and_resume(small, tmp_path, monkeypatch):
+    # (It said "[Errno 28] No space left on device": no file, nothing to do.)
+    import gpu_curate.pipeline as pipeline
+
+    pool, md = small
+    out = tmp_path / "out"
+    args = ["curate", pool, "--metadata", md, "--out", out, "--backend", "cpu", "--quiet",
+            "--workers", "1", "--t", "30"]  # fmt: skip
+    write_report = pipeline._write_report
+
+    def full(fs, path, report):
+        raise OSError(28, "No space left on device", f"{path}/report.json")
+
+    monkeypatch.setattr(pipeline, "_write_report", full)
+    r = run_cli(*args)
+    assert r.exit_code == 2
+    assert r.stderr.strip() == (
+        f"gpu-curate: error: no space left on device ({out}/report.json): free some space, "
+        "then run the same command with --resume (the parts finished so far are kept)"
+    )
+    assert not (out / "report.json").exists()
+    monkeypatch.setattr(pipeline, "_write_report", write_report)
+    assert run_cli(*args, "--resume").exit_code == 0
+    assert (out / "report.json").is_file()
