@@ -2051,9 +2051,15 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary name and a rename."""
     tmp = temporary_name(path)
-    with fs.open(tmp, "wb") as fh:
-        fh.write(data)
-    fs.mv(tmp, path)
+    try:
+        with fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        fs.mv(tmp, path)
+    except BaseException:  # (a full disk, Ctrl-C: no temporary file left behind)
+        with contextlib.suppress(OSError):
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        raise
 
 
 def json_bytes(obj) -> bytes:
@@ -2135,12 +2141,13 @@ def atomic_parquet_writer(
             raise ValueError(f"no table was written to {path}")
         writer.close()
         fh.close()
+        fs.mv(tmp, path)
     except BaseException:
         with contextlib.suppress(Exception):
             if writer is not None:
                 writer.close()
             fh.close()
         with contextlib.suppress(OSError):
-            fs.rm(tmp)
+            if fs.exists(tmp):
+                fs.rm(tmp)
         raise
-    fs.mv(tmp, path)

@@ -1951,3 +1951,41 @@ def test_a_full_disk_says_to_free_space_and_resume(small, tmp_path, monkeypatch)
     monkeypatch.setattr(pipeline, "_write_report", write_report)
     assert run_cli(*args, "--resume").exit_code == 0
     assert (out / "report.json").is_file()
+
+
+@pytest.mark.parametrize("fails", ["write", "rename"])
+def test_a_write_cut_short_leaves_no_temporary_file(tmp_path, monkeypatch, fails):
+    # (A Ctrl-C in the rename, or a full disk in the write, left .NAME.tmp-... behind.)
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    from gpu_curate.io import atomic_parquet_writer, atomic_write_bytes
+
+    fs = fsspec.filesystem("file")
+    real_open = LocalFileSystem.open
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def full(self, path, mode="rb", **kwargs):
+        fh = real_open(self, path, mode, **kwargs)
+        fh.write = cut  # (the file is there: its bytes are not)
+        return fh
+
+    for name, write in [
+        ("a.json", lambda path: atomic_write_bytes(fs, path, b"{}")),
+        ("a.parquet", lambda path: _write_parquet(atomic_parquet_writer, fs, path)),
+    ]:
+        with monkeypatch.context() as m:
+            if fails == "rename":
+                m.setattr(LocalFileSystem, "mv", cut)
+            else:
+                m.setattr(LocalFileSystem, "open", full)
+            with pytest.raises(KeyboardInterrupt):
+                write(str(tmp_path / name))
+        assert list(tmp_path.iterdir()) == []
+
+
+def _write_parquet(writer, fs, path: str) -> None:
+    with writer(fs, path) as write:
+        write(pa.table({"a": [1]}))
