@@ -95,8 +95,10 @@ def build(
     """Build MetaCLIP metadata from WordNet, unigram counts, bigram PMI and titles.
 
     Entries are listed as: the numbers 0-99, WordNet synset names, unigrams (by count),
-    bigrams (by PMI), titles (by views); duplicates and single punctuation characters are
-    dropped, and --max-entries cuts the end of that list.
+    bigrams (by PMI), titles (by views); duplicates, single punctuation characters and
+    entries no text can match (a comma, period, colon, semicolon, ? or ! next to another
+    character, as in "Washington, D.C.") are dropped, counted in the sidecar, and
+    --max-entries cuts the end of that list.
     """
     result = build_metadata(
         out,
