@@ -45,6 +45,8 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         logging.getLogger("asyncio").addFilter(_asyncio_noise)
+        if not getattr(sys.unraisablehook, "quiet_interrupts", False):
+            sys.unraisablehook = _quiet_interrupts(sys.unraisablehook)
         try:
             return super().invoke(ctx)
         except (CurateError, OSError, ImportError, ArrowException) as exc:
@@ -76,6 +78,22 @@ class _Group(click.Group):
             hint = f"; {exc.hint}" if isinstance(exc, Interrupted) else ""
             click.echo(f"gpu-curate: interrupted{hint}", err=True)
             sys.exit(130)
+
+
+def _quiet_interrupts(hook):
+    """``hook`` (a :data:`sys.unraisablehook`), but silent on a KeyboardInterrupt.
+
+    Ctrl-C as a run ends may land in a finalizer (Dask's ``Future.__del__``), where Python
+    cannot raise it: it printed "Exception ignored in ..." and a piece of traceback after
+    the run's own lines, and the run went on to its end all the same.
+    """
+
+    def quiet(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            hook(unraisable)
+
+    quiet.quiet_interrupts = True
+    return quiet
 
 
 def _asyncio_noise(record: logging.LogRecord) -> bool:

@@ -49,3 +49,23 @@ def test_mistyped_command_suggests_a_lazy_one():
     result = CliRunner().invoke(main, ["plann"])
     assert result.exit_code == 2
     assert "Did you mean 'plan'?" in result.output
+
+
+def test_ctrl_c_in_a_finalizer_prints_nothing(capsys, monkeypatch):
+    # (Ctrl-C as a run ended could land in Dask's Future.__del__: Python printed
+    # "Exception ignored in ..." and a piece of traceback after the run's last line.)
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    assert CliRunner().invoke(main, ["plan", "--help"]).exit_code == 0
+
+    class Finalized:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    for exc in (KeyboardInterrupt(), ValueError("a finalizer's own bug")):
+        Finalized(exc)  # (collected at once, its __del__ raising)
+    err = capsys.readouterr().err
+    assert "KeyboardInterrupt" not in err
+    assert "ValueError: a finalizer's own bug" in err
