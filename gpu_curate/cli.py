@@ -8,10 +8,13 @@ become one line on stderr and exit code 2 (1 for unexpected errors; 130 for Ctrl
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 import click
 from pyarrow import ArrowException
@@ -47,6 +50,11 @@ class _Group(click.Group):
         logging.getLogger("asyncio").addFilter(_asyncio_noise)
         if not getattr(sys.unraisablehook, "quiet_interrupts", False):
             sys.unraisablehook = _quiet_interrupts(sys.unraisablehook)
+        terminated: list[int] = []
+        with _terminate_as_interrupt(terminated):
+            return self._invoke(ctx, terminated)
+
+    def _invoke(self, ctx: click.Context, terminated: list[int]):
         try:
             return super().invoke(ctx)
         except (CurateError, OSError, ImportError, ArrowException) as exc:
@@ -76,8 +84,30 @@ class _Group(click.Group):
                 raise
             # (A plain one came before the run wrote anything, or after it was done.)
             hint = f"; {exc.hint}" if isinstance(exc, Interrupted) else ""
-            click.echo(f"gpu-curate: interrupted{hint}", err=True)
-            sys.exit(130)
+            click.echo(
+                f"gpu-curate: {'terminated' if terminated else 'interrupted'}{hint}", err=True
+            )
+            sys.exit(128 + (terminated[0] if terminated else signal.SIGINT))
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt(terminated: list[int]):
+    """SIGTERM (a batch scheduler's stop, ``kill``) raised as Ctrl-C is, in the main thread:
+    the run stops the same way and says how to go on (it died with Python's default, with
+    no word); ``terminated`` records it, for the message and the exit status (143)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _quiet_interrupts(hook):

@@ -906,24 +906,34 @@ def test_a_folder_being_written_is_neither_overwritten_nor_resumed(big, tmp_path
     assert not lock.exists()
 
 
-@pytest.mark.parametrize("mode", [[], ["--processes"]], ids=["threads", "processes"])
-def test_ctrl_c_is_one_line_then_resume(big, tmp_path, mode):
+@pytest.mark.parametrize(
+    "mode, sig",
+    [([], signal.SIGINT), (["--processes"], signal.SIGINT), ([], signal.SIGTERM)],
+    ids=["threads", "processes", "sigterm"],
+)
+def test_ctrl_c_is_one_line_then_resume(big, tmp_path, mode, sig):
     ref = big[2]
     out = tmp_path / "out"
     parts = out / "matched" / "_parts"
-    # Ctrl-C in a terminal: SIGINT to the whole process group, workers included.
     cmd, proc = _start_curate(big, out, "--workers", "2", *mode)
     try:
         caught = wait_for(lambda: len(list(parts.glob("*.json"))) >= 2, timeout=60, proc=proc)
         finished = (out / "report.json").exists()
-        os.killpg(proc.pid, signal.SIGINT)
+        if sig == signal.SIGINT:
+            # Ctrl-C in a terminal: SIGINT to the whole process group, workers included.
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            # A batch scheduler's stop (or kill PID): SIGTERM to the run. (It died without
+            # a word, by Python's default.)
+            proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
         kill_group(proc)
     assert caught and not finished, "the run finished before it could be interrupted"
     err = err.decode()
-    assert proc.returncode == 130, err
-    assert err.strip().count("\n") == 0 and "interrupted" in err and "--resume" in err, err
+    assert proc.returncode == 128 + sig, err
+    word = "interrupted" if sig == signal.SIGINT else "terminated"
+    assert err.strip().count("\n") == 0 and f"gpu-curate: {word};" in err and "--resume" in err, err
     assert completion_markers(out) == []
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
