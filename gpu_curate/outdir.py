@@ -123,6 +123,8 @@ RUN_NAMES = frozenset(
     {MATCH_MANIFEST, BALANCE_MANIFEST, "matched", "curated", "_work", "entry_counts.parquet",
      "entry_counts.json", "curated_entry_counts.parquet", "report.json", "report"}
 )  # fmt: skip
+# The folders of a run's layout, in which no other run may write.
+_LAYOUT_FOLDERS = frozenset({"matched", "curated", "_work", "report"})
 # A name of ``owned`` (prepare_out) that is a run folder of its own, whose contents are
 # checked as a run's: the demo's ``result``.
 RUN_FOLDER = "/run"
@@ -170,7 +172,7 @@ def _in_layout(fs, path: str) -> tuple[str, str] | None:
     below = PurePosixPath(path)
     for folder in below.parents:
         name = below.relative_to(folder).parts[0]
-        if name in RUN_NAMES and str(folder) != "." and _run_like(fs, str(folder)):
+        if name in _LAYOUT_FOLDERS and str(folder) != "." and _run_like(fs, str(folder)):
             return str(folder), name
     return None
 
