@@ -168,8 +168,9 @@ def _foreign(fs, path: str, owned: frozenset[str], run: str | None = None) -> li
 
 def _in_layout(fs, path: str) -> tuple[str, str] | None:
     """(run folder, name) where ``path`` is or lies in a folder of a run's layout
-    (``RUN/curated``, ``RUN/report/x``) below the run folder, else None."""
-    below = PurePosixPath(path)
+    (``RUN/curated``, ``RUN/report/x``) below the run folder, else None. (On a local disk
+    the folders are the real ones: a link to RUN/matched is RUN/matched.)"""
+    below = PurePosixPath(_key(fs, path))
     for folder in below.parents:
         name = below.relative_to(folder).parts[0]
         if name in _LAYOUT_FOLDERS and str(folder) != "." and _run_like(fs, str(folder)):

@@ -386,6 +386,22 @@ def test_an_output_folder_in_a_runs_layout_is_refused(matched, tmp_path, sub, co
     assert sorted(p.relative_to(matched) for p in matched.rglob("*")) == before
 
 
+def test_an_output_folder_reached_through_a_link_into_a_runs_layout_is_refused(matched, tmp_path):
+    # (The check walked the path as written: balance M --out L/x, L -> M/matched, wrote
+    # its balance among M's parts.)
+    (tmp_path / "L").symlink_to(matched / "matched")
+    before = sorted(p.relative_to(matched) for p in matched.rglob("*"))
+    result = CliRunner().invoke(
+        main, ["balance", str(matched), "--t", "5", "--out", str(tmp_path / "L" / "x")]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"gpu-curate: error: output folder {tmp_path / 'L' / 'x'} lies in the matched/ folder "
+        f"of the run {matched}, which it would mix with: choose another --out"
+    )
+    assert sorted(p.relative_to(matched) for p in matched.rglob("*")) == before
+
+
 def test_a_balance_beside_or_around_its_matched_dataset(matched):
     cli("balance", matched, "--t", 5, "--out", matched / "t5", "--quiet")
     assert (matched / "t5" / "curated" / "_SUCCESS").exists()
