@@ -1386,17 +1386,19 @@ def _read_error(f: InputFile, exc: BaseException, start: int, end: int | None) -
     if f.format == "jsonl":
         return _json_parse_error(f.path, exc, start, end)
     if f.format in ("csv", "tsv"):
-        return _delimited_parse_error(f.path, exc, start, end)
+        return _delimited_parse_error(f.path, f.format, exc, start, end)
     return cannot_read(f.path, exc)
 
 
 # Arrow's error for a CSV/TSV row of another number of fields than the first row; it
 # quotes the row, but says not where it is.
-_FIELD_COUNT = re.compile(r"CSV parse error: Expected \d+ columns?, got \d+: ")
+_FIELD_COUNT = re.compile(r"CSV parse error: Expected \d+ columns?, got (\d+): ")
+# (It quotes a row of more than 100 bytes as its first 96 and " ...".)
+_QUOTE_CUT = " ..."
 
 
 def _delimited_parse_error(
-    path: str, exc: BaseException, start: int = 0, end: int | None = None
+    path: str, fmt: str, exc: BaseException, start: int = 0, end: int | None = None
 ) -> CurateError:
     """``cannot read``, naming the line of the CSV/TSV file (its bytes [start, end) where
     ``end`` is given) where ``exc`` is Arrow's error for a row of another number of
@@ -1409,7 +1411,24 @@ def _delimited_parse_error(
     found = _FIELD_COUNT.match(message)
     if found is None:
         return cannot_read(path, exc)
-    row = message[found.end() :].split("\n", 1)[0].encode("utf-8", "surrogateescape")
+    quoted = message[found.end() :]
+    # (Cut at 96 bytes, maybe inside a character, read as U+FFFD: compared as a prefix,
+    # without it.)
+    body = quoted.removesuffix(_QUOTE_CUT).rstrip("\ufffd")
+    cut = quoted.endswith(_QUOTE_CUT) and 92 <= len(body.encode("utf-8", "surrogateescape")) <= 96
+    row = (body if cut else quoted).split("\n", 1)[0].encode("utf-8", "surrogateescape")
+    fields, delimiter = int(found.group(1)), "\t" if fmt == "tsv" else ","
+
+    def is_row(line: bytes) -> bool:
+        line = line.rstrip(b"\r\n")
+        if not cut:
+            return line == row
+        if not line.startswith(row):
+            return False
+        quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"quotechar": '"'}
+        text = line.decode("utf-8", "replace")
+        return len(next(csv.reader([text], delimiter=delimiter, **quoting), [])) == fields
+
     first = 1
     try:
         if end is not None:
@@ -1420,9 +1439,9 @@ def _delimited_parse_error(
             opener = open_input(path)
         with opener as fh:
             for n, line in enumerate(fh, first):
-                if line.rstrip(b"\r\n") == row:
+                if is_row(line):
                     return cannot_read(path, pa.ArrowInvalid(f"line {n}: {message}"))
-    except (OSError, EOFError, *_CODEC_ERRORS):
+    except (OSError, EOFError, csv.Error, *_CODEC_ERRORS):
         pass
     return cannot_read(path, exc)
 

@@ -1456,3 +1456,21 @@ def test_a_caption_that_begins_as_a_magic_number_is_text(tmp_path, md):
     r = match(tmp_path / "pool", md, tmp_path / "out")
     assert r.exit_code == 0, r.output
     assert matched(tmp_path / "out")["entry_ids"] == [[0], [0], [0]]
+
+
+@pytest.mark.parametrize("name", ["long.tsv", "long.csv"])
+@pytest.mark.parametrize("word", ["a photo of a dog", "été"])
+def test_a_long_row_of_another_field_count_is_named_by_its_line(tmp_path, md, name, word):
+    # (Arrow quotes a row of more than 100 bytes as its first 96 and " ...", perhaps
+    # inside a character: the line was looked for whole, found nowhere, and not named.)
+    sep = "," if name.endswith(".csv") else "\t"
+    lines = [f"{word} {i} " + "é" * 50 + f"{sep}http://example.com/{i}.jpg" for i in range(3000)]
+    lines[2000] += f"{sep}x"
+    lines[1000] = lines[2000][:-1] + "y"  # (the same first 100 bytes, the right fields)
+    lines[1000] = lines[1000].rsplit(sep, 1)[0]
+    write(tmp_path / "pool" / name, ("\n".join(lines) + "\n").encode())
+    err = error_line(match(tmp_path / "pool", md, tmp_path / "out"))
+    assert err.startswith(
+        f"gpu-curate: error: cannot read {tmp_path / 'pool' / name}: line 2001: CSV parse "
+        f"error: Expected 2 columns, got 3: {word} 2000 "
+    ), err
