@@ -51,10 +51,11 @@ class _Group(click.Group):
         if not getattr(sys.unraisablehook, "quiet_interrupts", False):
             sys.unraisablehook = _quiet_interrupts(sys.unraisablehook)
         terminated: list[int] = []
+        flags = list(ctx.args)  # (the subcommand's: ctx holds them until it runs)
         with _terminate_as_interrupt(terminated):
-            return self._invoke(ctx, terminated)
+            return self._invoke(ctx, terminated, flags)
 
-    def _invoke(self, ctx: click.Context, terminated: list[int]):
+    def _invoke(self, ctx: click.Context, terminated: list[int], flags: list[str]):
         try:
             return super().invoke(ctx)
         except (CurateError, OSError, ImportError, ArrowException) as exc:
@@ -64,19 +65,21 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             message = str(exc)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 # (A write's error names no file, and the run may go on where it stopped.)
                 resumable = ctx.invoked_subcommand in ("curate", "match", "balance")
+                instead = " in place of --overwrite" if "--overwrite" in flags else ""
                 message = (
-                    "no space left on device"
+                    ("no space left on device" if exc.errno == errno.ENOSPC else
+                     "disk quota exceeded")
                     + (f" ({exc.filename})" if exc.filename else "")
                     + (
-                        ": free some space, then run the same command with --resume (the parts "
-                        "finished so far are kept)"
+                        f": free some space, then run the same command with --resume{instead} "
+                        "(the parts finished so far are kept)"
                         if resumable
                         else ": free some space, then run the same command again"
                     )
-                )
+                )  # fmt: skip
             click.echo(f"gpu-curate: error: {message}", err=True)
             sys.exit(2)
         except KeyboardInterrupt as exc:

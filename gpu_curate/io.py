@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import errno
 import functools
 import importlib
 import io
@@ -2074,11 +2075,20 @@ def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
         with fs.open(tmp, "wb") as fh:
             fh.write(data)
         fs.mv(tmp, path)
-    except BaseException:  # (a full disk, Ctrl-C: no temporary file left behind)
+    except BaseException as exc:  # (a full disk, Ctrl-C: no temporary file left behind)
         with contextlib.suppress(OSError):
             if fs.exists(tmp):
                 fs.rm(tmp)
+        _raise_naming(exc, path)
         raise
+
+
+def _raise_naming(exc: BaseException, path: str) -> None:
+    """Raise ``exc`` again naming ``path`` where it is a full disk's or quota's error that
+    names no file (a write's, through fsspec or Arrow); return otherwise."""
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if full and not exc.filename:
+        raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
 
 
 def json_bytes(obj) -> bytes:
@@ -2161,7 +2171,7 @@ def atomic_parquet_writer(
         writer.close()
         fh.close()
         fs.mv(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(Exception):
             if writer is not None:
                 writer.close()
@@ -2169,4 +2179,5 @@ def atomic_parquet_writer(
         with contextlib.suppress(OSError):
             if fs.exists(tmp):
                 fs.rm(tmp)
+        _raise_naming(exc, path)
         raise

@@ -343,7 +343,8 @@ def _matched_file(fh, src: str, rows: int | None = None) -> tuple[pq.ParquetFile
     schema = pf.schema_arrow
     uid = schema.field("uid").type if "uid" in schema.names else None
     ids = schema.field("entry_ids").type if "entry_ids" in schema.names else None
-    if uid != pa.uint64() or not (pa.types.is_list(ids) and ids.value_type == pa.int32()):
+    listed = pa.types.is_list(ids) or pa.types.is_large_list(ids)  # (large: 2^31 ids or more)
+    if uid != pa.uint64() or not (listed and ids.value_type == pa.int32()):
         raise CurateError(
             f"the matched part {src} has no uid (uint64) and entry_ids (list<int32>) columns "
             "as gpu-curate match writes them (match again)"
@@ -976,7 +977,13 @@ def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Opti
             raise CurateError(
                 f"{full_path(mfs, mpath)}/report.json is damaged ({exc}): run the match again"
             ) from None
-        if prev.get("metadata_entries", len(counts)) != len(counts):
+        entries_said = prev.get("metadata_entries", len(counts))
+        if isinstance(entries_said, bool) or not isinstance(entries_said, int):
+            raise CurateError(
+                f"{full_path(mfs, mpath)}/report.json is damaged (metadata_entries is "
+                f"{entries_said!r}): run the match again"
+            )
+        if entries_said != len(counts):
             raise CurateError(
                 f"{where} holds {len(counts):,} entries, the run's report.json says "
                 f"{prev['metadata_entries']:,}: it changed since it was written (match again)"

@@ -1904,6 +1904,10 @@ TAMPERED = {
         lambda m: (m / "report.json").write_text("{"),
         "report.json is damaged (Expecting property name",
     ),
+    "metadata_entries as text": (
+        lambda m: (m / "report.json").write_text(json.dumps({"metadata_entries": "5"})),
+        "report.json is damaged (metadata_entries is '5')",
+    ),
 }
 
 
@@ -1919,6 +1923,27 @@ def test_balance_of_a_tampered_matched_dataset_is_one_line(small, tmp_path, case
     tamper(m)
     r = run_cli("balance", m, "--t", "30", "--out", tmp_path / "b", *common)
     assert_clean_error(r, tmp_path / "b", needle)
+
+
+def test_balance_takes_entry_ids_as_a_large_list(small, tmp_path):
+    # (What a part of 2^31 ids or more holds, as MatchStep writes it: refused as "not as
+    # gpu-curate match writes them" by the schema check.)
+    pool, md = small
+    m = tmp_path / "m"
+    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
+    assert run_cli("balance", m, "--t", "30", "--out", tmp_path / "want", *common).exit_code == 0
+    for part in (m / "matched").glob("part-*.parquet"):
+        table = pq.read_table(part)
+        i = table.schema.get_field_index("entry_ids")
+        large = table.column(i).cast(pa.large_list(pa.int32()))
+        pq.write_table(table.set_column(i, "entry_ids", large), part)
+    assert run_cli("balance", m, "--t", "30", "--out", tmp_path / "got", *common).exit_code == 0
+    got, want = (
+        pq.read_table(tmp_path / "got" / "curated"),
+        pq.read_table(tmp_path / "want" / "curated"),
+    )
+    assert got.column("uid").to_pylist() == want.column("uid").to_pylist()
 
 
 def test_balance_reads_the_counts_by_their_entry_ids(small, tmp_path):
@@ -1958,6 +1983,16 @@ def test_a_full_disk_says_to_free_space_and_resume(small, tmp_path, monkeypatch)
         "then run the same command with --resume (the parts finished so far are kept)"
     )
     assert not (out / "report.json").exists()
+    # With --overwrite, which --resume excludes, the hint says to give it in its place; a
+    # full quota says so.
+    monkeypatch.setattr(
+        pipeline, "_write_report", lambda *a: (_ for _ in ()).throw(OSError(122, "Quota"))
+    )
+    r = run_cli(*args, "--overwrite")
+    assert r.stderr.strip() == (
+        "gpu-curate: error: disk quota exceeded: free some space, then run the same command "
+        "with --resume in place of --overwrite (the parts finished so far are kept)"
+    )
     monkeypatch.setattr(pipeline, "_write_report", write_report)
     assert run_cli(*args, "--resume").exit_code == 0
     assert (out / "report.json").is_file()
@@ -1994,6 +2029,37 @@ def test_a_write_cut_short_leaves_no_temporary_file(tmp_path, monkeypatch, fails
             with pytest.raises(KeyboardInterrupt):
                 write(str(tmp_path / name))
         assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_in_a_write_names_the_file(tmp_path, monkeypatch):
+    # (fsspec's and Arrow's writes raise ENOSPC without a file name: the CLI's line named
+    # none.)
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    from gpu_curate.io import atomic_parquet_writer, atomic_write_bytes
+
+    fs = fsspec.filesystem("file")
+    real_open = LocalFileSystem.open
+
+    def full(self, path, mode="rb", **kwargs):
+        fh = real_open(self, path, mode, **kwargs)
+
+        def write(data):
+            raise OSError(28, "No space left on device")
+
+        fh.write = write
+        return fh
+
+    monkeypatch.setattr(LocalFileSystem, "open", full)
+    for name, write in [
+        ("a.json", lambda path: atomic_write_bytes(fs, path, b"{}")),
+        ("a.parquet", lambda path: _write_parquet(atomic_parquet_writer, fs, path)),
+    ]:
+        with pytest.raises(OSError) as caught:
+            write(str(tmp_path / name))
+        assert (caught.value.errno, caught.value.filename) == (28, str(tmp_path / name))
+    assert list(tmp_path.iterdir()) == []
 
 
 def _write_parquet(writer, fs, path: str) -> None:
