@@ -64,9 +64,16 @@ def _to_arrow(df, columns: Sequence | None = None) -> pa.Table:
             try:
                 table = pa.Table.from_pandas(part, preserve_index=False)
             except UnicodeEncodeError:
-                # Lone surrogates in an object column, which no UTF-8 holds: U+FFFD, as
-                # match_texts and the readers take them (an id's uid is the replaced text's).
-                table = pa.Table.from_pandas(_surrogates_replaced(part), preserve_index=False)
+                # Lone surrogates in a column of Python strings, which no UTF-8 holds:
+                # U+FFFD, as match_texts and the readers take them (an id's uid is the
+                # replaced text's).
+                try:
+                    table = pa.Table.from_pandas(_surrogates_replaced(part), preserve_index=False)
+                except UnicodeEncodeError as exc:  # (a column kind not replaced above)
+                    raise CurateError(
+                        f"a column holds text that is not valid Unicode ({exc.reason}): "
+                        "replace its lone surrogates, or give it as object or string dtype"
+                    ) from None
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
         # (An object column mixing strings and other values, for one.)
         bad = next((c for c in labels if _arrow_fails(part[c])), labels[0])
@@ -80,8 +87,14 @@ def _surrogates_replaced(part):
     """A pandas partition with each lone surrogate of its object columns as U+FFFD."""
     part = part.copy()
     for i, dtype in enumerate(part.dtypes):
-        if pd.api.types.is_object_dtype(dtype):
-            part.iloc[:, i] = without_surrogates(part.iloc[:, i].tolist())
+        if isinstance(dtype, pd.CategoricalDtype):
+            fixed = without_surrogates(list(dtype.categories))
+            part.isetitem(i, part.iloc[:, i].cat.rename_categories(fixed))
+        elif pd.api.types.is_object_dtype(dtype) or (
+            isinstance(dtype, pd.StringDtype) and dtype.storage == "python"
+        ):
+            part.isetitem(i, pd.Series(without_surrogates(part.iloc[:, i].tolist()),
+                                       index=part.index, dtype=dtype))  # fmt: skip
     return part
 
 

@@ -551,10 +551,12 @@ def test_lone_surrogates_in_object_columns_read_as_u_fffd():
     # U+FFFD.) The id's uid is that of the replaced text.
     texts = ["a \ud800 dog", "cat\udfff cat", "a \ud83d\ude00 cat"]
     ids = ["x\ud800", "y", "z"]
-    with dask.config.set({"dataframe.convert-string": False}):
-        pdf = pd.DataFrame({"TEXT": texts, "id": ids}, dtype=object)
-        got = gdf.match(dd.from_pandas(pdf, npartitions=1), ENTRIES, id_column="id").compute()
-    fixed = ["a \ufffd dog", "cat\ufffd cat", "a \ufffd\ufffd cat"]
-    assert [list(e) for e in got["entry_ids"]] == [reference_match(t, ENTRIES) for t in fixed]
-    assert [list(e) for e in got["entry_ids"]] == [[0, 14], [1], [1, 14]]
-    assert got["uid"].tolist() == value_uids(pa.array(["x\ufffd", "y", "z"])).tolist()
+    for dtype in ("object", "string[python]"):
+        with dask.config.set({"dataframe.convert-string": False}):
+            pdf = pd.DataFrame({"TEXT": texts, "id": ids}, dtype=dtype)
+            ddf = dd.from_pandas(pdf, npartitions=1)
+            got = gdf.match(ddf, ENTRIES, id_column="id").compute()
+        fixed = ["a \ufffd dog", "cat\ufffd cat", "a \ufffd\ufffd cat"]
+        assert [list(e) for e in got["entry_ids"]] == [reference_match(t, ENTRIES) for t in fixed]
+        assert [list(e) for e in got["entry_ids"]] == [[0, 14], [1], [1, 14]]
+        assert got["uid"].tolist() == value_uids(pa.array(["x\ufffd", "y", "z"])).tolist()
