@@ -491,7 +491,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 @click.command("plan")
-@click.argument("matched_dir", type=click.Path(path_type=Path))
+@click.argument("matched_dir")
 @click.option(
     "--t",
     "ts",
@@ -507,7 +507,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @backend_option(help="Compute on cpu (NumPy) or gpu (CuPy).")
 def plan_command(
-    matched_dir: Path,
+    matched_dir: str,
     ts: tuple[float, ...],
     target_rows: int | None,
     as_json: bool,

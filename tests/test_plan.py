@@ -472,3 +472,12 @@ def test_plan_gpu_matches_cpu(dataset):
                 assert a[k] == pytest.approx(b[k], rel=1e-9)
             else:
                 assert a[k] == b[k]
+
+
+def test_cli_takes_a_file_url_as_report_and_balance_do(dataset):
+    # (click.Path folded file:///x into file:/x: "matched dataset folder not found".)
+    root, _, _ = dataset
+    by_path = CliRunner().invoke(main, ["plan", str(root), "--t", "5", "--json"])
+    by_url = CliRunner().invoke(main, ["plan", f"file://{root}", "--t", "5", "--json"])
+    assert by_url.exit_code == 0, by_url.output
+    assert json.loads(by_url.output) == json.loads(by_path.output)
