@@ -936,6 +936,7 @@ def read_piece(
         return table
     # (The readers open the file again rather than seek back: a zstd stream cannot.)
     open_ = functools.partial(open_input, f.path)
+    error = None
     try:
         if f.format == "parquet":
             with _parquet_file(f.path) as pf:
@@ -944,7 +945,9 @@ def read_piece(
         else:
             table = _read_json_lines(open_, text_column)
     except _READ_ERRORS as exc:
-        raise _read_error(f, exc, piece.byte_start, piece.byte_end) from None
+        error = _read_error(f, exc, piece.byte_start, piece.byte_end)
+    if error is not None:
+        raise _unchained(error)
     check_names(table.column_names, f.path)
     if f.format == "jsonl" and not table.column_names:
         # Blank lines only: no rows, as an empty (0-byte) file has.
@@ -1014,8 +1017,11 @@ def read_piece_batches(
             check_names(table.column_names, f.path)
             held += table.num_rows
             yield _select_columns(table, columns, f.path)
+        error = None
     except _READ_ERRORS as exc:
-        raise _read_error(f, exc, piece.byte_start, piece.byte_end) from None
+        error = _read_error(f, exc, piece.byte_start, piece.byte_end)
+    if error is not None:
+        raise _unchained(error)
     if piece.byte_end is not None and held != piece.row_end - piece.row_start:
         # (The rows of each range were counted when the run was planned: its uids number
         # on from the rows counted before it.)
@@ -1047,7 +1053,10 @@ def piece_tables(
         row += table.num_rows
 
 
-_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, *_CODEC_ERRORS)
+# (RecursionError: a JSON value nested thousands deep, whose Arrow type is walked.)
+_READ_ERRORS = (
+    pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, RecursionError, *_CODEC_ERRORS
+)  # fmt: skip
 
 
 def check_names(names: Sequence[str], path: str) -> None:
@@ -1381,9 +1390,19 @@ def _json_records(fh, first_line: int = 1):
             yield record
 
 
+def _unchained(error: CurateError) -> CurateError:
+    """``error``, raised outside the ``except`` of the reader's error it reports: a task's
+    error goes back to the client with its chain, and a RecursionError's (a JSON value
+    nested thousands deep) did not (it came as a bare ``Exception``, a traceback)."""
+    error.__context__ = error.__cause__ = None
+    return error
+
+
 def _read_error(f: InputFile, exc: BaseException, start: int, end: int | None) -> CurateError:
     """``cannot read`` the file ``f`` (its bytes [start, end) where ``end`` is given), for
     a reader's error ``exc``; a JSON Lines syntax error names its line."""
+    if isinstance(exc, RecursionError):
+        return cannot_read(f.path, ValueError("a value is nested too deeply to read"))
     if f.format == "jsonl":
         return _json_parse_error(f.path, exc, start, end)
     if f.format in ("csv", "tsv"):

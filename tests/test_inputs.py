@@ -1474,3 +1474,15 @@ def test_a_long_row_of_another_field_count_is_named_by_its_line(tmp_path, md, na
         f"gpu-curate: error: cannot read {tmp_path / 'pool' / name}: line 2001: CSV parse "
         f"error: Expected 2 columns, got 3: {word} 2000 "
     ), err
+
+
+@pytest.mark.parametrize("nested", ['{"a": ' * 600 + "1" + "}" * 600, "[" * 2000 + "]" * 2000])
+def test_a_json_value_nested_thousands_deep_is_one_line(tmp_path, md, nested):
+    # (Its Arrow type is walked by recursion: a RecursionError came back from the task as
+    # a bare Exception, a traceback; the second hung the run.)
+    rows = "".join(f'{{"text": "a dog {i}"}}\n' for i in range(100))
+    path = write(
+        tmp_path / "pool" / "d.jsonl", (rows + f'{{"text": "cat", "m": {nested}}}\n').encode()
+    )
+    err = error_line(match(tmp_path / "pool", md, tmp_path / "out", "--workers", "1"))
+    assert err == f"gpu-curate: error: cannot read {path}: a value is nested too deeply to read"
