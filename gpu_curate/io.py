@@ -1424,31 +1424,19 @@ def _delimited_parse_error(
     ``end`` is given) where ``exc`` is Arrow's error for a row of another number of
     fields: in a file of millions of lines, the row's text alone hardly finds it.
 
-    On this (error) path the lines are read again, up to the first that is the row (its
-    first line, for a quoted caption of several); where none is, Arrow's words stay.
+    On this (error) path the rows are read again with Python's csv module, which splits
+    them as Arrow does, up to the first of another number of fields; its line is named
+    where the row begins as Arrow quotes it (cut at 96 bytes, maybe inside a character).
+    A line is named only so: where none is found, Arrow's words stay, without one.
     """
     message = str(exc)
     found = _FIELD_COUNT.match(message)
     if found is None:
         return cannot_read(path, exc)
     quoted = message[found.end() :]
-    # (Cut at 96 bytes, maybe inside a character, read as U+FFFD: compared as a prefix,
-    # without it.)
     body = quoted.removesuffix(_QUOTE_CUT).rstrip("\ufffd")
     cut = quoted.endswith(_QUOTE_CUT) and 92 <= len(body.encode("utf-8", "surrogateescape")) <= 96
-    row = (body if cut else quoted).split("\n", 1)[0].encode("utf-8", "surrogateescape")
-    fields, delimiter = int(found.group(1)), "\t" if fmt == "tsv" else ","
-
-    def is_row(line: bytes) -> bool:
-        line = line.rstrip(b"\r\n")
-        if not cut:
-            return line == row
-        if not line.startswith(row):
-            return False
-        quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"quotechar": '"'}
-        text = line.decode("utf-8", "replace")
-        return len(next(csv.reader([text], delimiter=delimiter, **quoting), [])) == fields
-
+    expected = int(re.search(r"Expected (\d+)", message).group(1))
     first = 1
     try:
         if end is not None:
@@ -1458,12 +1446,39 @@ def _delimited_parse_error(
         else:
             opener = open_input(path)
         with opener as fh:
-            for n, line in enumerate(fh, first):
-                if is_row(line):
-                    return cannot_read(path, pa.ArrowInvalid(f"line {n}: {message}"))
+            line, raw = _first_record_of_other_width(fh, fmt, expected)
     except (OSError, EOFError, csv.Error, *_CODEC_ERRORS):
-        pass
-    return cannot_read(path, exc)
+        return cannot_read(path, exc)
+    if line is None or not raw.startswith(body if cut else quoted):
+        return cannot_read(path, exc)
+    return cannot_read(path, pa.ArrowInvalid(f"line {first + line}: {message}"))
+
+
+def _first_record_of_other_width(fh, fmt: str, fields: int) -> tuple[int | None, str]:
+    """(line offset from the stream's first, text without its line end) of the first row
+    of a CSV/TSV byte stream whose number of fields is not ``fields`` (blank lines are no
+    rows, as for Arrow); (None, "") where every row has that many."""
+    quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"quotechar": '"'}
+    taken: list[str] = []
+
+    def lines():
+        for line in fh:
+            taken.append(line.decode("utf-8", "replace"))
+            yield taken[-1]
+
+    limit = csv.field_size_limit()
+    csv.field_size_limit(1 << 30)  # (a caption may be longer than its 128 KiB)
+    try:
+        before = 0
+        for record in csv.reader(lines(), delimiter="\t" if fmt == "tsv" else ",", **quoting):
+            raw = "".join(taken).rstrip("\r\n")
+            if record and len(record) != fields:
+                return before, raw
+            before += len(taken)
+            taken.clear()
+    finally:
+        csv.field_size_limit(limit)
+    return None, ""
 
 
 def _json_parse_error(

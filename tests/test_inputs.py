@@ -1486,3 +1486,24 @@ def test_a_json_value_nested_thousands_deep_is_one_line(tmp_path, md, nested):
     )
     err = error_line(match(tmp_path / "pool", md, tmp_path / "out", "--workers", "1"))
     assert err == f"gpu-curate: error: cannot read {path}: a value is nested too deeply to read"
+
+
+def test_the_line_named_is_the_bad_rows_not_one_like_it(tmp_path, md):
+    # (Lines were compared one by one with the row Arrow quotes: a quoted caption's first
+    # line '"a' matched an earlier record's first line, and a valid record's second line
+    # matched the bad row's text: both named a wrong line, worse than none.)
+    long = "long second line of a caption " * 4
+    write(tmp_path / "a" / "p.csv",
+          f'caption,url\n"a dog\nin the park",http://x/1.jpg\na cat,http://x/2.jpg\n"a\n{long}"\n'
+          .encode())  # fmt: skip
+    err = error_line(match(tmp_path / "a", md, tmp_path / "out-a"))
+    assert ": line 5: CSV parse error: Expected 2 columns, got 1: " in err, err
+    p1 = "A photo of a dog sitting on the grass in the park on a sunny day, seen from far away"
+    p2 = "Second paragraph of the same caption that is long enough to be cut, with a comma, and"
+    lines = ["caption,url"] + [f"a dog {i},http://x/{i}.jpg" for i in range(20)]
+    lines.append(f'"{p1}\n{p2}",http://x/good.jpg')  # (lines 22-23: one valid row)
+    lines += [f"a cat {i},http://x/c{i}.jpg" for i in range(20)]
+    lines += [p1, f"{p2},http://x/bad.jpg"]  # (line 45: 4 fields)
+    write(tmp_path / "b" / "q.csv", ("\n".join(lines) + "\n").encode())
+    err = error_line(match(tmp_path / "b", md, tmp_path / "out-b"))
+    assert ": line 45: CSV parse error: Expected 2 columns, got 4: Second paragraph" in err, err
