@@ -949,6 +949,12 @@ def balance_matched(
         return _balance_matched(matched_dir, out, t, seed, opts)
 
 
+# What a balance copies from its matched dataset's report.json.
+_POOL_FIGURES = ("pool_rows", "matched_rows", "null_texts", "empty_texts", "matches",
+                 "input_files", "metadata_entries", "metadata_sha256", "entries_matched",
+                 "text_columns", "column_sets", "seconds_match")  # fmt: skip
+
+
 def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Options) -> dict:
     """:func:`balance_matched` once its arguments are checked and its input is locked."""
     mfs, mpath = fsspec.core.url_to_fs(matched_dir)
@@ -977,21 +983,21 @@ def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Opti
             raise CurateError(
                 f"{full_path(mfs, mpath)}/report.json is damaged ({exc}): run the match again"
             ) from None
-        entries_said = prev.get("metadata_entries", len(counts))
-        if isinstance(entries_said, bool) or not isinstance(entries_said, int):
-            raise CurateError(
-                f"{full_path(mfs, mpath)}/report.json is damaged (metadata_entries is "
-                f"{entries_said!r}): run the match again"
-            )
-        if entries_said != len(counts):
+        # (Copied into this balance's report and printed: of the types a run writes.)
+        kinds = {"metadata_sha256": str, "text_columns": dict, "seconds_match": (int, float)}
+        for key in (k for k in _POOL_FIGURES if k in prev):  # (an older run's lacks some)
+            value = prev[key]
+            if isinstance(value, bool) or not isinstance(value, kinds.get(key, int)):
+                raise CurateError(
+                    f"{full_path(mfs, mpath)}/report.json is damaged ({key} is {value!r}): "
+                    "run the match again"
+                )
+        if prev.get("metadata_entries", len(counts)) != len(counts):
             raise CurateError(
                 f"{where} holds {len(counts):,} entries, the run's report.json says "
                 f"{prev['metadata_entries']:,}: it changed since it was written (match again)"
             )
-        keep = ("pool_rows", "matched_rows", "null_texts", "empty_texts", "matches",
-                "input_files", "metadata_entries", "metadata_sha256", "entries_matched",
-                "text_columns", "column_sets", "seconds_match")  # fmt: skip
-        pool = {k: prev[k] for k in keep if k in prev}
+        pool = {k: prev[k] for k in _POOL_FIGURES if k in prev}
     replaces = check_out(out, opts.overwrite, opts.resume, BALANCE_MANIFEST, keep=matched_dir)
     manifest = balance_manifest(mfs, mpath, counts, t, seed, opts.compression)
     ofs, opath = fsspec.core.url_to_fs(out)

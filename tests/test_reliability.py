@@ -1904,6 +1904,10 @@ TAMPERED = {
         lambda m: (m / "report.json").write_text("{"),
         "report.json is damaged (Expecting property name",
     ),
+    "pool_rows null": (
+        lambda m: (m / "report.json").write_text(json.dumps({"pool_rows": None})),
+        "report.json is damaged (pool_rows is None)",
+    ),
     "metadata_entries as text": (
         lambda m: (m / "report.json").write_text(json.dumps({"metadata_entries": "5"})),
         "report.json is damaged (metadata_entries is '5')",
