@@ -121,6 +121,13 @@ def _read_report_json(folder: Path) -> dict[str, Any]:
         raise CurateError(
             f"report: {folder} is a match-only output (no t in report.json): balance it first"
         )
+    # (The page prints them as numbers: another value is a damaged file, not a traceback.)
+    numbers = {"t": (int, float), "expected_curated_rows": (int, float)}
+    for key in ("t", "curated_rows", "expected_curated_rows", "pool_rows", "matched_rows",
+                "matches", "metadata_entries"):  # fmt: skip
+        value = report.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, numbers.get(key, int)):
+            raise CurateError(f"report: {path} is damaged ({key} is {value!r})")
     return report
 
 

@@ -355,6 +355,21 @@ def test_damaged_counts_file_is_a_one_line_error(demo, tmp_path):
     assert "curated_entry_counts.parquet" in res.stderr and res.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("key, value", [("pool_rows", None), ("curated_rows", "3000"),
+                                        ("t", True)])  # fmt: skip
+def test_a_damaged_report_json_figure_is_a_one_line_error(demo, tmp_path, key, value):
+    # (pool_rows: null gave a TypeError traceback where the page formats it.)
+    run = tmp_path / "run"
+    shutil.copytree(demo / "result", run, ignore=shutil.ignore_patterns("report"))
+    report = json.loads((run / "report.json").read_text())
+    (run / "report.json").write_text(json.dumps({**report, key: value}))
+    res = _invoke(["report", str(run)])
+    assert res.exit_code == 2, res.output
+    assert res.stderr == (
+        f"gpu-curate: error: report: {run / 'report.json'} is damaged ({key} is {value!r})\n"
+    )
+
+
 def test_matched_dir_with_other_counts_is_not_used(demo, tmp_path):
     bal = tmp_path / "bal"
     res = _invoke(
