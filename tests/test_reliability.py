@@ -2041,7 +2041,7 @@ def test_a_full_disk_in_a_write_names_the_file(tmp_path, monkeypatch):
     import fsspec
     from fsspec.implementations.local import LocalFileSystem
 
-    from gpu_curate.io import atomic_parquet_writer, atomic_write_bytes
+    from gpu_curate.io import atomic_parquet_writer, atomic_write_bytes, write_atomic
 
     fs = fsspec.filesystem("file")
     real_open = LocalFileSystem.open
@@ -2056,14 +2056,26 @@ def test_a_full_disk_in_a_write_names_the_file(tmp_path, monkeypatch):
         return fh
 
     monkeypatch.setattr(LocalFileSystem, "open", full)
+
+    def fsync(fd):  # (write_atomic's, for the report's pages: a full disk shows here)
+        raise OSError(28, "No space left on device")
+
     for name, write in [
         ("a.json", lambda path: atomic_write_bytes(fs, path, b"{}")),
         ("a.parquet", lambda path: _write_parquet(atomic_parquet_writer, fs, path)),
-    ]:
+        ("index.html", lambda path: _with(monkeypatch, os, "fsync", fsync,
+                                           lambda: write_atomic(path, b"<html>"))),
+    ]:  # fmt: skip
         with pytest.raises(OSError) as caught:
             write(str(tmp_path / name))
         assert (caught.value.errno, caught.value.filename) == (28, str(tmp_path / name))
     assert list(tmp_path.iterdir()) == []
+
+
+def _with(monkeypatch, owner, name, value, call):
+    with monkeypatch.context() as m:
+        m.setattr(owner, name, value)
+        return call()
 
 
 def _write_parquet(writer, fs, path: str) -> None:
