@@ -88,8 +88,9 @@ def _surrogates_replaced(part):
     part = part.copy()
     for i, dtype in enumerate(part.dtypes):
         if isinstance(dtype, pd.CategoricalDtype):
-            fixed = without_surrogates(list(dtype.categories))
-            part.isetitem(i, part.iloc[:, i].cat.rename_categories(fixed))
+            # (As values, not categories: "x\ud800" and "x\ufffd" become one value.)
+            values = without_surrogates(part.iloc[:, i].astype(object).tolist())
+            part.isetitem(i, pd.Series(values, index=part.index, dtype="category"))
         elif pd.api.types.is_object_dtype(dtype) or (
             isinstance(dtype, pd.StringDtype) and dtype.storage == "python"
         ):
@@ -137,7 +138,10 @@ def _index_arrow(df) -> pa.Array:
         return df.index.to_arrow()
     # (from_pandas, not via NumPy: a nullable Int64 index with a missing value stays
     # integers with a null, which the id check names, instead of becoming doubles.)
-    index = pa.Array.from_pandas(df.index)
+    try:
+        index = pa.Array.from_pandas(df.index)
+    except UnicodeEncodeError:  # (lone surrogates, as in the columns: U+FFFD)
+        index = pa.array(without_surrogates(df.index.astype(object).tolist()), pa.string())
     if pa.types.is_dictionary(index.type):  # a CategoricalIndex: its values
         index = index.cast(index.type.value_type)
     return index

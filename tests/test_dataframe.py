@@ -560,3 +560,19 @@ def test_lone_surrogates_in_object_columns_read_as_u_fffd():
         assert [list(e) for e in got["entry_ids"]] == [reference_match(t, ENTRIES) for t in fixed]
         assert [list(e) for e in got["entry_ids"]] == [[0, 14], [1], [1, 14]]
         assert got["uid"].tolist() == value_uids(pa.array(["x\ufffd", "y", "z"])).tolist()
+
+
+def test_lone_surrogates_in_the_index_and_in_categories():
+    # (A string index, the uids' source, raised UnicodeEncodeError; categories "x\ud800"
+    # and "x\ufffd" became two equal ones: "categories must be unique".)
+    with dask.config.set({"dataframe.convert-string": False}):
+        pdf = pd.DataFrame(
+            {"TEXT": ["a dog", "cat"]}, index=pd.Index(["i\ud800", "j"], dtype=object)
+        )
+        got = gdf.match(dd.from_pandas(pdf, npartitions=1), ENTRIES).compute()
+        assert got["uid"].tolist() == value_uids(pa.array(["i\ufffd", "j"])).tolist()
+        with pd.option_context("future.infer_string", False):  # (categories as Python str)
+            texts = pd.Categorical(["a \ud800 dog", "a \ufffd dog", "cat"])
+            pdf = pd.DataFrame({"TEXT": texts})
+        got = gdf.match(dd.from_pandas(pdf, npartitions=1), ENTRIES).compute()
+    assert [list(e) for e in got["entry_ids"]] == [[0, 14], [0, 14], [1]]
