@@ -1412,7 +1412,7 @@ def _read_error(f: InputFile, exc: BaseException, start: int, end: int | None) -
 
 # Arrow's error for a CSV/TSV row of another number of fields than the first row; it
 # quotes the row, but says not where it is.
-_FIELD_COUNT = re.compile(r"CSV parse error: Expected \d+ columns?, got (\d+): ")
+_FIELD_COUNT = re.compile(r"CSV parse error: Expected (\d+) columns?, got \d+: ")
 # (It quotes a row of more than 100 bytes as its first 96 and " ...".)
 _QUOTE_CUT = " ..."
 
@@ -1436,17 +1436,10 @@ def _delimited_parse_error(
     quoted = message[found.end() :]
     body = quoted.removesuffix(_QUOTE_CUT).rstrip("\ufffd")
     cut = quoted.endswith(_QUOTE_CUT) and 92 <= len(body.encode("utf-8", "surrogateescape")) <= 96
-    expected = int(re.search(r"Expected (\d+)", message).group(1))
-    first = 1
     try:
-        if end is not None:
-            with open_input(path) as fh:  # (the lines before the range)
-                first += _newlines(fh, start)
-            opener = open_range(path, start, end)
-        else:
-            opener = open_input(path)
+        first, opener = _read_again(path, start, end)
         with opener as fh:
-            line, raw = _first_record_of_other_width(fh, fmt, expected)
+            line, raw = _first_record_of_other_width(fh, fmt, int(found.group(1)))
     except (OSError, EOFError, csv.Error, *_CODEC_ERRORS):
         return cannot_read(path, exc)
     if line is None or not raw.startswith(body if cut else quoted):
@@ -1481,6 +1474,15 @@ def _first_record_of_other_width(fh, fmt: str, fields: int) -> tuple[int | None,
     return None, ""
 
 
+def _read_again(path: str, start: int, end: int | None):
+    """(number of its first line, an opener) of the bytes [start, end) of a file, where
+    ``end`` is given, else of the whole file, for an error path to read them again."""
+    if end is None:
+        return 1, open_input(path)
+    with open_input(path) as fh:  # (the lines before the range)
+        return 1 + _newlines(fh, start), open_range(path, start, end)
+
+
 def _json_parse_error(
     path: str, exc: BaseException, start: int = 0, end: int | None = None
 ) -> CurateError:
@@ -1493,14 +1495,8 @@ def _json_parse_error(
     """
     if "JSON parse error" not in str(exc):
         return cannot_read(path, exc)
-    first = 1
     try:
-        if end is not None:
-            with open_input(path) as fh:  # (the lines before the range)
-                first += _newlines(fh, start)
-            opener = open_range(path, start, end)
-        else:
-            opener = open_input(path)
+        first, opener = _read_again(path, start, end)
         with opener as fh:
             for _ in _json_records(fh, first):
                 pass

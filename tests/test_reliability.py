@@ -1929,14 +1929,21 @@ def test_balance_of_a_tampered_matched_dataset_is_one_line(small, tmp_path, case
     assert_clean_error(r, tmp_path / "b", needle)
 
 
-def test_balance_takes_entry_ids_as_a_large_list(small, tmp_path):
-    # (What a part of 2^31 ids or more holds, as MatchStep writes it: refused as "not as
-    # gpu-curate match writes them" by the schema check.)
+def _matched_and_balanced(small, tmp_path) -> tuple[Path, list[str]]:
+    """tmp_path/m matched from the small pool and balanced (t=30) into tmp_path/want; the
+    flags of both."""
     pool, md = small
     m = tmp_path / "m"
     common = ["--backend", "cpu", "--quiet", "--workers", "1"]
     assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
     assert run_cli("balance", m, "--t", "30", "--out", tmp_path / "want", *common).exit_code == 0
+    return m, common
+
+
+def test_balance_takes_entry_ids_as_a_large_list(small, tmp_path):
+    # (What a part of 2^31 ids or more holds, as MatchStep writes it: refused as "not as
+    # gpu-curate match writes them" by the schema check.)
+    m, common = _matched_and_balanced(small, tmp_path)
     for part in (m / "matched").glob("part-*.parquet"):
         table = pq.read_table(part)
         i = table.schema.get_field_index("entry_ids")
@@ -1953,11 +1960,7 @@ def test_balance_takes_entry_ids_as_a_large_list(small, tmp_path):
 def test_balance_reads_the_counts_by_their_entry_ids(small, tmp_path):
     # (Rows of entry_counts.parquet in another order are the same counts: balanced as
     # the counts in their order.)
-    pool, md = small
-    m = tmp_path / "m"
-    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
-    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
-    assert run_cli("balance", m, "--t", "30", "--out", tmp_path / "want", *common).exit_code == 0
+    m, common = _matched_and_balanced(small, tmp_path)
     _counts_as(m, lambda t: t.take(np.arange(t.num_rows)[::-1]))
     assert run_cli("balance", m, "--t", "30", "--out", tmp_path / "got", *common).exit_code == 0
     for name in ("curated", "entry_counts.parquet", "curated_entry_counts.parquet"):
