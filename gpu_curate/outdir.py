@@ -877,6 +877,22 @@ def _run_like(fs, folder: str) -> bool:
     return _holds_run(fs, folder) or fs.exists(f"{folder}/entry_counts.parquet")
 
 
+def wrong_figure(report: dict, kinds: dict[str, type | tuple[type, ...]]) -> str | None:
+    """``KEY is VALUE`` for the first key of ``kinds`` that ``report`` (a run's
+    report.json) holds with a value of another type than its kind (a bool is no number),
+    else None: a figure that is printed or copied must be what a run writes.
+
+    Examples
+    --------
+    >>> wrong_figure({"pool_rows": None, "t": 5.0}, {"t": float, "pool_rows": int})
+    'pool_rows is None'
+    """
+    for key, kind in kinds.items():
+        if key in report and (isinstance(report[key], bool) or not isinstance(report[key], kind)):
+            return f"{key} is {report[key]!r}"
+    return None
+
+
 def not_matched_why(fs, path: str, shown: str) -> str | None:
     """Why the folder ``path`` (``shown`` to the user) is no complete matched dataset, and
     what to give instead; None when it holds one (``matched/_SUCCESS``).

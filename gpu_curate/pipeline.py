@@ -82,6 +82,7 @@ from .outdir import (
     reading,
     run_folder_why,
     success_parts,
+    wrong_figure,
 )
 from .steps import BalanceStep, MatchStep, csr_of
 from .unique import (
@@ -983,15 +984,12 @@ def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Opti
             raise CurateError(
                 f"{full_path(mfs, mpath)}/report.json is damaged ({exc}): run the match again"
             ) from None
-        # (Copied into this balance's report and printed: of the types a run writes.)
+        # (Copied into this balance's report and printed. An older run's lacks some.)
         kinds = {"metadata_sha256": str, "text_columns": dict, "seconds_match": (int, float)}
-        for key in (k for k in _POOL_FIGURES if k in prev):  # (an older run's lacks some)
-            value = prev[key]
-            if isinstance(value, bool) or not isinstance(value, kinds.get(key, int)):
-                raise CurateError(
-                    f"{full_path(mfs, mpath)}/report.json is damaged ({key} is {value!r}): "
-                    "run the match again"
-                )
+        if wrong := wrong_figure(prev, {k: kinds.get(k, int) for k in _POOL_FIGURES}):
+            raise CurateError(
+                f"{full_path(mfs, mpath)}/report.json is damaged ({wrong}): run the match again"
+            )
         if prev.get("metadata_entries", len(counts)) != len(counts):
             raise CurateError(
                 f"{where} holds {len(counts):,} entries, the run's report.json says "

@@ -44,7 +44,7 @@ from .cli_options import backend_option
 from .counts import read_counts_table
 from .errors import CurateError
 from .io import write_atomic
-from .outdir import REPORT_PAGE_TAG
+from .outdir import REPORT_PAGE_TAG, wrong_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -122,12 +122,11 @@ def _read_report_json(folder: Path) -> dict[str, Any]:
             f"report: {folder} is a match-only output (no t in report.json): balance it first"
         )
     # (The page prints them as numbers: another value is a damaged file, not a traceback.)
-    numbers = {"t": (int, float), "expected_curated_rows": (int, float)}
-    for key in ("t", "curated_rows", "expected_curated_rows", "pool_rows", "matched_rows",
-                "matches", "metadata_entries"):  # fmt: skip
-        value = report.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, numbers.get(key, int)):
-            raise CurateError(f"report: {path} is damaged ({key} is {value!r})")
+    kinds = dict.fromkeys(("t", "expected_curated_rows"), (int, float)) | dict.fromkeys(
+        ("curated_rows", "pool_rows", "matched_rows", "matches", "metadata_entries"), int
+    )
+    if wrong := wrong_figure(report, kinds):
+        raise CurateError(f"report: {path} is damaged ({wrong})")
     return report
 
 
