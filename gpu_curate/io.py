@@ -1451,7 +1451,6 @@ def _first_record_of_other_width(fh, fmt: str, fields: int) -> tuple[int | None,
     """(line offset from the stream's first, text without its line end) of the first row
     of a CSV/TSV byte stream whose number of fields is not ``fields`` (blank lines are no
     rows, as for Arrow); (None, "") where every row has that many."""
-    quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"quotechar": '"'}
     taken: list[str] = []
 
     def lines():
@@ -1463,7 +1462,7 @@ def _first_record_of_other_width(fh, fmt: str, fields: int) -> tuple[int | None,
     csv.field_size_limit(1 << 30)  # (a caption may be longer than its 128 KiB)
     try:
         before = 0
-        for record in csv.reader(lines(), delimiter="\t" if fmt == "tsv" else ",", **quoting):
+        for record in csv.reader(lines(), **_python_csv(fmt)):
             raw = "".join(taken).rstrip("\r\n")
             if record and len(record) != fields:
                 return before, raw
@@ -1795,12 +1794,11 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
     with open_() as fh:
         head = fh.read(1 << 16)
     _refuse_binary(head, fmt, where)
-    delimiter = "\t" if fmt == "tsv" else ","
+    dialect = _python_csv(fmt)
     # (A line ends at \n, \r\n or a lone \r, as Arrow's reader ends it.)
     line = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0]
     first_line = line.decode("utf-8", "replace").lstrip("\ufeff")
-    quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"quotechar": '"'}
-    fields = next(csv.reader([first_line], delimiter=delimiter, **quoting), [])
+    fields = next(csv.reader([first_line], **dialect), [])
     names = [c.strip() for c in fields]
     # (A text column named on the command line is the only text name a header may show:
     # --text-column f0 reads a file whose first caption is "text" as a file without one.)
@@ -1840,7 +1838,7 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
                 f"none of {', '.join(TEXT_COLUMN_CANDIDATES)}: name the text column with "
                 "--text-column (--text-column f0 if the file has no header)"
             )
-        _refuse_urls_first(head, delimiter, quoting, where)
+        _refuse_urls_first(head, fmt, where)
     if has_header:
         read = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=_CSV_BLOCK)
         convert = _text_convert(tuple(names))
@@ -1849,7 +1847,7 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
         convert = _text_convert(None)
     # Quoted captions may hold line breaks (valid CSV), which need the slower parser mode.
     parse = pacsv.ParseOptions(
-        delimiter=delimiter,
+        delimiter=dialect["delimiter"],
         quote_char=False if fmt == "tsv" else '"',
         newlines_in_values=fmt != "tsv",
     )
@@ -1893,15 +1891,22 @@ def _refuse_binary(head: bytes, fmt: str, where: str) -> None:
 _URL = re.compile(r"(?i)(https?|ftp|s3|gs)://\S*")
 
 
-def _refuse_urls_first(head: bytes, delimiter: str, quoting: dict, where: str) -> None:
+def _python_csv(fmt: str) -> dict:
+    """Python's csv.reader options that split a CSV/TSV row as Arrow's reader does here
+    (:func:`_delimited_options`): a TSV file's fields as written, quotes and all."""
+    if fmt == "tsv":
+        return {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    return {"delimiter": ",", "quotechar": '"'}
+
+
+def _refuse_urls_first(head: bytes, fmt: str, where: str) -> None:
     """A :class:`CurateError` when the first column of a file without a header, which the
     run would match as its text (f0), holds URLs in every line of ``head`` (CC12M's
     ``url<TAB>caption``): the captions would be matched on their addresses, without a
     word. Naming the column (--text-column) goes past this check."""
     head = head.removeprefix(b"\xef\xbb\xbf")  # (a byte-order mark is no part of a field)
     lines = [ln for ln in re.split(rb"\r\n|\r|\n", head)[:-1] if ln.strip()][:20]
-    fields = csv.reader((ln.decode("utf-8", "replace") for ln in lines), delimiter=delimiter,
-                        **quoting)  # fmt: skip
+    fields = csv.reader((ln.decode("utf-8", "replace") for ln in lines), **_python_csv(fmt))
     firsts = [row[0].strip() for row in fields if len(row) >= 2]
     if firsts and len(firsts) == len(lines) and all(_URL.fullmatch(f) for f in firsts):
         raise CurateError(
