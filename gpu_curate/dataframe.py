@@ -84,7 +84,8 @@ def _to_arrow(df, columns: Sequence | None = None) -> pa.Table:
 
 
 def _surrogates_replaced(part):
-    """A pandas partition with each lone surrogate of its object columns as U+FFFD."""
+    """A pandas partition with each lone surrogate of its columns of Python strings
+    (object, ``string[python]``, categorical) as U+FFFD."""
     part = part.copy()
     for i, dtype in enumerate(part.dtypes):
         if isinstance(dtype, pd.CategoricalDtype):

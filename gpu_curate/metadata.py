@@ -112,13 +112,8 @@ def _metadata_file(path: str | os.PathLike) -> tuple[str, str, Callable[[], byte
         exists, is_dir, read = fs.exists(key), fs.isdir(key), lambda: fs.cat_file(key)
     else:
         p = Path(text)
-        shown, suffix, exists, is_dir, read = (
-            str(p),
-            p.suffix.lower(),
-            p.exists(),
-            p.is_dir(),
-            p.read_bytes,
-        )
+        shown, suffix = str(p), p.suffix.lower()
+        exists, is_dir, read = p.exists(), p.is_dir(), p.read_bytes
     if not exists:
         raise MetadataError(f"metadata file not found: {shown}")
     if is_dir:

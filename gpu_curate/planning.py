@@ -508,7 +508,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @backend_option(help="Compute on cpu (NumPy) or gpu (CuPy).")
 def plan_command(
     matched_dir: str,
-    ts: tuple[float, ...],
+    ts: tuple[str, ...],
     target_rows: int | None,
     as_json: bool,
     backend: str,
