@@ -66,20 +66,7 @@ class _Group(click.Group):
                 raise
             message = str(exc)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                # (A write's error names no file, and the run may go on where it stopped.)
-                resumable = ctx.invoked_subcommand in ("curate", "match", "balance")
-                instead = " in place of --overwrite" if "--overwrite" in flags else ""
-                message = (
-                    ("no space left on device" if exc.errno == errno.ENOSPC else
-                     "disk quota exceeded")
-                    + (f" ({exc.filename})" if exc.filename else "")
-                    + (
-                        f": free some space, then run the same command with --resume{instead} "
-                        "(the parts finished so far are kept)"
-                        if resumable
-                        else ": free some space, then run the same command again"
-                    )
-                )  # fmt: skip
+                message = _full_disk(exc, ctx.invoked_subcommand, flags)
             click.echo(f"gpu-curate: error: {message}", err=True)
             sys.exit(2)
         except KeyboardInterrupt as exc:
@@ -91,6 +78,21 @@ class _Group(click.Group):
                 f"gpu-curate: {'terminated' if terminated else 'interrupted'}{hint}", err=True
             )
             sys.exit(128 + (terminated[0] if terminated else signal.SIGINT))
+
+
+def _full_disk(exc: OSError, command: str | None, flags: list[str]) -> str:
+    """The line for a full disk or quota (``exc``): the file, and how to go on (a curate,
+    match or balance where it stopped, with --resume)."""
+    what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+    if exc.filename:
+        what += f" ({exc.filename})"
+    if command not in ("curate", "match", "balance"):
+        return f"{what}: free some space, then run the same command again"
+    instead = " in place of --overwrite" if "--overwrite" in flags else ""
+    return (
+        f"{what}: free some space, then run the same command with --resume{instead} (the "
+        "parts finished so far are kept)"
+    )
 
 
 @contextlib.contextmanager
