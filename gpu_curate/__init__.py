@@ -7,36 +7,54 @@ The public API, in the order data flows (read -> match -> count -> balance -> wr
 [[0, 1]]
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("gpu-curate")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
-
-from .backend import BackendError, gpu_available, resolve  # noqa: E402
-from .errors import CurateError, MetadataError  # noqa: E402
-from .match import match_arrow, match_texts  # noqa: E402
-from .metadata import Metadata  # noqa: E402
+# Every name loads on first use: `import gpu_curate` stays cheap (the command line's
+# launcher in __main__ relies on it to catch a Ctrl-C during the heavy imports), and Dask
+# and the pipeline load only for what needs them.
+_LAZY = {
+    "__version__": (None, None),
+    "BackendError": ("backend", "BackendError"),
+    "gpu_available": ("backend", "gpu_available"),
+    "resolve": ("backend", "resolve"),
+    "CurateError": ("errors", "CurateError"),
+    "MetadataError": ("errors", "MetadataError"),
+    "match_arrow": ("match", "match_arrow"),
+    "match_texts": ("match", "match_texts"),
+    "Metadata": ("metadata", "Metadata"),
+    "curate": ("pipeline", "curate"),
+    "balance_matched": ("pipeline", "balance_matched"),
+    "Options": ("pipeline", "Options"),
+    "BalancedSampler": ("sampler", "BalancedSampler"),
+    "plan": ("planning", "plan"),
+    "dataframe": ("dataframe", None),
+}
 
 
 def __getattr__(name: str):
-    # Heavier pieces (Dask, the pipeline) load on first use, so `import gpu_curate` is quick.
-    lazy = {
-        "curate": ("pipeline", "curate"),
-        "balance_matched": ("pipeline", "balance_matched"),
-        "Options": ("pipeline", "Options"),
-        "BalancedSampler": ("sampler", "BalancedSampler"),
-        "plan": ("planning", "plan"),
-        "dataframe": ("dataframe", None),
-    }
-    if name in lazy:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'gpu_curate' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    if module is None:
+        value = _version()
+    else:
         import importlib
 
-        module, attr = lazy[name]
         mod = importlib.import_module(f".{module}", __name__)
-        return mod if attr is None else getattr(mod, attr)
-    raise AttributeError(f"module 'gpu_curate' has no attribute {name!r}")
+        value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value  # (later lookups skip this function)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gpu-curate")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
 
 
 __all__ = [

@@ -69,3 +69,47 @@ def test_ctrl_c_in_a_finalizer_prints_nothing(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "KeyboardInterrupt" not in err
     assert "ValueError: a finalizer's own bug" in err
+
+
+_INTERRUPTED_IMPORT = """
+import sys
+
+class CtrlC:  # a Ctrl-C arriving while {module} is being imported
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["gpu-curate", "--version"]
+from gpu_curate.__main__ import run
+run()
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "pyarrow", "click"])
+def test_ctrl_c_during_the_start_up_imports_is_one_line(module):
+    code = _INTERRUPTED_IMPORT.format(module=module)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "gpu-curate: interrupted\n"
+    assert done.stdout == ""
+
+
+def test_the_launcher_runs_the_command_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "gpu_curate", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("gpu-curate, version ")
+
+
+def test_the_package_names_load_on_first_use():
+    code = (
+        "import sys, gpu_curate; heavy = {'numpy', 'pyarrow', 'dask'} & set(sys.modules); "
+        "from gpu_curate import Metadata, match_texts, __version__; "
+        "print(sorted(heavy), 'Metadata' in dir(gpu_curate), match_texts(['a dog'], ['dog']))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["[]", "True", "[[0]]"]
