@@ -86,7 +86,8 @@ def _full_disk(exc: OSError, command: str | None, flags: list[str]) -> str:
     what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
     if exc.filename:
         what += f" ({exc.filename})"
-    if command not in ("curate", "match", "balance"):
+    if command not in ("curate", "match", "balance") or getattr(exc, "run_folder_undone", False):
+        # (Not a run, or one that finished no part: its folder was left as it was found.)
         return f"{what}: free some space, then run the same command again"
     instead = " in place of --overwrite" if "--overwrite" in flags else ""
     return (

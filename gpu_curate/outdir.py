@@ -388,13 +388,16 @@ def prepare_out(
                         _empty(fs, path)
                         undone = True
                 raise
-    except Exception:
+    except Exception as exc:
         if undone:
             for folder in made:  # (stops at the first that is not empty: another's)
                 try:
                     fs.rmdir(folder)
                 except OSError:
                     break
+            # (For the command line's advice: nothing is kept, so nothing to resume.)
+            with contextlib.suppress(AttributeError, TypeError):
+                exc.run_folder_undone = True
         raise
 
 

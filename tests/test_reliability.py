@@ -2084,3 +2084,25 @@ def _with(monkeypatch, owner, name, value, call):
 def _write_parquet(writer, fs, path: str) -> None:
     with writer(fs, path) as write:
         write(pa.table({"a": [1]}))
+
+
+def test_a_full_disk_before_any_part_says_to_run_again(small, tmp_path, monkeypatch):
+    # (A run in a new folder that finished no part removes the folder; the line said "the
+    # parts finished so far are kept" and advised --resume.)
+    import gpu_curate.pipeline as pipeline
+
+    pool, md = small
+    out = tmp_path / "new" / "out"
+
+    @contextlib.contextmanager
+    def full(fs, path, compression):
+        raise OSError(28, "No space left on device", path)
+        yield
+
+    monkeypatch.setattr(pipeline, "atomic_parquet_writer", full)
+    r = run_cli("curate", pool, "--metadata", md, "--out", out, "--backend", "cpu",
+                "--quiet", "--workers", "1", "--t", "30")  # fmt: skip
+    assert r.exit_code == 2
+    assert r.stderr.startswith("gpu-curate: error: no space left on device (")
+    assert r.stderr.endswith(": free some space, then run the same command again\n")
+    assert not (tmp_path / "new").exists()
