@@ -27,9 +27,9 @@ from .counts import counts_table, partition_counts, sum_counts
 from .errors import CurateError, first_line
 from .io import RESERVED_COLUMNS
 from .io import text_column as _text_column
-from .match import without_surrogates
 from .metadata import Metadata, MetadataLike
 from .steps import BalanceStep, MatchStep, csr_of
+from .surrogates import without_surrogates
 
 if TYPE_CHECKING:
     import dask.dataframe as dd

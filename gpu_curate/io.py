@@ -38,7 +38,9 @@ import pyarrow.parquet as pq
 from fsspec.utils import glob_translate
 
 from .errors import CurateError, cannot_read, first_line
+from .json_nesting import MAX_DEPTH, line_too_deep, long_line_too_deep, type_depth
 from .line_ranges import UTF8_BOM, open_range
+from .surrogates import without_surrogate
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
 _EXTENSIONS = {
@@ -1098,7 +1100,10 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
     while True:
         try:
             with open_() as fh:
-                table = pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=block))
+                table = pajson.read_json(
+                    _NestingChecked(fh), read_options=pajson.ReadOptions(block_size=block)
+                )
+            _check_depth(table)
             if not _keys_utf8(table.schema):
                 # A key that is not UTF-8: Python's reader takes it with U+FFFD, as
                 # the values.
@@ -1113,16 +1118,20 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
                 parse = pajson.ParseOptions(explicit_schema=table.schema)
                 with open_() as fh:
                     table = pajson.read_json(
-                        fh, read_options=pajson.ReadOptions(block_size=block), parse_options=parse
+                        _NestingChecked(fh),
+                        read_options=pajson.ReadOptions(block_size=block),
+                        parse_options=parse,
                     )
                 table = _valid_utf8(table)
                 null_lists = _json_lists_invalid(table)
             break
         except pa.ArrowInvalid as exc:
-            if "changed from" in str(exc) or "Failed to convert JSON" in str(exc):
+            if any(words in str(exc) for words in _JSON_READ_BY_PYTHON):
                 # A column holds values of several JSON types ({"text": 1984} among
                 # strings): Arrow's reader takes one type a column. (Where a long line
-                # grew the blocks, it says so as a value it cannot convert.)
+                # grew the blocks, it says so as a value it cannot convert.) Or a string
+                # holds an escaped lone surrogate ("\ud83d", half an emoji), which
+                # Arrow's reader refuses and Python's takes (made U+FFFD there).
                 return _read_json_lines_mixed(open_, text_column)
             if "straddl" not in str(exc) or block >= 1 << 31:
                 raise
@@ -1135,6 +1144,14 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
         # Arrow's reader reads them: read as JSON text, as lists of mixed types are.)
         return _read_json_lines_mixed(open_, text_column)
     return table
+
+
+# Arrow's errors for JSON Lines that Python's reader (:func:`_read_json_lines_mixed`) reads.
+_JSON_READ_BY_PYTHON = (
+    "changed from",
+    "Failed to convert JSON",
+    "The surrogate pair in string is invalid",
+)
 
 
 def _keys_utf8(schema: pa.Schema) -> bool:
@@ -1196,29 +1213,93 @@ def _json_streamed(f: InputFile) -> bool:
 def _json_chunks(open_) -> Iterator[bytes]:
     """The file's bytes in pieces of about :data:`_JSON_CHUNK` bytes of whole lines."""
     with open_() as fh:
-        rest = b""
-        while block := fh.read(_JSON_CHUNK):
-            data = rest + block
-            # (At a CR where no LF ends a line: a file of CR line ends is not one chunk.)
-            cut = data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
-            if cut:
-                yield data[:cut]
-            rest = data[cut:]
-        if rest:
-            yield rest
+        yield from _whole_lines(fh)
+
+
+def _whole_lines(fh) -> Iterator[bytes]:
+    """The bytes of ``fh`` in pieces of about :data:`_JSON_CHUNK` bytes of whole lines."""
+    rest = b""
+    while block := fh.read(_JSON_CHUNK):
+        data = rest + block
+        # (At a CR where no LF ends a line: a file of CR line ends is not one chunk.)
+        cut = data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
+        if cut:
+            yield data[:cut]
+        rest = data[cut:]
+    if rest:
+        yield rest
+
+
+def _check_nesting(chunk: bytes) -> None:
+    """Refuse whole lines of JSON where a long one nests deeper than Arrow's reader can
+    parse (:mod:`~gpu_curate.json_nesting`); the error path names the line."""
+    if long_line_too_deep(chunk) is not None:
+        raise _too_deep()
+
+
+def _check_depth(table: pa.Table) -> pa.Table:
+    """``table``, as Arrow's reader read it, unless its values nest too deeply (in lines
+    too short to harm the reader: :mod:`~gpu_curate.json_nesting`)."""
+    if type_depth(table.schema) > MAX_DEPTH:
+        raise _too_deep()
+    return table
+
+
+def _too_deep() -> pa.ArrowInvalid:
+    return pa.ArrowInvalid(f"JSON parse error: a value is nested more than {MAX_DEPTH} levels deep")
+
+
+class _NestingChecked:
+    """A JSON Lines stream ``fh`` for Arrow's reader: its bytes as they come (the same
+    blocks, not copied), each line checked by :func:`_check_nesting` before the reader
+    gets its end."""
+
+    def __init__(self, fh):
+        self._fh = fh
+        self._open_line: list[bytes] = []  # (the line the bytes so far end inside)
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        # (At a CR where no LF ends a line, as _whole_lines cuts.)
+        end = b"\n" if b"\n" in data else b"\r"
+        first_end = data.find(end)
+        if first_end == -1:
+            self._open_line.append(data)
+            if not data:
+                _check_nesting(b"".join(self._open_line))
+            return data
+        _check_nesting(b"".join([*self._open_line, data[: first_end + 1]]))
+        last_end = data.rindex(end)
+        if long_line_too_deep(data, first_end + 1, last_end) is not None:
+            raise _too_deep()
+        self._open_line = [data[last_end + 1 :]]
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _read_json_chunk(chunk: bytes, schema: pa.Schema | None = None) -> pa.Table:
+    _check_nesting(chunk)
     parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
     try:
         read = pajson.ReadOptions(block_size=1 << 22)  # (blocks parsed on Arrow's threads)
-        return pajson.read_json(io.BytesIO(chunk), read_options=read, parse_options=parse)
+        table = pajson.read_json(io.BytesIO(chunk), read_options=read, parse_options=parse)
+        return _check_depth(table)
     except pa.ArrowInvalid as exc:
         if "straddl" not in str(exc):
             raise
     # A line longer than a block: the chunk as one block (it holds whole lines).
     read = pajson.ReadOptions(block_size=min(len(chunk) + 1, (1 << 31) - 1))
-    return pajson.read_json(io.BytesIO(chunk), read_options=read, parse_options=parse)
+    table = pajson.read_json(io.BytesIO(chunk), read_options=read, parse_options=parse)
+    return _check_depth(table)
 
 
 def _json_schema(open_, text_column: str | None) -> pa.Schema | None:
@@ -1343,13 +1424,16 @@ def _json_kind(v) -> str:
 
 
 def _json_text(v) -> str | None:
-    if v is None or isinstance(v, str):
+    if v is None:
         return v
+    if isinstance(v, str):
+        return without_surrogate(v)
     if isinstance(v, _Number):
         return v.text
     if isinstance(v, bool):
         return "true" if v else "false"
-    return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_Number.value)
+    text = json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_Number.value)
+    return without_surrogate(text)
 
 
 # Column types of a JSONL file read by _read_json_lines_mixed, from the JSON types of its
@@ -1371,9 +1455,13 @@ _JSON_SPACE = re.compile(r"[ \t\r\n]*")
 def _json_records(fh, first_line: int = 1):
     """The objects of a JSON Lines stream of bytes, its lines numbered from ``first_line``,
     taken as Arrow's reader takes them: a byte-order mark before the first, invalid UTF-8
-    as U+FFFD, several objects on one line."""
+    as U+FFFD, several objects on one line; an escaped lone surrogate in a key is U+FFFD
+    (in a value, :func:`_json_text` makes it so)."""
     decoder = json.JSONDecoder(parse_int=_Number, parse_float=_Number)
     for n, line in enumerate(fh, first_line):
+        raw = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
+        if line_too_deep(raw):
+            raise pa.ArrowInvalid(f"line {n} is nested more than {MAX_DEPTH} levels deep")
         text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
         if n == 1:
             text = text.removeprefix("\ufeff")
@@ -1387,6 +1475,9 @@ def _json_records(fh, first_line: int = 1):
                 raise pa.ArrowInvalid(f"line {n} is nested too deeply to read") from None
             if not isinstance(record, dict):
                 raise pa.ArrowInvalid(f"line {n} is not a JSON object")
+            if "\\u" in text and any(without_surrogate(k) != k for k in record):
+                # (An escaped lone surrogate in a key: a column is named in UTF-8.)
+                record = {without_surrogate(k): v for k, v in record.items()}
             yield record
 
 

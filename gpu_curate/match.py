@@ -6,7 +6,6 @@ pyarrow (host) and cuDF (device) share; this module only gets those buffers in a
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterable
 
@@ -16,6 +15,7 @@ import pyarrow as pa
 from .backend import Backend, resolve
 from .errors import CurateError
 from .metadata import Metadata, MetadataLike
+from .surrogates import without_surrogates
 
 __all__ = ["match_arrow", "match_texts", "csr_to_lists"]
 
@@ -278,24 +278,6 @@ def _to_arrow(texts) -> pa.Array | pa.ChunkedArray:
         return pa.array(texts, type=pa.large_string())
     except UnicodeEncodeError:
         return pa.array(without_surrogates(texts), type=pa.large_string())
-
-
-def without_surrogates(texts: list) -> list:
-    """Lone surrogates (no UTF-8 holds them) as U+FFFD, as the readers treat invalid
-    UTF-8: the text stays a text and matches what its other characters match. Items
-    that are not strings (None) are kept as they are.
-
-    Examples
-    --------
-    >>> without_surrogates(["a \\ud800 dog", None]) == ["a \\ufffd dog", None]
-    True
-    """
-    # (Each on its own: a UTF-16 round trip would join a high and a low one into the
-    # character they would encode, a text the string does not hold.)
-    return [_SURROGATE.sub("\ufffd", t) if isinstance(t, str) else t for t in texts]
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def match_texts(texts, metadata: MetadataLike, backend: str | Backend = "auto"):

@@ -838,6 +838,50 @@ def test_jsonl_row_that_is_not_utf8_is_data(tmp_path, md, monkeypatch, read):
     assert parts == (3 if read == "ranges" else 1)
 
 
+@pytest.mark.parametrize("read", ["whole", "streamed", "ranges"])
+def test_jsonl_escaped_lone_surrogate_is_data(tmp_path, md, monkeypatch, read):
+    # ("\ud83d", half an emoji, escaped: Arrow's reader refused the file, "The surrogate
+    # pair in string is invalid", and the run stopped.) Each lone one is U+FFFD, as an
+    # invalid UTF-8 byte is: the rows are those of the file with U+FFFD written there.
+    import gpu_curate.io as gio
+
+    escaped = [
+        rb'{"text": "a dog \ud83d", "url": "x"}',
+        rb'{"text": "cat \ud83d\ude00 \ude00\ud83d", "url": "y\udfff"}',
+        b'{"text": "new york", "url": "z"}',
+    ]
+    write(tmp_path / "pool" / "a.jsonl", b"\n".join(escaped * 3) + b"\n")
+    fffd = "\ufffd".encode()
+    written = b"\n".join(escaped * 3).replace(rb"\ud83d\ude00", "\U0001f600".encode())
+    for half in (rb"\ud83d", rb"\ude00", rb"\udfff"):
+        written = written.replace(half, fffd)
+    write(tmp_path / "ref" / "a.jsonl", written + b"\n")
+    extra = []
+    if read == "streamed":
+        monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)
+    elif read == "ranges":
+        monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)  # (a file above it is cut)
+        extra = ["--partition-rows", "2"]
+    for name in ("pool", "ref"):
+        r = match(tmp_path / name, md, tmp_path / f"out-{name}", *extra)
+        assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(tmp_path / "out-pool") == {
+        "text": ["a dog \ufffd".encode(), "cat \U0001f600 \ufffd\ufffd".encode(), b"new york"] * 3,
+        "url": [b"x", "y\ufffd".encode(), b"z"] * 3,
+        "entry_ids": [[0], [2], [1]] * 3,
+    }
+    assert pq.read_table(tmp_path / "out-pool" / "matched").equals(
+        pq.read_table(tmp_path / "out-ref" / "matched")
+    )
+
+
+def test_jsonl_escaped_lone_surrogate_in_a_key(tmp_path, md):
+    write(tmp_path / "pool" / "a.jsonl", b'{"text": "a dog", "k\\ud800": 1}\n')
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    assert matched(tmp_path / "out") == {"text": [b"a dog"], "k\ufffd": [1], "entry_ids": [[0]]}
+
+
 # ------------------------------------------------------------------------ JSONL / Parquet
 
 
@@ -1017,7 +1061,7 @@ def test_a_jsonl_value_nested_too_deeply_is_one_line(tmp_path, md):
         b'{"text": "cat", "x": 1}\n{"text": "dog", "x": ' + deep + b"}\n",
     )
     err = error_line(match(tmp_path / "pool", md, tmp_path / "out"))
-    assert "a.jsonl: line 2 is nested too deeply to read" in err
+    assert "a.jsonl: line 2 is nested more than 512 levels deep" in err
 
 
 def test_jsonl_as_arrow_reads_it_a_bom_and_objects_on_one_line(tmp_path, md):
@@ -1485,7 +1529,10 @@ def test_a_json_value_nested_thousands_deep_is_one_line(tmp_path, md, nested):
         tmp_path / "pool" / "d.jsonl", (rows + f'{{"text": "cat", "m": {nested}}}\n').encode()
     )
     err = error_line(match(tmp_path / "pool", md, tmp_path / "out", "--workers", "1"))
-    assert err == f"gpu-curate: error: cannot read {path}: a value is nested too deeply to read"
+    assert (
+        err
+        == f"gpu-curate: error: cannot read {path}: line 101 is nested more than 512 levels deep"
+    )
 
 
 def test_the_line_named_is_the_bad_rows_not_one_like_it(tmp_path, md):

@@ -1,0 +1,110 @@
+"""The nesting check that keeps a JSON Lines line too deep for Arrow's reader (whose
+recursion overflows the thread's stack, killing the process) from reaching it."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from gpu_curate.cli import main
+from gpu_curate.json_nesting import LONG_LINE, MAX_DEPTH, line_too_deep, long_line_too_deep
+
+
+def deeper(line: bytes) -> bool:
+    """Reference: the line's bytes walked one by one, brackets counted outside strings."""
+    depth, in_string, escaped = 0, False, False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == ord("\\"):
+                escaped = True
+            elif byte == ord('"'):
+                in_string = False
+        elif byte == ord('"'):
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif byte in b"]}":
+            depth -= 1
+    return False
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_deep_lines_are_found_as_a_walk_finds_them(seed):
+    rng = random.Random(seed)
+    # Tokens weighted so that lines nest around MAX_DEPTH, with brackets inside strings,
+    # escaped quotes and long stretches between brackets.
+    tokens = [b"[", b"{", b"]", b"}", b'"', b"\\", b"a", b",", b" " * 300, b'"[[[[[["']
+    weights = [30, 10, 12, 4, 3, 2, 10, 5, 1, 2]
+    deep = long_deep = 0
+    for _ in range(40):
+        lines = []
+        for _ in range(rng.randint(1, 6)):
+            n = rng.choice([10, 400, 1_100, 3_000])
+            lines.append(b"".join(rng.choices(tokens, weights, k=n)))
+        for line in lines:
+            assert line_too_deep(line) == deeper(line)
+            deep += deeper(line)
+        data = b"\n".join(lines) + rng.choice([b"", b"\n"])
+        want = next(
+            (i for i, line in enumerate(lines) if len(line) > LONG_LINE and deeper(line)), None
+        )
+        long_deep += want is not None
+        assert long_line_too_deep(data) == want
+    assert deep > 20 and 5 < long_deep < 35  # (both outcomes were tried)
+
+
+def test_depth_at_the_limit_is_fine_one_more_is_not():
+    at = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
+    assert not line_too_deep(at) and line_too_deep(b"[" + at + b"]")
+    padded = b" " * LONG_LINE
+    assert long_line_too_deep(b'{"x": 1}\n' + at + padded + b"\n") is None
+    assert long_line_too_deep(b'{"x": 1}\n[' + at + padded + b"]\n") == 1
+    # (Brackets in a string, escaped quotes in it, do not nest.)
+    assert long_line_too_deep(b'["\\"' + b"[" * 5_000 + b'"]') is None
+    assert long_line_too_deep(b"[" * 5_000 + b"]" * 5_000) == 0
+
+
+def _match(pool, md, out, *extra):
+    args = ["match", str(pool), "--metadata", str(md), "--out", str(out), "--quiet"]
+    return CliRunner().invoke(main, [*args, "--backend", "cpu", *extra])
+
+
+@pytest.mark.parametrize("read", ["arrow", "python", "streamed", "ranges"])
+def test_a_line_nested_too_deep_is_an_error_naming_it(tmp_path, monkeypatch, read):
+    # (20,000 levels: Arrow's reader crashed the process with a segmentation fault.)
+    import gpu_curate.io as gio
+
+    md = tmp_path / "md.json"
+    md.write_text(json.dumps(["dog"]))
+    mixed = ', "n": "x"' if read == "python" else ""  # (a column of two JSON types)
+    rows = [b'{"text": "a dog", "n": 1}'] * 3
+    # (The object is a level: MAX_DEPTH - 1 lists in it are MAX_DEPTH levels. 600 levels
+    # on a short line show in the types Arrow's reader infers.)
+    for depth, bad in ((MAX_DEPTH - 1, False), (600, True), (20_000, True)):
+        nest = b"[" * depth + b"]" * depth
+        line = b'{"text": "a dog"%s, "x": %s}' % (mixed.encode(), nest)
+        pool = tmp_path / f"pool{depth}" / "a.jsonl"
+        pool.parent.mkdir()
+        pool.write_bytes(b"\n".join([*rows, line, *rows]) + b"\n")
+        extra = []
+        if read in ("streamed", "ranges"):
+            monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)
+        if read == "ranges":
+            extra = ["--partition-rows", "2"]
+        r = _match(pool.parent, md, tmp_path / f"out{depth}", *extra)
+        if bad:
+            assert r.exit_code == 2, r.output
+            assert r.stderr == (
+                f"gpu-curate: error: cannot read {pool}: line 4 is nested more than "
+                f"{MAX_DEPTH} levels deep\n"
+            )
+            assert not (tmp_path / f"out{depth}").exists()
+        else:
+            assert r.exit_code == 0, (r.output, r.stderr)
