@@ -631,11 +631,12 @@ def reading(folder: str, writes: str | None = None) -> Iterator[None]:
     command reads it (``balance``, ``plan``, the sampler), so that no run writes into it
     meanwhile and ``--overwrite`` of it, or of a folder that holds it, is refused.
 
-    Readers share the lock; the last one to end removes the file. The folder is read
-    without a lock where it has none: a folder this process cannot write (a read-only
-    mount) and that holds no lock file, a file system without locks, a URL, a folder that
-    a run is writing (it holds the lock: a ``balance`` in place, say), and ``writes``,
-    the folder this process itself writes into, whose exclusive lock covers the reading.
+    Readers share the lock; the last one to end removes the file. A folder that another
+    run is writing (it holds the lock) is refused: read meanwhile, it could change or be
+    deleted under the reader. The folder is read without a lock where it has none: a
+    folder this process cannot write (a read-only mount) and that holds no lock file, a
+    file system without locks, a URL, and ``writes``, the folder this process itself
+    writes into, whose exclusive lock covers the reading.
     """
     fs, path = fsspec.core.url_to_fs(folder)
     path = path.rstrip("/") or "/"
@@ -645,7 +646,7 @@ def reading(folder: str, writes: str | None = None) -> Iterator[None]:
             yield  # (a shared lock would conflict with this process's exclusive one)
             return
     name = f"{path}/{LOCK}"
-    fd = _share(name) if is_local(fs) and fcntl is not None else None
+    fd = _share(name, folder) if is_local(fs) and fcntl is not None else None
     try:
         yield
     finally:
@@ -653,7 +654,8 @@ def reading(folder: str, writes: str | None = None) -> Iterator[None]:
             _unshare(fd, name)
 
 
-def _share(name: str) -> int | None:
+def _share(name: str, folder: str) -> int | None:
+    tries = 0
     while True:
         opened = _open_lock(name, read_only=True)
         if opened is None:
@@ -662,14 +664,27 @@ def _share(name: str) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode(errors="replace").split("\n")[0].strip()
             os.close(fd)
-            return None  # (a run writes it: read it as before, without a lock)
+            # (The last reader at its end, or a run's look before it is refused, holds
+            # the exclusive lock a moment: a run writing the folder holds it.)
+            tries += 1
+            if tries < _SHARE_TRIES:
+                time.sleep(0.05)
+                continue
+            raise CurateError(
+                f"another gpu-curate run ({holder or 'starting'}) is writing {folder} (it "
+                f"holds {name}): wait for it to end, or stop it"
+            ) from None
         except OSError:
             _drop(fd, name, created)
             return None  # (a file system without locks)
         if _current(name, fd):
             return fd
         os.close(fd)  # its holder removed it between our open and lock: take a new one
+
+
+_SHARE_TRIES = 20
 
 
 def _unshare(fd: int, name: str) -> None:

@@ -44,7 +44,7 @@ from .cli_options import backend_option
 from .counts import read_counts_table
 from .errors import CurateError
 from .io import write_atomic
-from .outdir import REPORT_PAGE_TAG, wrong_figure
+from .outdir import REPORT_PAGE_TAG, reading, wrong_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -687,6 +687,15 @@ def write_report(
     >>> sorted(files.images)  # doctest: +SKIP
     ['head_tail', 'rank_frequency', 't_sweep', 'top_entries']
     """
+    # (Held while the page is made: no run overwrites the folder under it, which would
+    # leave this run's page beside another's report.json.)
+    from .planning import local_folder
+
+    with reading(str(local_folder(folder))):
+        return _write_report(folder, out_html, embed, sweep, backend)
+
+
+def _write_report(folder, out_html, embed: bool, sweep: bool, backend: str) -> ReportFiles:
     run = load_run(folder)
     out_dir = run.folder / REPORT_FOLDER
     html_path = Path(out_html) if out_html is not None else out_dir / "index.html"

@@ -37,8 +37,8 @@ HOLDER = """
 import sys
 from gpu_curate import outdir
 folder, kind = sys.argv[1:]
-if kind == "writes":
-    lock = outdir.prepare_out(folder, False, False, outdir.MATCH_MANIFEST)
+if kind in ("writes", "resumes"):
+    lock = outdir.prepare_out(folder, False, kind == "resumes", outdir.MATCH_MANIFEST)
 else:
     lock = outdir.reading(folder)
 with lock:
@@ -51,7 +51,8 @@ with lock:
 
 @contextlib.contextmanager
 def held(folder: Path, kind: str) -> Iterator[subprocess.Popen]:
-    """Another process that holds ``folder``'s lock (``kind``: "writes" or "reads")."""
+    """Another process that holds ``folder``'s lock (``kind``: "writes", "resumes" (a run
+    writing it again) or "reads")."""
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(folder), kind],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -197,6 +198,46 @@ def test_plan_and_sampler_hold_the_matched_dataset(matched, monkeypatch, reader)
     else:
         BalancedSampler.from_matched_dir(matched, t=5, seed=0)
     assert len(seen) == 1
+    assert not (matched / LOCK).exists()
+
+
+@pytest.mark.parametrize("reader", ["plan", "balance", "report"])
+def test_a_reader_refuses_a_folder_another_run_writes(matched, tmp_path, reader):
+    # (It read on without a lock: an --overwrite of the folder after that run ended
+    # deleted the parts under it, and a report's page landed beside the new run's
+    # report.json.)
+    from gpu_curate.report import write_report
+
+    with held(matched, "resumes"):
+        with pytest.raises(CurateError) as caught:
+            if reader == "plan":
+                planning.plan(matched, [5])
+            elif reader == "balance":
+                pipeline.balance_matched(str(matched), str(tmp_path / "b"), 5, 0)
+            else:
+                write_report(matched, sweep=False)
+        assert str(caught.value).startswith("another gpu-curate run (pid ")
+        assert str(caught.value).endswith(
+            f"is writing {matched} (it holds {matched / LOCK}): wait for it to end, or stop it"
+        )
+    assert not (tmp_path / "b").exists()
+    assert not (matched / "report").exists()
+
+
+def test_a_report_holds_its_run_folder(matched, monkeypatch):
+    import gpu_curate.report as report
+
+    cli("balance", matched, "--out", matched, "--resume", "--t", 5, "--workers", 1, "--quiet")
+    seen = []
+    real = report.load_run
+
+    def load(folder):
+        seen.append(refused(matched, f"a gpu-curate run reads {matched}"))
+        return real(folder)
+
+    monkeypatch.setattr(report, "load_run", load)
+    report.write_report(matched, sweep=False)
+    assert len(seen) == 1 and (matched / "report" / "index.html").is_file()
     assert not (matched / LOCK).exists()
 
 
