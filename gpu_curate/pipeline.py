@@ -408,7 +408,7 @@ def _compute(client, results: list, n_entries: int, opts: Options):
     # optimize_graph=False: graph optimization would fuse each part task into the tree's
     # first merge under a new key; kept apart, each part is one task of the progress bar.
     future = client.compute(tree_reduce(results, _merge), optimize_graph=False)
-    if not opts.quiet:
+    if not opts.quiet and sys.stdout is not None:  # (None: a closed stdout, `>&-`)
         # (Redrawn ten times a second on a terminal; into a log file or a pipe, every 5 s:
         # each redraw is another line's worth of bytes there. The scheduler is still asked
         # ten times a second: asked every 5 s, a stage's end was seen only at the next tick,

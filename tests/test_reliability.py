@@ -2106,3 +2106,18 @@ def test_a_full_disk_before_any_part_says_to_run_again(small, tmp_path, monkeypa
     assert r.stderr.startswith("gpu-curate: error: no space left on device (")
     assert r.stderr.endswith(": free some space, then run the same command again\n")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_run_with_stdout_closed_runs(small, tmp_path):
+    # (`gpu-curate curate ... >&-`: Python's sys.stdout is None, and the progress bar
+    # failed with a traceback, AttributeError: 'NoneType' object has no attribute 'write'.)
+    pool, md = small
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "gpu_curate", "curate", str(pool), "--metadata", str(md),
+         "--out", str(out), "--t", "30", "--workers", "1", "--backend", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert json.loads((out / "report.json").read_text())["pool_rows"] == 3000
