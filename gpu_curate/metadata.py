@@ -10,7 +10,8 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, KeysView, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -53,6 +54,13 @@ def validate_entries(entries: object, source: str = "metadata") -> tuple[str, ..
         )
     if isinstance(entries, dict):
         raise MetadataError(f"{source}: metadata must be a JSON list of strings, got an object")
+    if isinstance(entries, AbstractSet) and not isinstance(entries, KeysView):
+        # (Its order, so the entry ids, changes from one Python process to the next: with
+        # them the counts and the curated set. A dict's keys keep their order.)
+        raise MetadataError(
+            f"{source}: metadata must be an ordered list of strings (an entry's id is its "
+            f"position), got a {type(entries).__name__}: give sorted(entries) or the list"
+        )
     entries = tuple(entries)
     if not entries:
         # (Every text would go unmatched: a run would look done and keep nothing.)
@@ -142,6 +150,9 @@ class Metadata:
         Distinct, non-blank strings (validated; see :func:`validate_entries`).
     source
         Where the entries come from, used in error messages.
+    path
+        The file they were read from (:meth:`from_file` sets it): a run never reads it as
+        a file of the pool that holds it.
 
     Examples
     --------
@@ -152,9 +163,12 @@ class Metadata:
     64
     """
 
-    def __init__(self, entries: Iterable[str], source: str = "metadata") -> None:
+    def __init__(
+        self, entries: Iterable[str], source: str = "metadata", path: str | None = None
+    ) -> None:
         self.entries: tuple[str, ...] = validate_entries(entries, source)
         self.source = source
+        self.path = path
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Metadata:
@@ -186,7 +200,7 @@ class Metadata:
             blank = [i + 1 for i, e in enumerate(entries) if not e.strip()]
             if blank:
                 raise MetadataError(f"{p}: empty or whitespace-only entries on lines {_ids(blank)}")
-            return cls(entries, source=str(p))
+            return cls(entries, source=str(p), path=os.fspath(path))
         try:
             entries = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -202,7 +216,7 @@ class Metadata:
                 f"{p}: metadata must be a JSON list of strings, got a JSON "
                 f"{'object' if isinstance(entries, dict) else type(entries).__name__}"
             )
-        return cls(entries, source=str(p))
+        return cls(entries, source=str(p), path=os.fspath(path))
 
     @classmethod
     def coerce(cls, metadata: Metadata | Iterable[str] | str | os.PathLike) -> Metadata:
@@ -244,7 +258,7 @@ class Metadata:
         # Ship entries only; tables are rebuilt (once) where they are needed. The
         # fingerprint, once known, goes along: it keys the tables' cache, and hashing
         # 375k entries again costs ~50 ms wherever the metadata is unpickled.
-        state = {"entries": self.entries, "source": self.source}
+        state = {"entries": self.entries, "source": self.source, "path": self.path}
         if "fingerprint" in self.__dict__:
             state["fingerprint"] = self.__dict__["fingerprint"]
         return state
@@ -252,6 +266,7 @@ class Metadata:
     def __setstate__(self, state):
         self.entries = state["entries"]
         self.source = state["source"]
+        self.path = state.get("path")
         if "fingerprint" in state:
             self.__dict__["fingerprint"] = state["fingerprint"]
 

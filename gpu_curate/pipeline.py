@@ -824,12 +824,11 @@ def _header(opts: Options, info: ClusterInfo) -> dict:
     }
 
 
-def _metadata_files(metadata: MetadataLike) -> list[str]:
-    """The metadata file and its sidecar (``metadata build`` writes both), which a folder
-    of the pool may hold: not pool files."""
-    if not isinstance(metadata, str | os.PathLike):
+def _metadata_files(path: str | None) -> list[str]:
+    """The metadata file ``path`` (None: the entries came from no file) and its sidecar
+    (``metadata build`` writes both), which a folder of the pool may hold: not pool files."""
+    if path is None:
         return []
-    path = os.fspath(metadata)
     if "://" in path:  # (a URL: Path would fold its '//')
         head, _, name = path.rpartition("/")
         return [path, f"{head}/{sources_path_for(name).name}"]
@@ -877,9 +876,9 @@ def curate(
     md = Metadata.coerce(metadata)
     _check_local_backend(opts)
     # (Fails on missing inputs before the output is touched.)
-    files = discover(inputs, opts.format, _metadata_files(metadata))
-    from_file = isinstance(metadata, str | os.PathLike)
-    check_apart(out, [*inputs, *([str(metadata)] if from_file else [])])
+    # (Given as a path, or as a Metadata read from one.)
+    files = discover(inputs, opts.format, _metadata_files(md.path))
+    check_apart(out, [*inputs, *([md.path] if md.path is not None else [])])
     # Refused before the slow start (the cluster, reading every input's columns), and
     # emptied with --overwrite only once the inputs have passed that planning: a mistyped
     # column must not cost the previous result.

@@ -11,6 +11,7 @@ import gzip
 import io as io_module
 import json
 import os
+import pickle
 import shutil
 import zipfile
 from pathlib import Path
@@ -569,6 +570,23 @@ def test_the_metadata_file_among_the_inputs_is_not_read_as_one(tmp_path, md):
     # Another JSON file of the folder is still read (and here fails as no JSON Lines).
     shutil.copy(md, pool / "other.json")
     assert "other.json" in error_line(match(pool, pool / "metadata.json", tmp_path / "out3"))
+
+
+def test_a_metadata_read_from_a_file_among_the_inputs_is_not_read_as_one(tmp_path, md):
+    # (Given to the API as a Metadata read from it, not as its path: the file was read
+    # as a JSON Lines file of the pool.)
+    from gpu_curate import Metadata, Options, curate
+
+    pool = tmp_path / "pool"
+    write(pool / "a.csv", b"text\na dog\n")
+    shutil.copy(md, pool / "metadata.json")
+    metadata = Metadata.from_file(pool / "metadata.json")
+    assert metadata.path == str(pool / "metadata.json")
+    opts = Options(backend="cpu", workers=1, quiet=True)
+    report = curate([str(pool)], metadata, str(tmp_path / "out"), t=5, options=opts)
+    assert report["pool_rows"] == 1
+    # (It travels with the Metadata to the workers.)
+    assert pickle.loads(pickle.dumps(metadata)).path == metadata.path
 
 
 def test_a_chained_url_is_one_line(tmp_path, md):

@@ -539,3 +539,17 @@ def test_unwritable_cache_folder_is_not_an_error(tmp_path, monkeypatch):
     assert match_texts(CACHE_TEXTS, md, "cpu") == [
         reference_match(t, CACHE_ENTRIES) for t in CACHE_TEXTS
     ]
+
+
+@pytest.mark.parametrize("kind", [set, frozenset])
+def test_an_unordered_collection_of_entries_is_refused(kind):
+    # (A set's order, so each entry's id, changed with PYTHONHASHSEED: the counts and the
+    # curated set changed from one process to the next.)
+    with pytest.raises(MetadataError) as caught:
+        Metadata(kind(["dog", "cat", "bird"]))
+    assert "must be an ordered list of strings (an entry's id is its position)" in str(caught.value)
+    with pytest.raises(MetadataError):
+        match_texts(["a dog"], kind(["dog", "cat"]), backend="cpu")
+    assert Metadata(sorted({"dog", "cat"})).entries == ("cat", "dog")
+    # (A dict's keys, entry_counts.json's say, keep their order.)
+    assert Metadata({"dog": 3, "cat": 1}.keys()).entries == ("dog", "cat")
