@@ -88,16 +88,28 @@ def _surrogates_replaced(part):
     (object, ``string[python]``, categorical) as U+FFFD."""
     part = part.copy()
     for i, dtype in enumerate(part.dtypes):
-        if isinstance(dtype, pd.CategoricalDtype):
-            # (As values, not categories: "x\ud800" and "x\ufffd" become one value.)
-            values = without_surrogates(part.iloc[:, i].astype(object).tolist())
-            part.isetitem(i, pd.Series(values, index=part.index, dtype="category"))
-        elif pd.api.types.is_object_dtype(dtype) or (
-            isinstance(dtype, pd.StringDtype) and dtype.storage == "python"
-        ):
-            part.isetitem(i, pd.Series(without_surrogates(part.iloc[:, i].tolist()),
-                                       index=part.index, dtype=dtype))  # fmt: skip
+        if _holds_python_strings(dtype):
+            # (A categorical one as values, not categories: "x\ud800" and "x\ufffd"
+            # become one value.)
+            values = _without_surrogates_series(part.iloc[:, i])
+            part.isetitem(i, values.astype("category" if dtype == "category" else dtype))
     return part
+
+
+def _holds_python_strings(dtype) -> bool:
+    """Whether a pandas column of this dtype holds Python strings, which may hold lone
+    surrogates (object, ``string[python]``, categorical)."""
+    return (
+        isinstance(dtype, pd.CategoricalDtype)
+        or pd.api.types.is_object_dtype(dtype)
+        or (isinstance(dtype, pd.StringDtype) and dtype.storage == "python")
+    )
+
+
+def _without_surrogates_series(series):
+    """An object Series of ``series``' values, each lone surrogate as U+FFFD."""
+    values = without_surrogates(series.astype(object).tolist())
+    return pd.Series(values, index=series.index, dtype=object, name=series.name)
 
 
 def _arrow_fails(column) -> bool:
@@ -300,6 +312,11 @@ def _unique_check(ddf, id_column: str | None) -> Delayed | None:
     if ddf.npartitions == 1 or (id_column is None and _index_partitions_disjoint(ddf)):
         return None
     values = ddf[id_column] if id_column is not None else ddf.index.to_series()
+    if _holds_python_strings(values.dtype):
+        # (As the uids see them: "x\ud800" is "x\ufffd", and Arrow, which the shuffle
+        # uses, refuses a lone surrogate.)
+        meta = pd.Series([], dtype=object, name=values.name)
+        values = values.map_partitions(_without_surrogates_series, meta=meta)
     counts = values.value_counts(sort=False)  # Dask's default split_out: a shuffle, not a gather
     repeated = counts[counts > 1]
     return dask.delayed(_raise_on_duplicate, pure=True)(id_column, *repeated.to_delayed())
@@ -392,6 +409,12 @@ def match(
     id_name = None if id_column is None else str(id_column)
     if id_name is not None and id_name not in names:
         raise CurateError(f"id column {id_name!r} not found; columns are: {', '.join(names)}")
+    for used in (text, id_name):
+        if used is not None and (same := [c for c in ddf.columns if str(c) == used][1:]):
+            raise CurateError(
+                f"the DataFrame has {len(same) + 1} columns named {used!r} (labels are "
+                "taken as text: 0 and '0' are one name): rename them"
+            )
     columns = [label[text]] + ([label[id_name]] if id_name not in (None, text) else [])
     # Rows are filtered after the step (which keeps everything) so the index stays aligned.
     step = MatchStep(md, text, id_name if id_name is not None else _INDEX, True, backend)

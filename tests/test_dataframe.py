@@ -576,3 +576,48 @@ def test_lone_surrogates_in_the_index_and_in_categories():
             pdf = pd.DataFrame({"TEXT": texts})
         got = gdf.match(dd.from_pandas(pdf, npartitions=1), ENTRIES).compute()
     assert [list(e) for e in got["entry_ids"]] == [[0, 14], [0, 14], [1]]
+
+
+def test_lone_surrogates_in_ids_of_several_partitions():
+    # (The check across partitions shuffled the raw values: Arrow refused the lone
+    # surrogate with a UnicodeEncodeError traceback, and "x\ud800" and "x\ufffd", one
+    # uid, were two ids.)
+    with (
+        dask.config.set({"dataframe.convert-string": False}),
+        pd.option_context("future.infer_string", False),  # (Python str, as categories)
+    ):
+        for dtype in ("object", "string[python]", "category"):
+            pdf = pd.DataFrame(
+                {"TEXT": ["a dog", "cat", "dog"], "id": ["x\ud800", "y", "z"]}, dtype=object
+            ).astype({"id": dtype})
+            got = gdf.match(dd.from_pandas(pdf, npartitions=2), ENTRIES, id_column="id")
+            assert (
+                got["uid"].compute().tolist()
+                == value_uids(pa.array(["x\ufffd", "y", "z"])).tolist()
+            )
+            twice = pdf.assign(id=pd.Series(["x\ud800", "y", "x\ufffd"], dtype=dtype))
+            with pytest.raises(CurateError, match="id column 'id' has duplicate value"):
+                gdf.match(dd.from_pandas(twice, npartitions=2), ENTRIES, id_column="id").compute()
+
+
+def test_column_labels_that_are_one_name_are_refused(pdf):
+    # (A duplicated label gave pandas' "Duplicate column names" at compute, or a Dask
+    # AttributeError; labels 0 and "0" silently took the integer-labelled column.)
+    texts = pdf["TEXT"].iloc[:4].tolist()
+    cases = [
+        (pd.DataFrame([[t, t] for t in texts], columns=["TEXT", "TEXT"]), {}, "'TEXT'"),
+        (pd.DataFrame({0: texts, "0": texts}), {"text_column": "0"}, "'0'"),
+        (pd.DataFrame([[t, 1, 2] for t in texts], columns=["TEXT", "id", "id"]),
+         {"id_column": "id"}, "'id'"),
+    ]  # fmt: skip
+    for df, kwargs, name in cases:
+        with pytest.raises(CurateError) as caught:
+            gdf.match(dd.from_pandas(df, npartitions=2), ENTRIES, **kwargs)
+        assert str(caught.value) == (
+            f"the DataFrame has 2 columns named {name} (labels are taken as text: 0 and '0' "
+            "are one name): rename them"
+        )
+    # (Repeated labels of other columns do not matter.)
+    df = pd.DataFrame([[t, 1, 2] for t in texts], columns=["TEXT", "x", "x"])
+    got = gdf.match(dd.from_pandas(df, npartitions=2), ENTRIES, keep_unmatched=True)
+    assert len(got.compute()) == 4
