@@ -950,6 +950,7 @@ def read_piece(
         error = _read_error(f, exc, piece.byte_start, piece.byte_end)
     if error is not None:
         raise _unchained(error)
+    _check_size(f, local_only=True)
     check_names(table.column_names, f.path)
     if f.format == "jsonl" and not table.column_names:
         # Blank lines only: no rows, as an empty (0-byte) file has.
@@ -1012,13 +1013,14 @@ def read_piece_batches(
         ):
             tables = _json_tables(open_, schema, rows)
         else:
-            yield read_piece(piece, columns, text_column, id_column)
+            yield read_piece(piece, columns, text_column, id_column)  # (it checks the size)
             return
         held = 0
         for table in tables:
             check_names(table.column_names, f.path)
             held += table.num_rows
             yield _select_columns(table, columns, f.path)
+        _check_size(f, local_only=True)
         error = None
     except _READ_ERRORS as exc:
         error = _read_error(f, exc, piece.byte_start, piece.byte_end)
@@ -1813,10 +1815,19 @@ def _past_rows(batches: Iterable[pa.RecordBatch], skip: int) -> Iterator[pa.Reco
         skip = 0
 
 
-def _check_size(f: InputFile) -> None:
-    # A range's rows are where they were only if the file is as it was: one appended to
-    # since would have rows past the last range, read by no part.
+def _check_size(f: InputFile, local_only: bool = False) -> None:
+    """Refuse the file ``f`` where its size is not the one the run was planned with.
+
+    A range's rows are where they were only if the file is as it was: one appended to
+    since would have rows past the last range, read by no part. A file read whole (checked
+    once read) would give rows the run's manifest does not describe. ``local_only``: no
+    check of a URL's file (a request per file).
+    """
+    if f.size is None:
+        return
     fs, path = fsspec.core.url_to_fs(f.path)
+    if local_only and not is_local(fs):
+        return
     size = fs.size(path)
     if size != f.size:
         raise CurateError(

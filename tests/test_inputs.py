@@ -589,6 +589,36 @@ def test_a_metadata_read_from_a_file_among_the_inputs_is_not_read_as_one(tmp_pat
     assert pickle.loads(pickle.dumps(metadata)).path == metadata.path
 
 
+@pytest.mark.parametrize("name", ["a.csv", "a.tsv", "a.jsonl", "a.csv.gz"])
+def test_a_small_file_that_grows_after_the_plan_stops_the_run(tmp_path, md, monkeypatch, name):
+    # (A file read whole, or packed, was read as it was then: rows the run's manifest,
+    # which holds its old size, does not describe; exit 0.)
+    import gpu_curate.pipeline as pipeline
+
+    rows = {"csv": b"text\na dog\n", "tsv": b"a dog\n", "jsonl": b'{"text": "a dog"}\n'}
+    kind = name.split(".")[1]
+    data = rows[kind] + rows[kind].split(b"\n", 1)[-1] * 3 if kind == "csv" else rows[kind] * 4
+    path = tmp_path / "pool" / name
+    write(path, gzip.compress(data) if name.endswith(".gz") else data)
+    write(tmp_path / "pool" / "b.csv", b"text\ncat\n")
+    real_plan = pipeline._plan
+
+    def plan_then_grow(*args, **kwargs):
+        parts = real_plan(*args, **kwargs)
+        extra = b"".join(
+            (b'{"text": "cat %d"}\n' if kind == "jsonl" else b"cat %d\n") % i for i in range(99)
+        )
+        more = data + extra
+        path.write_bytes(gzip.compress(more) if name.endswith(".gz") else more)
+        return parts
+
+    monkeypatch.setattr(pipeline, "_plan", plan_then_grow)
+    err = error_line(match(tmp_path / "pool", md, tmp_path / "out", "--workers", "1"))
+    assert f"{path} changed during the run: it held " in err
+    assert not (tmp_path / "out" / "report.json").exists()
+    assert not (tmp_path / "out" / "matched" / "_SUCCESS").exists()
+
+
 def test_a_chained_url_is_one_line(tmp_path, md):
     # The chain was dropped when the file's URL was rebuilt: a traceback in the workers.
     write(tmp_path / "a.csv", b"text\na dog\n")
