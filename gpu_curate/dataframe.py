@@ -354,9 +354,10 @@ def match(
         integer 123 and the string "123" give different uids. (The CLI reads CSV/TSV
         columns as strings: to curate the same rows as ``gpu-curate curate --id-column``
         on a CSV, read it with ``dd.read_csv(..., dtype=str, keep_default_na=False)``:
-        pandas would else read ``NA``, ``null`` and empty fields as missing.) Without it,
-        uids are the hashed index values (``dd.read_parquet`` gives each file's rows the
-        index 0, 1, ..., which is not unique: pass ``id_column`` there).
+        pandas would else read ``NA``, ``null`` and empty fields as missing. A TSV, which
+        the CLI reads with no quoting, needs ``sep="\\t", quoting=csv.QUOTE_NONE`` too.)
+        Without it, uids are the hashed index values (``dd.read_parquet`` gives each
+        file's rows the index 0, 1, ..., which is not unique: pass ``id_column`` there).
     keep_unmatched : bool, default False
         Keep rows that match no entry (with an empty ``entry_ids``).
     backend : {"cpu", "gpu"}, default "cpu"

@@ -621,3 +621,30 @@ def test_column_labels_that_are_one_name_are_refused(pdf):
     df = pd.DataFrame([[t, 1, 2] for t in texts], columns=["TEXT", "x", "x"])
     got = gdf.match(dd.from_pandas(df, npartitions=2), ENTRIES, keep_unmatched=True)
     assert len(got.compute()) == 4
+
+
+def test_the_readmes_tsv_recipe_gives_the_clis_rows_and_uids(tmp_path):
+    # (pandas' default quoting stripped the quotes the CLI keeps: another text, another
+    # match; a caption beginning with an unclosed quote failed.)
+    import csv
+    import json
+
+    from click.testing import CliRunner
+
+    from gpu_curate.cli import main
+
+    tsv = tmp_path / "a.tsv"
+    tsv.write_text('"a dog" on the beach\tid1\n"unclosed dog\tid2\nplain cat\tid3\nNA\tid4\n')
+    md = tmp_path / "md.json"
+    md.write_text(json.dumps(["dog", '"a', "cat", "NA"]))
+    args = ["match", str(tsv), "--metadata", str(md), "--out", str(tmp_path / "out")]
+    assert CliRunner().invoke(main, [*args, "--id-column", "f1", "--quiet"]).exit_code == 0
+    cli = pq.read_table(tmp_path / "out" / "matched").to_pydict()
+    ddf = dd.read_csv(tsv, sep="\t", quoting=csv.QUOTE_NONE, header=None, dtype=str,
+                      keep_default_na=False)  # fmt: skip
+    got = gdf.match(ddf, str(md), text_column=0, id_column=1).compute()
+    assert (
+        got[0].tolist() == cli["f0"] == ['"a dog" on the beach', '"unclosed dog', "plain cat", "NA"]
+    )
+    assert got["uid"].tolist() == cli["uid"]
+    assert [list(e) for e in got["entry_ids"]] == cli["entry_ids"] == [[1], [0], [2], [3]]

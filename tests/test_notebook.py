@@ -80,13 +80,17 @@ def test_notebook_reads_a_pool_folder_as_gpu_curate_does(tmp_path):
         pq.write_table(pa.table({"caption": texts}), pool / f"0000{i}.parquet")
         (pool / f"0000{i}.tar").write_bytes(b"\0" * 512)
         (pool / f"0000{i}_stats.json").write_text(json.dumps({"count": 10}, indent=4))
-    (tmp_path / "md.json").write_text(json.dumps(["dog"]))
+    # (Beside them a TSV file, which the notebook does not read, and the metadata: the
+    # curation ran on these too, 1,500 rows where the notebook had said 1,000, or failed
+    # reading the metadata as a pool file.)
+    (pool / "b.tsv").write_text("a dog\n" * 5)
+    (pool / "metadata.json").write_text(json.dumps(["dog", "cat"]))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = nb.cells[1].source.replace("POOL = None", f"POOL = {str(pool)!r}", 1)
     nb.cells[1].source = params.replace(
-        "METADATA = None", f"METADATA = {str(tmp_path / 'md.json')!r}", 1
+        "METADATA = None", f"METADATA = {str(pool / 'metadata.json')!r}", 1
     )
-    nb.cells = nb.cells[:3]
+    nb.cells = nb.cells[:7]  # (up to the curation)
     client = nbclient.NotebookClient(
         nb, timeout=CELL_TIMEOUT_S, kernel_name=_kernel_name(),
         resources={"metadata": {"path": str(tmp_path)}},
@@ -94,3 +98,6 @@ def test_notebook_reads_a_pool_folder_as_gpu_curate_does(tmp_path):
     client.execute()
     text = "".join(o.get("text", "") for o in nb.cells[2].outputs if o.output_type == "stream")
     assert f"pool: {pool} (20 rows, text column 'caption')" in text, text
+    assert f"(1 files of other formats in {pool} left out: the notebook reads Parquet)" in text
+    (curated,) = [o for o in nb.cells[6].outputs if o.output_type == "execute_result"]
+    assert "'pool_rows': 20," in curated["data"]["text/plain"]
