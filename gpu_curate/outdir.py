@@ -259,6 +259,11 @@ def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
     exists = fs.exists(path)
     if exists and not fs.isdir(path):
         raise CurateError(f"output {out} exists and is not a folder")
+    if not exists and is_local(fs) and os.path.islink(path):
+        raise CurateError(
+            f"output {out} is a symbolic link to {os.readlink(path)}, which does not exist: "
+            "create that folder, or choose another --out"
+        )
     # (A folder that holds only what a write cut off at its start left is empty.)
     fresh = not (exists and [p for p in fs.ls(path, detail=False) if not ignored_name(p)])
     if fresh:

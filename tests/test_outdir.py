@@ -508,3 +508,19 @@ def test_an_overwrite_cut_short_leaves_no_success_listing_parts_gone(tmp_path, m
     assert list((out / "matched").glob("part-*.parquet"))  # (cut short: parts left)
     cli(*args, "--overwrite")
     assert pq.read_table(out / "curated").column("uid").to_pylist() == want
+
+
+def test_an_out_that_is_a_link_to_nothing_is_named(tmp_path):
+    # (fs.makedirs said "[Errno 17] File exists".)
+    (tmp_path / "out").symlink_to(tmp_path / "missing")
+    with pytest.raises(CurateError) as caught, prepare_out(str(tmp_path / "out"), False, False,
+                                                           MATCH_MANIFEST):  # fmt: skip
+        pass
+    assert str(caught.value) == (
+        f"output {tmp_path / 'out'} is a symbolic link to {tmp_path / 'missing'}, which does "
+        "not exist: create that folder, or choose another --out"
+    )
+    (tmp_path / "missing").mkdir()  # (then it is written through)
+    with prepare_out(str(tmp_path / "out"), False, False, MATCH_MANIFEST):
+        pass
+    assert (tmp_path / "out").is_symlink()
