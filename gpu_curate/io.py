@@ -368,6 +368,13 @@ def discover(
             found = [(p, i, _rel(p, root)) for p, i in sorted(listing.items())]
             kept = [(p, i, r, _scanned_format(p, fmt)) for p, i, r in found if not is_hidden(r)]
         elif fs.exists(path):
+            if is_local(fs) and not stat.S_ISREG(mode := os.stat(path).st_mode):
+                # (`<(zcat a.tsv.gz)`: it was taken for an empty file.)
+                kind = "a pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+                raise CurateError(
+                    f"input {spec} is {kind}, not a file: a run reads its inputs more than "
+                    "once (their columns, then their rows); write it to a file first"
+                )
             found = [(path, fs.info(path), PurePosixPath(path).name)]
             kept = [(path, found[0][1], found[0][2], fmt or _format_of(path))]
         else:

@@ -1602,3 +1602,15 @@ def test_the_line_named_is_the_bad_rows_not_one_like_it(tmp_path, md):
     write(tmp_path / "b" / "q.csv", ("\n".join(lines) + "\n").encode())
     err = error_line(match(tmp_path / "b", md, tmp_path / "out-b"))
     assert ": line 45: CSV parse error: Expected 2 columns, got 4: Second paragraph" in err, err
+
+
+def test_an_input_that_is_a_pipe_is_named(tmp_path, md):
+    # (`gpu-curate curate <(zcat a.tsv.gz)`: "every input file in /dev/fd/63 is empty".)
+    fifo = tmp_path / "pipe.tsv"
+    os.mkfifo(fifo)
+    err = error_line(match(fifo, md, tmp_path / "out"))
+    assert err == (
+        f"gpu-curate: error: input {fifo} is a pipe, not a file: a run reads its inputs more "
+        "than once (their columns, then their rows); write it to a file first"
+    )
+    assert "a device or socket, not a file" in error_line(match("/dev/null", md, tmp_path / "o"))
