@@ -121,6 +121,14 @@ def open_client(
             yield client, ClusterInfo("local-cuda", n, n * per, cluster.scheduler_address, "gpu")
         return
     n = workers or os.cpu_count() or 1
+    cores = os.cpu_count() or 1
+    if processes and n > _PROCESSES_PER_CORE * cores:
+        # (Each loads Python, Dask and the metadata tables: 500 on 2 cores did not start
+        # within minutes, and would take ~100 GB.)
+        raise CurateError(
+            f"--workers {n} --processes: {n} worker processes on {cores} cores; at most "
+            f"{_PROCESSES_PER_CORE * cores} (threads, without --processes, may be more)"
+        )
     with dask.config.set(LOCAL_CLUSTER_CONFIG):
         cluster = LocalCluster(
             n_workers=n if processes else 1,
@@ -134,6 +142,10 @@ def open_client(
     kind = "local-processes" if processes else "local-threads"
     with cluster, Client(cluster) as client:
         yield client, ClusterInfo(kind, n if processes else 1, n, cluster.scheduler_address, "cpu")
+
+
+# Local worker processes a core, at most: beyond, they only wait for it (and take memory).
+_PROCESSES_PER_CORE = 4
 
 
 def _workers_backend(client, backend: str | Backend, scheduler: str) -> str:

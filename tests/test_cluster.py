@@ -159,3 +159,21 @@ def test_workers_backend_names_a_worker_that_cannot_run_it():
     # "auto" on workers with and without a GPU: the backend every one of them can run.
     assert _workers_backend(_FakeClient({"a": "gpu", "b": "cpu"}), "auto", "s") == "cpu"
     assert _workers_backend(_FakeClient({"a": "gpu", "b": "gpu"}), "auto", "s") == "gpu"
+
+
+def test_more_worker_processes_than_four_a_core_is_refused(monkeypatch):
+    # (--workers 500 --processes on 2 cores started 500 processes: no run within minutes.)
+    import os
+
+    from gpu_curate.errors import CurateError
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.raises(CurateError) as caught:
+        with open_client(resolve("cpu"), workers=9, processes=True):
+            pass
+    assert str(caught.value) == (
+        "--workers 9 --processes: 9 worker processes on 2 cores; at most 8 (threads, without "
+        "--processes, may be more)"
+    )
+    with open_client(resolve("cpu"), workers=9) as (client, info):  # (threads)
+        assert info.threads == 9
