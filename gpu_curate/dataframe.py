@@ -14,6 +14,7 @@ result of :func:`match` carries a lazy check of its id values (or index values) 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ import pyarrow as pa
 from . import balance as bal
 from .backend import check_name
 from .counts import counts_table, partition_counts, sum_counts
-from .errors import CurateError, first_line
+from .errors import CurateError, counted, first_line
 from .io import RESERVED_COLUMNS
 from .io import text_column as _text_column
 from .metadata import Metadata, MetadataLike
@@ -77,8 +78,10 @@ def _to_arrow(df, columns: Sequence | None = None) -> pa.Table:
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
         # (An object column mixing strings and other values, for one.)
         bad = next((c for c in labels if _arrow_fails(part[c])), labels[0])
+        # (pyarrow's conversion error holds two messages: the first says what it met.)
+        why = exc.args[0] if exc.args and isinstance(exc.args[0], str) else first_line(exc)
         raise CurateError(
-            f"column {str(bad)!r} cannot be read as one Arrow type: {first_line(exc)}"
+            f"column {str(bad)!r} cannot be read as one Arrow type: {first_line(Exception(why))}"
         ) from None
     return table.rename_columns([str(c) for c in labels])
 
@@ -192,9 +195,16 @@ def _match_one(
         # without id_column, its index.
         msg = str(exc).replace(_UNIQUE_OVER_POOL, "ids must be unique over the DataFrame")
         if from_index:
-            msg = msg.replace(f"id column {_INDEX!r}", "the index").replace(
-                "ids must be unique over the DataFrame", _INDEX_HINT
-            )
+            msg = (
+                msg.replace(f"id column {_INDEX!r}", "the index")
+                .replace("ids must be unique over the DataFrame", _INDEX_HINT)
+                .replace("; use an integer or string column", "; use an integer or string "
+                         "index, or give id_column")
+            )  # fmt: skip
+        if (row := re.search(r"the first at row (\d+)", msg)) and int(row[1]) < len(df):
+            # (A row of the partition: its index label finds it in the frame.)
+            label = df.index[int(row[1])]
+            msg = msg.replace(row[0], f"{row[0]} of the partition (index label {label!r})")
         raise CurateError(msg) from None
     keep = None
     if not keep_unmatched:
@@ -535,6 +545,10 @@ def _column_integers(counts: pd.DataFrame, name: str) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(column.dtype) and not column.isna().any():
         values = _integers(np.asarray(column.to_numpy()))
     if values is None:
+        if nulls := int(column.isna().sum()):
+            raise CurateError(
+                f"counts: {name!r} must hold integers, and holds {counted(nulls, 'null')}"
+            )
         raise CurateError(f"counts: {name!r} must hold integers, got {column.dtype}")
     return values
 

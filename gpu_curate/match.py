@@ -268,7 +268,8 @@ def _to_arrow(texts) -> pa.Array | pa.ChunkedArray:
             raise CurateError(f"texts must be strings (or null): {exc}") from None
     if isinstance(texts, str) or not isinstance(texts, Iterable):
         raise CurateError("texts must be a list of strings, a Series or an Arrow array")
-    texts = list(texts)
+    # (A float NaN is pandas' missing value: what Series.tolist() gives for one.)
+    texts = [None if isinstance(t, float) and t != t else t for t in texts]
     bad = [i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)]
     if bad:
         raise CurateError(

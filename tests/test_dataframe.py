@@ -648,3 +648,47 @@ def test_the_readmes_tsv_recipe_gives_the_clis_rows_and_uids(tmp_path):
     )
     assert got["uid"].tolist() == cli["uid"]
     assert [list(e) for e in got["entry_ids"]] == cli["entry_ids"] == [[1], [0], [2], [3]]
+
+
+def test_api_errors_say_what_and_where_in_the_frames_terms():
+    def error(call) -> str:
+        with pytest.raises(CurateError) as caught:
+            call()
+        return str(caught.value)
+
+    with dask.config.set({"dataframe.convert-string": False}):
+        mixed = pd.DataFrame({"TEXT": pd.Series(["a dog", 2, "x"], dtype=object)})
+        # (It printed the tuple of pyarrow's two messages.)
+        got = error(lambda: gdf.match(dd.from_pandas(mixed, npartitions=1), ENTRIES).compute())
+    assert got == (
+        "DataFrame partition 0: column 'TEXT' cannot be read as one Arrow type: Expected "
+        "bytes, got a 'int' object"
+    )
+    dated = pd.DataFrame({"TEXT": ["a dog"] * 4}, index=pd.date_range("2020", periods=4))
+    assert error(lambda: gdf.match(dd.from_pandas(dated, npartitions=2), ENTRIES).compute()) == (
+        "DataFrame partition 1: the index is timestamp[us]; use an integer or string index, "
+        "or give id_column"
+    )
+    ids = pd.array([1, 2, 3, 4, None, 6], dtype="Int64")
+    null = pd.DataFrame({"TEXT": ["a dog"] * 6, "id": ids}, index=range(100, 106))
+    got = error(lambda: gdf.match(dd.from_pandas(null, npartitions=2), ENTRIES, id_column="id")
+                .compute())  # fmt: skip
+    assert got.startswith(
+        "DataFrame partition 1: id column 'id' has 1 null value, the first at row 1 of the "
+        "partition (index label 104)"
+    )
+    matched = gdf.match(dd.from_pandas(pd.DataFrame({"TEXT": ["a dog"]}), npartitions=1), ENTRIES)
+    nulls = [3] + [None] * (len(ENTRIES) - 1)
+    counts = pd.DataFrame({"entry": ENTRIES, "count": pd.array(nulls, dtype="Int64")})
+    assert error(lambda: gdf.balance(matched, counts, t=1, seed=0)) == (
+        f"counts: 'count' must hold integers, and holds {len(ENTRIES) - 1} nulls"
+    )
+
+
+def test_match_texts_takes_nan_as_a_missing_text():
+    # (pandas' Series.tolist() gives NaN for a missing caption: "item 1 is float".)
+    from gpu_curate.match import match_texts
+
+    assert match_texts(["a dog", float("nan"), None, "cat"], ["dog", "cat"], "cpu") == [
+        [0], [], [], [1]
+    ]  # fmt: skip
