@@ -857,22 +857,25 @@ def test_csv_row_that_is_not_utf8_is_data(tmp_path, md):
     assert back["text"].tolist() == ["caf\ufffd dog", "cat"]
 
 
+def jsonl_read_as(monkeypatch, read: str) -> list[str]:
+    """Make a JSON Lines file be read ``read`` ("whole", "streamed" or cut into "ranges");
+    the options of the run that reads it so."""
+    import gpu_curate.io as gio
+
+    if read != "whole":
+        monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)  # (a file above it is cut)
+    return ["--partition-rows", "2"] if read == "ranges" else []
+
+
 @pytest.mark.parametrize("read", ["whole", "streamed", "ranges"])
 def test_jsonl_row_that_is_not_utf8_is_data(tmp_path, md, monkeypatch, read):
     # Arrow's JSON reader keeps invalid bytes in a string column: the parts were written,
     # exit 0, and pandas could not read them. They become U+FFFD, as a CSV's do.
     import pandas as pd
 
-    import gpu_curate.io as gio
-
     rows = [b'{"text": "caf\xe9 dog", "url": "http://x/\xff"}', b'{"text": "cat", "url": "y"}']
     write(tmp_path / "pool" / "a.jsonl", b"\n".join(rows * 3) + b"\n")
-    extra = []
-    if read == "streamed":
-        monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)
-    elif read == "ranges":
-        monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)  # (a file above it is cut)
-        extra = ["--partition-rows", "2"]
+    extra = jsonl_read_as(monkeypatch, read)
     r = match(tmp_path / "pool", md, tmp_path / "out", *extra)
     assert r.exit_code == 0, (r.output, r.stderr)
     assert matched(tmp_path / "out") == {
@@ -891,8 +894,6 @@ def test_jsonl_escaped_lone_surrogate_is_data(tmp_path, md, monkeypatch, read):
     # ("\ud83d", half an emoji, escaped: Arrow's reader refused the file, "The surrogate
     # pair in string is invalid", and the run stopped.) Each lone one is U+FFFD, as an
     # invalid UTF-8 byte is: the rows are those of the file with U+FFFD written there.
-    import gpu_curate.io as gio
-
     escaped = [
         rb'{"text": "a dog \ud83d", "url": "x"}',
         rb'{"text": "cat \ud83d\ude00 \ude00\ud83d", "url": "y\udfff"}',
@@ -904,12 +905,7 @@ def test_jsonl_escaped_lone_surrogate_is_data(tmp_path, md, monkeypatch, read):
     for half in (rb"\ud83d", rb"\ude00", rb"\udfff"):
         written = written.replace(half, fffd)
     write(tmp_path / "ref" / "a.jsonl", written + b"\n")
-    extra = []
-    if read == "streamed":
-        monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)
-    elif read == "ranges":
-        monkeypatch.setattr(gio, "JSON_STREAM_BYTES", 10)  # (a file above it is cut)
-        extra = ["--partition-rows", "2"]
+    extra = jsonl_read_as(monkeypatch, read)
     for name in ("pool", "ref"):
         r = match(tmp_path / name, md, tmp_path / f"out-{name}", *extra)
         assert r.exit_code == 0, (r.output, r.stderr)
