@@ -1287,6 +1287,14 @@ def test_small_jsonl_files_are_packed_by_their_column_types(tmp_path, monkeypatc
     monkeypatch.setattr(pipeline_mod, "_json_layouts", then_changed)
     bad = cli(*args, "--out", tmp_path / "changed", ok=False)
     assert bad.exit_code == 2, bad.output
+    assert "j1.jsonl changed during the run: it held 177 bytes when the run" in bad.output
+    # (Rewritten to the same size, it is its columns that tell.)
+    import gpu_curate.io as io_mod
+
+    monkeypatch.setattr(io_mod, "_check_size", lambda f, local_only=False: None)
+    (pool / "j1.jsonl").write_text(lines(1))
+    bad = cli(*args, "--out", tmp_path / "changed2", ok=False)
+    assert bad.exit_code == 2, bad.output
     assert "j1.jsonl changed during the run: its columns are no longer those of" in bad.output
 
 
