@@ -30,14 +30,24 @@ _LAZY = {
 
 
 def __getattr__(name: str):
+    import importlib
+
     if name not in _LAZY:
-        raise AttributeError(f"module 'gpu_curate' has no attribute {name!r}")
+        # (A submodule, as `import gpu_curate; gpu_curate.errors` found it when the
+        # package imported it.)
+        missing = AttributeError(f"module 'gpu_curate' has no attribute {name!r}")
+        if name.startswith("__"):
+            raise missing
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise  # (one the submodule itself imports)
+            raise missing from None
     module, attr = _LAZY[name]
     if module is None:
         value = _version()
     else:
-        import importlib
-
         mod = importlib.import_module(f".{module}", __name__)
         value = mod if attr is None else getattr(mod, attr)
     globals()[name] = value  # (later lookups skip this function)

@@ -113,3 +113,16 @@ def test_the_package_names_load_on_first_use():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["[]", "True", "[[0]]"]
+
+
+def test_the_package_gives_its_submodules_as_attributes():
+    # (`import gpu_curate; gpu_curate.errors.CurateError` worked while the package imported
+    # its submodules itself.)
+    code = (
+        "import gpu_curate; print(gpu_curate.errors.CurateError.__name__, "
+        "gpu_curate.metadata.Metadata.__name__, hasattr(gpu_curate, 'nothing_here'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["CurateError", "Metadata", "False"]
