@@ -204,6 +204,7 @@ def _match_one(
         if (row := re.search(r"the first at row (\d+)", msg)) and int(row[1]) < len(df):
             # (A row of the partition: its index label finds it in the frame.)
             label = df.index[int(row[1])]
+            label = label.item() if isinstance(label, np.generic) else label  # (not np.int64(12))
             msg = msg.replace(row[0], f"{row[0]} of the partition (index label {label!r})")
         raise CurateError(msg) from None
     keep = None

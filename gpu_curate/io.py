@@ -1105,12 +1105,17 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
     text column (None: the default), which must come back as text."""
     # Arrow's reader needs each line inside one block: a block that a (rare) long line
     # straddles is read again with blocks 8x larger, up to the whole file.
-    block, null_lists = 1 << 22, False
+    block, null_lists, surrogates = 1 << 22, False, False
+
+    def checked(fh):
+        # (Lone surrogates, once Arrow's reader has refused one, escaped as U+FFFD.)
+        return _NestingChecked(_SurrogatesReplaced(fh) if surrogates else fh)
+
     while True:
         try:
             with open_() as fh:
                 table = pajson.read_json(
-                    _NestingChecked(fh), read_options=pajson.ReadOptions(block_size=block)
+                    checked(fh), read_options=pajson.ReadOptions(block_size=block)
                 )
             _check_depth(table)
             if not _keys_utf8(table.schema):
@@ -1127,7 +1132,7 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
                 parse = pajson.ParseOptions(explicit_schema=table.schema)
                 with open_() as fh:
                     table = pajson.read_json(
-                        _NestingChecked(fh),
+                        checked(fh),
                         read_options=pajson.ReadOptions(block_size=block),
                         parse_options=parse,
                     )
@@ -1135,12 +1140,13 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
                 null_lists = _json_lists_invalid(table)
             break
         except pa.ArrowInvalid as exc:
+            if _LONE_SURROGATE_ERROR in str(exc) and not surrogates:
+                surrogates = True  # (read again, each escaped as U+FFFD)
+                continue
             if any(words in str(exc) for words in _JSON_READ_BY_PYTHON):
                 # A column holds values of several JSON types ({"text": 1984} among
                 # strings): Arrow's reader takes one type a column. (Where a long line
-                # grew the blocks, it says so as a value it cannot convert.) Or a string
-                # holds an escaped lone surrogate ("\ud83d", half an emoji), which
-                # Arrow's reader refuses and Python's takes (made U+FFFD there).
+                # grew the blocks, it says so as a value it cannot convert.)
                 return _read_json_lines_mixed(open_, text_column)
             if "straddl" not in str(exc) or block >= 1 << 31:
                 raise
@@ -1156,11 +1162,33 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
 
 
 # Arrow's errors for JSON Lines that Python's reader (:func:`_read_json_lines_mixed`) reads.
-_JSON_READ_BY_PYTHON = (
-    "changed from",
-    "Failed to convert JSON",
-    "The surrogate pair in string is invalid",
+_JSON_READ_BY_PYTHON = ("changed from", "Failed to convert JSON")
+# Arrow's error for an escaped lone surrogate ("\ud83d", half an emoji).
+_LONE_SURROGATE_ERROR = "The surrogate pair in string is invalid"
+# An escaped UTF-16 surrogate, after an even run of backslashes (an escaped backslash and
+# then "ud83d" is text): a high one with the low one that may follow it, or a low one.
+_SURROGATE_ESCAPE = re.compile(
+    rb"(?<!\\)((?:\\\\)*)\\u[dD][89abAB][0-9a-fA-F]{2}(\\u[dD][c-fC-F][0-9a-fA-F]{2})?"
+    rb"|(?<!\\)((?:\\\\)*)\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 )
+
+
+def _lone_surrogates_replaced(chunk: bytes) -> bytes:
+    """Whole lines of JSON with each escaped lone surrogate escaped as U+FFFD, as an invalid
+    byte is read (the same length: a line's bytes stay where they were); pairs are kept.
+
+    Examples
+    --------
+    >>> _lone_surrogates_replaced(rb'{"t": "a \\ud83d b \\ud83d\\ude00 \\\\ud83d"}')
+    b'{"t": "a \\\\ufffd b \\\\ud83d\\\\ude00 \\\\\\\\ud83d"}'
+    """
+
+    def replaced(found: re.Match) -> bytes:
+        if found[2] is not None:
+            return found[0]  # (a pair)
+        return (found[1] if found[1] is not None else found[3]) + rb"\ufffd"
+
+    return _SURROGATE_ESCAPE.sub(replaced, chunk)
 
 
 def _keys_utf8(schema: pa.Schema) -> bool:
@@ -1239,10 +1267,14 @@ def _whole_lines(fh) -> Iterator[bytes]:
         yield rest
 
 
-def _check_nesting(chunk: bytes) -> None:
-    """Refuse whole lines of JSON where a long one nests deeper than Arrow's reader can
-    parse (:mod:`~gpu_curate.json_nesting`); the error path names the line."""
-    if long_line_too_deep(chunk) is not None:
+def _check_nesting(chunk: bytes, newline: bytes | None = None) -> None:
+    """Refuse whole lines of JSON where a long one nests too deeply
+    (:mod:`~gpu_curate.json_nesting`); the error path names the line. ``newline``: what
+    ends the lines (default: LF, or CR where the chunk holds no LF, as
+    :func:`_whole_lines` cuts)."""
+    if newline is None:
+        newline = b"\n" if b"\n" in chunk else b"\r"
+    if long_line_too_deep(chunk, newline=newline) is not None:
         raise _too_deep()
 
 
@@ -1256,6 +1288,36 @@ def _check_depth(table: pa.Table) -> pa.Table:
 
 def _too_deep() -> pa.ArrowInvalid:
     return pa.ArrowInvalid(f"JSON parse error: a value is nested more than {MAX_DEPTH} levels deep")
+
+
+class _SurrogatesReplaced:
+    """A JSON Lines stream ``fh`` with its escaped lone surrogates escaped as U+FFFD
+    (:func:`_lone_surrogates_replaced`), read a piece of whole lines at a time (a file
+    that holds one: the others are read as they are)."""
+
+    def __init__(self, fh):
+        self._pieces = (_lone_surrogates_replaced(p) for p in _whole_lines(fh))
+        self._held = b""
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._held) < size:
+            piece = next(self._pieces, None)
+            if piece is None:
+                break
+            self._held += piece
+        size = len(self._held) if size < 0 else size
+        data, self._held = self._held[:size], self._held[size:]
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class _NestingChecked:
@@ -1278,9 +1340,9 @@ class _NestingChecked:
             if not data:
                 _check_nesting(b"".join(self._open_line))
             return data
-        _check_nesting(b"".join([*self._open_line, data[: first_end + 1]]))
+        _check_nesting(b"".join([*self._open_line, data[: first_end + 1]]), end)
         last_end = data.rindex(end)
-        if long_line_too_deep(data, first_end + 1, last_end) is not None:
+        if long_line_too_deep(data, first_end + 1, last_end, end) is not None:
             raise _too_deep()
         self._open_line = [data[last_end + 1 :]]
         return data
@@ -1297,6 +1359,15 @@ class _NestingChecked:
 
 def _read_json_chunk(chunk: bytes, schema: pa.Schema | None = None) -> pa.Table:
     _check_nesting(chunk)
+    try:
+        return _read_json_bytes(chunk, schema)
+    except pa.ArrowInvalid as exc:
+        if _LONE_SURROGATE_ERROR not in str(exc):
+            raise
+    return _read_json_bytes(_lone_surrogates_replaced(chunk), schema)
+
+
+def _read_json_bytes(chunk: bytes, schema: pa.Schema | None) -> pa.Table:
     parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
     try:
         read = pajson.ReadOptions(block_size=1 << 22)  # (blocks parsed on Arrow's threads)

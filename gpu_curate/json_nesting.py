@@ -1,13 +1,14 @@
 """How deeply JSON Lines values nest: no value deeper than :data:`MAX_DEPTH` is read.
 
-Arrow's JSON reader recurses once a level: a value nested ~10,000 levels deep (a 20 KB
-line of ``[``) overflows the thread's stack and kills the process, with no word. Python's
-reader stops at its recursion limit (~1,000 levels, less the stack in use). Both readers
-are held to :data:`MAX_DEPTH`, so that a file reads the same by either, and a deeper line
-is an error naming it:
+A value nested deeper than a Parquet file can hold makes a run fail after its matching:
+the parts it wrote cannot be read back (pyarrow reads Parquet schemas nested at most 100
+levels: about 49 lists, each two levels). Deeper still, pyarrow's JSON reader, which
+recurses once a level, crashes the process (~10,000 levels, a 20 KB line of ``[``), and
+Python's stops at its recursion limit (~1,000). So both readers are held to
+:data:`MAX_DEPTH`, and a deeper line is an error naming it:
 
 - Python's reader checks each line before parsing it (:func:`line_too_deep`);
-- Arrow's reader gets no line longer than :data:`LONG_LINE` bytes that nests deeper
+- pyarrow's reader gets no line longer than :data:`LONG_LINE` bytes that nests deeper
   (:func:`long_line_too_deep`): a shorter one cannot nest deep enough to harm it, and its
   depth shows in the column types it infers (:func:`type_depth`).
 """
@@ -16,48 +17,51 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pyarrow as pa
 
-# Far beyond any real record; well within both readers' reach.
-MAX_DEPTH = 512
-# Lines of at most this many bytes (so at most as many levels) Arrow's reader parses
+# JSON levels, the row's object the first: 47 lists in it are 94 Parquet levels, and a
+# part holding them reads back (far beyond any real record).
+MAX_DEPTH = 48
+# Lines of at most this many bytes (so at most as many levels) pyarrow's reader parses
 # safely (it parsed 5,000 levels, and crashed at 10,000, on an 8 MiB thread stack).
 LONG_LINE = 2048
 
-# A JSON string (maybe cut short by the line's end), or a bracket outside one.
-_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+# A JSON string (maybe cut short by the line's end).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?')
 
 
 def line_too_deep(line: bytes) -> bool:
     """Whether the JSON on ``line`` nests more than :data:`MAX_DEPTH` levels deep.
 
     Two ``bytes.count`` calls where the line holds at most :data:`MAX_DEPTH` brackets that
-    open; else its brackets outside strings are counted.
+    open; else its strings are dropped and its brackets counted (vectorized).
 
     Examples
     --------
-    >>> line_too_deep(b"[" * 600 + b"]" * 600), line_too_deep(b'["' + b"[" * 600 + b'"]')
+    >>> line_too_deep(b"[" * 60 + b"]" * 60), line_too_deep(b'["' + b"[" * 60 + b'"]')
     (True, False)
     """
     if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
         return False
-    depth = 0
-    for token in _TOKEN.finditer(line):
-        first = token.group()[0]
-        if first == ord('"'):
-            continue
-        depth += 1 if first in (ord("["), ord("{")) else -1
-        if depth > MAX_DEPTH:
-            return True
-    return False
+    bare = np.frombuffer(_STRING.sub(b"", line), np.uint8)
+    # ("[" is 0x5B, "{" 0x7B, "]" 0x5D, "}" 0x7D: one OR makes each pair one value.)
+    folded = bare | 0x20
+    steps = (folded == ord("{")).astype(np.int32) - (folded == ord("}"))
+    return bool(steps.size) and int(np.cumsum(steps).max()) > MAX_DEPTH
 
 
-def long_line_too_deep(data: bytes, start: int = 0, end: int | None = None) -> int | None:
-    """The index (from 0) of the first line of ``data[start:end]`` longer than
-    :data:`LONG_LINE` bytes that nests more than :data:`MAX_DEPTH` levels deep, or None.
+def long_line_too_deep(
+    data: bytes, start: int = 0, end: int | None = None, newline: bytes = b"\n"
+) -> int | None:
+    """The index (from 0) of a line of ``data[start:end]`` that nests more than
+    :data:`MAX_DEPTH` levels deep, among those longer than :data:`LONG_LINE` bytes (the
+    first of them), or None where none of them does. ``newline``: the byte that ends a
+    line (a file of CR line ends: ``b"\\r"``).
 
     Long lines are found without reading every byte: one of them holds a whole window of
     ``LONG_LINE // 2 + 1`` bytes, of those that ``data`` is cut into, with no line end.
+    (So may a shorter line: a deep one found so is named first.)
 
     Examples
     --------
@@ -69,13 +73,13 @@ def long_line_too_deep(data: bytes, start: int = 0, end: int | None = None) -> i
     window = LONG_LINE // 2 + 1
     past = start  # (where the last line checked ends: a long line holds many windows)
     for at in range(start, end - window + 1, window):
-        if at < past or data.find(b"\n", at, at + window) != -1:
+        if at < past or data.find(newline, at, at + window) != -1:
             continue
-        first = data.rfind(b"\n", start, at) + 1 or start
-        past = data.find(b"\n", at + window, end)
+        first = data.rfind(newline, start, at) + 1 or start
+        past = data.find(newline, at + window, end)
         past = end if past == -1 else past
         if line_too_deep(data[first:past]):
-            return data.count(b"\n", start, first)
+            return data.count(newline, start, first)
     return None
 
 

@@ -129,6 +129,13 @@ def _metadata_file(path: str | os.PathLike) -> tuple[str, str, Callable[[], byte
     return shown, suffix, read
 
 
+def _absolute(path: str | os.PathLike) -> str:
+    """A local ``path`` made absolute (a URL as it is): where the file is, whatever the
+    working folder later."""
+    text = os.fspath(path)
+    return text if "://" in text else os.path.abspath(text)
+
+
 def sources_path_for(out: str | os.PathLike) -> Path:
     """The sidecar of ``out``: ``<out stem>.sources.json`` in the same folder.
 
@@ -200,7 +207,7 @@ class Metadata:
             blank = [i + 1 for i, e in enumerate(entries) if not e.strip()]
             if blank:
                 raise MetadataError(f"{p}: empty or whitespace-only entries on lines {_ids(blank)}")
-            return cls(entries, source=str(p), path=os.fspath(path))
+            return cls(entries, source=str(p), path=_absolute(path))
         try:
             entries = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -216,7 +223,7 @@ class Metadata:
                 f"{p}: metadata must be a JSON list of strings, got a JSON "
                 f"{'object' if isinstance(entries, dict) else type(entries).__name__}"
             )
-        return cls(entries, source=str(p), path=os.fspath(path))
+        return cls(entries, source=str(p), path=_absolute(path))
 
     @classmethod
     def coerce(cls, metadata: Metadata | Iterable[str] | str | os.PathLike) -> Metadata:

@@ -670,7 +670,7 @@ def test_api_errors_say_what_and_where_in_the_frames_terms():
         "or give id_column"
     )
     ids = pd.array([1, 2, 3, 4, None, 6], dtype="Int64")
-    null = pd.DataFrame({"TEXT": ["a dog"] * 6, "id": ids}, index=range(100, 106))
+    null = pd.DataFrame({"TEXT": ["a dog"] * 6, "id": ids}, index=np.arange(100, 106))
     got = error(lambda: gdf.match(dd.from_pandas(null, npartitions=2), ENTRIES, id_column="id")
                 .compute())  # fmt: skip
     assert got.startswith(

@@ -572,7 +572,7 @@ def test_the_metadata_file_among_the_inputs_is_not_read_as_one(tmp_path, md):
     assert "other.json" in error_line(match(pool, pool / "metadata.json", tmp_path / "out3"))
 
 
-def test_a_metadata_read_from_a_file_among_the_inputs_is_not_read_as_one(tmp_path, md):
+def test_a_metadata_read_from_a_file_among_the_inputs_is_not_read_as_one(tmp_path, md, monkeypatch):
     # (Given to the API as a Metadata read from it, not as its path: the file was read
     # as a JSON Lines file of the pool.)
     from gpu_curate import Metadata, Options, curate
@@ -582,6 +582,9 @@ def test_a_metadata_read_from_a_file_among_the_inputs_is_not_read_as_one(tmp_pat
     shutil.copy(md, pool / "metadata.json")
     metadata = Metadata.from_file(pool / "metadata.json")
     assert metadata.path == str(pool / "metadata.json")
+    # (Read by a relative path, it is found where it is after a change of folder.)
+    monkeypatch.chdir(tmp_path)
+    assert Metadata.from_file("pool/metadata.json").path == str(pool / "metadata.json")
     opts = Options(backend="cpu", workers=1, quiet=True)
     report = curate([str(pool)], metadata, str(tmp_path / "out"), t=5, options=opts)
     assert report["pool_rows"] == 1
@@ -894,10 +897,13 @@ def test_jsonl_escaped_lone_surrogate_is_data(tmp_path, md, monkeypatch, read):
     # ("\ud83d", half an emoji, escaped: Arrow's reader refused the file, "The surrogate
     # pair in string is invalid", and the run stopped.) Each lone one is U+FFFD, as an
     # invalid UTF-8 byte is: the rows are those of the file with U+FFFD written there.
+    # (Read by Python's reader, the file's lists, objects and times became JSON text: its
+    # parts had another schema than its neighbours'.)
+    more = b', "tags": ["p"], "meta": {"w": 1}, "d": "2020-01-01 00:00:00"}'
     escaped = [
-        rb'{"text": "a dog \ud83d", "url": "x"}',
-        rb'{"text": "cat \ud83d\ude00 \ude00\ud83d", "url": "y\udfff"}',
-        b'{"text": "new york", "url": "z"}',
+        rb'{"text": "a dog \ud83d", "url": "x"' + more,
+        rb'{"text": "cat \ud83d\ude00 \ude00\ud83d", "url": "y\udfff"' + more,
+        b'{"text": "new york", "url": "z"' + more,
     ]
     write(tmp_path / "pool" / "a.jsonl", b"\n".join(escaped * 3) + b"\n")
     fffd = "\ufffd".encode()
@@ -909,11 +915,16 @@ def test_jsonl_escaped_lone_surrogate_is_data(tmp_path, md, monkeypatch, read):
     for name in ("pool", "ref"):
         r = match(tmp_path / name, md, tmp_path / f"out-{name}", *extra)
         assert r.exit_code == 0, (r.output, r.stderr)
-    assert matched(tmp_path / "out-pool") == {
+    got = matched(tmp_path / "out-pool")
+    assert {k: got[k] for k in ("text", "url", "entry_ids")} == {
         "text": ["a dog \ufffd".encode(), "cat \U0001f600 \ufffd\ufffd".encode(), b"new york"] * 3,
         "url": [b"x", "y\ufffd".encode(), b"z"] * 3,
         "entry_ids": [[0], [2], [1]] * 3,
     }
+    types = pq.read_schema(next((tmp_path / "out-pool" / "matched").glob("*.parquet"))).types
+    assert [str(t) for t in types[2:5]] == [
+        "list<element: string>", "struct<w: int64>", "timestamp[ms]"
+    ]  # fmt: skip
     assert pq.read_table(tmp_path / "out-pool" / "matched").equals(
         pq.read_table(tmp_path / "out-ref" / "matched")
     )
@@ -1105,7 +1116,7 @@ def test_a_jsonl_value_nested_too_deeply_is_one_line(tmp_path, md):
         b'{"text": "cat", "x": 1}\n{"text": "dog", "x": ' + deep + b"}\n",
     )
     err = error_line(match(tmp_path / "pool", md, tmp_path / "out"))
-    assert "a.jsonl: line 2 is nested more than 512 levels deep" in err
+    assert "a.jsonl: line 2 is nested more than 48 levels deep" in err
 
 
 def test_jsonl_as_arrow_reads_it_a_bom_and_objects_on_one_line(tmp_path, md):
@@ -1574,8 +1585,7 @@ def test_a_json_value_nested_thousands_deep_is_one_line(tmp_path, md, nested):
     )
     err = error_line(match(tmp_path / "pool", md, tmp_path / "out", "--workers", "1"))
     assert (
-        err
-        == f"gpu-curate: error: cannot read {path}: line 101 is nested more than 512 levels deep"
+        err == f"gpu-curate: error: cannot read {path}: line 101 is nested more than 48 levels deep"
     )
 
 
