@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpu_curate.cli import main
 from gpu_curate.errors import CurateError
@@ -1620,3 +1622,34 @@ def test_an_input_that_is_a_pipe_is_named(tmp_path, md):
         "than once (their columns, then their rows); write it to a file first"
     )
     assert "a device or socket, not a file" in error_line(match("/dev/null", md, tmp_path / "o"))
+
+
+_SURROGATE_TEXT = st.lists(
+    st.one_of(
+        st.sampled_from(
+            ["\ud83d", "\ude00", "\ud800", "\udfff", "\\", "\\ud83d", '"', "a", "é", "😀"]
+        ),
+        st.characters(),
+    ),
+    max_size=8,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_SURROGATE_TEXT, min_size=1, max_size=4))
+def test_escaped_surrogates_read_as_pythons_reader_reads_them(texts):
+    # Python's reader takes any escape (a pair as its character, a lone one as itself);
+    # the bytes given to Arrow's reader, once lone ones are escaped as U+FFFD, must read as
+    # Python's do with each lone one as U+FFFD: pairs kept, escaped backslashes kept.
+    import json as json_module
+
+    import pyarrow.json as pajson
+
+    from gpu_curate.io import _lone_surrogates_replaced
+    from gpu_curate.surrogates import without_surrogate
+
+    lines = [json_module.dumps({"text": t}, ensure_ascii=True).encode() for t in texts]
+    data = _lone_surrogates_replaced(b"\n".join(lines) + b"\n")
+    assert len(data) == sum(len(line) + 1 for line in lines)
+    got = pajson.read_json(io_module.BytesIO(data)).column("text").to_pylist()
+    assert got == [without_surrogate(json_module.loads(line)["text"]) for line in lines]
