@@ -1290,7 +1290,7 @@ def _too_deep() -> pa.ArrowInvalid:
     return pa.ArrowInvalid(f"JSON parse error: a value is nested more than {MAX_DEPTH} levels deep")
 
 
-class _SurrogatesReplaced:
+class _SurrogatesReplaced(io.RawIOBase):
     """A JSON Lines stream ``fh`` with its escaped lone surrogates escaped as U+FFFD
     (:func:`_lone_surrogates_replaced`), read a piece of whole lines at a time (a file
     that holds one: the others are read as they are)."""
@@ -1298,7 +1298,9 @@ class _SurrogatesReplaced:
     def __init__(self, fh):
         self._pieces = (_lone_surrogates_replaced(p) for p in _whole_lines(fh))
         self._held = b""
-        self.closed = False
+
+    def readable(self) -> bool:
+        return True
 
     def read(self, size: int = -1) -> bytes:
         while size < 0 or len(self._held) < size:
@@ -1310,17 +1312,8 @@ class _SurrogatesReplaced:
         data, self._held = self._held[:size], self._held[size:]
         return data
 
-    def readable(self) -> bool:
-        return True
 
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class _NestingChecked:
+class _NestingChecked(io.RawIOBase):
     """A JSON Lines stream ``fh`` for Arrow's reader: its bytes as they come (the same
     blocks, not copied), each line checked by :func:`_check_nesting` before the reader
     gets its end."""
@@ -1328,7 +1321,9 @@ class _NestingChecked:
     def __init__(self, fh):
         self._fh = fh
         self._open_line: list[bytes] = []  # (the line the bytes so far end inside)
-        self.closed = False
+
+    def readable(self) -> bool:
+        return True
 
     def read(self, size: int = -1) -> bytes:
         data = self._fh.read(size)
@@ -1346,15 +1341,6 @@ class _NestingChecked:
             raise _too_deep()
         self._open_line = [data[last_end + 1 :]]
         return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def _read_json_chunk(chunk: bytes, schema: pa.Schema | None = None) -> pa.Table:
