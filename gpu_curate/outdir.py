@@ -633,8 +633,9 @@ def _probe(name: str) -> str | None:
 @contextlib.contextmanager
 def reading(folder: str, writes: str | None = None) -> Iterator[None]:
     """Hold a shared lock on :data:`LOCK` of the local run folder ``folder`` while a
-    command reads it (``balance``, ``plan``, the sampler), so that no run writes into it
-    meanwhile and ``--overwrite`` of it, or of a folder that holds it, is refused.
+    command reads it (``balance``, ``plan``, ``report``, the sampler), so that no run
+    writes into it meanwhile and ``--overwrite`` of it, or of a folder that holds it, is
+    refused.
 
     Readers share the lock; the last one to end removes the file. A folder that another
     run is writing (it holds the lock) is refused: read meanwhile, it could change or be
