@@ -36,7 +36,7 @@ def __getattr__(name: str):
         # (A submodule, as `import gpu_curate; gpu_curate.errors` found it when the
         # package imported it.)
         missing = AttributeError(f"module 'gpu_curate' has no attribute {name!r}")
-        if name.startswith("__"):
+        if name.startswith("__") or not name.isidentifier():
             raise missing
         try:
             return importlib.import_module(f".{name}", __name__)

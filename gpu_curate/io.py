@@ -1165,11 +1165,12 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
 _JSON_READ_BY_PYTHON = ("changed from", "Failed to convert JSON")
 # Arrow's error for an escaped lone surrogate ("\ud83d", half an emoji).
 _LONE_SURROGATE_ERROR = "The surrogate pair in string is invalid"
-# An escaped UTF-16 surrogate, after an even run of backslashes (an escaped backslash and
-# then "ud83d" is text): a high one with the low one that may follow it, or a low one.
+# An escaped UTF-16 surrogate, its backslash the last of an odd run (an escaped backslash
+# and then "ud83d" is text): a high one with the low one that may follow it, or a low one.
+# (A backslash first: Python's re then looks for backslashes, not at every byte.)
 _SURROGATE_ESCAPE = re.compile(
-    rb"(?<!\\)((?:\\\\)*)\\u[dD][89abAB][0-9a-fA-F]{2}(\\u[dD][c-fC-F][0-9a-fA-F]{2})?"
-    rb"|(?<!\\)((?:\\\\)*)\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"\\(?<!\\\\)((?:\\\\)*)u[dD][89abAB][0-9a-fA-F]{2}(\\u[dD][c-fC-F][0-9a-fA-F]{2})?"
+    rb"|\\(?<!\\\\)((?:\\\\)*)u[dD][c-fC-F][0-9a-fA-F]{2}"
 )
 
 
@@ -1186,7 +1187,7 @@ def _lone_surrogates_replaced(chunk: bytes) -> bytes:
     def replaced(found: re.Match) -> bytes:
         if found[2] is not None:
             return found[0]  # (a pair)
-        return (found[1] if found[1] is not None else found[3]) + rb"\ufffd"
+        return b"\\" + (found[1] if found[1] is not None else found[3]) + b"ufffd"
 
     return _SURROGATE_ESCAPE.sub(replaced, chunk)
 
@@ -1267,14 +1268,12 @@ def _whole_lines(fh) -> Iterator[bytes]:
         yield rest
 
 
-def _check_nesting(chunk: bytes, newline: bytes | None = None) -> None:
+def _check_nesting(chunk: bytes) -> None:
     """Refuse whole lines of JSON where a long one nests too deeply
-    (:mod:`~gpu_curate.json_nesting`); the error path names the line. ``newline``: what
-    ends the lines (default: LF, or CR where the chunk holds no LF, as
-    :func:`_whole_lines` cuts)."""
-    if newline is None:
-        newline = b"\n" if b"\n" in chunk else b"\r"
-    if long_line_too_deep(chunk, newline=newline) is not None:
+    (:mod:`~gpu_curate.json_nesting`); the error path names the line. (Lines end at LF
+    only: a CR is whitespace to Arrow's reader, which may fall inside a value, so a file
+    of CR line ends is checked as one line, its depth carried across its CRs.)"""
+    if long_line_too_deep(chunk) is not None:
         raise _too_deep()
 
 
@@ -1327,17 +1326,15 @@ class _NestingChecked(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         data = self._fh.read(size)
-        # (At a CR where no LF ends a line, as _whole_lines cuts.)
-        end = b"\n" if b"\n" in data else b"\r"
-        first_end = data.find(end)
+        first_end = data.find(b"\n")  # (LF only: see _check_nesting)
         if first_end == -1:
             self._open_line.append(data)
             if not data:
                 _check_nesting(b"".join(self._open_line))
             return data
-        _check_nesting(b"".join([*self._open_line, data[: first_end + 1]]), end)
-        last_end = data.rindex(end)
-        if long_line_too_deep(data, first_end + 1, last_end, end) is not None:
+        _check_nesting(b"".join([*self._open_line, data[: first_end + 1]]))
+        last_end = data.rindex(b"\n")
+        if long_line_too_deep(data, first_end + 1, last_end) is not None:
             raise _too_deep()
         self._open_line = [data[last_end + 1 :]]
         return data

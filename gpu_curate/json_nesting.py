@@ -51,13 +51,11 @@ def line_too_deep(line: bytes) -> bool:
     return bool(steps.size) and int(np.cumsum(steps).max()) > MAX_DEPTH
 
 
-def long_line_too_deep(
-    data: bytes, start: int = 0, end: int | None = None, newline: bytes = b"\n"
-) -> int | None:
+def long_line_too_deep(data: bytes, start: int = 0, end: int | None = None) -> int | None:
     """The index (from 0) of a line of ``data[start:end]`` that nests more than
     :data:`MAX_DEPTH` levels deep, among those longer than :data:`LONG_LINE` bytes (the
-    first of them), or None where none of them does. ``newline``: the byte that ends a
-    line (a file of CR line ends: ``b"\\r"``).
+    first of them), or None where none of them does. Lines end at LF only (a CR is
+    whitespace inside a value to pyarrow's reader).
 
     Long lines are found without reading every byte: one of them holds a whole window of
     ``LONG_LINE // 2 + 1`` bytes, of those that ``data`` is cut into, with no line end.
@@ -73,13 +71,13 @@ def long_line_too_deep(
     window = LONG_LINE // 2 + 1
     past = start  # (where the last line checked ends: a long line holds many windows)
     for at in range(start, end - window + 1, window):
-        if at < past or data.find(newline, at, at + window) != -1:
+        if at < past or data.find(b"\n", at, at + window) != -1:
             continue
-        first = data.rfind(newline, start, at) + 1 or start
-        past = data.find(newline, at + window, end)
+        first = data.rfind(b"\n", start, at) + 1 or start
+        past = data.find(b"\n", at + window, end)
         past = end if past == -1 else past
         if line_too_deep(data[first:past]):
-            return data.count(newline, start, first)
+            return data.count(b"\n", start, first)
     return None
 
 

@@ -131,9 +131,9 @@ def _metadata_file(path: str | os.PathLike) -> tuple[str, str, Callable[[], byte
 
 def _absolute(path: str | os.PathLike) -> str:
     """A local ``path`` made absolute (a URL as it is): where the file is, whatever the
-    working folder later."""
+    working folder later. (Joined, not normalised: ``link/..`` is where the link leads.)"""
     text = os.fspath(path)
-    return text if "://" in text else os.path.abspath(text)
+    return text if "://" in text else os.path.join(os.getcwd(), text)
 
 
 def sources_path_for(out: str | os.PathLike) -> Path:

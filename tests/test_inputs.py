@@ -584,9 +584,14 @@ def test_a_metadata_read_from_a_file_among_the_inputs_is_not_read_as_one(tmp_pat
     shutil.copy(md, pool / "metadata.json")
     metadata = Metadata.from_file(pool / "metadata.json")
     assert metadata.path == str(pool / "metadata.json")
-    # (Read by a relative path, it is found where it is after a change of folder.)
+    # (Read by a relative path, it is found where it is after a change of folder; through
+    # a link, `link/..` is where the link leads, not the folder that holds the link.)
     monkeypatch.chdir(tmp_path)
-    assert Metadata.from_file("pool/metadata.json").path == str(pool / "metadata.json")
+    assert Metadata.from_file("pool/metadata.json").path == str(tmp_path / "pool/metadata.json")
+    (pool / "sub").mkdir()
+    (tmp_path / "link").symlink_to(pool / "sub")
+    through = Metadata.from_file("link/../metadata.json").path
+    assert os.path.realpath(through) == os.path.realpath(pool / "metadata.json")
     opts = Options(backend="cpu", workers=1, quiet=True)
     report = curate([str(pool)], metadata, str(tmp_path / "out"), t=5, options=opts)
     assert report["pool_rows"] == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -73,10 +74,10 @@ def test_depth_at_the_limit_is_fine_one_more_is_not():
     # (Brackets in a string, escaped quotes in it, do not nest.)
     assert long_line_too_deep(b'["\\"' + b"[" * 5_000 + b'"]') is None
     assert long_line_too_deep(b"[" * 5_000 + b"]" * 5_000) == 0
-    # (CR line ends: a CR-only file's lines, not its whole blocks.)
+    # (CR line ends: a CR-only file is one line, its depth carried across them.)
     lines = b'{"x": [[1]]}\r' * 500
-    assert long_line_too_deep(lines + b"[" * 5_000 + b"]" * 5_000, newline=b"\r") == 500
-    assert long_line_too_deep(lines * 10, newline=b"\r") is None
+    assert long_line_too_deep(lines + b"[\r" * 5_000 + b"]" * 5_000) == 0
+    assert long_line_too_deep(lines * 10) is None
 
 
 def _match(pool, md, out, *extra):
@@ -116,3 +117,29 @@ def test_a_line_nested_too_deep_is_an_error_naming_it(tmp_path, monkeypatch, rea
             assert not (tmp_path / f"out{depth}").exists()
         else:
             assert r.exit_code == 0, (r.output, r.stderr)
+
+
+def test_a_deep_value_with_cr_inside_is_refused_not_a_crash(tmp_path):
+    # (A CR is whitespace to pyarrow's reader: taken for a line end, it reset the depth
+    # counted, and a value 20,000 deep with a CR after each bracket crashed the process.)
+    import subprocess
+    import sys
+
+    md = tmp_path / "md.json"
+    md.write_text(json.dumps(["dog"]))
+    pool = tmp_path / "a.jsonl"
+    pool.write_bytes(b'{"text": "x", "v": ' + b"[\r" * 20_000 + b"]" * 20_000 + b"}")
+    done = subprocess.run(
+        [sys.executable, "-m", "gpu_curate", "match", str(pool), "--metadata", str(md),
+         "--out", str(tmp_path / "out"), "--workers", "1", "--quiet", "--backend", "cpu"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert done.stderr == (
+        f"gpu-curate: error: cannot read {pool}: line 1 is nested more than {MAX_DEPTH} "
+        "levels deep\n"
+    )
+    from gpu_curate.io import _read_json_chunk
+
+    with pytest.raises(pa.ArrowInvalid, match="nested more than"):
+        _read_json_chunk(b'{"v": ' + b"[\r" * 3_000 + b"]" * 3_000 + b"}\r")
