@@ -259,10 +259,11 @@ def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
     exists = fs.exists(path)
     if exists and not fs.isdir(path):
         raise CurateError(f"output {out} exists and is not a folder")
-    if not exists and is_local(fs) and os.path.islink(path):
+    if not exists and is_local(fs) and (link := _dangling_link(path)) is not None:
+        where = f"output {out} is" if link == path else f"output {out} lies in {link},"
         raise CurateError(
-            f"output {out} is a symbolic link to {os.readlink(path)}, which does not exist: "
-            "create that folder, or choose another --out"
+            f"{where} a symbolic link to {os.readlink(link)}, which does not exist: create "
+            "that folder, or choose another --out"
         )
     # (A folder that holds only what a write cut off at its start left is empty.)
     fresh = not (exists and [p for p in fs.ls(path, detail=False) if not ignored_name(p)])
@@ -404,6 +405,19 @@ def prepare_out(
             with contextlib.suppress(AttributeError, TypeError):
                 exc.run_folder_undone = True
         raise
+
+
+def _dangling_link(path: str) -> str | None:
+    """The local ``path``, or the folder above it, that is a symbolic link to nothing (a
+    folder cannot be made through it), or None."""
+    while not os.path.exists(path):
+        if os.path.islink(path):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return None
 
 
 def _missing_folders(fs, path: str) -> list[str]:

@@ -520,6 +520,15 @@ def test_an_out_that_is_a_link_to_nothing_is_named(tmp_path):
         f"output {tmp_path / 'out'} is a symbolic link to {tmp_path / 'missing'}, which does "
         "not exist: create that folder, or choose another --out"
     )
+    # (A folder below it: "[Errno 2] No such file or directory".)
+    below = str(tmp_path / "out" / "sub")
+    with pytest.raises(CurateError) as caught, prepare_out(below, False, False, MATCH_MANIFEST):
+        pass
+    assert str(caught.value) == (
+        f"output {tmp_path / 'out' / 'sub'} lies in {tmp_path / 'out'}, a symbolic link to "
+        f"{tmp_path / 'missing'}, which does not exist: create that folder, or choose another "
+        "--out"
+    )
     (tmp_path / "missing").mkdir()  # (then it is written through)
     with prepare_out(str(tmp_path / "out"), False, False, MATCH_MANIFEST):
         pass
