@@ -1064,10 +1064,7 @@ def piece_tables(
         row += table.num_rows
 
 
-# (RecursionError: a JSON value nested thousands deep, whose Arrow type is walked.)
-_READ_ERRORS = (
-    pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, RecursionError, *_CODEC_ERRORS
-)  # fmt: skip
+_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, *_CODEC_ERRORS)
 
 
 def check_names(names: Sequence[str], path: str) -> None:
@@ -1534,8 +1531,6 @@ def _json_records(fh, first_line: int = 1):
                 record, at = decoder.raw_decode(text, at)
             except json.JSONDecodeError as exc:
                 raise pa.ArrowInvalid(f"line {n} is not valid JSON ({exc.msg})") from None
-            except RecursionError:
-                raise pa.ArrowInvalid(f"line {n} is nested too deeply to read") from None
             if not isinstance(record, dict):
                 raise pa.ArrowInvalid(f"line {n} is not a JSON object")
             if "\\u" in text and any(without_surrogate(k) != k for k in record):
@@ -1546,8 +1541,8 @@ def _json_records(fh, first_line: int = 1):
 
 def _unchained(error: CurateError) -> CurateError:
     """``error``, raised outside the ``except`` of the reader's error it reports: a task's
-    error goes back to the client with its chain, and a RecursionError's (a JSON value
-    nested thousands deep) did not (it came as a bare ``Exception``, a traceback)."""
+    error goes back to the client with its chain, and one with a deep traceback in it did
+    not (it came as a bare ``Exception``, a traceback)."""
     error.__context__ = error.__cause__ = None
     return error
 
@@ -1555,8 +1550,6 @@ def _unchained(error: CurateError) -> CurateError:
 def _read_error(f: InputFile, exc: BaseException, start: int, end: int | None) -> CurateError:
     """``cannot read`` the file ``f`` (its bytes [start, end) where ``end`` is given), for
     a reader's error ``exc``; a JSON Lines syntax error names its line."""
-    if isinstance(exc, RecursionError):
-        return cannot_read(f.path, ValueError("a value is nested too deeply to read"))
     if f.format == "jsonl":
         return _json_parse_error(f.path, exc, start, end)
     if f.format in ("csv", "tsv"):
