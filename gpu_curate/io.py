@@ -1265,12 +1265,12 @@ def _whole_lines(fh) -> Iterator[bytes]:
         yield rest
 
 
-def _check_nesting(chunk: bytes) -> None:
-    """Refuse whole lines of JSON where a long one nests too deeply
+def _check_nesting(chunk: bytes, start: int = 0, end: int | None = None) -> None:
+    """Refuse whole lines of JSON (``chunk[start:end]``) where a long one nests too deeply
     (:mod:`~gpu_curate.json_nesting`); the error path names the line. (Lines end at LF
     only: a CR is whitespace to Arrow's reader, which may fall inside a value, so a file
     of CR line ends is checked as one line, its depth carried across its CRs.)"""
-    if long_line_too_deep(chunk) is not None:
+    if long_line_too_deep(chunk, start, end) is not None:
         raise _too_deep()
 
 
@@ -1331,8 +1331,7 @@ class _NestingChecked(io.RawIOBase):
             return data
         _check_nesting(b"".join([*self._open_line, data[: first_end + 1]]))
         last_end = data.rindex(b"\n")
-        if long_line_too_deep(data, first_end + 1, last_end) is not None:
-            raise _too_deep()
+        _check_nesting(data, first_end + 1, last_end)
         self._open_line = [data[last_end + 1 :]]
         return data
 
