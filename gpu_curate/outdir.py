@@ -259,7 +259,7 @@ def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
     exists = fs.exists(path)
     if exists and not fs.isdir(path):
         raise CurateError(f"output {out} exists and is not a folder")
-    if not exists and is_local(fs) and (link := _dangling_link(path)) is not None:
+    if not exists and (link := _dangling_link(fs, path)) is not None:
         where = f"output {out} is" if link == path else f"output {out} lies in {link},"
         raise CurateError(
             f"{where} a symbolic link to {os.readlink(link)}, which does not exist: create "
@@ -407,17 +407,10 @@ def prepare_out(
         raise
 
 
-def _dangling_link(path: str) -> str | None:
+def _dangling_link(fs, path: str) -> str | None:
     """The local ``path``, or the folder above it, that is a symbolic link to nothing (a
     folder cannot be made through it), or None."""
-    while not os.path.exists(path):
-        if os.path.islink(path):
-            return path
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return None
+    return next((p for p in _missing_folders(fs, path) if os.path.islink(p)), None)
 
 
 def _missing_folders(fs, path: str) -> list[str]:
@@ -568,10 +561,15 @@ def _held(fd: int) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (granted beside shared locks only)
     except BlockingIOError:
-        holder = os.pread(fd, 300, 0).decode(errors="replace").split("\n")[0].strip()
-        return holder or "starting"
+        return _holder(fd)
     fcntl.flock(fd, fcntl.LOCK_UN)
     return "reads"
+
+
+def _holder(fd: int) -> str:
+    """The line the run holding the lock file ``fd`` wrote in it (``"starting"`` before
+    it wrote one)."""
+    return os.pread(fd, 300, 0).decode(errors="replace").split("\n")[0].strip() or "starting"
 
 
 def _current(name: str, fd: int) -> bool:
@@ -684,7 +682,7 @@ def _share(name: str, folder: str) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 300, 0).decode(errors="replace").split("\n")[0].strip()
+            holder = _holder(fd)
             os.close(fd)
             # (The last reader at its end, or a run's look before it is refused, holds
             # the exclusive lock a moment: a run writing the folder holds it.)
@@ -693,7 +691,7 @@ def _share(name: str, folder: str) -> int | None:
                 time.sleep(0.05)
                 continue
             raise CurateError(
-                f"another gpu-curate run ({holder or 'starting'}) is writing {folder} (it "
+                f"another gpu-curate run ({holder}) is writing {folder} (it "
                 f"holds {name}): wait for it to end, or stop it"
             ) from None
         except OSError:
