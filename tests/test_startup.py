@@ -12,13 +12,15 @@ from click.testing import CliRunner
 from gpu_curate.cli import main
 
 
+def printed(code: str) -> list[str]:
+    """The words ``code`` prints in a fresh interpreter (this one may have imported
+    anything already)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
 def test_importing_the_cli_does_not_import_pandas():
-    # A fresh interpreter: this one may have imported pandas already.
-    code = "import sys, gpu_curate.cli; print('pandas' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "False"
+    assert printed("import sys, gpu_curate.cli; print('pandas' in sys.modules)") == ["False"]
 
 
 def test_help_lists_every_command_in_order():
@@ -109,10 +111,7 @@ def test_the_package_names_load_on_first_use():
         "from gpu_curate import Metadata, match_texts, __version__; "
         "print(sorted(heavy), 'Metadata' in dir(gpu_curate), match_texts(['a dog'], ['dog']))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.split() == ["[]", "True", "[[0]]"]
+    assert printed(code) == ["[]", "True", "[[0]]"]
 
 
 def test_the_package_gives_its_submodules_as_attributes():
@@ -122,7 +121,4 @@ def test_the_package_gives_its_submodules_as_attributes():
         "import gpu_curate; print(gpu_curate.errors.CurateError.__name__, "
         "gpu_curate.metadata.Metadata.__name__, hasattr(gpu_curate, 'nothing_here'))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.split() == ["CurateError", "Metadata", "False"]
+    assert printed(code) == ["CurateError", "Metadata", "False"]
