@@ -64,6 +64,7 @@ from .io import (
     plan_parts,
     read_piece,
     row_group_runs,
+    sync_folder,
     text_schemas,
 )
 from .line_ranges import RANGE_ROWS, count_csv_rows, count_rows, csv_ranges, line_cuts
@@ -597,9 +598,15 @@ def _plan_digest(parts: list[Part]) -> str:
 
 def _success(fs, folder: str, stats: list[dict], rows_key: str) -> None:
     parts = [{"file": f"{s['part']}.parquet", "rows": s[rows_key]} for s in stats]
+    # The parts' renames reach the disk before the mark that lists them: after a crash of
+    # the machine, a _SUCCESS never names a part that is missing (each part's bytes were
+    # on the disk before its rename).
+    sync_folder(fs, f"{folder}/_parts")
+    sync_folder(fs, folder)
     atomic_write_json(
         fs, f"{folder}/{SUCCESS}", {"parts": parts, "rows": sum(p["rows"] for p in parts)}
     )
+    sync_folder(fs, folder)
 
 
 def _sum(stats: list[dict], key: str) -> int:
@@ -803,7 +810,9 @@ def _write_report(fs, out: str, report: dict) -> dict:
     """Write report.json (its public keys and the version): last, it marks the run complete."""
     report = {k: v for k, v in report.items() if not k.startswith("_")}
     report["version"] = __version__
+    sync_folder(fs, out)  # (the count files' renames before the mark of completion)
     atomic_write_json(fs, f"{out}/report.json", report)
+    sync_folder(fs, out)
     return report
 
 

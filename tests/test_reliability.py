@@ -2126,3 +2126,48 @@ def test_a_run_with_stdout_closed_runs(small, tmp_path):
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (0, "")
     assert json.loads((out / "report.json").read_text())["pool_rows"] == 3000
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+def test_every_file_is_on_the_disk_before_the_mark_that_lists_it(small, tmp_path, monkeypatch):
+    """A crash of the machine must not leave a _SUCCESS or report.json naming a part that
+    is empty or missing: each file's bytes are fsync'ed before its rename, and the folder's
+    renames before the mark of completion is written (and the mark's own after)."""
+    events: list[tuple] = []
+    fsync, rename = os.fsync, os.rename
+
+    def logged_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return fsync(fd)
+
+    def logged_rename(src, dst, *args, **kwargs):
+        events.append(("rename", os.path.abspath(src), os.path.abspath(dst)))
+        return rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "rename", logged_rename)
+    pool, md = small
+    out = (tmp_path / "out").resolve()
+    flags = ["--t", "50", "--workers", "2", "--partition-rows", "500", "--quiet"]
+    result = run_cli("curate", pool, "--metadata", md, "--out", out, *flags)
+    assert result.exit_code == 0, result.output + result.stderr
+    renames = [(i, e[1], e[2]) for i, e in enumerate(events) if e[0] == "rename"]
+    into_out = [r for r in renames if r[2].startswith(str(out) + os.sep)]
+    synced = {e[1]: i for i, e in enumerate(events) if e[0] == "fsync"}
+    assert len(into_out) > 10  # the parts, their stats, the marks, the counts
+    for i, src, dst in into_out:
+        assert src in synced and synced[src] < i, f"{dst} renamed before its bytes were synced"
+    marks = [out / "matched" / "_SUCCESS", out / "curated" / "_SUCCESS", out / "report.json"]
+    for mark in marks:
+        (at,) = [i for i, _, dst in into_out if dst == str(mark)]
+        folders = {str(mark.parent)}
+        if mark.name == "_SUCCESS":
+            folders.add(str(mark.parent / "_parts"))
+            listed = {str(mark.parent / p["file"]) for p in json.loads(mark.read_text())["parts"]}
+            assert listed and listed <= {dst for i, _, dst in into_out if i < at}
+        for folder in folders:
+            before = [r[0] for r in into_out if os.path.dirname(r[2]) == folder and r[0] < at]
+            assert before, folder
+            syncs = [i for i, e in enumerate(events) if e == ("fsync", folder)]
+            assert any(max(before) < i < at for i in syncs), f"{folder} not synced before {mark}"
+        assert any(i > at for i, e in enumerate(events) if e == ("fsync", str(mark.parent)))
