@@ -147,6 +147,22 @@ def check_t(t: Any) -> float:
     return tf
 
 
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int, or an :class:`~gpu_curate.errors.ArgumentError` (a ValueError)
+    unless it is an integer in [0, 2**64): the one rule for a run's seed, wherever it is
+    given (a string is refused, as it is for ``t``: the command line parses its text first).
+
+    Examples
+    --------
+    >>> check_seed(7)
+    7
+    """
+    try:
+        return _as_u64_scalar(seed, "seed")
+    except (TypeError, ValueError) as exc:
+        raise ArgumentError(str(exc)) from None
+
+
 def _csr(row_offsets: Any, entry_ids: Any, xp: ModuleType) -> tuple[Any, Any]:
     """Validate a CSR and return it with offsets starting at 0 and exactly covering values."""
     offsets = xp.asarray(row_offsets)

@@ -19,7 +19,7 @@ import threading
 import click
 from pyarrow import ArrowException
 
-from .cli_options import backend_option, compression_option, seed_option, threshold
+from .cli_options import backend_option, compression_option, seed_number, seed_option, threshold
 from .errors import CurateError, Interrupted
 
 
@@ -281,11 +281,10 @@ def _check_flags(kw: dict) -> None:
 @seed_option()
 def curate(inputs, metadata_path, out, t, seed, **kw):
     """Match INPUT... against the metadata, count entries and balance: the whole recipe."""
-    from .pipeline import check_seed
     from .pipeline import curate as run
 
     _check_flags(kw)
-    run(inputs, metadata_path, out, threshold(t), check_seed(seed), _options(kw))
+    run(inputs, metadata_path, out, threshold(t), seed_number(seed), _options(kw))
 
 
 @main.command()
@@ -310,7 +309,7 @@ def match(inputs, metadata_path, out, **kw):
 @compression_option()
 def balance(matched_dir, t, seed, out, **kw):
     """Balance MATCHED_DIR (a `match` or `curate` output) with a threshold t and a seed."""
-    from .pipeline import Options, balance_matched, check_seed
+    from .pipeline import Options, balance_matched
 
     _check_flags(kw)
     opts = Options(
@@ -318,7 +317,7 @@ def balance(matched_dir, t, seed, out, **kw):
         processes=kw["use_processes"], quiet=kw["quiet"], overwrite=kw["overwrite"],
         resume=kw["resume"], compression=kw["compression"], echo=click.echo,
     )  # fmt: skip
-    balance_matched(matched_dir, out, threshold(t), check_seed(seed), opts)
+    balance_matched(matched_dir, out, threshold(t), seed_number(seed), opts)
 
 
 @main.command()
@@ -338,10 +337,9 @@ def balance(matched_dir, t, seed, out, **kw):
 def demo(out, rows, t, seed, backend, overwrite, quiet):
     """Generate a synthetic long-tailed pool and its metadata, curate it, print a summary."""
     from .demo import run_demo
-    from .pipeline import check_seed
 
     t = threshold(t if t is not None else max(1, rows // 1000))
-    run_demo(out, rows, t, check_seed(seed), backend, overwrite, quiet, click.echo)
+    run_demo(out, rows, t, seed_number(seed), backend, overwrite, quiet, click.echo)
 
 
 if __name__ == "__main__":  # python -m gpu_curate.cli

@@ -11,7 +11,7 @@ import math
 import click
 
 from .backend import BACKENDS
-from .balance import check_t
+from .balance import check_seed, check_t
 from .errors import CurateError
 from .io import COMPRESSIONS
 
@@ -53,7 +53,7 @@ def compression_option():
 def seed_option(help: str = "Integer seed of the draws."):
     """The ``--seed`` option (default ``"0"``), with a command's own help.
 
-    The seed is taken as text, for :func:`gpu_curate.pipeline.check_seed` to check (an
+    The seed is taken as text, for :func:`seed_number` to check (an
     integer in 0 .. 2**64 - 1): every command refuses a bad seed with the same message.
 
     Examples
@@ -86,3 +86,19 @@ def threshold(t: str | float) -> float:
         return check_t(value)
     except CurateError:
         raise CurateError(f"t must be a positive finite number, got {t}") from None
+
+
+def seed_number(seed: str | int) -> int:
+    """``--seed`` (text on the command line) as the integer the API takes; a one-line
+    :class:`~gpu_curate.errors.CurateError` for anything else (in base 10, 0 .. 2**64 - 1).
+
+    Examples
+    --------
+    >>> seed_number("7")
+    7
+    """
+    try:
+        value = int(str(seed), 10)
+    except ValueError:
+        raise CurateError(f"seed must be an integer, got {seed!r}") from None
+    return check_seed(value)

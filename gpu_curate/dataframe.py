@@ -640,7 +640,7 @@ def balance(
     >>> balance(m, entry_counts(m, ["dog", "cat"]), t=1).compute()["TEXT"].tolist()
     ['a dog', 'a cat']
     """
-    from .pipeline import check_seed, check_t
+    from .balance import check_seed, check_t
 
     _check_dask(matched, "balance")
     t, seed = check_t(t), check_seed(seed)

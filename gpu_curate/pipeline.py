@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .backend import check_name, resolved_name
-from .balance import EXPECTED_UNITS_PER_ROW, check_t, entry_probabilities
+from .balance import EXPECTED_UNITS_PER_ROW, check_seed, check_t, entry_probabilities
 from .cluster import ClusterInfo, open_client
 from .counts import (
     add_counts,
@@ -162,17 +162,6 @@ def _checked_options(options: Options | None) -> Options:
 def _say(opts: Options, msg: str) -> None:
     if not opts.quiet:
         opts.echo(msg)
-
-
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        try:
-            seed = int(str(seed), 10)
-        except ValueError:
-            raise CurateError(f"seed must be an integer, got {seed!r}") from None
-    if not 0 <= int(seed) < 2**64:
-        raise CurateError(f"seed must be in [0, 2**64), got {seed}")
-    return int(seed)
 
 
 # --------------------------------------------------------------------------- tasks

@@ -18,7 +18,7 @@ from conftest import LAION_PARQUET, read_laion_texts, reference_match, shared_da
 
 from gpu_curate import dataframe as gdf
 from gpu_curate.balance import keep_mask
-from gpu_curate.errors import CurateError
+from gpu_curate.errors import ArgumentError, CurateError
 from gpu_curate.uid import value_uids
 
 ENTRIES = ["dog", "cat", "photo", "new york", "red", "white", "black", "the", "of", "and",
@@ -537,6 +537,9 @@ def test_balance_names_wrong_counts_and_columns():
     for t in (True, "5"):
         with pytest.raises(CurateError, match="t must be a number"):
             gdf.balance(m, counts, t=t)
+    for seed in (True, "5"):
+        with pytest.raises(ArgumentError, match="seed must be an integer"):
+            gdf.balance(m, counts, t=1, seed=seed)
     with pytest.raises(CurateError, match="balance needs the result of match .no uid column"):
         gdf.balance(m.drop(columns="uid"), counts, t=1).compute()
     with pytest.raises(CurateError, match="unknown backend 'cuda'"):

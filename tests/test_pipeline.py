@@ -52,7 +52,7 @@ from conftest import (
 import gpu_curate
 from gpu_curate.balance import keep_mask
 from gpu_curate.cli import main
-from gpu_curate.errors import CurateError
+from gpu_curate.errors import ArgumentError, CurateError
 from gpu_curate.metadata import Metadata
 from gpu_curate.pipeline import Options
 from gpu_curate.steps import BalanceStep
@@ -834,6 +834,15 @@ def test_the_api_checks_its_options_as_the_cli_checks_its_flags(small, tmp_path)
     for t in (True, "20000"):
         with pytest.raises(CurateError, match="t must be a number"):
             gpu_curate.curate([str(path)], md, str(tmp_path / "o"), t=t)
+    # A seed is refused as text as t is (the CLI parses its own), and with the same class.
+    for seed, message in ((True, "got bool"), ("5", "got str"), (1.0, "got float")):
+        with pytest.raises(ArgumentError, match=f"seed must be an integer, {message}"):
+            gpu_curate.curate([str(path)], md, str(tmp_path / "o"), seed=seed)
+        with pytest.raises(ArgumentError, match=f"seed must be an integer, {message}"):
+            gpu_curate.balance_matched(str(tmp_path / "none"), str(tmp_path / "o"), 5, seed)
+    for seed in (-1, 2**64):
+        with pytest.raises(ArgumentError, match=r"seed must be in \[0, 2\*\*64\)"):
+            gpu_curate.curate([str(path)], md, str(tmp_path / "o"), seed=seed)
     assert not (tmp_path / "o").exists()
     # The metadata as a list of entries, as the dataframe API takes it.
     opts = Options(quiet=True, backend="cpu")
