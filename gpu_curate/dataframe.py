@@ -14,7 +14,6 @@ result of :func:`match` carries a lazy check of its id values (or index values) 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ import pyarrow as pa
 from . import balance as bal
 from .backend import check_name
 from .counts import counts_table, partition_counts, sum_counts
-from .errors import CurateError, counted, first_line
+from .errors import CurateError, NullIdError, counted, first_line
 from .io import RESERVED_COLUMNS
 from .io import text_column as _text_column
 from .metadata import Metadata, MetadataLike
@@ -201,11 +200,12 @@ def _match_one(
                 .replace("; use an integer or string column", "; use an integer or string "
                          "index, or give id_column")
             )  # fmt: skip
-        if (row := re.search(r"the first at row (\d+)", msg)) and int(row[1]) < len(df):
+        if isinstance(exc, NullIdError) and exc.row < len(df):
             # (A row of the partition: its index label finds it in the frame.)
-            label = df.index[int(row[1])]
+            label = df.index[exc.row]
             label = label.item() if isinstance(label, np.generic) else label  # (not np.int64(12))
-            msg = msg.replace(row[0], f"{row[0]} of the partition (index label {label!r})")
+            row = f"the first at row {exc.row}"
+            msg = msg.replace(row, f"{row} of the partition (index label {label!r})")
         raise CurateError(msg) from None
     keep = None
     if not keep_unmatched:
@@ -417,7 +417,8 @@ def match(
         )
     # Resolved here so that a missing column fails now, and the steps never guess.
     schema = pa.schema([pa.field(n, pa.null()) for n in names])
-    text = _text_column(schema, None if text_column is None else str(text_column), "DataFrame")
+    requested = None if text_column is None else str(text_column)
+    text = _text_column(schema, requested, "DataFrame", option="text_column=")
     id_name = None if id_column is None else str(id_column)
     if id_name is not None and id_name not in names:
         raise CurateError(f"id column {id_name!r} not found; columns are: {', '.join(names)}")

@@ -14,6 +14,18 @@ class ArgumentError(CurateError, ValueError):
     to a library caller."""
 
 
+class NullIdError(CurateError):
+    """A null value in an id column; ``row`` is the first one's row in its file (or, in
+    the dataframe API, its partition), for a caller to place it otherwise."""
+
+    def __init__(self, message: str, row: int):
+        super().__init__(message)
+        self.row = row
+
+    def __reduce__(self):  # (raised on a worker process, it travels pickled)
+        return type(self), (str(self), self.row)
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C while a run wrote its output folder: ``hint`` says what the user can do next
     (the CLI prints it). A KeyboardInterrupt, as Ctrl-C is to any caller."""

@@ -2148,9 +2148,12 @@ def _utf8_fixed(array: pa.Array) -> pa.Array:
     return array
 
 
-def text_column(schema: pa.Schema, requested: str | None, where: str) -> str:
+def text_column(
+    schema: pa.Schema, requested: str | None, where: str, option: str = "--text-column"
+) -> str:
     """The text column: the requested one, or the first of TEXT, text, caption, alt_text;
-    for header-less CSV/TSV the first column (f0)."""
+    for header-less CSV/TSV the first column (f0). ``option`` is how the caller names a
+    column, for the error (the Python API's argument rather than the command line's flag)."""
     names = schema.names
     if requested is not None:
         if requested not in names:
@@ -2165,7 +2168,7 @@ def text_column(schema: pa.Schema, requested: str | None, where: str) -> str:
         return "f0"
     raise CurateError(
         f"{where}: no text column (looked for {', '.join(TEXT_COLUMN_CANDIDATES)}); columns "
-        f"are: {', '.join(names)}; name one with --text-column"
+        f"are: {', '.join(names)}; name one with {option}"
     )
 
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .balance import fmix64_array
-from .errors import CurateError, counted
+from .errors import CurateError, NullIdError, counted
 
 _GOLDEN = 0x9E3779B97F4A7C15
 # Distinct domains, so an integer id and a row position never hash alike by construction.
@@ -63,10 +63,11 @@ def value_uids(
         column = column.combine_chunks()
     if column.null_count:
         first = row_start + int(pc.index(column.is_null(), True).as_py())
-        raise CurateError(
+        raise NullIdError(
             f"{at}id column {name!r} has "
             f"{counted(column.null_count, 'null value')}, the first at row {first} "
-            "(uids must be unique)"
+            "(uids must be unique)",
+            first,
         )
     t = column.type
     if pa.types.is_dictionary(t):  # (a pandas Categorical): the values it stands for

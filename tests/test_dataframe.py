@@ -7,6 +7,8 @@ blocks ``value_uids`` and ``keep_mask`` (DESIGN.md section 3).
 
 from __future__ import annotations
 
+import pickle
+
 import dask
 import dask.dataframe as dd
 import numpy as np
@@ -18,7 +20,7 @@ from conftest import LAION_PARQUET, read_laion_texts, reference_match, shared_da
 
 from gpu_curate import dataframe as gdf
 from gpu_curate.balance import keep_mask
-from gpu_curate.errors import ArgumentError, CurateError
+from gpu_curate.errors import ArgumentError, CurateError, NullIdError
 from gpu_curate.uid import value_uids
 
 ENTRIES = ["dog", "cat", "photo", "new york", "red", "white", "black", "the", "of", "and",
@@ -254,6 +256,9 @@ def test_missing_columns_fail_at_once(pdf):
         gdf.match(ddf, ENTRIES, text_column="nope")
     with pytest.raises(CurateError, match=r"column named 'uid'"):
         gdf.match(ddf.assign(uid=1), ENTRIES)
+    # The API's argument is named, not the command line's flag.
+    with pytest.raises(CurateError, match=r"no text column .*; name one with text_column=$"):
+        gdf.match(ddf.rename(columns={"TEXT": "desc"}), ENTRIES)
 
 
 def test_index_uids_computed_once(pdf, monkeypatch):
@@ -679,6 +684,13 @@ def test_api_errors_say_what_and_where_in_the_frames_terms():
     assert got.startswith(
         "DataFrame partition 1: id column 'id' has 1 null value, the first at row 1 of the "
         "partition (index label 104)"
+    )
+    # Raised in a worker process, the error and its row travel pickled.
+    again = pickle.loads(pickle.dumps(NullIdError("id column 'id' has 1 null value", 7)))
+    assert (type(again), str(again), again.row) == (
+        NullIdError,
+        "id column 'id' has 1 null value",
+        7,
     )
     matched = gdf.match(dd.from_pandas(pd.DataFrame({"TEXT": ["a dog"]}), npartitions=1), ENTRIES)
     nulls = [3] + [None] * (len(ENTRIES) - 1)
