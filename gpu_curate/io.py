@@ -370,11 +370,7 @@ def discover(
         elif fs.exists(path):
             if is_local(fs) and not stat.S_ISREG(mode := os.stat(path).st_mode):
                 # (`<(zcat a.tsv.gz)`: it was taken for an empty file.)
-                kind = "a pipe" if stat.S_ISFIFO(mode) else "a device or socket"
-                raise CurateError(
-                    f"input {spec} is {kind}, not a file: a run reads its inputs more than "
-                    "once (their columns, then their rows); write it to a file first"
-                )
+                raise _not_a_file(spec, mode)
             found = [(path, fs.info(path), PurePosixPath(path).name)]
             kept = [(path, found[0][1], found[0][2], fmt or _format_of(path))]
         else:
@@ -573,20 +569,33 @@ def _local_files(
                     if _format_of(name) is not None and not name.startswith((".", "_")):
                         raise CurateError(f"input {path} is a broken symbolic link") from None
                     continue
-                if stat.S_ISREG(st.st_mode):
-                    found[key] = {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
-                    is_link = os.path.islink(path)
-                    if linked or (is_link and inside(path)):
-                        # (The folder's real path once, not each file's: a link's walk
-                        # may list many files.)
-                        target = os.path.realpath(path) if is_link else os.path.join(real, name)
-                        found[key]["link_to"] = target
+                if not stat.S_ISREG(st.st_mode):
+                    if _format_of(name) is not None and not name.startswith((".", "_")):
+                        # (A pipe named like data: not passed over without a word.)
+                        raise _not_a_file(path, st.st_mode)
+                    continue
+                found[key] = {"type": "file", "size": st.st_size, "mtime": st.st_mtime}
+                is_link = os.path.islink(path)
+                if linked or (is_link and inside(path)):
+                    # (The folder's real path once, not each file's: a link's walk may list
+                    # many files.)
+                    target = os.path.realpath(path) if is_link else os.path.join(real, name)
+                    found[key]["link_to"] = target
 
     walk(root, 0, False)
     while folder_links:  # (the links found in these walks come after them)
         path, level = folder_links.pop(0)
         walk(path, level, True)
     return found
+
+
+def _not_a_file(path: str, mode: int) -> CurateError:
+    """The error for an input (named, or found in a folder) that is not a regular file."""
+    kind = "a pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+    return CurateError(
+        f"input {path} is {kind}, not a file: a run reads its inputs more than once (their "
+        "columns, then their rows); write it to a file first"
+    )
 
 
 def _glob_depth(pattern: str, root: str) -> int | None:

@@ -1627,6 +1627,17 @@ def test_an_input_that_is_a_pipe_is_named(tmp_path, md):
         "than once (their columns, then their rows); write it to a file first"
     )
     assert "a device or socket, not a file" in error_line(match("/dev/null", md, tmp_path / "o"))
+    # Inside a scanned folder (or a glob's reach) it was passed over without a word; one
+    # that is hidden or named like no data still is, as a regular file so named would be.
+    pool = tmp_path / "pool"
+    write(pool / "a.tsv", b"a dog\thttp://x/1.jpg\n")
+    os.mkfifo(pool / "b.tsv")
+    for spec in (pool, f"{pool}/*.tsv"):
+        err = error_line(match(spec, md, tmp_path / "out-pool"))
+        assert err.startswith(f"gpu-curate: error: input {pool / 'b.tsv'} is a pipe, not a file")
+    os.rename(pool / "b.tsv", pool / "_b.tsv")
+    os.mkfifo(pool / "notes")
+    assert match(pool, md, tmp_path / "out-skipped").exit_code == 0
 
 
 _SURROGATE_TEXT = st.lists(
