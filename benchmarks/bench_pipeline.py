@@ -14,6 +14,12 @@ reference matcher (pyahocorasick, per-text calls) on 20,000 of the texts.
 is the layout of img2dataset's shards (1,000 files of 10k rows), which gpu-curate packs
 into parts of up to 250k rows. A pool that is not in the page cache reads at disk speed
 (about 70 MB/s on the CI machine): `cat` it to /dev/null first when comparing runs.
+
+    python benchmarks/bench_pipeline.py --unique --tree old=/tmp/old --tree new=/tmp/new \
+        --repeat 3
+
+alternates two versions (each a `git archive` of a commit's ``gpu_curate``, with
+``kernels`` moved under it) on the same pools and checks that they curate the same rows.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -71,6 +78,47 @@ def curated_uids(out: Path):
     import numpy as np
 
     return np.sort(pq.read_table(out / "curated", columns=["uid"]).column("uid").to_numpy())
+
+
+def same_outputs(a: Path, b: Path) -> bool:
+    """Whether two runs curated the same rows (by uid) with the same entry counts."""
+    import numpy as np
+
+    names = ("entry_counts.parquet", "curated_entry_counts.parquet")
+    return np.array_equal(curated_uids(a), curated_uids(b)) and all(
+        pq.read_table(a / n).equals(pq.read_table(b / n)) for n in names
+    )
+
+
+def add_tree_options(ap: argparse.ArgumentParser) -> None:
+    """``--tree LABEL=PATH`` (repeatable) and ``--repeat N``: versions alternating in one run."""
+    ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
+                    help="run the CLI with PATH first on PYTHONPATH (a `git archive` of a "
+                         "commit's gpu_curate, kernels moved under it); repeatable")  # fmt: skip
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of the trees, alternating")
+
+
+def tree_rounds(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    """(label, out-folder suffix) of each run, in order: the trees alternating, ``--repeat``
+    rounds; PYTHONPATH names the tree's folder while its run goes (restored after)."""
+    trees = [tuple(t.split("=", 1)) for t in args.tree] or [("checkout", "")]
+    python_path = os.environ.get("PYTHONPATH", "")
+    try:
+        for _ in range(args.repeat):
+            for label, path in trees:
+                os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (path, python_path) if p)
+                yield label, "" if label == "checkout" else f"-{label}"
+    finally:
+        os.environ["PYTHONPATH"] = python_path
+
+
+def report_same(name: str, outs: dict[str, Path]) -> None:
+    """Print whether every tree's run wrote the first tree's curated rows and counts."""
+    first, *rest = outs
+    for label in rest:
+        same = same_outputs(outs[first], outs[label])
+        print(f"\n{name}: {label} {'writes the same' if same else 'DIFFERS from'} "
+              f"curated uids and entry counts as {first}")  # fmt: skip
 
 
 def reference_rate(laion: Path, metadata: Path, n: int = 20_000) -> float:
@@ -130,6 +178,7 @@ def main() -> None:
         default="zstd",
         help="codecs of the written parts to time, comma-separated (default: zstd)",
     )
+    add_tree_options(ap)
     args = ap.parse_args()
     laion = args.data / "captions" / "laion_alt_text_10k.parquet"
     metadata = args.data / "metadata" / "metadata_proxy_en.json"
@@ -155,22 +204,26 @@ def main() -> None:
     modes = [("threads", [])] + ([("processes", ["--processes"])] if args.processes else [])
     codecs = [c for c in args.compression.split(",") if c]
     print(
-        "\n| pool | mode | compression | wall s | rows/s end to end | peak RSS GB | match s "
-        "| balance s | curated rows | output MB |"
+        "\n| pool | mode | compression | tree | wall s | rows/s end to end | peak RSS GB "
+        "| match s | balance s | curated rows | output MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for pool_name, pool in pools:
         for name, extra in modes:
             for codec in codecs:
-                out = args.workdir / f"out-{pool_name}-{name}-{codec}"
-                flags = [*extra, "--compression", codec]
-                wall, rss_gb, rep = run_cli(pool, metadata, out, flags)
-                rate = rep["pool_rows"] / wall
-                m, b = rep["seconds_match"], rep["seconds_balance"]
-                mb = sum(f.stat().st_size for f in out.rglob("*.parquet")) / 1e6
-                print(f"| {pool_name} | {name} | {codec} | {wall:.1f} | {rate:,.0f} | "
-                      f"{rss_gb:.2f} | {m:.1f} | {b:.1f} | {rep['curated_rows']:,} | "
-                      f"{mb:,.0f} |")  # fmt: skip
+                outs: dict[str, Path] = {}
+                for label, suffix in tree_rounds(args):
+                    out = args.workdir / f"out-{pool_name}-{name}-{codec}{suffix}"
+                    flags = [*extra, "--compression", codec]
+                    wall, rss_gb, rep = run_cli(pool, metadata, out, flags)
+                    rate = rep["pool_rows"] / wall
+                    m, b = rep["seconds_match"], rep["seconds_balance"]
+                    mb = sum(f.stat().st_size for f in out.rglob("*.parquet")) / 1e6
+                    print(f"| {pool_name} | {name} | {codec} | {label} | {wall:.1f} | "
+                          f"{rate:,.0f} | {rss_gb:.2f} | {m:.1f} | {b:.1f} | "
+                          f"{rep['curated_rows']:,} | {mb:,.0f} |", flush=True)  # fmt: skip
+                    outs[label] = out
+                report_same(f"{pool_name}, {name}, {codec}", outs)
     print(
         f"\nreference (MetaCLIP's pyahocorasick matcher, matching only, 1 core): {ref:,.0f} texts/s"
     )  # noqa: E501

@@ -29,9 +29,7 @@ import platform
 import sys
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
-from bench_pipeline import SHARED, curated_uids, run_cli
+from bench_pipeline import SHARED, add_tree_options, report_same, run_cli, tree_rounds
 
 CC3M = "captions/cc3m_validation_alt_text.tsv"
 
@@ -75,14 +73,6 @@ def _csv_line(*fields: str) -> str:
     return buf.getvalue()
 
 
-def same_outputs(a: Path, b: Path) -> bool:
-    """Whether two runs curated the same rows (by uid) with the same entry counts."""
-    names = ("entry_counts.parquet", "curated_entry_counts.parquet")
-    return np.array_equal(curated_uids(a), curated_uids(b)) and all(
-        pq.read_table(a / n).equals(pq.read_table(b / n)) for n in names
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", type=int, default=5_000_000)
@@ -90,13 +80,11 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=1, help="the rows in this many files")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gpu-curate-text-bench"))
     ap.add_argument("--data", type=Path, default=SHARED)
-    ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH")
-    ap.add_argument("--repeat", type=int, default=1, help="rounds of the trees, alternating")
+    add_tree_options(ap)
     args = ap.parse_args()
     cc3m, metadata = args.data / CC3M, args.data / "metadata" / "metadata_proxy_en.json"
     if not cc3m.exists():
         sys.exit(f"shared data not found under {args.data}")
-    trees = [tuple(t.split("=", 1)) for t in args.tree] or [("checkout", "")]
     os.environ["GPU_CURATE_CACHE_DIR"] = str(args.workdir / "table-cache")
     cpu = platform.processor() or platform.machine()
     print(f"# bench_text_pool: {args.rows:,} rows in {args.files:,} file(s); {cpu}, "
@@ -104,25 +92,18 @@ def main() -> None:
     print(f"command: {' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
     print("\n| file | MB | tree | wall s | peak RSS GB | match s | balance s | curated rows |")
     print("|---|---|---|---|---|---|---|---|")
-    python_path = os.environ.get("PYTHONPATH", "")
     for fmt in [f for f in args.format.split(",") if f]:
         pool = build_pool(cc3m, args.workdir, args.rows, fmt, args.files)
         mb = sum(f.stat().st_size for f in pool.iterdir()) / 1e6
         outs: dict[str, Path] = {}
-        for _ in range(args.repeat):
-            for label, path in trees:
-                os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (path, python_path) if p)
-                out = args.workdir / f"out-{fmt}-{label}"
-                wall, rss_gb, rep = run_cli(pool, metadata, out, ["--backend", "cpu"])
-                m, b = rep["seconds_match"], rep["seconds_balance"]
-                print(f"| {fmt} | {mb:,.0f} | {label} | {wall:.2f} | {rss_gb:.2f} | {m:.1f} | "
-                      f"{b:.1f} | {rep['curated_rows']:,} |", flush=True)  # fmt: skip
-                outs[label] = out
-        for label, out in list(outs.items())[1:]:
-            same = same_outputs(outs[trees[0][0]], out)
-            print(f"\n{fmt}: {label} {'writes the same' if same else 'DIFFERS from'} "
-                  f"curated uids and entry counts as {trees[0][0]}")  # fmt: skip
-    os.environ["PYTHONPATH"] = python_path
+        for label, _ in tree_rounds(args):
+            out = args.workdir / f"out-{fmt}-{label}"
+            wall, rss_gb, rep = run_cli(pool, metadata, out, ["--backend", "cpu"])
+            m, b = rep["seconds_match"], rep["seconds_balance"]
+            print(f"| {fmt} | {mb:,.0f} | {label} | {wall:.2f} | {rss_gb:.2f} | {m:.1f} | "
+                  f"{b:.1f} | {rep['curated_rows']:,} |", flush=True)  # fmt: skip
+            outs[label] = out
+        report_same(fmt, outs)
 
 
 if __name__ == "__main__":
