@@ -32,6 +32,7 @@ from types import ModuleType
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -1130,12 +1131,20 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
                 return _read_json_lines_mixed(open_, text_column)
             # (Invalid UTF-8 in a list would else look like the invalid lists below.)
             table = _valid_utf8(table)
-            if _json_lists_invalid(table):
+            wide, nested_wide = _floats_past_exact(table)
+            if nested_wide:
+                # (A list's or object's number that a double may not hold: Python's
+                # reader keeps such values as their JSON text, as written.)
+                return _read_json_lines_mixed(open_, text_column)
+            kept = _types_as_written(table.schema, uint64=wide)
+            if _json_lists_invalid(table) or not kept.equals(table.schema):
                 # Arrow's reader drops the nulls that begin a list while it infers the
                 # list's type ([null, 1]: apache/arrow#51305), leaving a column whose
                 # offsets outrun its values; read again with the types it inferred
-                # (as a streamed file's rows are), which keeps them.
-                parse = pajson.ParseOptions(explicit_schema=table.schema)
+                # (as a streamed file's rows are), which keeps them. So too where a type
+                # it inferred would change values (_types_as_written): a column that
+                # then fails (-1 as uint64) is read by Python's reader (below).
+                parse = pajson.ParseOptions(explicit_schema=kept)
                 with open_() as fh:
                     table = pajson.read_json(
                         checked(fh),
@@ -1234,6 +1243,66 @@ def _list_items(t: pa.DataType) -> Iterator[pa.DataType]:
         yield t.value_type
     for i in range(t.num_fields):
         yield from _list_items(t.field(i).type)
+
+
+# The least magnitude of a double that may stand for another integer (2**53 + 1 is read
+# as 2**53): a JSON number that large in a column Arrow's reader makes double may have
+# been an integer that the double does not hold.
+_EXACT_DOUBLES = 2.0**53
+
+
+def _floats_past_exact(table: pa.Table) -> tuple[list[str], bool]:
+    """(columns of doubles, the table's own, holding a value of magnitude 2**53 or more;
+    whether such a double sits in a list or object): those values may be integers that
+    Arrow's reader rounded (18446744073709551615, a uint64 hash id, as 1.8e19)."""
+    wide, nested = [], False
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        for depth, doubles in _double_leaves(column):
+            if len(doubles) and (pc.max(pc.abs(doubles)).as_py() or 0.0) >= _EXACT_DOUBLES:
+                if depth:
+                    nested = True
+                else:
+                    wide.append(name)
+    return wide, nested
+
+
+def _double_leaves(array, depth: int = 0) -> Iterator[tuple[int, pa.Array]]:
+    """(depth, array) of the double arrays at any depth of a column (0: the column)."""
+    if isinstance(array, pa.ChunkedArray):
+        for chunk in array.chunks:
+            yield from _double_leaves(chunk, depth)
+    elif pa.types.is_floating(array.type):
+        yield depth, array
+    elif pa.types.is_list(array.type):
+        yield from _double_leaves(array.flatten(), depth + 1)
+    elif pa.types.is_struct(array.type):
+        for i in range(array.type.num_fields):
+            yield from _double_leaves(array.field(i), depth + 1)
+
+
+def _types_as_written(schema: pa.Schema, uint64: Sequence[str] = ()) -> pa.Schema:
+    """``schema`` (the types Arrow's reader inferred for JSON Lines) with the types that
+    keep every value as written: a string that reads as a time is a string, not a
+    timestamp (which dropped its zone's offset, "2020-01-02T03:04:05+02:00" as 01:04:05,
+    and typed a column of captions that are dates as no text); the columns ``uint64``
+    names are uint64 (see :func:`_floats_past_exact`)."""
+    return pa.schema(
+        [
+            f.with_type(pa.uint64()) if f.name in uint64 else f.with_type(_type_as_written(f.type))
+            for f in schema
+        ],
+        metadata=schema.metadata,
+    )
+
+
+def _type_as_written(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(t):
+        return pa.string()
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_type_as_written(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_type_as_written(f.type)) for f in t])
+    return t
 
 
 # JSON Lines files larger than this (compressed ones: a quarter of it) are read as streams.
@@ -1397,7 +1466,16 @@ def _json_fields(chunks: Iterable[bytes], first: bool) -> tuple[int, dict | None
         rows += table.num_rows
         if not _keys_utf8(table.schema):
             return rows, None  # (a key that is not UTF-8: the whole read takes it)
-        if not _add_fields(fields, ((f.name, f.type) for f in table.schema)):
+        wide, nested_wide = _floats_past_exact(table)
+        if nested_wide:
+            return rows, None  # (the whole read reads them, with Python's reader)
+        if wide:
+            # (uint64 hash ids: typed as the whole read types them, if they all are such.)
+            try:
+                table = _read_json_chunk(chunk, _types_as_written(table.schema, uint64=wide))
+            except pa.ArrowInvalid:
+                return rows, None
+        if not _add_fields(fields, ((f.name, f.type) for f in _types_as_written(table.schema))):
             return rows, None
     return rows, fields
 
@@ -1466,19 +1544,30 @@ class _Number:
     def __init__(self, text: str):
         self.text = text
 
-    def int64(self) -> int | None:
-        """The number if it is an integer within int64, else None."""
-        # (An integer beyond int64 is a float, as Arrow's reader has it; a long one is
-        # not parsed: Python refuses int() of more than 4,300 digits.)
-        digits = self.text.lstrip("-")
-        if not (digits.isdigit() and len(digits) <= 19):
-            return None
-        n = int(self.text)
-        return n if -(2**63) <= n < 2**63 else None
+    def kind(self) -> str:
+        """The smallest of gpu-curate's number kinds that holds it: "int" (0 .. 2**63 - 1),
+        "-int" (-2**63 .. -1), "uint" (2**63 .. 2**64 - 1), "big" (an integer past
+        those), "float" (a fraction or an exponent)."""
+        digits = self.text.removeprefix("-")
+        if not digits.isdigit():
+            return "float"
+        # (A long one is not parsed: Python refuses int() of more than 4,300 digits.)
+        n = int(self.text) if len(digits) <= 20 else None
+        if n is None or not -(2**63) <= n < 2**64:
+            return "big"
+        return "-int" if n < 0 else "int" if n < 2**63 else "uint"
+
+    def exact(self) -> bool:
+        """Whether a double holds the number as written, where it is an integer."""
+        digits = self.text.removeprefix("-")
+        if not digits.isdigit() or len(digits) <= 15:  # (below 2**53: every one is)
+            return True
+        return len(digits) <= 20 and float(n := int(self.text)) == n
 
     def value(self) -> int | float:
-        n = self.int64()  # (one parse tells both whether it is an integer and its value)
-        return float(self.text) if n is None else n
+        """The number: an int where it is written as one (of up to 4,300 digits)."""
+        digits = self.text.removeprefix("-")
+        return int(self.text) if digits.isdigit() and len(digits) <= 4300 else float(self.text)
 
 
 def _json_kind(v) -> str:
@@ -1487,7 +1576,7 @@ def _json_kind(v) -> str:
     if isinstance(v, str):
         return "string"
     if isinstance(v, _Number):
-        return "float" if v.int64() is None else "int"
+        return v.kind()
     return "bool" if isinstance(v, bool) else "nested"
 
 
@@ -1504,16 +1593,23 @@ def _json_text(v) -> str | None:
     return without_surrogate(text)
 
 
-# Column types of a JSONL file read by _read_json_lines_mixed, from the JSON types of its
-# values (nulls aside); any other mix, and lists or objects, are kept as JSON text.
-_JSON_TYPES = {
-    frozenset(): pa.null(),
-    frozenset({"string"}): pa.string(),
-    frozenset({"int"}): pa.int64(),
-    frozenset({"int", "float"}): pa.float64(),
-    frozenset({"float"}): pa.float64(),
-    frozenset({"bool"}): pa.bool_(),
-}
+def _json_type(kinds: set[str]) -> pa.DataType:
+    """The column type of a JSONL file read by :func:`_read_json_lines_mixed`, from the
+    kinds of its values (:func:`_json_kind`; "inexact": an integer a double does not
+    hold): one that holds every value as written, else a string (lists, objects and any
+    other mix are their JSON text)."""
+    ks = kinds - {"null"}
+    if not ks or ks in ({"string"}, {"bool"}):
+        return {"string": pa.string(), "bool": pa.bool_()}.get(next(iter(ks), ""), pa.null())
+    if ks <= {"int", "-int", "inexact"}:
+        return pa.int64()
+    if ks <= {"int", "uint", "inexact"}:
+        return pa.uint64()
+    if ks <= {"int", "-int", "uint", "float"}:
+        return pa.float64()
+    return pa.string()
+
+
 _JSON_BATCH = 1 << 16
 
 
@@ -1682,15 +1778,16 @@ def _read_json_lines_mixed(open_, text_column: str | None = None) -> pa.Table:
     with open_() as fh:
         for record in _json_records(fh):
             for key, v in record.items():
-                kinds.setdefault(key, set()).add(_json_kind(v))
+                found = kinds.setdefault(key, set())
+                found.add(_json_kind(v))
+                if isinstance(v, _Number) and not v.exact():
+                    found.add("inexact")
     as_text = text_column or next((c for c in TEXT_COLUMN_CANDIDATES if c in kinds), None)
     schema = pa.schema(
         [
             (
                 k,
-                pa.string()
-                if k == as_text
-                else _JSON_TYPES.get(frozenset(ks - {"null"}), pa.string()),
+                pa.string() if k == as_text else _json_type(ks),
             )
             for k, ks in kinds.items()
         ]

@@ -929,9 +929,7 @@ def test_jsonl_escaped_lone_surrogate_is_data(tmp_path, md, monkeypatch, read):
         "entry_ids": [[0], [2], [1]] * 3,
     }
     types = pq.read_schema(next((tmp_path / "out-pool" / "matched").glob("*.parquet"))).types
-    assert [str(t) for t in types[2:5]] == [
-        "list<element: string>", "struct<w: int64>", "timestamp[ms]"
-    ]  # fmt: skip
+    assert [str(t) for t in types[2:5]] == ["list<element: string>", "struct<w: int64>", "string"]
     assert pq.read_table(tmp_path / "out-pool" / "matched").equals(
         pq.read_table(tmp_path / "out-ref" / "matched")
     )
@@ -1023,6 +1021,26 @@ def test_jsonl_number_too_long_for_int(tmp_path, md):
     assert matched(tmp_path / "out")["text"] == [long.encode(), b"a dog"]
 
 
+def test_jsonl_ids_and_times_are_kept_as_written(tmp_path, md):
+    # uint64 hash ids were read as doubles (three ids one value, and refused as an id
+    # column); strings that read as times became timestamps without their zone's offset.
+    ids = [2**64 - 1, 2**64 - 2, 2**63, 5]
+    times = ["2020-01-02T03:04:05+02:00", "2021-06-01", "2021-06-01 10:00", "2022-01-01T00:00Z"]
+    rows = [{"id": i, "text": "a dog", "taken": t} for i, t in zip(ids, times, strict=True)]
+    write(tmp_path / "pool" / "a.jsonl", "\n".join(map(json.dumps, rows)).encode())
+    r = match(tmp_path / "pool", md, tmp_path / "out", "--id-column", "id")
+    assert r.exit_code == 0, (r.output, r.stderr)
+    table = pq.read_table(tmp_path / "out" / "matched")
+    assert table.schema.field("id").type == pa.uint64()
+    assert table.column("id").to_pylist() == ids
+    assert table.column("taken").to_pylist() == times
+    from gpu_curate.uid import value_uids
+
+    expected = value_uids(pa.array(ids, pa.uint64()), "id")
+    assert table.column("uid").to_pylist() == expected.tolist()
+    assert len(set(expected.tolist())) == 4
+
+
 def test_jsonl_values_of_several_types_are_data(tmp_path, md, monkeypatch):
     from gpu_curate import io
 
@@ -1052,7 +1070,8 @@ def test_jsonl_values_of_several_types_are_data(tmp_path, md, monkeypatch):
     ]
     assert got["entry_ids"] == [[0], [3], [], [1], [], [2]]
     assert got["id"] == [1, 2, 3, 4, -5, 6]
-    assert got["score"] == [0.5, 1.0, None, None, 1.2345678901234567e19, None]
+    # (A double would round 12345678901234567890: the column is kept as written, as text.)
+    assert got["score"] == [b"0.5", b"1", None, None, b"12345678901234567890", None]
     assert got["tags"] == [None, None, None, b'{"a":true}', None, None]
     for content, why in ((b'{"text": "a"}\n{"text": 1}\n{"text": \n', "line 3 is not valid JSON"),
                          (b'{"text": "a"}\n["b"]\n', "line 2 is not a JSON object")):  # fmt: skip
@@ -1189,7 +1208,13 @@ def _jsonl_lines(kind: str) -> list[str]:
             row["late"] = f"only in later chunks {i}"  # (absent, then strings)
         row["maybe"] = None if i < 30 else [f"t{i}", "u"]  # (null, then lists)
         row["meta"] = {"w": i, "h": 2 * i}
-        row["when"] = f"2020-01-{1 + i % 28:02d}"  # (Arrow types these as timestamps)
+        row["when"] = f"2020-01-{1 + i % 28:02d}"  # (Arrow's reader infers timestamps)
+        if kind in ("uint64", "uint64-then-negative"):
+            row["id"] = 2**64 - 1 - 7919 * i  # (a double would round them)
+        if kind == "uint64-then-negative" and i == 37:
+            row["id"] = -1  # (no integer type holds both: text as written)
+        if kind == "uint64-nested":
+            row["meta"]["w"] = 2**64 - 1 - i
         if kind == "int-then-double" and i == 37:
             row["id"] = 37.5  # (a whole read makes the column double)
         if kind == "mixed" and i == 33:
@@ -1202,10 +1227,14 @@ def _jsonl_lines(kind: str) -> list[str]:
     return rows
 
 
+_WIDE_KINDS = [("uint64", True), ("uint64-then-negative", False), ("uint64-nested", False)]
+
+
 @pytest.mark.parametrize(
     "kind, streamed",
-    [("typed", True), ("int-then-double", False), ("mixed", False), ("numbers", False)],
-)
+    [("typed", True), ("int-then-double", False), ("mixed", False), ("numbers", False),
+     *_WIDE_KINDS],
+)  # fmt: skip
 def test_a_big_jsonl_file_read_as_a_stream_equals_a_whole_read(
     tmp_path, monkeypatch, kind, streamed
 ):
@@ -1227,14 +1256,30 @@ def test_a_big_jsonl_file_read_as_a_stream_equals_a_whole_read(
         assert whole.column("late").to_pylist()[24:26] == [None, "only in later chunks 25"]
         assert whole.column("maybe").type == pa.list_(pa.string())
         assert whole.column("text").to_pylist()[:2] == [None, "café dog 1"]
+        # (Strings that read as times stay strings: Arrow's reader made them timestamps.)
+        assert whole.column("when").to_pylist()[:2] == ["2020-01-01", "2020-01-02"]
     if kind == "int-then-double":
         assert whole.column("id").type == pa.float64()
+    # Integers a double cannot hold are kept as written: uint64 where they all fit it,
+    # else their JSON text (a double rounded 2**64 - 1 and 2**64 - 2 to one value).
+    ids = [2**64 - 1 - 7919 * i for i in range(40)]
+    if kind == "uint64":
+        assert whole.column("id").type == pa.uint64()
+        assert whole.column("id").to_pylist() == ids
+    if kind == "uint64-then-negative":
+        assert whole.column("id").to_pylist() == [str(i) for i in ids[:37]] + [
+            "-1",
+            *map(str, ids[38:]),
+        ]
+    if kind == "uint64-nested":
+        assert whole.column("meta").to_pylist()[1] == f'{{"w":{2**64 - 2},"h":2}}'
 
 
 @pytest.mark.parametrize(
     "kind, cut",
-    [("typed", True), ("int-then-double", False), ("mixed", False), ("numbers", False)],
-)
+    [("typed", True), ("int-then-double", False), ("mixed", False), ("numbers", False),
+     *_WIDE_KINDS],
+)  # fmt: skip
 def test_a_big_jsonl_file_cut_into_ranges_equals_a_whole_read(
     tmp_path, monkeypatch, local_client, kind, cut
 ):
