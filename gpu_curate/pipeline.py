@@ -199,6 +199,19 @@ def _finished_part(fs, data_path: str, stats_path: str, n_entries: int):
     return stats, counts
 
 
+def part_name(index: int, parts: int) -> str:
+    """The name of part ``index`` of ``parts`` (its files' stem in matched/ and curated/):
+    five digits, more past 100,000 parts, so that the names sort in the parts' order (the
+    order of ``_SUCCESS`` and of the sampler's rows) for a reader that lists a folder.
+
+    Examples
+    --------
+    >>> part_name(7, 20), part_name(7, 100_001)
+    ('part-00007', 'part-000007')
+    """
+    return f"part-{index:0{max(5, len(str(parts - 1)))}d}"
+
+
 def _match_task(
     part: Part,
     step: MatchStep,
@@ -207,10 +220,12 @@ def _match_task(
     threads: int,
     uid_buckets: int = 0,
     compression: str = "zstd",
+    parts: int = 1,
 ):
-    """Match one part; with ``uid_buckets``, also write its uid file (gpu_curate.unique)."""
+    """Match one part (of ``parts``); with ``uid_buckets``, also write its uid file
+    (gpu_curate.unique)."""
     fs, _ = fsspec.core.url_to_fs(out)
-    name = f"part-{part.index:05d}"
+    name = part_name(part.index, parts)
     data_path = f"{out}/{MATCHED}/{name}.parquet"
     stats_path = f"{out}/{MATCHED}/_parts/{name}.json"
     uids_path = uid_file(out, part.index) if uid_buckets else None
@@ -667,7 +682,7 @@ def match_stage(
     md_future = client.scatter(step, broadcast=True, hash=False) if parts else step
     results = [
         dask.delayed(_match_task, pure=False)(
-            p, md_future, out, opts.resume, threads, buckets, opts.compression
+            p, md_future, out, opts.resume, threads, buckets, opts.compression, len(parts)
         )
         for p in parts
     ]

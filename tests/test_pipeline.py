@@ -1760,3 +1760,19 @@ def test_a_run_where_no_text_matched_says_so(tiny, tmp_path):
     r = cli("match", root / "pool", "--metadata", root / "metadata.json", "--out",
             tmp_path / "o2", "--workers", 1)  # fmt: skip
     assert "no text matched" not in r.output
+
+
+@pytest.mark.parametrize("parts", [1, 20, 100_000, 100_001, 1_234_567])
+def test_part_names_sort_in_the_order_of_the_parts(parts):
+    # A folder reader (pyarrow, DuckDB, polars) lists parts by name: past 100,000 parts,
+    # 'part-100000' sorted between 'part-10000' and 'part-10001', away from _SUCCESS's order.
+    from gpu_curate.pipeline import part_name
+
+    indices = sorted({0, 1, 9, 10_000, 10_001, 99_999, 100_000, parts - 1} & set(range(parts)))
+    names = [part_name(i, parts) for i in indices]
+    assert sorted(names) == names
+    assert all(
+        n.startswith("part-") and int(n[5:]) == i for n, i in zip(names, indices, strict=True)
+    )
+    if parts <= 100_000:  # (as before: an older run's parts resume under their names)
+        assert names[:2] == ["part-00000", "part-00001"][: len(names[:2])]
