@@ -1098,13 +1098,30 @@ def _check_unchanged(piece: Piece, rows: int) -> None:
 
 def _without_views(table: pa.Table) -> pa.Table:
     # Arrow's filter and length kernels (pyarrow 26) take no string_view / binary_view
-    # columns, which a Parquet file written from Arrow may restore: read them as large_*.
-    for i, field in enumerate(table.schema):
-        if pa.types.is_string_view(field.type):
-            table = table.set_column(i, field.name, table.column(i).cast(pa.large_string()))
-        elif pa.types.is_binary_view(field.type):
-            table = table.set_column(i, field.name, table.column(i).cast(pa.large_binary()))
-    return table
+    # values, which a Parquet file written from Arrow may restore (in a list, an object or
+    # a map too): read them as large_*.
+    schema = pa.schema(
+        [f.with_type(_view_free(f.type)) for f in table.schema], table.schema.metadata
+    )
+    return table if schema.equals(table.schema) else table.cast(schema)
+
+
+def _view_free(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_string_view(t):
+        return pa.large_string()
+    if pa.types.is_binary_view(t):
+        return pa.large_binary()
+    if pa.types.is_map(t):
+        item = t.item_field.with_type(_view_free(t.item_type))
+        return pa.map_(t.key_field.with_type(_view_free(t.key_type)), item, t.keys_sorted)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        field = t.value_field.with_type(_view_free(t.value_type))
+        return pa.list_(field) if pa.types.is_list(t) else pa.large_list(field)
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(t.value_field.with_type(_view_free(t.value_type)), t.list_size)
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_view_free(f.type)) for f in t])
+    return t
 
 
 def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:

@@ -1431,6 +1431,31 @@ def test_parquet_text_column_types(tmp_path, md, texts, keep):
     ]
 
 
+def test_parquet_views_inside_lists_objects_and_maps_are_read(tmp_path, md):
+    # ("Function 'array_take' has no kernel matching input types (string_view, int32)",
+    # naming no file: only a column's own views were read as large strings.)
+    tags = pa.array([["a", "b"], [], None, ["c"]], pa.list_(pa.string_view()))
+    box = pa.array(
+        [{"k": "v"}, None, {"k": None}, {"k": "w"}], pa.struct([("k", pa.string_view())])
+    )
+    kv = pa.array(
+        [[("x", b"1")], [], None, [("y", b"2")]], pa.map_(pa.string_view(), pa.binary_view())
+    )
+    texts = ["a dog", "x", "a cat", "new york"]
+    write_table = pa.table({"text": texts, "tags": tags, "box": box, "kv": kv})
+    (tmp_path / "pool").mkdir()
+    pq.write_table(write_table, tmp_path / "pool" / "a.parquet")
+    r = match(tmp_path / "pool", md, tmp_path / "out")
+    r2 = CliRunner().invoke(main, ["match", str(tmp_path / "pool"), "--metadata", str(md),
+                                   "--out", str(tmp_path / "dropped"), "--quiet"])  # fmt: skip
+    assert (r.exit_code, r2.exit_code) == (0, 0), (r.stderr, r2.stderr)
+    for out, rows in (("out", [0, 1, 2, 3]), ("dropped", [0, 2, 3])):
+        table = pq.read_table(tmp_path / out / "matched")
+        for name in ("tags", "box", "kv"):
+            values = write_table.column(name).to_pylist()
+            assert table.column(name).to_pylist() == [values[i] for i in rows]
+
+
 def _pieces(parts) -> list[list[tuple]]:
     return [[(x.file.relpath, x.row_start, x.row_end) for x in p.pieces] for p in parts]
 
