@@ -272,7 +272,9 @@ def entry_probabilities(counts: Any, t: float) -> Any:
     Returns
     -------
     array of float64, shape (n_entries,)
-        1 for tail entries (count <= t), ``t / count`` for head entries.
+        1 where count <= t (the tail, count < t, and an entry of exactly t: reports
+        count it among the head entries, count >= t, as MetaCLIP does), ``t / count``
+        above t.
 
     Raises
     ------
