@@ -272,9 +272,8 @@ def entry_probabilities(counts: Any, t: float) -> Any:
     Returns
     -------
     array of float64, shape (n_entries,)
-        1 where count <= t (the tail, count < t, and an entry of exactly t: reports
-        count it among the head entries, count >= t, as MetaCLIP does), ``t / count``
-        above t.
+        1 where count <= t (the tail, count < t, and an entry of exactly t, which the
+        reports count among the head entries, count >= t), ``t / count`` above t.
 
     Raises
     ------
