@@ -1638,7 +1638,7 @@ def _json_records(fh, first_line: int = 1):
     taken as Arrow's reader takes them: a byte-order mark before the first, invalid UTF-8
     as U+FFFD, several objects on one line; an escaped lone surrogate in a key is U+FFFD
     (in a value, :func:`_json_text` makes it so)."""
-    decoder = json.JSONDecoder(parse_int=_Number, parse_float=_Number)
+    decoder = json.JSONDecoder(parse_int=_Number, parse_float=_Number, object_pairs_hook=_object)
     for n, line in enumerate(fh, first_line):
         raw = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
         if line_too_deep(raw):
@@ -1650,14 +1650,40 @@ def _json_records(fh, first_line: int = 1):
         while (at := _JSON_SPACE.match(text, at).end()) < len(text):
             try:
                 record, at = decoder.raw_decode(text, at)
+            except _RepeatedKey as exc:
+                raise pa.ArrowInvalid(_repeated(n, exc.args[0])) from None
             except json.JSONDecodeError as exc:
                 raise pa.ArrowInvalid(f"line {n} is not valid JSON ({exc.msg})") from None
             if not isinstance(record, dict):
                 raise pa.ArrowInvalid(f"line {n} is not a JSON object")
             if "\\u" in text and any(without_surrogate(k) != k for k in record):
                 # (An escaped lone surrogate in a key: a column is named in UTF-8.)
-                record = {without_surrogate(k): v for k, v in record.items()}
+                named = {without_surrogate(k): v for k, v in record.items()}
+                if len(named) < len(record):  # ("a\ud800" and "a\ud801": one name twice)
+                    repeated = [without_surrogate(k) for k in record]
+                    raise pa.ArrowInvalid(
+                        _repeated(n, next(k for k in named if repeated.count(k) > 1))
+                    )
+                record = named
             yield record
+
+
+class _RepeatedKey(ValueError):
+    """A key twice in one JSON object (its name the argument)."""
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object, or :class:`_RepeatedKey`: Arrow's reader refuses a key that an
+    object holds twice (at any depth), where Python's json would keep the last value."""
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        seen: set[str] = set()
+        raise _RepeatedKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return record
+
+
+def _repeated(line: int, key: str) -> str:
+    return f"line {line} holds the key {key!r} twice in one object"
 
 
 def _unchained(error: CurateError) -> CurateError:

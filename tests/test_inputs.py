@@ -942,6 +942,27 @@ def test_jsonl_escaped_lone_surrogate_in_a_key(tmp_path, md):
     assert matched(tmp_path / "out") == {"text": [b"a dog"], "k\ufffd": [1], "entry_ids": [[0]]}
 
 
+@pytest.mark.parametrize("read", ["whole", "streamed", "ranges"])
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        (b'{"text": "a cat", "x": 1, "x": 2}', "'x'"),
+        (b'{"text": 1984, "m": [{"a": 1, "a": 2}]}', "'a'"),  # (mixed types: Python's reader)
+        (b'{"text": "x", "a\\ud800": 1, "a\\udfff": 2}', "'a\ufffd'"),  # (one name, twice)
+    ],
+    ids=["top", "nested", "surrogates"],
+)
+def test_a_jsonl_key_twice_in_an_object_names_its_line(tmp_path, md, monkeypatch, read, line, key):
+    # (Arrow's reader: "Column(/x) was specified twice in row 1", counted within a block;
+    # Python's reader kept the last value, so the same row was data there.)
+    rows = [b'{"text": "a dog"}', b"", b'{"text": "new york"}', line, b'{"text": "cat"}']
+    write(tmp_path / "pool" / "a.jsonl", b"\n".join(rows) + b"\n")
+    err = error_line(
+        match(tmp_path / "pool", md, tmp_path / "out", *jsonl_read_as(monkeypatch, read))
+    )
+    assert err.endswith(f"a.jsonl: line 4 holds the key {key} twice in one object"), err
+
+
 # ------------------------------------------------------------------------ JSONL / Parquet
 
 
