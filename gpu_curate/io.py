@@ -1148,28 +1148,39 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
                 return _read_json_lines_mixed(open_, text_column)
             # (Invalid UTF-8 in a list would else look like the invalid lists below.)
             table = _valid_utf8(table)
-            wide, nested_wide = _floats_past_exact(table)
+            wide, nested_wide = _floats_past_exact(table, _json_chunks(open_))
             if nested_wide:
                 # (A list's or object's number that a double may not hold: Python's
                 # reader keeps such values as their JSON text, as written.)
                 return _read_json_lines_mixed(open_, text_column)
             kept = _types_as_written(table.schema, uint64=wide)
-            if _json_lists_invalid(table) or not kept.equals(table.schema):
+
+            def again(schema: pa.Schema, behavior: str = "infer", block=block) -> pa.Table:
+                parse = pajson.ParseOptions(
+                    explicit_schema=schema, unexpected_field_behavior=behavior
+                )
+                with open_() as fh:
+                    read = pajson.ReadOptions(block_size=block)
+                    return _valid_utf8(
+                        pajson.read_json(checked(fh), read_options=read, parse_options=parse)
+                    )
+
+            if _json_lists_invalid(table):
                 # Arrow's reader drops the nulls that begin a list while it infers the
                 # list's type ([null, 1]: apache/arrow#51305), leaving a column whose
                 # offsets outrun its values; read again with the types it inferred
-                # (as a streamed file's rows are), which keeps them. So too where a type
-                # it inferred would change values (_types_as_written): a column that
-                # then fails (-1 as uint64) is read by Python's reader (below).
-                parse = pajson.ParseOptions(explicit_schema=kept)
-                with open_() as fh:
-                    table = pajson.read_json(
-                        checked(fh),
-                        read_options=pajson.ReadOptions(block_size=block),
-                        parse_options=parse,
-                    )
-                table = _valid_utf8(table)
+                # (as a streamed file's rows are), which keeps them.
+                table = again(kept)
                 null_lists = _json_lists_invalid(table)
+            elif not kept.equals(table.schema):
+                # A type it inferred would change values (_types_as_written): those
+                # columns read again (the others' values skipped); one that then fails
+                # (-1 as uint64) sends the file to Python's reader (below).
+                changed = [f for f in kept if not f.equals(table.schema.field(f.name))]
+                columns = again(pa.schema(changed), "ignore")
+                for f in changed:
+                    at = table.schema.get_field_index(f.name)
+                    table = table.set_column(at, f, columns.column(f.name))
             break
         except pa.ArrowInvalid as exc:
             if _LONE_SURROGATE_ERROR in str(exc) and not surrogates:
@@ -1268,10 +1279,19 @@ def _list_items(t: pa.DataType) -> Iterator[pa.DataType]:
 _EXACT_DOUBLES = 2.0**53
 
 
-def _floats_past_exact(table: pa.Table) -> tuple[list[str], bool]:
+# An integer literal of 16 digits or more (2**53 has 16), not part of a fraction, an
+# exponent or a word: where a JSON text holds none, Arrow's doubles are the numbers as
+# written (a float literal is a double however large). (One inside a string makes the
+# file be typed as if it were a number: slower, the same result.)
+_LONG_INTEGER = re.compile(rb"(?<![\w.+-])-?[0-9]{16,}(?![\w.])")
+
+
+def _floats_past_exact(table: pa.Table, chunks: Iterable[bytes] = ()) -> tuple[list[str], bool]:
     """(columns of doubles, the table's own, holding a value of magnitude 2**53 or more;
     whether such a double sits in a list or object): those values may be integers that
-    Arrow's reader rounded (18446744073709551615, a uint64 hash id, as 1.8e19)."""
+    Arrow's reader rounded (18446744073709551615, a uint64 hash id, as 1.8e19). None are,
+    and ([], False) comes, where the JSON text ``chunks`` (read only if needed) holds no
+    integer literal long enough (``1.5e16`` is one double)."""
     wide, nested = [], False
     for name, column in zip(table.column_names, table.columns, strict=True):
         for depth, doubles in _double_leaves(column):
@@ -1280,6 +1300,8 @@ def _floats_past_exact(table: pa.Table) -> tuple[list[str], bool]:
                     nested = True
                 else:
                     wide.append(name)
+    if (wide or nested) and not any(_LONG_INTEGER.search(c) for c in chunks):
+        return [], False
     return wide, nested
 
 
@@ -1483,7 +1505,7 @@ def _json_fields(chunks: Iterable[bytes], first: bool) -> tuple[int, dict | None
         rows += table.num_rows
         if not _keys_utf8(table.schema):
             return rows, None  # (a key that is not UTF-8: the whole read takes it)
-        wide, nested_wide = _floats_past_exact(table)
+        wide, nested_wide = _floats_past_exact(table, [chunk])
         if nested_wide:
             return rows, None  # (the whole read reads them, with Python's reader)
         if wide:
@@ -1606,8 +1628,20 @@ def _json_text(v) -> str | None:
         return v.text
     if isinstance(v, bool):
         return "true" if v else "false"
-    text = json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_Number.value)
-    return without_surrogate(text)
+    return without_surrogate(_compact_json(v))
+
+
+def _compact_json(v) -> str:
+    """A list's or object's compact JSON text, its numbers as written (``1.50``, an
+    integer of 5,000 digits: no double rounds or respells them)."""
+    if isinstance(v, _Number):
+        return v.text
+    if isinstance(v, dict):
+        items = (f"{json.dumps(k, ensure_ascii=False)}:{_compact_json(x)}" for k, x in v.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(v, list):
+        return "[" + ",".join(map(_compact_json, v)) + "]"
+    return json.dumps(v, ensure_ascii=False)  # (a string, true, false, null)
 
 
 def _json_type(kinds: set[str]) -> pa.DataType:
@@ -1843,6 +1877,10 @@ def _read_json_lines_mixed(open_, text_column: str | None = None) -> pa.Table:
             values = [r.get(field.name) for r in rows]
             if pa.types.is_string(field.type):
                 values = [_json_text(v) for v in values]
+            elif pa.types.is_floating(field.type):
+                # (From the text: an exact integer past 2**53 is a double pyarrow takes
+                # from no int. _json_type made it double only where every one is exact.)
+                values = [None if v is None else float(v.text) for v in values]
             elif not pa.types.is_boolean(field.type):
                 values = [None if v is None else v.value() for v in values]
             cols.append(pa.array(values, field.type))

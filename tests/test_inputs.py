@@ -1062,6 +1062,37 @@ def test_jsonl_ids_and_times_are_kept_as_written(tmp_path, md):
     assert len(set(expected.tolist())) == 4
 
 
+_BIG = "1" + "0" * 5000  # (an integer of 5,001 digits)
+
+
+@pytest.mark.parametrize("read", ["whole", "streamed", "ranges"])
+@pytest.mark.parametrize(
+    "values, kind, want",
+    [
+        # Integers a double holds exactly, beside fractions or negatives: doubles (these
+        # files failed: pyarrow takes no int past 2**53 into a double column).
+        (["1609459200000000000", "1.6094592e18"], pa.float64(), [1.6094592e18] * 2),
+        (["0.5", "9007199254740994"], pa.float64(), [0.5, 9007199254740994.0]),
+        (["-1", "9223372036854775808"], pa.float64(), [-1.0, 2.0**63]),
+        # Large float literals are doubles as written (no integer a double rounded): they
+        # stay doubles, in lists and objects too (these were read as JSON text).
+        (["1.5e16", "2.5"], pa.float64(), [1.5e16, 2.5]),
+        (["[0.5, 1.5e16]", "[2e16]"], pa.list_(pa.float64()), [[0.5, 1.5e16], [2e16]]),
+        # In a list's JSON text, numbers are as written (not Infinity, 1.5 or 100000.0).
+        ([f"[{_BIG}, 1.50, 1E5, -0]", "[1]"], pa.string(), [f"[{_BIG},1.50,1E5,-0]", "[1]"]),
+    ],
+    ids=["ns-times", "exact-beside-fraction", "exact-beside-negative", "large-floats",
+         "large-floats-in-lists", "list-text"],
+)  # fmt: skip
+def test_jsonl_numbers_are_read_as_written(tmp_path, md, monkeypatch, read, values, kind, want):
+    rows = [f'{{"text": "a dog {i}", "x": {v}}}' for i, v in enumerate(values * 3)]
+    write(tmp_path / "pool" / "a.jsonl", ("\n".join(rows) + "\n").encode())
+    r = match(tmp_path / "pool", md, tmp_path / "out", *jsonl_read_as(monkeypatch, read))
+    assert r.exit_code == 0, (r.output, r.stderr)
+    column = pq.read_table(tmp_path / "out" / "matched").column("x")
+    assert (column.type, column.to_pylist()) == (kind, want * 3)
+
+
 def test_jsonl_values_of_several_types_are_data(tmp_path, md, monkeypatch):
     from gpu_curate import io
 
@@ -1080,12 +1111,13 @@ def test_jsonl_values_of_several_types_are_data(tmp_path, md, monkeypatch):
     assert r.exit_code == 0, (r.output, r.exception)
     got = matched(tmp_path / "out")
     # A non-string text is its JSON text: 1984 matches the entry "1984", the list's text
-    # ["a new york dog",1.5] matches "new york" (but not dog": " is no space character).
+    # ["a new york dog",1.50] (its numbers as written) matches "new york" (but not dog":
+    # " is no space character).
     assert got["text"] == [
         b"a dog",
         b"1984",
         None,
-        b'["a new york dog",1.5]',
+        b'["a new york dog",1.50]',
         b"true",
         "café cat".encode(),
     ]
