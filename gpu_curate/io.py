@@ -2459,7 +2459,11 @@ def to_disk(fs: fsspec.AbstractFileSystem, fh) -> None:
     """
     if is_local(fs):
         fh.flush()
-        os.fsync(fh.fileno())
+        try:
+            os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.errno not in _NO_SYNC:
+                raise
 
 
 def sync_folder(fs: fsspec.AbstractFileSystem, folder: str) -> None:
@@ -2479,10 +2483,25 @@ def sync_folder(fs: fsspec.AbstractFileSystem, folder: str) -> None:
         fd = os.open(fs._strip_protocol(folder), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except FileNotFoundError:
         return  # (no folder, no names to keep)
+    except OSError as exc:
+        if exc.errno in _NO_SYNC:
+            return
+        raise
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_SYNC:
+            raise
     finally:
         os.close(fd)
+
+
+# A file system's word that it syncs no such file or folder (some network and FUSE file
+# systems refuse a folder's fsync; a folder may be unreadable to its writer): nothing to
+# do there, rather than a run that fails at its end. (An I/O error still stops the run.)
+_NO_SYNC = frozenset(
+    {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES, errno.EPERM}
+)
 
 
 def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:

@@ -40,6 +40,7 @@ from .io import (
     json_bytes,
     protocol_of,
     temporary_name,
+    to_disk,
 )
 
 try:
@@ -846,6 +847,7 @@ def _create(fs, path: str, manifest: dict) -> bool:
     tmp = temporary_name(path)  # (hidden; a resume removes one a kill left)
     with open(tmp, "wb") as fh:
         fh.write(json_bytes(manifest))
+        to_disk(fs, fh)  # (a resume reads it after a crash of the machine too)
     try:
         os.link(tmp, path)
     except FileExistsError:

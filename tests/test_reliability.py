@@ -2171,3 +2171,32 @@ def test_every_file_is_on_the_disk_before_the_mark_that_lists_it(small, tmp_path
             syncs = [i for i, e in enumerate(events) if e == ("fsync", folder)]
             assert any(max(before) < i < at for i in syncs), f"{folder} not synced before {mark}"
         assert any(i > at for i, e in enumerate(events) if e == ("fsync", str(mark.parent)))
+    # The run's manifests (created through a hard link, not a rename) too: a resume reads
+    # them.
+    manifests = [p.name for p in out.glob("_*.json")]
+    assert "_run.json" in manifests
+    for name in manifests:
+        assert any(e[0] == "fsync" and e[1].startswith(f"{out}/.{name}.tmp") for e in events), name
+
+
+def test_a_file_system_that_syncs_no_folder_still_runs(tmp_path, monkeypatch):
+    # (Some network and FUSE file systems answer a folder's fsync with EINVAL: the run
+    # failed at its end. An I/O error still stops it.)
+    import errno
+
+    import fsspec
+
+    from gpu_curate.io import sync_folder
+
+    fs = fsspec.filesystem("file")
+    for code, fails in ((errno.EINVAL, False), (errno.ENOTSUP, False), (errno.EIO, True)):
+
+        def refused(fd, code=code):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "fsync", refused)
+        if fails:
+            with pytest.raises(OSError, match=os.strerror(code)):
+                sync_folder(fs, str(tmp_path))
+        else:
+            sync_folder(fs, str(tmp_path))
