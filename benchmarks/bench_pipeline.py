@@ -92,16 +92,23 @@ def same_outputs(a: Path, b: Path) -> bool:
 
 def add_tree_options(ap: argparse.ArgumentParser) -> None:
     """``--tree LABEL=PATH`` (repeatable) and ``--repeat N``: versions alternating in one run."""
-    ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
+    ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH", type=_tree,
                     help="run the CLI with PATH first on PYTHONPATH (a `git archive` of a "
                          "commit's gpu_curate, kernels moved under it); repeatable")  # fmt: skip
     ap.add_argument("--repeat", type=int, default=1, help="rounds of the trees, alternating")
 
 
+def _tree(value: str) -> tuple[str, str]:
+    label, sep, path = value.partition("=")
+    if not (sep and label and path):
+        raise argparse.ArgumentTypeError(f"expected LABEL=PATH, got {value!r}")
+    return label, path
+
+
 def tree_rounds(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
     """(label, out-folder suffix) of each run, in order: the trees alternating, ``--repeat``
     rounds; PYTHONPATH names the tree's folder while its run goes (restored after)."""
-    trees = [tuple(t.split("=", 1)) for t in args.tree] or [("checkout", "")]
+    trees = args.tree or [("checkout", "")]
     python_path = os.environ.get("PYTHONPATH", "")
     try:
         for _ in range(args.repeat):
