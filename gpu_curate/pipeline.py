@@ -986,6 +986,13 @@ def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Opti
     md = Metadata(entries.tolist(), source=where)
     table = counts_table(md, counts)
     pool = {}
+    if not mfs.exists(f"{mpath}/report.json") and mfs.exists(f"{mpath}/{MATCH_MANIFEST}"):
+        # (A curate stopped in its balance stage, or an --overwrite in its emptying: its
+        # report's pool figures, which this balance's report copies, are not there.)
+        raise CurateError(
+            f"{matched_dir} is an interrupted run (report.json missing): finish it with "
+            "--resume, then balance it"
+        )
     if mfs.exists(f"{mpath}/report.json"):
         try:
             with mfs.open(f"{mpath}/report.json", "rb") as fh:

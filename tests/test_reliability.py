@@ -1439,6 +1439,29 @@ def test_balance_of_a_damaged_matched_part_is_one_line(small, tmp_path):
     assert "part-00000.parquet" in err
 
 
+def test_balance_of_a_run_stopped_before_its_report_is_refused(small, tmp_path):
+    # (A curate killed in its balance stage, or an --overwrite killed while it emptied a
+    # finished run: matched/ is whole, report.json is not there. A balance of it wrote a
+    # report without the pool's figures and said "pool 0 rows -> matched 0".)
+    pool, md = small
+    m = tmp_path / "m"
+    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    assert (
+        run_cli("curate", pool, "--metadata", md, "--out", m, "--t", "30", *common).exit_code == 0
+    )
+    (m / "report.json").unlink()
+    r = run_cli("balance", m, "--t", "30", "--out", tmp_path / "b", *common)
+    err = assert_clean_error(r, tmp_path / "b", "is an interrupted run (report.json missing)")
+    assert err.endswith("finish it with --resume, then balance it"), err
+    resumed = run_cli(
+        "curate", pool, "--metadata", md, "--out", m, "--t", "30", "--resume", *common
+    )
+    assert resumed.exit_code == 0, resumed.stderr
+    assert run_cli("balance", m, "--t", "30", "--out", tmp_path / "b", *common).exit_code == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["pool_rows"] == 3000 and report["curated_rows"] == curated_uids(m).size
+
+
 def test_balance_of_a_matched_part_replaced_since_is_one_line(small, tmp_path):
     # A part that reads, but holds other rows than matched/_SUCCESS lists (5 of its rows
     # written back): balanced, it gave a smaller curated set without a word.
