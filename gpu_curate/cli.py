@@ -50,12 +50,13 @@ class _Group(click.Group):
         logging.getLogger("asyncio").addFilter(_asyncio_noise)
         if not getattr(sys.unraisablehook, "quiet_interrupts", False):
             sys.unraisablehook = _quiet_interrupts(sys.unraisablehook)
-        terminated: list[int] = []
+        signals: list[int] = []
+        _STOPPED.clear()  # (a run before this one in the process, a notebook's, stopped)
         flags = list(ctx.args)  # (the subcommand's: ctx holds them until it runs)
-        with _terminate_as_interrupt(terminated):
-            return self._invoke(ctx, terminated, flags)
+        with _signals_as_interrupts(signals):
+            return self._invoke(ctx, signals, flags)
 
-    def _invoke(self, ctx: click.Context, terminated: list[int], flags: list[str]):
+    def _invoke(self, ctx: click.Context, signals: list[int], flags: list[str]):
         try:
             return super().invoke(ctx)
         except (CurateError, OSError, ImportError, ArrowException) as exc:
@@ -64,6 +65,10 @@ class _Group(click.Group):
             # rather than a traceback.)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            if signals:
+                # (The stop's consequence: a Ctrl-C inside NumPy's import is its
+                # "numpy._core.multiarray failed to import".)
+                self._stopped(signals, KeyboardInterrupt())
             message = str(exc)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 message = _full_disk(exc, ctx.invoked_subcommand, flags)
@@ -72,12 +77,17 @@ class _Group(click.Group):
         except KeyboardInterrupt as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            # (A plain one came before the run wrote anything, or after it was done.)
-            hint = f"; {exc.hint}" if isinstance(exc, Interrupted) else ""
-            click.echo(
-                f"gpu-curate: {'terminated' if terminated else 'interrupted'}{hint}", err=True
-            )
-            sys.exit(128 + (terminated[0] if terminated else signal.SIGINT))
+            self._stopped(signals, exc)
+
+    @staticmethod
+    def _stopped(signals: list[int], exc: KeyboardInterrupt):
+        _STOPPED.set()  # (what Dask and asyncio say of the run's remains is noise now)
+        # (A plain one came before the run wrote anything, or after it was done.)
+        hint = f"; {exc.hint}" if isinstance(exc, Interrupted) else ""
+        signum = signals[0] if signals else signal.SIGINT
+        word = "terminated" if signum == signal.SIGTERM else "interrupted"
+        click.echo(f"gpu-curate: {word}{hint}", err=True)
+        sys.exit(128 + signum)
 
 
 def _full_disk(exc: OSError, command: str | None, flags: list[str]) -> str:
@@ -97,23 +107,38 @@ def _full_disk(exc: OSError, command: str | None, flags: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt(terminated: list[int]):
+def _signals_as_interrupts(signals: list[int]):
     """SIGTERM (a batch scheduler's stop, ``kill``) raised as Ctrl-C is, in the main thread:
     the run stops the same way and says how to go on (it died with Python's default, with
-    no word); ``terminated`` records it, for the message and the exit status (143)."""
+    no word); ``signals`` records it and each Ctrl-C (SIGINT), for the message, the exit
+    status (143 or 130), and an error that a stop caused."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum, frame):
-        terminated.append(signum)
+        signals.append(signum)
+        _STOPPED.set()  # (the run's remains may be collected before it says it stopped)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # (Ctrl-C's handler replaced only where it is Python's own: an ignored SIGINT, a
+    # process started with `nohup ... &`, stays ignored.)
+    caught = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        caught.append(signal.SIGINT)
+    previous = {signum: signal.signal(signum, stop) for signum in caught}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# Set once a run is stopped (Ctrl-C, SIGTERM) and has said so: a cluster cut short in its
+# start or its first scatter leaves tasks whose errors asyncio reports when they are
+# collected ("Task exception was never retrieved ... Nanny failed to start"), and
+# distributed's exit callback fails on it ("Exception ignored in atexit callback").
+_STOPPED = threading.Event()
 
 
 def _quiet_interrupts(hook):
@@ -121,11 +146,12 @@ def _quiet_interrupts(hook):
 
     Ctrl-C as a run ends may land in a finalizer (Dask's ``Future.__del__``), where Python
     cannot raise it: it printed "Exception ignored in ..." and a piece of traceback after
-    the run's own lines, and the run went on to its end all the same.
+    the run's own lines, and the run went on to its end all the same. Once a run has said
+    that it stopped (:data:`_STOPPED`), nothing more is printed.
     """
 
     def quiet(unraisable) -> None:
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) or _STOPPED.is_set()):
             hook(unraisable)
 
     quiet.quiet_interrupts = True
@@ -138,12 +164,13 @@ def _asyncio_noise(record: logging.LogRecord) -> bool:
     - Ctrl-C during client.gather leaves Dask's waiting tasks with AllExit, which asyncio
       reports as "Task exception was never retrieved" when they are collected; the
       interruption itself is reported in one line.
+    - Once a run has said that it stopped (:data:`_STOPPED`), any: they are its remains.
     - Under load, a local worker's close can outlast the wait for it, and the timeout of
       the close it abandoned (tornado's ``with_timeout``: TimeoutError("Timeout")) is
       reported as "Future exception was never retrieved" after a run that had finished.
     """
     exc = record.exc_info[1] if record.exc_info else None
-    if type(exc).__name__ == "AllExit":
+    if type(exc).__name__ == "AllExit" or _STOPPED.is_set():
         return False
     timed_out = isinstance(exc, TimeoutError) and exc.args == ("Timeout",)
     return not (timed_out and str(record.msg).startswith("Future exception was never retrieved"))

@@ -25,6 +25,11 @@ from dataclasses import dataclass, field
 import dask
 import fsspec
 import numpy as np
+
+# (Imported here, by the main thread, not by pyarrow's first conversion to NumPy: pyarrow
+# imports pandas lazily and swallows any error of the import, so a Ctrl-C or SIGTERM in
+# it was lost (a balance ran on to its end) or left pandas half-imported (a traceback).)
+import pandas  # noqa: F401
 import pyarrow as pa
 import pyarrow.parquet as pq
 

@@ -941,6 +941,87 @@ def test_ctrl_c_is_one_line_then_resume(big, tmp_path, mode, sig):
     assert entry_counts(out) == entry_counts(ref)
 
 
+# A fresh interpreter runs the command line with a stop (``sig``) sent to itself at the
+# moment ``module`` is first imported, as a Ctrl-C or a scheduler's SIGTERM may come.
+_STOP_AT_IMPORT = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (a test runner may ignore it)
+module, sig, raised, args = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+
+class StopAtImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == module:
+            sys.meta_path.remove(self)
+            try:
+                os.kill(os.getpid(), sig)
+                time.sleep(30)
+            except KeyboardInterrupt:
+                if raised == "ImportError":  # (NumPy's import turns Ctrl-C into one)
+                    raise ImportError("numpy._core.multiarray failed to import") from None
+                raise
+
+sys.meta_path.insert(0, StopAtImport())
+sys.argv = ["gpu-curate", *args]
+from gpu_curate.__main__ import run
+run()
+"""
+
+
+@pytest.mark.parametrize(
+    "module, sig, raised, word",
+    [
+        # In the launcher's imports: SIGTERM killed the process without a word.
+        ("gpu_curate.cli", signal.SIGTERM, "KeyboardInterrupt", "terminated"),
+        # pyarrow's first conversion to NumPy imported pandas and swallowed the stop: the
+        # balance ran on to its end (or failed later with a half-imported pandas).
+        ("pandas", signal.SIGTERM, "KeyboardInterrupt", "terminated"),
+        ("pandas", signal.SIGINT, "KeyboardInterrupt", "interrupted"),
+        # A Ctrl-C that an import turned into another error is said as a Ctrl-C.
+        ("gpu_curate.pipeline", signal.SIGINT, "ImportError", "interrupted"),
+    ],
+    ids=["sigterm-launcher", "sigterm-pandas", "sigint-pandas", "sigint-as-import-error"],
+)
+def test_a_stop_during_start_up_imports_is_one_line(small, tmp_path, module, sig, raised, word):
+    pool, md = small
+    m = tmp_path / "m"
+    common = ["--backend", "cpu", "--quiet", "--workers", "1"]
+    assert run_cli("match", pool, "--metadata", md, "--out", m, *common).exit_code == 0
+    args = ["balance", str(m), "--t", "30", "--out", str(tmp_path / "b"), *common]
+    done = subprocess.run(
+        [sys.executable, "-c", _STOP_AT_IMPORT, module, str(int(sig)), raised, *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (128 + sig, f"gpu-curate: {word}\n")
+    assert completion_markers(tmp_path / "b") == []
+
+
+def test_noise_after_a_stop_is_not_printed():
+    # A cluster cut short in its start leaves tasks whose errors asyncio logs when they are
+    # collected, and distributed's exit callback fails on it: 16-120 lines of tracebacks
+    # after the run's one line. Before a stop, they are printed as ever.
+    import logging
+
+    from gpu_curate import cli
+
+    record = logging.LogRecord("asyncio", logging.ERROR, "", 0, "Task exception was never "
+                               "retrieved", None, (RuntimeError, RuntimeError("Nanny failed "
+                               "to start."), None))  # fmt: skip
+    seen = []
+    hook = cli._quiet_interrupts(seen.append)
+    unraisable = type("U", (), {"exc_value": AssertionError("Status.init")})()
+    try:
+        cli._STOPPED.clear()
+        assert cli._asyncio_noise(record)
+        hook(unraisable)
+        assert seen == [unraisable]
+        cli._STOPPED.set()
+        assert not cli._asyncio_noise(record)
+        hook(unraisable)
+        assert seen == [unraisable]
+    finally:
+        cli._STOPPED.clear()
+
+
 def test_resume_with_other_metadata_is_refused(small, tmp_path):
     pool, md = small
     out = tmp_path / "out"
