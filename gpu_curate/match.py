@@ -264,7 +264,7 @@ def _to_arrow(texts) -> pa.Array | pa.ChunkedArray:
         except UnicodeEncodeError:
             fixed = without_surrogates(texts.tolist())
             return pa.array(fixed, from_pandas=True, type=pa.large_string())
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise CurateError(f"texts must be strings (or null): {exc}") from None
     if isinstance(texts, str) or not isinstance(texts, Iterable):
         raise CurateError("texts must be a list of strings, a Series or an Arrow array")

@@ -672,7 +672,7 @@ def test_api_errors_say_what_and_where_in_the_frames_terms():
         "DataFrame partition 0: column 'TEXT' cannot be read as one Arrow type: Expected "
         "bytes, got a 'int' object"
     )
-    dated = pd.DataFrame({"TEXT": ["a dog"] * 4}, index=pd.date_range("2020", periods=4))
+    dated = pd.DataFrame({"TEXT": ["a dog"] * 4}, index=pd.date_range("2020", periods=4, unit="us"))
     assert error(lambda: gdf.match(dd.from_pandas(dated, npartitions=2), ENTRIES).compute()) == (
         "DataFrame partition 1: the index is timestamp[us]; use an integer or string index, "
         "or give id_column"

@@ -37,6 +37,10 @@ def md(tmp_path) -> Path:
     return path
 
 
+# (pyarrow writes string and binary views to Parquet from version 21 on.)
+PARQUET_WRITES_VIEWS = int(pa.__version__.split(".")[0]) >= 21
+
+
 def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -1467,6 +1471,8 @@ def test_a_big_jsonl_file_is_matched_in_bounded_tables(tmp_path, md, monkeypatch
 )
 @pytest.mark.parametrize("keep", [True, False], ids=["keep-unmatched", "drop-unmatched"])
 def test_parquet_text_column_types(tmp_path, md, texts, keep):
+    if pa.types.is_string_view(texts.type) and not PARQUET_WRITES_VIEWS:
+        pytest.skip("pyarrow < 21 cannot write a string_view column to Parquet")
     pool = tmp_path / "pool"
     pool.mkdir()
     pq.write_table(pa.table({"text": texts, "k": [1, 2, 3, 4]}), pool / "a.parquet")
@@ -1484,6 +1490,7 @@ def test_parquet_text_column_types(tmp_path, md, texts, keep):
     ]
 
 
+@pytest.mark.skipif(not PARQUET_WRITES_VIEWS, reason="pyarrow < 21 writes no views to Parquet")
 def test_parquet_views_inside_lists_objects_and_maps_are_read(tmp_path, md):
     # ("Function 'array_take' has no kernel matching input types (string_view, int32)",
     # naming no file: only a column's own views were read as large strings.)

@@ -390,7 +390,7 @@ def select_bigrams(
     )
     good = kept[matchable]
     host = to_host(good[["w1", "w2", "pmi", "count"]])
-    host = host.assign(text=host["w1"] + " " + host["w2"])
+    host = host.assign(text=host["w1"].str.cat(host["w2"], sep=" "))
     host = host.sort_values(["pmi", "text"], ascending=[False, True], kind="stable")
     return BigramSelection(
         table=host[["text", "pmi", "count"]].reset_index(drop=True),
