@@ -2459,11 +2459,7 @@ def to_disk(fs: fsspec.AbstractFileSystem, fh) -> None:
     """
     if is_local(fs):
         fh.flush()
-        try:
-            os.fsync(fh.fileno())
-        except OSError as exc:
-            if exc.errno not in _NO_SYNC:
-                raise
+        _fsync(fh.fileno())
 
 
 def sync_folder(fs: fsspec.AbstractFileSystem, folder: str) -> None:
@@ -2488,12 +2484,18 @@ def sync_folder(fs: fsspec.AbstractFileSystem, folder: str) -> None:
             return
         raise
     try:
+        _fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync(fd: int) -> None:
+    """``os.fsync(fd)``, where the file system syncs such a file or folder (:data:`_NO_SYNC`)."""
+    try:
         os.fsync(fd)
     except OSError as exc:
         if exc.errno not in _NO_SYNC:
             raise
-    finally:
-        os.close(fd)
 
 
 # A file system's word that it syncs no such file or folder (some network and FUSE file
