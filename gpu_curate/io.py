@@ -1101,7 +1101,7 @@ def _without_views(table: pa.Table) -> pa.Table:
     # values, which a Parquet file written from Arrow may restore (in a list, an object or
     # a map too): read them as large_*.
     schema = pa.schema(
-        [f.with_type(_view_free(f.type)) for f in table.schema], table.schema.metadata
+        [f.with_type(_retyped(f.type, _view_free)) for f in table.schema], table.schema.metadata
     )
     return table if schema.equals(table.schema) else table.cast(schema)
 
@@ -1109,19 +1109,27 @@ def _without_views(table: pa.Table) -> pa.Table:
 def _view_free(t: pa.DataType) -> pa.DataType:
     if pa.types.is_string_view(t):
         return pa.large_string()
-    if pa.types.is_binary_view(t):
-        return pa.large_binary()
+    return pa.large_binary() if pa.types.is_binary_view(t) else t
+
+
+def _retyped(t: pa.DataType, leaf: Callable[[pa.DataType], pa.DataType]) -> pa.DataType:
+    """``t`` with ``leaf`` applied to each type in it that holds no other (at any depth of
+    its lists, objects and maps)."""
+
+    def inner(field: pa.Field) -> pa.Field:
+        return field.with_type(_retyped(field.type, leaf))
+
     if pa.types.is_map(t):
-        item = t.item_field.with_type(_view_free(t.item_type))
-        return pa.map_(t.key_field.with_type(_view_free(t.key_type)), item, t.keys_sorted)
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        field = t.value_field.with_type(_view_free(t.value_type))
-        return pa.list_(field) if pa.types.is_list(t) else pa.large_list(field)
+        return pa.map_(inner(t.key_field), inner(t.item_field), t.keys_sorted)
+    if pa.types.is_list(t):
+        return pa.list_(inner(t.value_field))
+    if pa.types.is_large_list(t):
+        return pa.large_list(inner(t.value_field))
     if pa.types.is_fixed_size_list(t):
-        return pa.list_(t.value_field.with_type(_view_free(t.value_type)), t.list_size)
+        return pa.list_(inner(t.value_field), t.list_size)
     if pa.types.is_struct(t):
-        return pa.struct([f.with_type(_view_free(f.type)) for f in t])
-    return t
+        return pa.struct([inner(f) for f in t])
+    return leaf(t)
 
 
 def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
@@ -1327,21 +1335,15 @@ def _types_as_written(schema: pa.Schema, uint64: Sequence[str] = ()) -> pa.Schem
     names are uint64 (see :func:`_floats_past_exact`)."""
     return pa.schema(
         [
-            f.with_type(pa.uint64()) if f.name in uint64 else f.with_type(_type_as_written(f.type))
+            f.with_type(pa.uint64() if f.name in uint64 else _retyped(f.type, _time_as_text))
             for f in schema
         ],
         metadata=schema.metadata,
     )
 
 
-def _type_as_written(t: pa.DataType) -> pa.DataType:
-    if pa.types.is_timestamp(t):
-        return pa.string()
-    if pa.types.is_list(t):
-        return pa.list_(t.value_field.with_type(_type_as_written(t.value_type)))
-    if pa.types.is_struct(t):
-        return pa.struct([f.with_type(_type_as_written(f.type)) for f in t])
-    return t
+def _time_as_text(t: pa.DataType) -> pa.DataType:
+    return pa.string() if pa.types.is_timestamp(t) else t
 
 
 # JSON Lines files larger than this (compressed ones: a quarter of it) are read as streams.
