@@ -1143,6 +1143,15 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
         # (Lone surrogates, once Arrow's reader has refused one, escaped as U+FFFD.)
         return _NestingChecked(_SurrogatesReplaced(fh) if surrogates else fh)
 
+    def again(schema: pa.Schema, behavior: str = "infer") -> pa.Table:
+        # (The file read again with types given: those of ``schema``, the others'.)
+        parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior=behavior)
+        with open_() as fh:
+            read = pajson.ReadOptions(block_size=block)
+            return _valid_utf8(
+                pajson.read_json(checked(fh), read_options=read, parse_options=parse)
+            )
+
     while True:
         try:
             with open_() as fh:
@@ -1162,17 +1171,6 @@ def _read_json_lines(open_, text_column: str | None = None) -> pa.Table:
                 # reader keeps such values as their JSON text, as written.)
                 return _read_json_lines_mixed(open_, text_column)
             kept = _types_as_written(table.schema, uint64=wide)
-
-            def again(schema: pa.Schema, behavior: str = "infer", block=block) -> pa.Table:
-                parse = pajson.ParseOptions(
-                    explicit_schema=schema, unexpected_field_behavior=behavior
-                )
-                with open_() as fh:
-                    read = pajson.ReadOptions(block_size=block)
-                    return _valid_utf8(
-                        pajson.read_json(checked(fh), read_options=read, parse_options=parse)
-                    )
-
             if _json_lists_invalid(table):
                 # Arrow's reader drops the nulls that begin a list while it infers the
                 # list's type ([null, 1]: apache/arrow#51305), leaving a column whose
@@ -1605,11 +1603,6 @@ class _Number:
             return True
         return len(digits) <= 20 and float(n := int(self.text)) == n
 
-    def value(self) -> int | float:
-        """The number: an int where it is written as one (of up to 4,300 digits)."""
-        digits = self.text.removeprefix("-")
-        return int(self.text) if digits.isdigit() and len(digits) <= 4300 else float(self.text)
-
 
 def _json_kind(v) -> str:
     if v is None:
@@ -1652,8 +1645,10 @@ def _json_type(kinds: set[str]) -> pa.DataType:
     hold): one that holds every value as written, else a string (lists, objects and any
     other mix are their JSON text)."""
     ks = kinds - {"null"}
-    if not ks or ks in ({"string"}, {"bool"}):
-        return {"string": pa.string(), "bool": pa.bool_()}.get(next(iter(ks), ""), pa.null())
+    if not ks:
+        return pa.null()
+    if ks == {"bool"}:
+        return pa.bool_()
     if ks <= {"int", "-int", "inexact"}:
         return pa.int64()
     if ks <= {"int", "uint", "inexact"}:
@@ -1879,12 +1874,12 @@ def _read_json_lines_mixed(open_, text_column: str | None = None) -> pa.Table:
             values = [r.get(field.name) for r in rows]
             if pa.types.is_string(field.type):
                 values = [_json_text(v) for v in values]
-            elif pa.types.is_floating(field.type):
-                # (From the text: an exact integer past 2**53 is a double pyarrow takes
-                # from no int. _json_type made it double only where every one is exact.)
-                values = [None if v is None else float(v.text) for v in values]
             elif not pa.types.is_boolean(field.type):
-                values = [None if v is None else v.value() for v in values]
+                # (From the text: an exact integer past 2**53 is a double pyarrow takes
+                # from no int. _json_type made a column double only where every integer
+                # is exact, and int64 or uint64 where every number is an integer.)
+                number = float if pa.types.is_floating(field.type) else int
+                values = [None if v is None else number(v.text) for v in values]
             cols.append(pa.array(values, field.type))
         batches.append(pa.Table.from_arrays(cols, schema=schema))
         rows.clear()
