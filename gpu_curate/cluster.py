@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -149,9 +151,13 @@ _PROCESSES_PER_CORE = 4
 
 
 def _workers_backend(client, backend: str | Backend, scheduler: str) -> str:
-    """The backend that every worker of the cluster can run, as the workers resolve it."""
+    """The backend that every worker of the cluster can run, as the workers resolve it.
+
+    Each worker must also run this process's gpu-curate: the curated set is a function of
+    the code, and a node left on another version would mix its parts into the result.
+    """
     name = backend.name if isinstance(backend, Backend) else backend
-    found = client.run(resolved_name, name, on_error="return")
+    found = client.run(worker_state, name, on_error="return")
     failed = sorted((w, r) for w, r in found.items() if isinstance(r, BaseException))
     if failed:
         worker, exc = failed[0]
@@ -159,9 +165,61 @@ def _workers_backend(client, backend: str | Backend, scheduler: str) -> str:
             f"the Dask cluster at {scheduler}: worker {worker}: {exc}"
             + (f" ({len(failed)} of {len(found)} workers)" if len(failed) > 1 else "")
         )
+    ours = code_identity()
+    other = sorted((w, code) for w, (_, code) in found.items() if code != ours)
+    if other:
+        worker, (version, _) = other[0]
+        what = (
+            f"gpu-curate {version}, this process {ours[0]}"
+            if version != ours[0]
+            else f"another copy of gpu-curate {version} (its source files differ)"
+        )
+        raise CurateError(
+            f"the Dask cluster at {scheduler}: worker {worker} runs {what}"
+            + (f" ({len(other)} of {len(found)} workers)" if len(other) > 1 else "")
+            + ": install the same gpu-curate on every node"
+        )
     # ("auto" on workers with and without a GPU: the cpu backend is the one all can run,
     # and both give the same result.)
-    return "gpu" if set(found.values()) == {"gpu"} else "cpu"
+    return "gpu" if {b for b, _ in found.values()} == {"gpu"} else "cpu"
+
+
+def worker_state(backend: str) -> tuple[str, tuple[str, str]]:
+    """What a worker of a ``--scheduler`` cluster runs: its backend and :func:`code_identity`."""
+    return resolved_name(backend), code_identity()
+
+
+@functools.cache
+def code_identity() -> tuple[str, str]:
+    """gpu-curate's version and a digest of its source files (the kernels included).
+
+    Examples
+    --------
+    >>> version, digest = code_identity()
+    >>> len(digest)
+    16
+    """
+    from . import __version__, kernels
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    return __version__, _source_digest(package, kernels.__path__[0])
+
+
+def _source_digest(package: str, kernels: str) -> str:
+    digest = hashlib.sha256()
+    # (An editable install finds the kernels outside the package folder, a source
+    # checkout through a link in it: they are walked on their own, under one name.)
+    for prefix, root in (("", package), ("kernels/", kernels)):
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            skip = {"__pycache__", "kernels"} if folder == package else {"__pycache__"}
+            dirs[:] = sorted(d for d in dirs if d not in skip)  # (walked in this order)
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                rel = prefix + os.path.relpath(path, root).replace(os.sep, "/")
+                digest.update(rel.encode() + b"\0")
+                with open(path, "rb") as fh:
+                    digest.update(fh.read() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _visible_gpus() -> int:

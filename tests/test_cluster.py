@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dask
 import pytest
 from distributed import Worker
@@ -145,11 +147,12 @@ class _FakeClient:
 
 def test_workers_backend_names_a_worker_that_cannot_run_it():
     from gpu_curate.backend import BackendError
-    from gpu_curate.cluster import _workers_backend
+    from gpu_curate.cluster import _workers_backend, code_identity
     from gpu_curate.errors import CurateError
 
+    ours = code_identity()
     no = BackendError("the gpu backend cannot run here: CuPy is not installed")
-    client = _FakeClient({"tcp://b:2": no, "tcp://a:1": no, "tcp://c:3": "gpu"})
+    client = _FakeClient({"tcp://b:2": no, "tcp://a:1": no, "tcp://c:3": ("gpu", ours)})
     with pytest.raises(
         CurateError,
         match=r"^the Dask cluster at tcp://s:8786: worker tcp://a:1: the gpu backend cannot run "
@@ -157,8 +160,60 @@ def test_workers_backend_names_a_worker_that_cannot_run_it():
     ):
         _workers_backend(client, "gpu", "tcp://s:8786")
     # "auto" on workers with and without a GPU: the backend every one of them can run.
-    assert _workers_backend(_FakeClient({"a": "gpu", "b": "cpu"}), "auto", "s") == "cpu"
-    assert _workers_backend(_FakeClient({"a": "gpu", "b": "gpu"}), "auto", "s") == "gpu"
+    mixed = _FakeClient({"a": ("gpu", ours), "b": ("cpu", ours)})
+    assert _workers_backend(mixed, "auto", "s") == "cpu"
+    both = _FakeClient({"a": ("gpu", ours), "b": ("gpu", ours)})
+    assert _workers_backend(both, "auto", "s") == "gpu"
+
+
+def test_a_worker_running_other_gpu_curate_code_is_refused():
+    # (A node left on another version, or a patched copy, would mix its parts into the
+    # curated set without a word.)
+    from gpu_curate.cluster import _workers_backend, code_identity
+    from gpu_curate.errors import CurateError
+
+    version, digest = code_identity()
+    older = ("cpu", ("0.0.1", "0" * 16))
+    patched = ("cpu", (version, "f" * 16))
+    client = _FakeClient({"tcp://a:1": ("cpu", (version, digest)), "tcp://c:3": older})
+    with pytest.raises(CurateError) as caught:
+        _workers_backend(client, "cpu", "tcp://s:8786")
+    assert str(caught.value) == (
+        f"the Dask cluster at tcp://s:8786: worker tcp://c:3 runs gpu-curate 0.0.1, this "
+        f"process {version}: install the same gpu-curate on every node"
+    )
+    client = _FakeClient({"tcp://b:2": patched, "tcp://c:3": older})
+    with pytest.raises(CurateError) as caught:
+        _workers_backend(client, "cpu", "tcp://s:8786")
+    assert str(caught.value) == (
+        f"the Dask cluster at tcp://s:8786: worker tcp://b:2 runs another copy of gpu-curate "
+        f"{version} (its source files differ) (2 of 2 workers): install the same gpu-curate "
+        "on every node"
+    )
+
+
+def test_code_identity_follows_the_source_files(tmp_path):
+    # The digest is the package's .py files and the kernels': a copy of them gives the same
+    # one (wherever the kernels lie: beside the package or in it), an edit another.
+    import shutil
+
+    import gpu_curate
+    import gpu_curate.kernels
+    from gpu_curate.cluster import _source_digest, code_identity
+
+    ignored = shutil.ignore_patterns("__pycache__", "kernels")
+    package = tmp_path / "gpu_curate"
+    shutil.copytree(Path(gpu_curate.__file__).parent, package, ignore=ignored)
+    kernels = tmp_path / "kernels"
+    shutil.copytree(gpu_curate.kernels.__path__[0], kernels, ignore=ignored)
+    assert _source_digest(str(package), str(kernels)) == code_identity()[1]
+    (package / "kernels").symlink_to(kernels)  # (a source checkout's link)
+    (package / "__pycache__").mkdir(exist_ok=True)
+    (package / "__pycache__" / "x.py").write_text("# not source")
+    assert _source_digest(str(package), str(package / "kernels")) == code_identity()[1]
+    with open(kernels / "rowlogic.py", "a") as fh:
+        fh.write("\n# a local change\n")
+    assert _source_digest(str(package), str(kernels)) != code_identity()[1]
 
 
 def test_more_worker_processes_than_four_a_core_is_refused(monkeypatch):
