@@ -20,7 +20,7 @@ import click
 from pyarrow import ArrowException
 
 from .cli_options import backend_option, compression_option, seed_number, seed_option, threshold
-from .errors import CurateError, Interrupted
+from .errors import CurateError, Interrupted, spelled
 
 
 class _Group(click.Group):
@@ -53,7 +53,7 @@ class _Group(click.Group):
         signals: list[int] = []
         _STOPPED.clear()  # (a run before this one in the process, a notebook's, stopped)
         flags = list(ctx.args)  # (the subcommand's: ctx holds them until it runs)
-        with _signals_as_interrupts(signals):
+        with _signals_as_interrupts(signals), spelled("cli"):
             return self._invoke(ctx, signals, flags)
 
     def _invoke(self, ctx: click.Context, signals: list[int], flags: list[str]):

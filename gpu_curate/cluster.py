@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .backend import Backend, resolved_name
-from .errors import CurateError, counted
+from .errors import CurateError, counted, option
 
 # Threads per GPU worker of the local GPU cluster (see open_client).
 GPU_THREADS = 4
@@ -78,7 +78,7 @@ def open_client(
     from distributed import Client, LocalCluster
 
     if workers is not None and workers < 1:
-        raise CurateError(f"--workers must be at least 1, got {workers}")
+        raise CurateError(f"{option('--workers')} must be at least 1, got {workers}")
     if scheduler:
         try:
             client = Client(scheduler, timeout="20s")
@@ -99,13 +99,14 @@ def open_client(
         except ImportError:
             raise CurateError(
                 "the gpu backend needs dask-cuda for a local cluster: pip install "
-                "'gpu-curate[cuda12]' (or pass --scheduler)"
+                f"'gpu-curate[cuda12]' (or pass {option('--scheduler')})"
             ) from None
         visible = _visible_gpus()
         if workers is not None and workers > visible:
             # (dask-cuda would raise "Can not scale beyond visible devices".)
             raise CurateError(
-                f"--workers {workers}: only {visible} GPU(s) visible (a GPU worker is one GPU)"
+                f"{option('--workers')} {workers}: only {visible} GPU(s) visible (a GPU worker "
+                "is one GPU)"
             )
         n_gpus = workers or visible
         # The device work of a part is milliseconds and its host Parquet I/O most of the
@@ -127,9 +128,10 @@ def open_client(
     if processes and n > _PROCESSES_PER_CORE * cores:
         # (Each loads Python, Dask and the metadata tables: 500 on 2 cores did not start
         # within minutes, and would take ~100 GB.)
+        procs = option("--processes")
         raise CurateError(
-            f"--workers {n} --processes: {n} worker processes on {cores} cores; at most "
-            f"{_PROCESSES_PER_CORE * cores} (threads, without --processes, may be more)"
+            f"{option('--workers')} {n} {procs}: {n} worker processes on {cores} cores; "
+            f"at most {_PROCESSES_PER_CORE * cores} (threads, without {procs}, may be more)"
         )
     with dask.config.set(LOCAL_CLUSTER_CONFIG):
         cluster = LocalCluster(

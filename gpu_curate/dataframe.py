@@ -418,7 +418,7 @@ def match(
     # Resolved here so that a missing column fails now, and the steps never guess.
     schema = pa.schema([pa.field(n, pa.null()) for n in names])
     requested = None if text_column is None else str(text_column)
-    text = _text_column(schema, requested, "DataFrame", option="text_column=")
+    text = _text_column(schema, requested, "DataFrame", named_by="text_column=")
     id_name = None if id_column is None else str(id_column)
     if id_name is not None and id_name not in names:
         raise CurateError(f"id column {id_name!r} not found; columns are: {', '.join(names)}")

@@ -1,8 +1,79 @@
-"""Errors that the CLI reports as one clear line (no traceback unless --debug)."""
+"""Errors that the CLI reports as one clear line (no traceback unless --debug).
+
+A message names an option through :func:`option`, as the command line spells it
+(``--overwrite``); shown to a Python caller it names the argument (``overwrite=True``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+# Marks an option's name in a message until the message is shown. The process that shows
+# it chooses the spelling (the CLI sets its own in `spelled`); a local cluster's worker
+# processes keep the marks ("kept"), so that what they raise is spelled by the process
+# that reports it.
+_MARK = "\x1f"
+_spelling = "python"
+# Flags without a value: a Python caller passes them as True.
+_SWITCHES = frozenset(["--overwrite", "--resume", "--processes", "--keep-unmatched", "--quiet"])
+
+
+def option(flag: str) -> str:
+    """``flag`` (``"--overwrite"``) marked in a message: the CLI shows it as it is, a Python
+    caller as the argument it stands for.
+
+    Examples
+    --------
+    >>> str(CurateError(f"use {option('--overwrite')} to replace it"))
+    'use overwrite=True to replace it'
+    >>> with spelled("cli"):
+    ...     str(CurateError(f"choose another {option('--out')}"))
+    'choose another --out'
+    """
+    return f"{_MARK}{flag}{_MARK}"
+
+
+def spelled_out(message: str) -> str:
+    """``message`` with its marked options spelled for this process (see :func:`option`)."""
+    if _MARK not in message or _spelling == "kept":
+        return message
+    pieces = message.split(_MARK)
+    for i in range(1, len(pieces), 2):  # (the marked names)
+        flag = pieces[i]
+        if _spelling == "python":
+            name = flag.removeprefix("--").replace("-", "_")
+            pieces[i] = f"{name}=True" if flag in _SWITCHES else name
+    return "".join(pieces)
+
+
+# The options messages name most.
+OVERWRITE, RESUME, OUT = option("--overwrite"), option("--resume"), option("--out")
+
+
+@contextlib.contextmanager
+def spelled(spelling: str) -> Iterator[None]:
+    """Options in messages spelled ``"cli"`` (``--overwrite``), ``"python"``
+    (``overwrite=True``) or ``"kept"`` (marked, for the process that shows them) inside."""
+    global _spelling
+    before, _spelling = _spelling, spelling
+    try:
+        yield
+    finally:
+        _spelling = before
+
+
+def keep_marks() -> None:
+    """For a worker process: leave the options marked (the client spells them)."""
+    global _spelling
+    _spelling = "kept"
 
 
 class CurateError(Exception):
     """Bad input or a run that cannot go on; the message names the problem."""
+
+    def __str__(self) -> str:
+        return spelled_out(super().__str__())
 
 
 class MetadataError(CurateError, ValueError):
@@ -23,7 +94,7 @@ class NullIdError(CurateError):
         self.row = row
 
     def __reduce__(self):  # (raised on a worker process, it travels pickled)
-        return type(self), (str(self), self.row)
+        return type(self), (self.args[0], self.row)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -32,7 +103,14 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, hint: str):
         super().__init__(hint)
-        self.hint = hint
+        self._hint = hint
+
+    @property
+    def hint(self) -> str:
+        return spelled_out(self._hint)
+
+    def __str__(self) -> str:
+        return spelled_out(super().__str__())
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
@@ -101,7 +179,7 @@ def first_line(exc: BaseException) -> str:
         return type(exc).__name__
     # (A reader may quote the bytes of a binary file read as text: a terminal would take
     # its control characters as its own.)
-    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in lines[0])
+    return "".join(c if c.isprintable() or c in ("\t", _MARK) else repr(c)[1:-1] for c in lines[0])
 
 
 def cannot_read(what: object, exc: BaseException, hint: str | None = None) -> CurateError:

@@ -38,7 +38,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from fsspec.utils import glob_translate
 
-from .errors import CurateError, cannot_read, first_line
+from .errors import OVERWRITE, CurateError, cannot_read, first_line, option
 from .json_nesting import MAX_DEPTH, line_too_deep, long_line_too_deep, type_depth
 from .line_ranges import UTF8_BOM, open_range
 from .surrogates import without_surrogate
@@ -335,7 +335,9 @@ def discover(
     [InputFile(path='pool/a.parquet', relpath='a.parquet', format='parquet'), ...]
     """
     if fmt is not None and fmt not in FORMATS:
-        raise CurateError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        raise CurateError(
+            f"unknown {option('--format')} {fmt!r}: choose one of {', '.join(FORMATS)}"
+        )
     if not inputs:
         raise CurateError("no input given")
     files: list[InputFile] = []
@@ -403,7 +405,7 @@ def discover(
             if len(found) == 1 and found[0][0] == path:
                 raise CurateError(
                     f"{spec}: its name does not say its format (known: {known}): give it with "
-                    "--format"
+                    f"{option('--format')}"
                 )
             shown = [f[2] for f in found if not is_hidden(f[2])]
             if shown and all(_scanned_format(p, "jsonl") is None for p in shown):
@@ -414,7 +416,8 @@ def discover(
                     "img2dataset's .tar and NNNNN_stats.json files)"
                 )
             raise CurateError(
-                f"no readable input files in {spec} (looked for {known}; use --format to force one)"
+                f"no readable input files in {spec} (looked for {known}; use "
+                f"{option('--format')} to force one)"
             )
         new = [InputFile(prefix + p if prefix else p, r, f, i.get("size"), _stamp(i))
                for p, i, r, f in kept]  # fmt: skip
@@ -443,7 +446,7 @@ def discover(
         dup = sorted({r for r in rels if rels.count(r) > 1})[0]
         raise CurateError(
             f"two inputs share the relative path {dup!r} (uids would collide): "
-            "give one folder or glob, or use --id-column"
+            f"give one folder or glob, or use {option('--id-column')}"
         )
     return files
 
@@ -1050,7 +1053,7 @@ def read_piece_batches(
             f"{f.path} changed during the run: its bytes {piece.byte_start:,} to "
             f"{piece.byte_end:,} held {piece.row_end - piece.row_start:,} rows when the run "
             f"began and hold {held:,} now; run again on the files as they are (with "
-            "--overwrite)"
+            f"{OVERWRITE})"
         )
 
 
@@ -1092,7 +1095,7 @@ def _check_unchanged(piece: Piece, rows: int) -> None:
         raise CurateError(
             f"{piece.file.path} changed during the run: it held {piece.file_rows:,} rows when "
             f"the run began and holds {rows:,} now; run again on the files as they are "
-            "(with --overwrite)"
+            f"(with {OVERWRITE})"
         )
 
 
@@ -2069,7 +2072,7 @@ def _check_size(f: InputFile, local_only: bool = False) -> None:
     if size != f.size:
         raise CurateError(
             f"{f.path} changed during the run: it held {f.size:,} bytes when the run began "
-            f"and holds {size:,} now; run again on the files as they are (with --overwrite)"
+            f"and holds {size:,} now; run again on the files as they are (with {OVERWRITE})"
         )
 
 
@@ -2175,7 +2178,8 @@ def _delimited_options(open_, fmt: str, text_column, id_column, where: str):
             raise CurateError(
                 f"{where}: the first line ({', '.join(names)}) looks like a header but names "
                 f"none of {', '.join(TEXT_COLUMN_CANDIDATES)}: name the text column with "
-                "--text-column (--text-column f0 if the file has no header)"
+                f"{option('--text-column')} ({option('--text-column')} f0 if the file has no "
+                "header)"
             )
         _refuse_urls_first(head, fmt, where)
     if has_header:
@@ -2219,7 +2223,7 @@ def _refuse_binary(head: bytes, fmt: str, where: str) -> None:
                 "and is read only if compressed once"
             )
         if name.lower().endswith(suffix):  # (read as text by --format)
-            todo = f"leave out --format {fmt}"
+            todo = f"leave out {option('--format')} {fmt}"
         elif suffix == ".parquet":
             todo = "name it .parquet"
         else:
@@ -2251,7 +2255,7 @@ def _refuse_urls_first(head: bytes, fmt: str, where: str) -> None:
         raise CurateError(
             f"{where}: its first column holds URLs ({firsts[0][:60]}, ...), and a file without "
             "a header is matched on its first column: name the caption column with "
-            "--text-column (f1 for the second; f0 matches the URLs all the same)"
+            f"{option('--text-column')} (f1 for the second; f0 matches the URLs all the same)"
         )
 
 
@@ -2333,11 +2337,11 @@ def _utf8_fixed(array: pa.Array) -> pa.Array:
 
 
 def text_column(
-    schema: pa.Schema, requested: str | None, where: str, option: str = "--text-column"
+    schema: pa.Schema, requested: str | None, where: str, named_by: str | None = None
 ) -> str:
     """The text column: the requested one, or the first of TEXT, text, caption, alt_text;
-    for header-less CSV/TSV the first column (f0). ``option`` is how the caller names a
-    column, for the error (the Python API's argument rather than the command line's flag)."""
+    for header-less CSV/TSV the first column (f0). ``named_by`` is how the caller names a
+    column, for the error (by default the run's option: ``--text-column``/``text_column``)."""
     names = schema.names
     if requested is not None:
         if requested not in names:
@@ -2352,7 +2356,7 @@ def text_column(
         return "f0"
     raise CurateError(
         f"{where}: no text column (looked for {', '.join(TEXT_COLUMN_CANDIDATES)}); columns "
-        f"are: {', '.join(names)}; name one with {option}"
+        f"are: {', '.join(names)}; name one with {named_by or option('--text-column')}"
     )
 
 

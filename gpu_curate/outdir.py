@@ -30,7 +30,7 @@ from pathlib import PurePosixPath
 import fsspec
 import numpy as np
 
-from .errors import CurateError, Interrupted
+from .errors import OUT, OVERWRITE, RESUME, CurateError, Interrupted, option
 from .io import (
     atomic_write_json,
     glob_pattern,
@@ -98,8 +98,8 @@ def check_apart(out: str, inputs: Sequence[str]) -> None:
         r = _key(fs, root)
         if _within(r, o):
             raise CurateError(
-                f"output folder {out} is or holds the input {spec} (--overwrite would delete "
-                "it): choose another --out"
+                f"output folder {out} is or holds the input {spec} ({OVERWRITE} would delete "
+                f"it): choose another {OUT}"
             )
         if pattern:
             # A wildcard below the root's first level (pool/*/x.parquet, pool/**) reaches
@@ -112,7 +112,7 @@ def check_apart(out: str, inputs: Sequence[str]) -> None:
         if scanned and _within(o, r) and not is_hidden(str(PurePosixPath(o).relative_to(r))):
             raise CurateError(
                 f"output folder {out} is inside the input folder {spec}, which would read "
-                "it back as input: choose another --out (or a name starting with _)"
+                f"it back as input: choose another {OUT} (or a name starting with _)"
             )
 
 
@@ -230,7 +230,7 @@ def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
     """(fs, path, whether it exists, whether it is empty) of an output folder the run may
     write; a :class:`CurateError` for one it may not."""
     if not str(out).strip():
-        raise CurateError("--out is empty: name an output folder")
+        raise CurateError(f"{OUT} is empty: name an output folder")
     fs, path = fsspec.core.url_to_fs(out)
     if protocol_of(fs) == "memory":
         # (fsspec's memory:// lives in one process: worker processes would write theirs.)
@@ -248,14 +248,14 @@ def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
             if overwrite and _within(k, o):
                 raise CurateError(
                     f"output folder {out} holds the matched dataset {keep}, which it would "
-                    "delete: choose another --out"
+                    f"delete: choose another {OUT}"
                 )
     if layout := _in_layout(fs, path):
         # (Its parts would be read as the run's, and an --overwrite of the run would take
         # them for files it did not write.)
         raise CurateError(
             f"output folder {out} lies in the {layout[1]}/ folder of the run {layout[0]}, "
-            "which it would mix with: choose another --out"
+            f"which it would mix with: choose another {OUT}"
         )
     exists = fs.exists(path)
     if exists and not fs.isdir(path):
@@ -264,7 +264,7 @@ def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
         where = f"output {out} is" if link == path else f"output {out} lies in {link},"
         raise CurateError(
             f"{where} a symbolic link to {os.readlink(link)}, which does not exist: create "
-            "that folder, or choose another --out"
+            f"that folder, or choose another {OUT}"
         )
     # (A folder that holds only what a write cut off at its start left is empty.)
     fresh = not (exists and [p for p in fs.ls(path, detail=False) if not ignored_name(p)])
@@ -278,8 +278,8 @@ def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
     if overwrite:
         if is_local(fs) and _within(os.path.realpath(os.getcwd()), _key(fs, path)):
             raise CurateError(
-                f"--overwrite would delete {out}, which holds the current directory: choose "
-                "another --out"
+                f"{OVERWRITE} would delete {out}, which holds the current directory: choose "
+                f"another {OUT}"
             )
         try:
             if is_local(fs) and fcntl is not None:
@@ -287,29 +287,29 @@ def _checked_out(out, overwrite, resume, manifest, keep, owned, locked=False):
             foreign = _foreign(fs, path, RUN_NAMES if owned is None else owned)
         except RecursionError:
             raise CurateError(
-                f"--overwrite: {out} holds folders nested too deeply to be checked: empty it "
-                "yourself, or choose another --out"
+                f"{OVERWRITE}: {out} holds folders nested too deeply to be checked: empty it "
+                f"yourself, or choose another {OUT}"
             ) from None
         if foreign:
             shown = ", ".join(foreign[:3]) + (
                 f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
             )
             raise CurateError(
-                f"--overwrite would delete {out}, which holds what gpu-curate does not write "
-                f"({shown}): move that away or choose another --out"
+                f"{OVERWRITE} would delete {out}, which holds what gpu-curate does not write "
+                f"({shown}): move that away or choose another {OUT}"
             )
     elif not resume:
         raise CurateError(
-            f"output folder {out} exists and is not empty (use --overwrite to replace it or "
-            "--resume to continue an interrupted run)"
+            f"output folder {out} exists and is not empty (use {OVERWRITE} to replace it or "
+            f"{RESUME} to continue an interrupted run)"
         )
     else:
         own = fs.exists(f"{path}/{manifest}")
         if not (own or (same_as_keep and fs.exists(f"{path}/{MATCH_MANIFEST}"))):
             kind = "match or curate" if manifest == MATCH_MANIFEST else "balance"
             raise CurateError(
-                f"--resume: {out} holds no interrupted {kind} run (no {manifest}); use a new "
-                "folder or --overwrite"
+                f"{RESUME}: {out} holds no interrupted {kind} run (no {manifest}); use a new "
+                f"folder or {OVERWRITE}"
             )
     return fs, path, exists, fresh
 
@@ -371,12 +371,12 @@ def prepare_out(
                 # (The folder and its manifests stay, for --resume, where the command has
                 # one: a resume continues from the parts finished so far.)
                 if not resumable:
-                    raise Interrupted("run it again with --overwrite") from None
+                    raise Interrupted(f"run it again with {OVERWRITE}") from None
                 if isinstance(exc, Interrupted):
                     raise  # (a run's, inside this folder)
-                instead = " instead of --overwrite" if overwrite else ""
+                instead = f" instead of {OVERWRITE}" if overwrite else ""
                 raise Interrupted(
-                    f"finished parts are kept: run the same command with --resume{instead} "
+                    f"finished parts are kept: run the same command with {RESUME}{instead} "
                     "to continue"
                 ) from None
             except Exception:
@@ -607,8 +607,8 @@ def _check_nested(path: str, out: str) -> None:
         else:
             run, stop = f"another gpu-curate run ({held}) is writing", " or stop it"
         raise CurateError(
-            f"--overwrite would delete {nested}, which {run} (it holds {name}): wait for it "
-            f"to end{stop}, or choose another --out"
+            f"{OVERWRITE} would delete {nested}, which {run} (it holds {name}): wait for it "
+            f"to end{stop}, or choose another {OUT}"
         )
 
 
@@ -617,12 +617,12 @@ def _held_message(held: str, out: str, name: str) -> str:
     if held == "reads":
         return (
             f"a gpu-curate run reads {out} (it holds {name}, which is released when that "
-            "process ends): wait for it to end, or choose another --out"
+            f"process ends): wait for it to end, or choose another {OUT}"
         )
     return (
         f"another gpu-curate run ({held}) is writing to {out} (it holds {name}, which is "
         "released when that process ends): wait for it to end or stop it, or choose another "
-        "--out"
+        f"{OUT}"
     )
 
 
@@ -773,15 +773,15 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run", resume: bo
         if not _create(fs, path, manifest):
             raise CurateError(
                 f"another gpu-curate run is writing to {out} (its {name} appeared after this "
-                "run began): wait for it to end, or choose another --out"
+                f"run began): wait for it to end, or choose another {OUT}"
             )
         return
     if not fs.exists(path):
         stage = {MATCH_MANIFEST: "matched", BALANCE_MANIFEST: "curated"}.get(name)
         if stage is not None and finished_parts(fs, f"{out}/{stage}"):
             raise CurateError(
-                f"--resume: {out}/{stage} holds finished parts but no {name} says which run "
-                "wrote them (an --overwrite cut short?): use --overwrite to start again"
+                f"{RESUME}: {out}/{stage} holds finished parts but no {name} says which run "
+                f"wrote them (an {OVERWRITE} cut short?): use {OVERWRITE} to start again"
             )
         atomic_write_json(fs, path, manifest)
         return
@@ -789,9 +789,9 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run", resume: bo
         with fs.open(path, "rb") as fh:
             previous = json.load(fh)
     except (ValueError, OSError, RecursionError) as exc:
-        raise CurateError(f"--resume: cannot read {path} ({exc}); use --overwrite") from None
+        raise CurateError(f"{RESUME}: cannot read {path} ({exc}); use {OVERWRITE}") from None
     if not isinstance(previous, dict):
-        raise CurateError(f"--resume: {path} is not a gpu-curate manifest; use --overwrite")
+        raise CurateError(f"{RESUME}: {path} is not a gpu-curate manifest; use {OVERWRITE}")
     previous = {**{k: v for k, v in _MANIFEST_DEFAULTS.items() if k in manifest}, **previous}
     if previous == manifest:
         return
@@ -802,37 +802,38 @@ def claim(fs, out: str, name: str, manifest: dict, what: str = "run", resume: bo
                 was = before.get(rel) or [None] * len(now)
                 what = [n for n, a, b in zip(_FILE_FIELDS, was, now, strict=False) if a != b]
                 raise CurateError(
-                    f"--resume: input file {rel} changed since {out} was begun (its "
+                    f"{RESUME}: input file {rel} changed since {out} was begun (its "
                     f"{', '.join(what) or 'entry'}); its finished parts would be stale: use "
-                    "--overwrite"
+                    f"{OVERWRITE}"
                 )
     changed = sorted(k for k in manifest if previous.get(k) != manifest.get(k))
     if changed == ["parts_sha256"]:
         # (The same inputs and options: the cut itself changed, as between versions.)
         raise CurateError(
-            f"--resume: {out} was begun by a gpu-curate version that cuts the input files "
-            "into other parts; finish it with that version, or use --overwrite to start again"
+            f"{RESUME}: {out} was begun by a gpu-curate version that cuts the input files "
+            f"into other parts; finish it with that version, or use {OVERWRITE} to start again"
         )
     if changed == ["compression"]:
         # (Its finished parts would keep the first codec, the new ones take the other.)
+        codec = option("--compression")
         raise CurateError(
-            f"--resume: {out} was begun with --compression {previous.get('compression')}, "
-            f"not {manifest['compression']}: resume with --compression "
-            f"{previous.get('compression')}, or use --overwrite to start again"
+            f"{RESUME}: {out} was begun with {codec} {previous.get('compression')}, not "
+            f"{manifest['compression']}: resume with {codec} {previous.get('compression')}, or "
+            f"use {OVERWRITE} to start again"
         )
     if what == "balance" and changed and set(changed) <= {"t", "seed"}:
         # (In the matched dataset's own folder, --overwrite is refused: it would delete it.)
         in_matched = fs.exists(f"{out}/{MATCH_MANIFEST}")
         raise CurateError(
-            f"--resume: {out} was balanced with another {' and '.join(changed)}: write this "
-            "balance into another --out"
-            + ("" if in_matched else ", or use --overwrite to replace that one")
+            f"{RESUME}: {out} was balanced with another {' and '.join(changed)}: write this "
+            f"balance into another {OUT}"
+            + ("" if in_matched else f", or use {OVERWRITE} to replace that one")
         )
     # (The cut into parts follows from the options and files: named only when alone.)
     shown = [k for k in changed if k != "parts_sha256"]
     raise CurateError(
-        f"--resume: {out} was written by a different {what} (differs in: "
-        f"{', '.join(shown)}); use --overwrite to start again"
+        f"{RESUME}: {out} was written by a different {what} (differs in: "
+        f"{', '.join(shown)}); use {OVERWRITE} to start again"
     )
 
 
@@ -942,7 +943,7 @@ def not_matched_why(fs, path: str, shown: str) -> str | None:
     if fs.exists(f"{path}/matched/_SUCCESS"):
         return None
     if fs.exists(f"{path}/{MATCH_MANIFEST}"):
-        return f"{shown} is an interrupted run (matched/_SUCCESS missing): finish it with --resume"
+        return f"{shown} is an interrupted run (matched/_SUCCESS missing): finish it with {RESUME}"
     if not fs.isdir(f"{path}/matched") and fs.exists(f"{path}/{BALANCE_MANIFEST}"):
         # (A balance's output: its report names the matched dataset it read.)
         try:
@@ -1024,8 +1025,8 @@ def check_balance_settings(fs, out: str, t: float, seed: int) -> None:
         changed = [k for k, v in (("t", t), ("seed", seed)) if previous.get(k) != v]
         if changed:
             raise CurateError(
-                f"--resume: {out} was written by a different balance (differs in: "
+                f"{RESUME}: {out} was written by a different balance (differs in: "
                 f"{', '.join(changed)}); to balance its matched rows again, run `gpu-curate "
                 f"balance {out} --out NEW` with the new {' and '.join(changed)}, or use "
-                "--overwrite to start again"
+                f"{OVERWRITE} to start again"
             )

@@ -46,7 +46,17 @@ from .counts import (
     read_counts_table,
     tree_reduce,
 )
-from .errors import CurateError, cannot_read, counted, first_line, whole_number
+from .errors import (
+    OVERWRITE,
+    RESUME,
+    CurateError,
+    cannot_read,
+    counted,
+    first_line,
+    option,
+    spelled_out,
+    whole_number,
+)
 from .io import (
     COMPRESSIONS,
     FORMATS,
@@ -136,20 +146,20 @@ class Options:
         check_name(self.backend)
         if self.format is not None and self.format not in FORMATS:
             raise CurateError(
-                f"unknown --format {self.format!r}: choose one of {', '.join(FORMATS)}"
+                f"unknown {option('--format')} {self.format!r}: choose one of {', '.join(FORMATS)}"
             )
         for name in ("workers", "partition_rows"):
             value = getattr(self, name)
             if value is not None:
-                flag = "--" + name.replace("_", "-")
+                flag = option("--" + name.replace("_", "-"))
                 setattr(self, name, whole_number(value, flag, at_least=1))
         if self.overwrite and self.resume:
-            raise CurateError("--overwrite and --resume exclude each other")
+            raise CurateError(f"{OVERWRITE} and {RESUME} exclude each other")
         if self.scheduler and (self.workers is not None or self.processes):
-            flags = "--workers" if self.workers is not None else "--processes"
+            flags = option("--workers") if self.workers is not None else option("--processes")
             raise CurateError(
-                f"{flags} shapes a local cluster, and --scheduler runs on an existing one, "
-                "whose workers are as they were started: leave out one of the two"
+                f"{flags} shapes a local cluster, and {option('--scheduler')} runs on an existing "
+                "one, whose workers are as they were started: leave out one of the two"
             )
 
 
@@ -166,7 +176,7 @@ def _checked_options(options: Options | None) -> Options:
 
 def _say(opts: Options, msg: str) -> None:
     if not opts.quiet:
-        opts.echo(msg)
+        opts.echo(spelled_out(msg))
 
 
 # --------------------------------------------------------------------------- tasks
@@ -290,7 +300,7 @@ def _part_tables(part: Part, step: MatchStep, all_uids: list[np.ndarray] | None)
             raise CurateError(
                 f"{piece.file.path} changed during the run: its columns are no longer those "
                 f"of {part.pieces[0].file.path}, packed with it; run again on the files as "
-                "they are (with --overwrite)"
+                f"they are (with {OVERWRITE})"
             )
         u, sorted_u = step.uids(table, piece.file.relpath, piece.row_start, piece.file.path)
         tables.append(table)
@@ -432,7 +442,7 @@ def _compute(client, results: list, n_entries: int, opts: Options):
         # had, with a traceback of its own. The parts finished by then are kept.)
         raise CurateError(
             f"the Dask cluster went away during the run ({first_line(exc)}): the finished "
-            "parts are kept; run the same command with --resume to continue"
+            f"parts are kept; run the same command with {RESUME} to continue"
         ) from None
     stats = stats if isinstance(stats, list) else [stats]  # (a single part is no merge)
     return stats, np.asarray(total, dtype=np.int64)
@@ -704,7 +714,7 @@ def match_stage(
             opts,
             f"note: no text matched an entry ({nulls:,} of {_sum(stats, 'pool_rows'):,} rows "
             f"null or empty; texts from {', '.join(text_columns) or '-'}): check "
-            "--text-column and the metadata",
+            f"{option('--text-column')} and the metadata",
         )
     column_sets = list(dict.fromkeys(tuple(s["columns"]) for s in stats if "columns" in s))
     if len(column_sets) > 1:
@@ -996,7 +1006,7 @@ def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Opti
         # report's pool figures, which this balance's report copies, are not there.)
         raise CurateError(
             f"{matched_dir} is an interrupted run (report.json missing): finish it with "
-            "--resume, then balance it"
+            f"{RESUME}, then balance it"
         )
     if mfs.exists(f"{mpath}/report.json"):
         try:

@@ -29,7 +29,7 @@ from . import balance
 from .backend import BackendError, resolve
 from .cli_options import backend_option, threshold
 from .counts import counts_by_id, read_counts_table
-from .errors import CurateError, whole_number
+from .errors import RESUME, CurateError, option, whole_number
 from .io import read_parquet_columns
 from .outdir import not_matched_why, reading, run_folder_why, success_parts
 from .steps import list_chunk_csr
@@ -178,7 +178,7 @@ def load_entry_counts(matched_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
             # (The counts are written once every part is matched.)
             raise CurateError(
                 f"{root} is an interrupted run (no entry_counts.parquet yet): finish it with "
-                "--resume"
+                f"{RESUME}"
             )
         raise CurateError(
             f"{root} is not a matched dataset (no entry_counts.parquet): give the output "
@@ -415,9 +415,11 @@ def plan(
     ts = [ts] if isinstance(ts, int | float | np.number) else list(ts)
     ts = [balance.check_t(t) for t in ts]
     if target_rows is not None:
-        target_rows = whole_number(target_rows, "--target-rows", at_least=1)
+        target_rows = whole_number(target_rows, option("--target-rows"), at_least=1)
     if not ts and target_rows is None:
-        raise CurateError("give at least one t (--t) or a target size (--target-rows)")
+        raise CurateError(
+            f"give at least one t ({option('--t')}) or a target size ({option('--target-rows')})"
+        )
     matched_dir = local_folder(matched_dir)
     with reading(str(matched_dir)):  # (no run overwrites it while it is read)
         counts_h, entries = load_entry_counts(matched_dir)

@@ -28,7 +28,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from .errors import CurateError
+from .errors import OVERWRITE, CurateError
 from .io import Part, atomic_write_bytes, piece_tables
 from .uid import value_uids
 
@@ -240,9 +240,9 @@ def _open_header(fh, path: str) -> int:
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
     except ValueError as exc:
-        raise CurateError(f"{path}: not a uid file ({exc}); use --overwrite") from None
+        raise CurateError(f"{path}: not a uid file ({exc}); use {OVERWRITE}") from None
     if dtype != _U64 or fortran or len(shape) != 1:
-        raise CurateError(f"{path}: not a uid file ({dtype}, {shape}); use --overwrite")
+        raise CurateError(f"{path}: not a uid file ({dtype}, {shape}); use {OVERWRITE}")
     return fh.tell()
 
 
@@ -250,7 +250,7 @@ def _read_u64(fh, pos: int, count: int, path: str) -> np.ndarray:
     fh.seek(pos)
     data = fh.read(8 * count)
     if len(data) != 8 * count:
-        raise CurateError(f"{path}: truncated uid file; use --overwrite")
+        raise CurateError(f"{path}: truncated uid file; use {OVERWRITE}")
     return np.frombuffer(data, dtype=_U64).astype(np.uint64)
 
 
@@ -318,12 +318,12 @@ def read_bucket(fs: fsspec.AbstractFileSystem, path: str, k: int, n_buckets: int
             if b != n_buckets:
                 raise CurateError(
                     f"{path}: written with {b} uid buckets, this run uses {n_buckets} "
-                    "(the inputs changed?); use --overwrite"
+                    f"(the inputs changed?); use {OVERWRITE}"
                 )
             lo, hi = (int(v) for v in _read_u64(fh, base + 8 * (1 + k), 2, path))
             return _read_u64(fh, base + 8 * (2 + n_buckets + lo), hi - lo, path)
     except FileNotFoundError:
-        raise CurateError(f"uid file {path} is missing; use --overwrite") from None
+        raise CurateError(f"uid file {path} is missing; use {OVERWRITE}") from None
 
 
 # --------------------------------------------------------------------------- the check

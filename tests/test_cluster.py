@@ -57,7 +57,7 @@ def test_more_gpu_workers_than_gpus_is_a_one_line_error(monkeypatch):
     fake.LocalCUDACluster = lambda **kw: started.append(kw)
     monkeypatch.setitem(sys.modules, "dask_cuda", fake)
     monkeypatch.setattr(cluster, "_visible_gpus", lambda: 2)
-    with pytest.raises(CurateError, match=r"--workers 3: only 2 GPU\(s\) visible"):
+    with pytest.raises(CurateError, match=r"^workers 3: only 2 GPU\(s\) visible"):
         with open_client(Backend("gpu", np), workers=3):
             pass
     assert started == []
@@ -227,8 +227,8 @@ def test_more_worker_processes_than_four_a_core_is_refused(monkeypatch):
         with open_client(resolve("cpu"), workers=9, processes=True):
             pass
     assert str(caught.value) == (
-        "--workers 9 --processes: 9 worker processes on 2 cores; at most 8 (threads, without "
-        "--processes, may be more)"
+        "workers 9 processes=True: 9 worker processes on 2 cores; at most 8 (threads, without "
+        "processes=True, may be more)"
     )
     with open_client(resolve("cpu"), workers=9) as (client, info):  # (threads)
         assert info.threads == 9

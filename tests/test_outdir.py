@@ -116,7 +116,7 @@ def test_overwrite_refuses_a_folder_holding_one_another_run_writes(tmp_path):
     (top / "keep.txt").write_text("the old run's file")
     with held(nested, "writes") as proc:
         refused(
-            top, f"--overwrite would delete {top}/a/run, which another gpu-curate run (pid "
+            top, f"overwrite=True would delete {top}/a/run, which another gpu-curate run (pid "
             f"{proc.pid} on {socket.gethostname()}", f"is writing (it holds {nested / LOCK})",
         )  # fmt: skip
         # Refused before anything was deleted.
@@ -124,8 +124,8 @@ def test_overwrite_refuses_a_folder_holding_one_another_run_writes(tmp_path):
     # The lock goes with the process: a lock file left behind is no lock. What is left
     # stops --overwrite all the same: gpu-curate did not write it.
     (nested / LOCK).write_text("pid 1 on elsewhere since 2026-11-27 00:00:00\n")
-    refused(top, f"--overwrite would delete {top}, which holds what gpu-curate does not write "
-            "(a, keep.txt): move that away or choose another --out")  # fmt: skip
+    refused(top, f"overwrite=True would delete {top}, which holds what gpu-curate does not "
+            "write (a, keep.txt): move that away or choose another out")  # fmt: skip
     assert (top / "keep.txt").is_file() and (nested / "part-00000.parquet").is_file()
 
 
@@ -518,7 +518,7 @@ def test_an_out_that_is_a_link_to_nothing_is_named(tmp_path):
         pass
     assert str(caught.value) == (
         f"output {tmp_path / 'out'} is a symbolic link to {tmp_path / 'missing'}, which does "
-        "not exist: create that folder, or choose another --out"
+        "not exist: create that folder, or choose another out"
     )
     # (A folder below it: "[Errno 2] No such file or directory".)
     below = str(tmp_path / "out" / "sub")
@@ -527,7 +527,7 @@ def test_an_out_that_is_a_link_to_nothing_is_named(tmp_path):
     assert str(caught.value) == (
         f"output {tmp_path / 'out' / 'sub'} lies in {tmp_path / 'out'}, a symbolic link to "
         f"{tmp_path / 'missing'}, which does not exist: create that folder, or choose another "
-        "--out"
+        "out"
     )
     (tmp_path / "missing").mkdir()  # (then it is written through)
     with prepare_out(str(tmp_path / "out"), False, False, MATCH_MANIFEST):

@@ -804,30 +804,70 @@ def test_compression_option(small, tmp_path):
         Options(compression="gzip")
 
 
+def test_errors_name_options_as_the_caller_spells_them(small, tmp_path):
+    # (A notebook was told "use --overwrite" where it passes overwrite=True.)
+    texts, entries, md = small
+    path, _ = _write(tmp_path / "in", "jsonl", texts)
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "x").write_text("not a run")
+    said = f"output folder {out} exists and is not empty (use %s to replace it or %s to continue"
+    with pytest.raises(CurateError) as caught:
+        gpu_curate.curate([str(path)], md, str(out))
+    assert str(caught.value).startswith(said % ("overwrite=True", "resume=True"))
+    r = cli("curate", path, "--metadata", md, "--out", out, ok=False)
+    assert r.exit_code == 2
+    assert r.output.startswith("gpu-curate: error: " + said % ("--overwrite", "--resume")), r.output
+
+
+def test_a_worker_process_leaves_the_spelling_to_the_process_that_shows_it():
+    # A local cluster's worker process keeps the marks (its preload says so), so what it
+    # raises reads as the CLI's flags in the CLI and as arguments in a notebook.
+    import pickle
+
+    from gpu_curate.errors import OVERWRITE, cannot_read, first_line, spelled
+
+    with spelled("kept"):
+        raised = CurateError(f"uid file u.npy is missing; use {OVERWRITE}")
+        wrapped = cannot_read("part 3", raised)  # (first_line keeps the marks)
+        sent = pickle.dumps([raised, wrapped])
+    with spelled("cli"):
+        assert [str(e) for e in pickle.loads(sent)] == [
+            "uid file u.npy is missing; use --overwrite",
+            "cannot read part 3: uid file u.npy is missing; use --overwrite",
+        ]
+    assert str(pickle.loads(sent)[1]) == (
+        "cannot read part 3: uid file u.npy is missing; use overwrite=True"
+    )
+    assert first_line(pickle.loads(sent)[0]) == "uid file u.npy is missing; use overwrite=True"
+
+
 def test_the_api_checks_its_options_as_the_cli_checks_its_flags(small, tmp_path):
     # Options(partition_rows=-5) curated a pool of zero parts and reported success, and
     # overwrite=True with resume=True deleted the run that was to be resumed.
     texts, entries, md = small
     path, _ = _write(tmp_path / "in", "jsonl", texts)
     for kw, message in [
-        ({"partition_rows": -5}, "--partition-rows must be a whole number of at least 1, got -5"),
-        ({"partition_rows": 0}, "--partition-rows must be a whole number of at least 1, got 0"),
-        ({"partition_rows": "100"}, "--partition-rows must be a whole number"),
-        ({"workers": "2"}, "--workers must be a whole number of at least 1, got '2'"),
-        ({"workers": True}, "--workers must be a whole number"),
-        ({"overwrite": True, "resume": True}, "--overwrite and --resume exclude each other"),
-        ({"format": "txt"}, "unknown --format 'txt'"),
+        # (Named as a Python caller passes them; the CLI names its flags: see
+        # test_errors_name_options_as_the_caller_spells_them.)
+        ({"partition_rows": -5}, "partition_rows must be a whole number of at least 1, got -5"),
+        ({"partition_rows": 0}, "partition_rows must be a whole number of at least 1, got 0"),
+        ({"partition_rows": "100"}, "partition_rows must be a whole number"),
+        ({"workers": "2"}, "workers must be a whole number of at least 1, got '2'"),
+        ({"workers": True}, "workers must be a whole number"),
+        ({"overwrite": True, "resume": True}, "overwrite=True and resume=True exclude each other"),
+        ({"format": "txt"}, "unknown format 'txt'"),
         ({"backend": "cuda"}, "unknown backend 'cuda'"),
         # (Both were ignored: the run went on the scheduler's workers, as they were.)
-        ({"scheduler": "tcp://h:8786", "workers": 3}, "--workers shapes a local cluster"),
-        ({"scheduler": "tcp://h:8786", "processes": True}, "--processes shapes a local cluster"),
+        ({"scheduler": "tcp://h:8786", "workers": 3}, "workers shapes a local cluster"),
+        ({"scheduler": "tcp://h:8786", "processes": True}, "processes=True shapes a local cluster"),
     ]:
         with pytest.raises(CurateError, match=re.escape(message)):
             Options(**kw)
     assert Options(workers=np.int64(2), partition_rows=np.int32(7)).partition_rows == 7
     assert Options(partition_rows=5e3).partition_rows == 5000  # (a float without fraction)
     for bad in (2.5, float("inf")):
-        with pytest.raises(CurateError, match="--partition-rows must be a whole number"):
+        with pytest.raises(CurateError, match="^partition_rows must be a whole number"):
             Options(partition_rows=bad)
     with pytest.raises(TypeError, match=r"options must be a gpu_curate.Options .*got dict"):
         gpu_curate.curate([str(path)], md, str(tmp_path / "o"), options={"overwrite": True})
@@ -1729,7 +1769,7 @@ def test_a_lost_scheduler_is_one_line(monkeypatch):
     delayed = [dask.delayed(lambda: None)()]
     with pytest.raises(CurateError, match=r"the Dask cluster went away during the run \(.*"
                        r"scheduler-connection-lost.*\): the finished parts are kept; run the "
-                       r"same command with --resume"):  # fmt: skip
+                       r"same command with resume=True to continue$"):  # fmt: skip
         pipeline._compute(Client(), delayed, 3, opts)
 
 

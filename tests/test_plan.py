@@ -191,9 +191,9 @@ def test_an_interrupted_run_or_its_parts_folder_says_what_to_give(tmp_path, data
     run = tmp_path / "run"
     (run / "matched" / "_parts").mkdir(parents=True)
     (run / "_run.json").write_text("{}")
-    with pytest.raises(CurateError, match="is an interrupted run .*: finish it with --resume"):
+    with pytest.raises(CurateError, match="is an interrupted run .*: finish it with resume=True$"):
         load_entry_counts(run)
-    with pytest.raises(CurateError, match="is an interrupted run .*: finish it with --resume"):
+    with pytest.raises(CurateError, match="is an interrupted run .*: finish it with resume=True$"):
         load_matched_csr(run)
     res = CliRunner().invoke(main, ["balance", str(run), "--t", "5", "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "is an interrupted run" in res.stderr, res.stderr
@@ -349,7 +349,7 @@ def test_plan_argument_errors(dataset):
     with pytest.raises(CurateError):
         plan(root, [])
     for bad in (True, "1500", 1500.5):
-        with pytest.raises(CurateError, match="--target-rows must be a whole number of at least 1"):
+        with pytest.raises(CurateError, match="^target_rows must be a whole number of at least 1"):
             plan(root, [], target_rows=bad)
 
 
