@@ -323,7 +323,9 @@ def _unique_check(ddf, id_column: str | None) -> Delayed | None:
     if ddf.npartitions == 1 or (id_column is None and _index_partitions_disjoint(ddf)):
         return None
     values = ddf[id_column] if id_column is not None else ddf.index.to_series()
-    if _holds_python_strings(values.dtype):
+    # (cuDF's strings are UTF-8, without lone surrogates; and its string dtype is object,
+    # but its Series have no host tolist().)
+    if not _is_cudf(values._meta) and _holds_python_strings(values.dtype):
         # (As the uids see them: "x\ud800" is "x\ufffd", and Arrow, which the shuffle
         # uses, refuses a lone surrogate.)
         meta = pd.Series([], dtype=object, name=values.name)

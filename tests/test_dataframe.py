@@ -608,6 +608,27 @@ def test_lone_surrogates_in_ids_of_several_partitions():
                 gdf.match(dd.from_pandas(twice, npartitions=2), ENTRIES, id_column="id").compute()
 
 
+def test_string_ids_of_cudf_partitions_stay_on_the_device(monkeypatch):
+    # The check across partitions replaced lone surrogates through the host's tolist(),
+    # which a cuDF Series refuses (and its strings, UTF-8, hold none). No cuDF here: the
+    # frame's partitions are taken for cuDF's, and the host route would fail the check.
+    from gpu_curate import dataframe
+
+    def host_route(series):
+        raise AssertionError("cuDF does not support conversion to host memory via tolist()")
+
+    ids = pd.DataFrame({"TEXT": ["a dog", "cat", "dog"], "id": ["x", "y", "x"]}, dtype=object)
+    monkeypatch.setattr(dataframe, "_without_surrogates_series", host_route)
+    with dask.config.set({"dataframe.convert-string": False}):
+        ddf = dd.from_pandas(ids, npartitions=2)  # (object ids, as cuDF's string dtype)
+        with pytest.raises(AssertionError, match="tolist"):  # (pandas: the host route)
+            dataframe._unique_check(ddf, "id").compute()
+        monkeypatch.setattr(dataframe, "_is_cudf", lambda df: True)
+        monkeypatch.setattr(pd.Series, "to_pandas", lambda self: self, raising=False)
+        with pytest.raises(CurateError, match="id column 'id' has duplicate value 'x'"):
+            dataframe._unique_check(ddf, "id").compute()
+
+
 def test_column_labels_that_are_one_name_are_refused(pdf):
     # (A duplicated label gave pandas' "Duplicate column names" at compute, or a Dask
     # AttributeError; labels 0 and "0" silently took the integer-labelled column.)
