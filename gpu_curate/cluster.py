@@ -37,6 +37,7 @@ class ClusterInfo:
     threads: int
     address: str
     backend: str  # "cpu" | "gpu": what the workers run (chosen where they are)
+    note: str = ""  # why "auto" chose it, where that is not plain
 
     def describe(self) -> str:
         workers, threads = counted(self.workers, "worker"), counted(self.threads, "thread")
@@ -93,14 +94,20 @@ def open_client(
             name = _workers_backend(client, backend, scheduler)
             yield client, ClusterInfo("scheduler", len(ws), threads, scheduler, name)
         return
-    if resolved_name(backend) == "gpu":
+    gpu, note = resolved_name(backend) == "gpu", ""
+    if gpu:
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
-            raise CurateError(
-                "the gpu backend needs dask-cuda for a local cluster: pip install "
-                f"'gpu-curate[cuda12]' (or pass {option('--scheduler')})"
-            ) from None
+            if backend != "auto":
+                raise CurateError(
+                    "the gpu backend needs dask-cuda for a local cluster: pip install "
+                    f"'gpu-curate[cuda12]' (or pass {option('--scheduler')})"
+                ) from None
+            # (A GPU whose CuPy came with another package: the run it can make is the
+            # cpu backend's, with the same result.)
+            gpu, note = False, "auto: a GPU is visible, but dask-cuda is not installed"
+    if gpu:
         visible = _visible_gpus()
         if workers is not None and workers > visible:
             # (dask-cuda would raise "Can not scale beyond visible devices".)
@@ -117,7 +124,11 @@ def open_client(
         per = max(1, min(GPU_THREADS, (os.cpu_count() or 1) // n_gpus))
         with dask.config.set(LOCAL_CLUSTER_CONFIG):
             cluster = LocalCUDACluster(
-                n_workers=n_gpus, threads_per_worker=per, preload=[WORKER_SETUP]
+                n_workers=n_gpus,
+                threads_per_worker=per,
+                preload=[WORKER_SETUP],
+                dashboard_address=":0",  # (two runs at once: no "port 8787 in use")
+                silence_logs=logging.CRITICAL,
             )
         n = len(cluster.workers)
         with cluster, Client(cluster) as client:
@@ -145,7 +156,8 @@ def open_client(
         )
     kind = "local-processes" if processes else "local-threads"
     with cluster, Client(cluster) as client:
-        yield client, ClusterInfo(kind, n if processes else 1, n, cluster.scheduler_address, "cpu")
+        address = cluster.scheduler_address
+        yield client, ClusterInfo(kind, n if processes else 1, n, address, "cpu", note)
 
 
 # Local worker processes a core, at most: beyond, they only wait for it (and take memory).

@@ -843,7 +843,8 @@ def _check_local_backend(opts: Options) -> None:
 
 
 def _header(opts: Options, info: ClusterInfo) -> dict:
-    _say(opts, f"gpu-curate {__version__}: backend {info.backend}, {info.describe()}")
+    why = f" ({info.note})" if info.note else ""
+    _say(opts, f"gpu-curate {__version__}: backend {info.backend}{why}, {info.describe()}")
     return {
         "backend": info.backend,
         "workers": info.workers,

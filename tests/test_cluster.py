@@ -98,6 +98,31 @@ def test_gpu_workers_get_the_ctrl_c_preload(monkeypatch):
     with open_client(Backend("gpu", np)) as (_, info):
         assert info.kind == "local-cuda"
     assert started[0]["preload"] == ["gpu_curate.worker_setup"]
+    # Started as the cpu cluster is: a dashboard port of its own (two runs at once on one
+    # machine: no "port 8787 is already in use"), and distributed's logs quiet.
+    import logging
+
+    assert started[0]["dashboard_address"] == ":0"
+    assert started[0]["silence_logs"] == logging.CRITICAL
+
+
+def test_auto_on_a_gpu_without_dask_cuda_runs_the_cpu_backend(monkeypatch):
+    # (CuPy and a GPU, from another package's install, without gpu-curate's GPU extra:
+    # "auto" chose the gpu backend and failed for want of dask-cuda, where the cpu backend
+    # gives the same result.) No GPU here: the GPU is a stand-in, dask-cuda absent.
+    import sys
+
+    from gpu_curate import backend
+    from gpu_curate.errors import CurateError
+
+    monkeypatch.setattr(backend, "gpu_unavailable_reason", lambda: None)
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)  # (import raises ImportError)
+    with open_client("auto", workers=1) as (_, info):
+        assert (info.kind, info.backend) == ("local-threads", "cpu")
+        assert info.note == "auto: a GPU is visible, but dask-cuda is not installed"
+    with pytest.raises(CurateError, match="^the gpu backend needs dask-cuda"):
+        with open_client("gpu", workers=1):
+            pass
 
 
 # ------------------------------------------------------- the backend of a --scheduler run
