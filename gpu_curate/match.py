@@ -188,13 +188,15 @@ class DeviceTables:
         self.emask = tables.emask
 
 
-_DEVICE_TABLES: dict[tuple[str, str], DeviceTables] = {}
+_DEVICE_TABLES: dict[tuple[str, str, int], DeviceTables] = {}
 _DEVICE_LOCK = threading.Lock()
 
 
 def device_tables(md: Metadata, xp) -> DeviceTables:
-    """Device copy of ``md``'s tables, cached per process, metadata and array module."""
-    key = (md.fingerprint, xp.__name__)
+    """Device copy of ``md``'s tables, cached per process, metadata, array module and
+    device (a notebook may switch with ``cupy.cuda.Device(1)``)."""
+    device = xp.cuda.runtime.getDevice() if hasattr(xp, "cuda") else -1
+    key = (md.fingerprint, xp.__name__, device)
     with _DEVICE_LOCK:
         if key not in _DEVICE_TABLES:
             _DEVICE_TABLES.clear()  # one metadata at a time on a device is the normal case
@@ -205,31 +207,40 @@ def device_tables(md: Metadata, xp) -> DeviceTables:
 def match_cudf(series, metadata: MetadataLike):
     """Match a cuDF string Series on the device, without leaving it.
 
-    Returns CuPy ``(row_offsets, entry_ids)``. Reads the column's device buffers through
-    pylibcudf (cuDF 26.x: ``Series.to_pylibcudf()``).
+    Returns CuPy ``(row_offsets, entry_ids)``, or None for a Series that is not a string
+    column (a categorical one: its column holds the codes). Reads the column's device
+    buffers through pylibcudf (cuDF 26.x: ``Series.to_pylibcudf()``).
     """
     import cupy
 
     from .kernels import gpu
 
     md = Metadata.coerce(metadata)
-    offsets, data, validity, bit_offset = cudf_string_buffers(series)
+    buffers = cudf_string_buffers(series)
+    if buffers is None:
+        return None
+    offsets, data, validity, bit_offset = buffers
     return gpu.match_rows(offsets, data, validity, bit_offset, device_tables(md, cupy), cupy)
 
 
 def cudf_string_buffers(series):
     """Device (offsets: the n+1 absolute int64 offsets of the column's rows, chars uint8,
-    validity uint8, bit offset) of a cuDF string Series: the only place that knows cuDF's
-    column internals."""
+    validity uint8, bit offset) of a cuDF string Series, or None if its column is not
+    strings: the only place that knows cuDF's column internals."""
     import cupy
     import pylibcudf as plc
 
     col = series.to_pylibcudf()
     if isinstance(col, tuple):  # some versions return (column, metadata)
         col = col[0]
+    if col.type().id() != plc.TypeId.STRING:
+        return None
     n = col.size()
-    if n == 0:
-        return cupy.zeros(1, np.int64), cupy.zeros(1, np.uint8), cupy.zeros(0, np.uint8), 0
+    if n == 0 or not col.children():
+        # (pylibcudf makes an empty or all-null string column without an offsets child.)
+        mask = col.null_mask() if n and col.null_count() else None
+        validity = cupy.zeros(0, np.uint8) if mask is None else cupy.asarray(mask).view(np.uint8)
+        return cupy.zeros(n + 1, np.int64), cupy.zeros(1, np.uint8), validity, col.offset()
     off_col = col.children()[0]
     # (Compared as the enum: TypeId is an IntEnum, whose str() is its number on Python >=
     # 3.11, so a test on the name's text would take large strings' INT64 offsets for INT32.)
@@ -300,8 +311,8 @@ def match_texts(texts, metadata: MetadataLike, backend: str | Backend = "auto"):
     """
     if type(texts).__module__.startswith("cudf"):
         be = resolve(backend if backend != "auto" else "gpu")
-        if not be.is_gpu:
-            texts = texts.to_arrow()
-        else:
-            return csr_to_lists(*match_cudf(texts, metadata))
+        if be.is_gpu and (found := match_cudf(texts, metadata)) is not None:
+            return csr_to_lists(*found)
+        # (Through Arrow, on the host: a categorical Series' strings are its dictionary.)
+        texts, backend = texts.to_arrow(), be
     return csr_to_lists(*match_arrow(_to_arrow(texts), metadata, backend))

@@ -777,3 +777,48 @@ def test_cudf_string_buffers_read_int32_and_int64_offsets(monkeypatch, large, st
     md = Metadata(["dog", "new york", "cat"])
     got = csr_to_lists(*cpu.match_rows(*cudf_string_buffers(series), md.tables))
     assert got == cpu_lists(texts[start:], md) == [[], [0, 1], [2], [], [1]][start:]
+
+
+def test_cudf_columns_without_strings_or_offsets(monkeypatch):
+    # A categorical Series' column holds its codes (INT32, no children): read as strings,
+    # a bare IndexError; it is left to the host route (None), which decodes it. An
+    # all-null string column may come without an offsets child (pylibcudf).
+    import sys
+    import types
+
+    from gpu_curate.kernels import cpu
+    from gpu_curate.match import cudf_string_buffers
+
+    monkeypatch.setitem(
+        sys.modules, "cupy", types.SimpleNamespace(asarray=np.asarray, zeros=np.zeros)
+    )
+    monkeypatch.setitem(sys.modules, "pylibcudf", types.SimpleNamespace(TypeId=_TypeId))
+
+    def series(column):
+        return types.SimpleNamespace(to_pylibcudf=lambda: (column, {}))
+
+    codes = _PlcColumn(_TypeId.INT32, 3, np.array([0, 1, 0], np.int32).view(np.uint8))
+    assert cudf_string_buffers(series(codes)) is None
+    md = Metadata(["dog"])
+    nulls = _PlcColumn(_TypeId.STRING, 3, None, np.zeros(1, np.uint8), null_count=3)
+    got = csr_to_lists(*cpu.match_rows(*cudf_string_buffers(series(nulls)), md.tables))
+    assert got == [[], [], []]
+
+
+def test_device_tables_are_kept_per_device():
+    # (A notebook that switched to a second GPU got the tables on the first one.)
+    import types
+
+    from gpu_curate.match import device_tables
+
+    current = [0]
+    runtime = types.SimpleNamespace(getDevice=lambda: current[0])
+    xp = types.SimpleNamespace(
+        __name__="cupy", asarray=np.asarray, cuda=types.SimpleNamespace(runtime=runtime)
+    )
+    md = Metadata(["dog"])
+    first = device_tables(md, xp)
+    assert device_tables(md, xp) is first
+    current[0] = 1
+    second = device_tables(md, xp)
+    assert second is not first and device_tables(md, xp) is second
