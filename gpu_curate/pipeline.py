@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .backend import check_name, resolved_name
 from .balance import EXPECTED_UNITS_PER_ROW, check_seed, check_t, entry_probabilities
-from .cluster import ClusterInfo, open_client
+from .cluster import ClusterInfo, graph_key, open_client
 from .counts import (
     add_counts,
     counts_by_id,
@@ -692,12 +692,10 @@ def match_stage(
     if buckets:
         fs.makedirs(f"{out}/{UIDS}", exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // max(info.threads, 1))
-    # hash=False: a key derived from the contents would tokenize every entry (~0.2 s for
-    # 375k); the step is scattered once per run, so a random key does as well.
-    md_future = client.scatter(step, broadcast=True, hash=False) if parts else step
+    shared = graph_key(step)
     results = [
         dask.delayed(_match_task, pure=False)(
-            p, md_future, out, opts.resume, threads, buckets, opts.compression, len(parts)
+            p, shared, out, opts.resume, threads, buckets, opts.compression, len(parts)
         )
         for p in parts
     ]
@@ -780,14 +778,14 @@ def balance_stage(
     parts = success_parts(mfs, f"{mpath.rstrip('/')}/{MATCHED}")
     fs.makedirs(f"{out}/{CURATED}/_parts", exist_ok=True)
     step = BalanceStep(entry_probabilities(counts, t), seed, info.backend)
-    step_future = client.scatter(step, broadcast=True, hash=False) if parts else step
+    shared = graph_key(step)
     # Absolute (or a full URL): the tasks may run on workers with another working directory.
     prefix = full_path(mfs, mpath)
     results = [
         dask.delayed(_balance_task, pure=False)(
             f"{prefix}/{MATCHED}/{file}",
             file[: -len(".parquet")],
-            step_future,
+            shared,
             out,
             opts.resume,
             opts.compression,

@@ -28,6 +28,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
+from .cluster import graph_key
 from .errors import OVERWRITE, CurateError
 from .io import Part, atomic_write_bytes, piece_tables
 from .uid import value_uids
@@ -331,7 +332,7 @@ def read_bucket(fs: fsspec.AbstractFileSystem, path: str, k: int, n_buckets: int
 
 @dataclass(frozen=True)
 class UidCheck:
-    """What a bucket task needs (scattered once to every worker)."""
+    """What a bucket task needs (one key of the graph, which every bucket task reads)."""
 
     parts: tuple[Part, ...]
     out: str
@@ -408,7 +409,7 @@ def find_duplicate(client, check: UidCheck) -> Duplicate | None:
 
     if not check.parts:
         return None
-    shared = client.scatter(check, broadcast=True, hash=False)
+    shared = graph_key(check)
     tasks = [dask.delayed(_bucket_task, pure=False)(shared, k) for k in range(check.n_buckets)]
     for found in client.gather(client.compute(tasks)):
         if found is not None:

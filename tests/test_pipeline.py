@@ -17,6 +17,7 @@ CLI runs cost seconds each, so the runs are shared through module-scoped fixture
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -405,6 +406,14 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
 @pytest.fixture
 def dask_cluster(tmp_path):
     """A real scheduler and two single-threaded worker processes on 127.0.0.1."""
+    with _real_cluster(tmp_path, 2) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def _real_cluster(tmp_path: Path, n_workers: int):
+    """``dask scheduler`` and ``n_workers`` ``dask worker`` processes (each a nanny and the
+    single-threaded worker process it restarts) on 127.0.0.1; yields the address."""
     from distributed import Client
 
     port = _free_port()
@@ -424,11 +433,11 @@ def dask_cluster(tmp_path):
         scheduler = start("dask_scheduler", "--host", "127.0.0.1", "--port", port,
                           "--no-dashboard", name="scheduler")  # fmt: skip
         _wait_port(port, scheduler, timeout=60)
-        for i in range(2):
+        for i in range(n_workers):
             start("dask_worker", address, "--nthreads", 1, "--nworkers", 1, "--no-dashboard",
                   "--host", "127.0.0.1", "--name", f"w{i}", name=f"worker{i}")  # fmt: skip
         with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=90)
+            client.wait_for_workers(n_workers, timeout=90)
         yield address
     finally:
         # Workers first: a scheduler stopped before its workers makes them wait to reconnect.
@@ -457,6 +466,45 @@ def test_scheduler_run_equals_local(dask_cluster, pool, expected, baseline, tmp_
     got = curated_uids(out)
     assert np.array_equal(got, curated_uids(baseline))
     assert np.array_equal(got, expected)
+
+
+def test_a_worker_restarted_mid_run_is_recovered(pool, expected, baseline, tmp_path):
+    # The one worker's process is killed mid-match (as an out-of-memory kill would) and
+    # its nanny starts another. The step that every part task reads was scattered, and the
+    # scheduler cannot recompute scattered data: the run failed ("the Dask cluster went
+    # away"). As a key of the graph it is computed again, and the run ends as any other.
+    import os
+    import signal
+
+    from distributed import Client
+
+    exe = Path(sys.executable).with_name("gpu-curate")
+    if not exe.is_file():
+        pytest.skip(f"no gpu-curate entry point next to {sys.executable}")
+    out = tmp_path / "out"
+    with _real_cluster(tmp_path, 1) as address:
+        with Client(address, timeout="30s") as client:
+            (pid,) = client.run(os.getpid).values()
+        args = curate_args(pool, out, "--scheduler", address, "--partition-rows", 500, "--quiet")
+        run = subprocess.Popen([str(exe), *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while not list((out / "matched").glob("part-*.parquet")):
+                assert run.poll() is None and time.monotonic() < deadline, run.stdout.read()
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGKILL)
+            at_kill = len(list((out / "matched").glob("part-*.parquet")))
+            output, _ = run.communicate(timeout=300)
+        finally:
+            if run.poll() is None:
+                run.kill()
+        assert run.returncode == 0, output
+        with Client(address, timeout="30s") as client:
+            assert list(client.run(os.getpid).values()) != [pid]  # (it was restarted)
+    assert at_kill < len(list((out / "matched").glob("part-*.parquet")))  # (mid-stage)
+    assert np.array_equal(curated_uids(out), curated_uids(baseline))
+    assert np.array_equal(curated_uids(out), expected)
 
 
 # ----------------------------------------------------------------------------- 4. statistics
