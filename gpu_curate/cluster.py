@@ -8,10 +8,11 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
 from .backend import Backend, resolved_name
-from .errors import CurateError, counted, option
+from .errors import CurateError, counted, first_line, option
 
 # Threads per GPU worker of the local GPU cluster (see open_client).
 GPU_THREADS = 4
@@ -183,6 +184,28 @@ def graph_key(value):
 
     name = f"gpu-curate-{type(value).__name__}-{uuid.uuid4().hex}"
     return dask.delayed(value, name=name, traverse=False)
+
+
+def gathered(client, futures, then: str):
+    """``client.gather(futures)``, where a cluster that stopped the run is one line, which
+    ends with ``then`` (what was kept, how to go on).
+
+    Dask cancels the tasks of a scheduler lost or shut down mid-stage, and gives up a task
+    that killed every worker that ran it (a part too big for a worker's memory, a crash
+    in a library): its own errors say so in a traceback.
+    """
+    from distributed import KilledWorker
+
+    try:
+        return client.gather(futures)
+    except KilledWorker as exc:
+        raise CurateError(
+            f"the task {exc.task} killed each Dask worker that ran it ({exc.allowed_failures + 1}"
+            f" tries: out of memory? the workers' logs say more): {then}"
+        ) from None
+    except CancelledError as exc:
+        why = first_line(exc)
+        raise CurateError(f"the Dask cluster went away during the run ({why}): {then}") from None
 
 
 def _workers_backend(client, backend: str | Backend, scheduler: str) -> str:

@@ -18,8 +18,8 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 
 import dask
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .backend import check_name, resolved_name
 from .balance import EXPECTED_UNITS_PER_ROW, check_seed, check_t, entry_probabilities
-from .cluster import ClusterInfo, graph_key, open_client
+from .cluster import ClusterInfo, gathered, graph_key, open_client
 from .counts import (
     add_counts,
     counts_by_id,
@@ -52,7 +52,6 @@ from .errors import (
     CurateError,
     cannot_read,
     counted,
-    first_line,
     option,
     spelled_out,
     whole_number,
@@ -405,6 +404,11 @@ def _parts_read(parts: list[tuple[str, int]]) -> list[int]:
 _FILES_A_TASK = 256
 
 
+# What a run stopped by its cluster (see cluster.gathered) leaves, and how to go on.
+_BEFORE_WRITING = "nothing was written: run the same command again"
+_PARTS_KEPT = f"the finished parts are kept; run the same command with {RESUME} to continue"
+
+
 def _in_tasks(client, read: Callable[..., list], items: list, *args) -> list:
     """``read(batch, *args)`` of ``items``, :data:`_FILES_A_TASK` a task on the cluster,
     their results in the order of ``items``: on a cluster of many nodes the client alone
@@ -412,7 +416,8 @@ def _in_tasks(client, read: Callable[..., list], items: list, *args) -> list:
     n = _FILES_A_TASK
     batches = [items[i : i + n] for i in range(0, len(items), n)]
     tasks = [dask.delayed(read, pure=False)(batch, *args) for batch in batches]
-    return [r for got in client.gather(client.compute(tasks, optimize_graph=False)) for r in got]
+    found = gathered(client, client.compute(tasks, optimize_graph=False), _BEFORE_WRITING)
+    return [r for got in found for r in got]
 
 
 def _merge(*results: tuple) -> tuple[list[dict], np.ndarray]:
@@ -435,15 +440,7 @@ def _compute(client, results: list, n_entries: int, opts: Options):
         # and every stage took up to 5 s longer than its work.)
         _progress(future, 0.0 if _on_terminal() else _LOG_REDRAW_S)
         opts.echo("")
-    try:
-        stats, total = client.gather(future)
-    except CancelledError as exc:
-        # (The scheduler was lost, or shut down, mid-stage: distributed cancels what it
-        # had, with a traceback of its own. The parts finished by then are kept.)
-        raise CurateError(
-            f"the Dask cluster went away during the run ({first_line(exc)}): the finished "
-            f"parts are kept; run the same command with {RESUME} to continue"
-        ) from None
+    stats, total = gathered(client, future, _PARTS_KEPT)
     stats = stats if isinstance(stats, list) else [stats]  # (a single part is no merge)
     return stats, np.asarray(total, dtype=np.int64)
 
@@ -549,7 +546,7 @@ def _cut(client, by_path: dict[str, InputFile], cuts: dict, opts: Options) -> di
     _say(opts, f"counting the rows of {files_cut}, in {len(jobs)} ranges")
     count = {"tsv": count_rows, "csv": count_csv_rows, "jsonl": json_range_types}
     tasks = [dask.delayed(count[by_path[p].format], pure=False)(p, a, b) for p, a, b in jobs]
-    found = iter(client.gather(client.compute(tasks, optimize_graph=False)))
+    found = iter(gathered(client, client.compute(tasks, optimize_graph=False), _BEFORE_WRITING))
     ranges = {}
     for path, spans in cuts.items():
         f, layouts = by_path[path], [next(found) for _ in spans]
@@ -693,10 +690,19 @@ def match_stage(
         fs.makedirs(f"{out}/{UIDS}", exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // max(info.threads, 1))
     shared = graph_key(step)
+    run = uuid.uuid4().hex[:12]  # (keys of their own: other runs may share the cluster)
     results = [
         dask.delayed(_match_task, pure=False)(
-            p, shared, out, opts.resume, threads, buckets, opts.compression, len(parts)
-        )
+            p,
+            shared,
+            out,
+            opts.resume,
+            threads,
+            buckets,
+            opts.compression,
+            len(parts),
+            dask_key_name=f"match-{part_name(p.index, len(parts))}-{run}",
+        )  # fmt: skip
         for p in parts
     ]
     stats, counts = _compute(client, results, len(metadata), opts)
@@ -779,6 +785,7 @@ def balance_stage(
     fs.makedirs(f"{out}/{CURATED}/_parts", exist_ok=True)
     step = BalanceStep(entry_probabilities(counts, t), seed, info.backend)
     shared = graph_key(step)
+    run = uuid.uuid4().hex[:12]  # (keys of their own: other runs may share the cluster)
     # Absolute (or a full URL): the tasks may run on workers with another working directory.
     prefix = full_path(mfs, mpath)
     results = [
@@ -790,6 +797,7 @@ def balance_stage(
             opts.resume,
             opts.compression,
             rows,
+            dask_key_name=f"balance-{file[: -len('.parquet')]}-{run}",
         )  # fmt: skip
         for file, rows in parts
     ]

@@ -28,8 +28,8 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from .cluster import graph_key
-from .errors import OVERWRITE, CurateError
+from .cluster import gathered, graph_key
+from .errors import OVERWRITE, RESUME, CurateError
 from .io import Part, atomic_write_bytes, piece_tables
 from .uid import value_uids
 
@@ -411,7 +411,8 @@ def find_duplicate(client, check: UidCheck) -> Duplicate | None:
         return None
     shared = graph_key(check)
     tasks = [dask.delayed(_bucket_task, pure=False)(shared, k) for k in range(check.n_buckets)]
-    for found in client.gather(client.compute(tasks)):
+    then = f"the matched parts are kept; run the same command with {RESUME} to continue"
+    for found in gathered(client, client.compute(tasks), then):
         if found is not None:
             return found
     return None

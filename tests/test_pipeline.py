@@ -1819,6 +1819,37 @@ def test_a_lost_scheduler_is_one_line(monkeypatch):
                        r"scheduler-connection-lost.*\): the finished parts are kept; run the "
                        r"same command with resume=True to continue$"):  # fmt: skip
         pipeline._compute(Client(), delayed, 3, opts)
+    # (Also while planning, before anything is written: the row counts of big text files,
+    # the footers and layouts read in tasks.)
+    with pytest.raises(CurateError, match=r"the Dask cluster went away during the run \(.*"
+                       r"scheduler-connection-lost.*\): nothing was written: run the same "
+                       r"command again$"):  # fmt: skip
+        pipeline._in_tasks(Client(), len, ["a.parquet"])
+
+
+def test_a_task_that_kills_its_workers_is_one_line():
+    # (Dask's KilledWorker: a traceback, where the part, too big for a worker's memory or
+    # crashing a library, is to be named.)
+    from distributed import KilledWorker
+
+    from gpu_curate import pipeline
+
+    class Client:
+        def compute(self, graph, optimize_graph=True):
+            return "future"
+
+        def gather(self, future):
+            raise KilledWorker("match-part-00007-0123456789ab", None, 3)
+
+    import dask
+
+    with pytest.raises(CurateError) as caught:
+        pipeline._compute(Client(), [dask.delayed(len)([])], 3, pipeline.Options(quiet=True))
+    assert str(caught.value) == (
+        "the task match-part-00007-0123456789ab killed each Dask worker that ran it (4 tries: "
+        "out of memory? the workers' logs say more): the finished parts are kept; run the "
+        "same command with resume=True to continue"
+    )
 
 
 def test_the_progress_bar_hook_is_distributeds():
