@@ -364,7 +364,7 @@ def prepare_out(
                     ) from None
                 fresh = True
             if exists:
-                _remove_temporaries(fs, path)
+                remove_temporaries(fs, path)
             try:
                 yield fs, path
             except KeyboardInterrupt as exc:
@@ -756,7 +756,9 @@ def _empty(fs, path: str) -> None:
             fs.rm(child["name"], recursive=True)
 
 
-def _remove_temporaries(fs, path: str) -> None:
+def remove_temporaries(fs, path: str) -> None:
+    """Remove the temporary files under ``path`` that writes cut short left (a killed
+    process's, or a lost worker's)."""
     for p in fs.find(path):
         if _TEMPORARY.search(p):
             fs.rm(p)

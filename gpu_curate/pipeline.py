@@ -95,6 +95,7 @@ from .outdir import (
     not_matched_why,
     prepare_out,
     reading,
+    remove_temporaries,
     run_folder_why,
     success_parts,
     wrong_figure,
@@ -614,6 +615,8 @@ def _plan_digest(parts: list[Part]) -> str:
 
 def _success(fs, folder: str, stats: list[dict], rows_key: str) -> None:
     parts = [{"file": f"{s['part']}.parquet", "rows": s[rows_key]} for s in stats]
+    # (A worker lost mid-part, its part done again by another, left its temporary file.)
+    remove_temporaries(fs, folder)
     # The parts' renames reach the disk before the mark that lists them: after a crash of
     # the machine, a _SUCCESS never names a part that is missing (each part's bytes were
     # on the disk before its rename).

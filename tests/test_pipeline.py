@@ -507,6 +507,30 @@ def test_a_worker_restarted_mid_run_is_recovered(pool, expected, baseline, tmp_p
     assert np.array_equal(curated_uids(out), expected)
 
 
+def test_a_finished_run_holds_no_temporary_file_of_a_lost_worker(tiny, tmp_path, monkeypatch):
+    # A worker killed while it wrote a part leaves the part's temporary file; another
+    # worker does the part again. The run finished with the file in its folder (hidden,
+    # the size of a part), which only a --resume removed.
+    from gpu_curate import pipeline
+    from gpu_curate.io import temporary_name
+
+    root, md = tiny
+    task = pipeline._match_task
+
+    def lost_worker_then_task(part, step, out, *args, **kwargs):
+        name = pipeline.part_name(part.index, args[-1] if args else 1)
+        for folder in ("matched", "matched/_parts"):
+            Path(temporary_name(f"{out}/{folder}/{name}.x")).write_bytes(b"half a part")
+        return task(part, step, out, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_match_task", lost_worker_then_task)
+    out = tmp_path / "out"
+    cli("curate", root / "pool", "--metadata", md, "--out", out, "--t", 5, "--partition-rows",
+        10, "--workers", 1, "--quiet")  # fmt: skip
+    assert (out / "report.json").is_file()
+    assert [p.name for p in out.rglob("*") if ".tmp-" in p.name] == []
+
+
 # ----------------------------------------------------------------------------- 4. statistics
 
 N_SEEDS = 40
