@@ -7,6 +7,7 @@ import functools
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
@@ -82,11 +83,7 @@ def open_client(
     if workers is not None and workers < 1:
         raise CurateError(f"{option('--workers')} must be at least 1, got {workers}")
     if scheduler:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except (OSError, ValueError) as exc:  # (ValueError: not an address at all)
-            raise CurateError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-        with client:
+        with _connected(scheduler, CONNECT_SECONDS) as client:
             info = client.scheduler_info(n_workers=-1)
             ws = info.get("workers", {})
             threads = sum(w.get("nthreads", 1) for w in ws.values())
@@ -163,6 +160,50 @@ def open_client(
 
 # Local worker processes a core, at most: beyond, they only wait for it (and take memory).
 _PROCESSES_PER_CORE = 4
+
+
+# How long a --scheduler run waits for the scheduler to answer.
+CONNECT_SECONDS = 20
+
+
+@contextlib.contextmanager
+def _connected(scheduler: str, seconds: float = CONNECT_SECONDS):
+    """A ``distributed.Client`` of the scheduler at ``scheduler``, or a CurateError within
+    about ``seconds``.
+
+    Client's own timeout covers the connection, not the handshake after it: at an address
+    that accepts and never answers (the dashboard's port, an HTTP server) it waited for
+    ever, and one that speaks another protocol first (SSH's banner) or a scheme without
+    its settings (tls://) failed with a traceback. So it connects in a thread of its own,
+    waited for at most that long.
+    """
+    from distributed import Client
+
+    found: list = []
+
+    def connect() -> None:
+        try:
+            found.append(Client(scheduler, timeout=f"{seconds}s"))
+        except Exception as exc:  # (any: reported below, in one line)
+            found.append(exc)
+
+    thread = threading.Thread(target=connect, name="gpu-curate-connect", daemon=True)
+    thread.start()
+    thread.join(seconds + 5)
+    hint = "is it a Dask scheduler's address, as tcp://HOST:8786 (not its dashboard's)?"
+    if not found:
+        raise CurateError(f"no Dask scheduler answered at {scheduler} in {seconds:g} s: {hint}")
+    if isinstance(found[0], Exception):
+        exc = found[0]
+        # (OSError: refused, unreachable; ValueError: not an address at all.)
+        why = first_line(exc)
+        if scheduler.startswith("tls://") and isinstance(exc, TypeError):
+            why += "; a tls:// scheduler needs Dask's TLS settings (distributed.comm.tls)"
+        elif not isinstance(exc, OSError | ValueError):
+            why += f"; {hint}"
+        raise CurateError(f"cannot reach the Dask scheduler at {scheduler}: {why}")
+    with found[0] as client:
+        yield client
 
 
 def graph_key(value):

@@ -129,6 +129,70 @@ def test_auto_on_a_gpu_without_dask_cuda_runs_the_cpu_backend(monkeypatch):
 
 
 @pytest.fixture
+def fake_scheduler():
+    """A TCP server on 127.0.0.1 that is no Dask scheduler: ``answer`` (bytes) is what it
+    sends each connection, None for nothing at all (it holds the connection)."""
+    import socket
+    import threading
+
+    servers = []
+
+    def start(answer: bytes | None) -> str:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        servers.append(server)
+
+        def serve():
+            held = []
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                held.append(conn)
+                if answer is not None:
+                    conn.sendall(answer)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"tcp://127.0.0.1:{server.getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_an_address_that_is_no_scheduler_is_one_line_in_bounded_time(fake_scheduler, monkeypatch):
+    # An address that accepts and never answers (a dashboard's port, an HTTP server) made
+    # the run wait for ever; one that speaks first (an SSH banner) failed with a traceback
+    # ("Unable to allocate 2.82 EiB").
+    import time
+
+    from gpu_curate import cluster
+    from gpu_curate.errors import CurateError
+
+    monkeypatch.setattr(cluster, "CONNECT_SECONDS", 2)
+    silent = fake_scheduler(None)
+    began = time.monotonic()
+    with pytest.raises(CurateError) as caught:
+        with open_client("cpu", scheduler=silent):
+            pass
+    assert time.monotonic() - began < 15
+    assert str(caught.value) == (
+        f"no Dask scheduler answered at {silent} in 2 s: is it a Dask scheduler's address, "
+        "as tcp://HOST:8786 (not its dashboard's)?"
+    )
+    banner = fake_scheduler(b"SSH-2.0-OpenSSH_9.6\r\n")
+    with pytest.raises(CurateError) as caught:
+        with open_client("cpu", scheduler=banner):
+            pass
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach the Dask scheduler at {banner}: ")
+    assert message.endswith("is it a Dask scheduler's address, as tcp://HOST:8786 (not its "
+                            "dashboard's)?") and "\n" not in message  # fmt: skip
+
+
+@pytest.fixture
 def cpu_only_client(monkeypatch):
     """No GPU in this process; the workers of an in-process cluster (their event loop runs
     outside the main thread) see one."""
