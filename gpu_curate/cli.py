@@ -159,21 +159,10 @@ def _quiet_interrupts(hook):
 
 
 def _asyncio_noise(record: logging.LogRecord) -> bool:
-    """False for the asyncio logger's records that are Dask's noise, not the run's news.
-
-    - Ctrl-C during client.gather leaves Dask's waiting tasks with AllExit, which asyncio
-      reports as "Task exception was never retrieved" when they are collected; the
-      interruption itself is reported in one line.
-    - Once a run has said that it stopped (:data:`_STOPPED`), any: they are its remains.
-    - Under load, a local worker's close can outlast the wait for it, and the timeout of
-      the close it abandoned (tornado's ``with_timeout``: TimeoutError("Timeout")) is
-      reported as "Future exception was never retrieved" after a run that had finished.
-    """
-    exc = record.exc_info[1] if record.exc_info else None
-    if type(exc).__name__ == "AllExit" or _STOPPED.is_set():
-        return False
-    timed_out = isinstance(exc, TimeoutError) and exc.args == ("Timeout",)
-    return not (timed_out and str(record.msg).startswith("Future exception was never retrieved"))
+    """False for any of the asyncio logger's records once a run has said that it stopped
+    (:data:`_STOPPED`): they are its remains (the cluster's own noise at any time is
+    dropped by ``cluster.dask_noise``)."""
+    return not _STOPPED.is_set()
 
 
 @click.group(cls=_Group)

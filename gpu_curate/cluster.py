@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -82,6 +83,7 @@ def open_client(
 
     if workers is not None and workers < 1:
         raise CurateError(f"{option('--workers')} must be at least 1, got {workers}")
+    _quiet_dask_noise()
     if scheduler:
         with _connected(scheduler, CONNECT_SECONDS) as client:
             info = client.scheduler_info(n_workers=-1)
@@ -204,6 +206,34 @@ def _connected(scheduler: str, seconds: float = CONNECT_SECONDS):
         raise CurateError(f"cannot reach the Dask scheduler at {scheduler}: {why}")
     with found[0] as client:
         yield client
+
+
+def dask_noise(record: logging.LogRecord) -> bool:
+    """False for the log records of Dask's that are noise, not a run's news (a filter of
+    the ``asyncio`` and ``distributed.client`` loggers, which :func:`open_client` installs).
+
+    - Ctrl-C during client.gather leaves Dask's waiting tasks with AllExit, which asyncio
+      reports as "Task exception was never retrieved" when they are collected; the
+      interruption itself is reported (the CLI: in one line).
+    - Under load, a local worker's close can outlast the wait for it, and the timeout of
+      the close it abandoned (tornado's ``with_timeout``: TimeoutError("Timeout")) is
+      reported as "Future exception was never retrieved" after a run that had finished.
+    - A scheduler lost mid-run: the client's reconnection, cancelled as the client closes,
+      is logged with a 30-line traceback; the run's error says that the cluster went away.
+    """
+    exc = record.exc_info[1] if record.exc_info else None
+    if type(exc).__name__ == "AllExit":
+        return False
+    if record.name == "distributed.client" and isinstance(exc, asyncio.CancelledError):
+        return False
+    timed_out = isinstance(exc, TimeoutError) and exc.args == ("Timeout",)
+    return not (timed_out and str(record.msg).startswith("Future exception was never retrieved"))
+
+
+def _quiet_dask_noise() -> None:
+    # (addFilter adds a filter once, however often it is called.)
+    for name in ("asyncio", "distributed.client"):
+        logging.getLogger(name).addFilter(dask_noise)
 
 
 def graph_key(value):

@@ -1739,11 +1739,11 @@ def test_stage_bars_parser():
 def test_dasks_shutdown_timeouts_are_not_reported_after_a_run(caplog):
     # A worker's close that outlasted its wait, under load, left tornado's
     # TimeoutError("Timeout") unretrieved: asyncio printed its traceback after a run that
-    # had finished. The CLI drops that record (and keeps any other).
+    # had finished. It is dropped (and any other record kept).
     import asyncio
     import gc
 
-    from gpu_curate.cli import _asyncio_noise
+    from gpu_curate.cluster import dask_noise
 
     def unretrieved(exc):
         caplog.clear()
@@ -1761,11 +1761,35 @@ def test_dasks_shutdown_timeouts_are_not_reported_after_a_run(caplog):
     logger.filters.clear()
     try:
         with caplog.at_level("ERROR", logger="asyncio"):
-            assert _asyncio_noise(unretrieved(TimeoutError("Timeout"))) is False
-            assert _asyncio_noise(unretrieved(TimeoutError("timed out after 5 s"))) is True
-            assert _asyncio_noise(unretrieved(ValueError("Timeout"))) is True
+            assert dask_noise(unretrieved(TimeoutError("Timeout"))) is False
+            assert dask_noise(unretrieved(TimeoutError("timed out after 5 s"))) is True
+            assert dask_noise(unretrieved(ValueError("Timeout"))) is True
     finally:
         logger.filters[:] = installed
+
+
+def test_dasks_noise_is_dropped_for_python_callers_too():
+    # The filter was the CLI's: a notebook interrupted mid-run saw asyncio's "Task
+    # exception was never retrieved ... AllExit" traceback, and a lost scheduler printed
+    # the client's cancelled reconnection (30 lines) before the run's one-line error.
+    import asyncio
+
+    from distributed.client import AllExit
+
+    from gpu_curate.cluster import dask_noise, open_client
+
+    def record(logger, exc):
+        return logging.LogRecord(logger, logging.ERROR, "", 0, "", None, (type(exc), exc, None))
+
+    assert dask_noise(record("asyncio", AllExit())) is False
+    assert dask_noise(record("distributed.client", asyncio.CancelledError())) is False
+    assert dask_noise(record("distributed.client", OSError("refused"))) is True
+    assert dask_noise(record("asyncio", asyncio.CancelledError())) is True
+    for name in ("asyncio", "distributed.client"):
+        logging.getLogger(name).removeFilter(dask_noise)
+    with open_client("cpu", workers=1):
+        for name in ("asyncio", "distributed.client"):
+            assert dask_noise in logging.getLogger(name).filters
 
 
 def test_progress_ends_its_line_on_ctrl_c(monkeypatch, capsys):
