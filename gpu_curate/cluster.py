@@ -219,12 +219,16 @@ def dask_noise(record: logging.LogRecord) -> bool:
       the close it abandoned (tornado's ``with_timeout``: TimeoutError("Timeout")) is
       reported as "Future exception was never retrieved" after a run that had finished.
     - A scheduler lost mid-run: the client's reconnection, cancelled as the client closes,
-      is logged with a 30-line traceback; the run's error says that the cluster went away.
+      is logged with a 30-line traceback (or, given up, in a line of its own); the run's
+      error says that the cluster went away.
     """
     exc = record.exc_info[1] if record.exc_info else None
     if type(exc).__name__ == "AllExit":
         return False
-    if record.name == "distributed.client" and isinstance(exc, asyncio.CancelledError):
+    if record.name == "distributed.client" and (
+        isinstance(exc, asyncio.CancelledError)
+        or str(record.msg).startswith("Failed to reconnect to scheduler")
+    ):
         return False
     timed_out = isinstance(exc, TimeoutError) and exc.args == ("Timeout",)
     return not (timed_out and str(record.msg).startswith("Future exception was never retrieved"))

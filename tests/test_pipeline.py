@@ -1784,6 +1784,16 @@ def test_dasks_noise_is_dropped_for_python_callers_too():
     assert dask_noise(record("asyncio", AllExit())) is False
     assert dask_noise(record("distributed.client", asyncio.CancelledError())) is False
     assert dask_noise(record("distributed.client", OSError("refused"))) is True
+    given_up = logging.LogRecord(
+        "distributed.client",
+        logging.ERROR,
+        "",
+        0,
+        "Failed to reconnect to scheduler after %.2f seconds, closing client",
+        (20.0,),
+        None,
+    )
+    assert dask_noise(given_up) is False
     assert dask_noise(record("asyncio", asyncio.CancelledError())) is True
     for name in ("asyncio", "distributed.client"):
         logging.getLogger(name).removeFilter(dask_noise)
