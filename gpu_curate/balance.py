@@ -114,7 +114,7 @@ def _wrap_ok(xp: ModuleType):
 
 
 def _as_u64_scalar(value: Any, name: str) -> int:
-    if isinstance(value, bool):  # (operator.index takes True as 1: a slip, not a seed)
+    if isinstance(value, bool | np.bool_):  # (operator.index takes True as 1: a slip)
         raise TypeError(f"{name} must be an integer, got bool")
     try:
         v = operator.index(value)
@@ -134,7 +134,7 @@ def check_t(t: Any) -> float:
     >>> check_t(20_000)
     20000.0
     """
-    if isinstance(t, bool | str | bytes):  # (float() takes True and "5")
+    if isinstance(t, bool | np.bool_ | str | bytes):  # (float() takes True and "5")
         raise ArgumentError(f"t must be a number, got {t!r}")
     try:
         tf = float(t)

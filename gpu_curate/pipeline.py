@@ -49,10 +49,12 @@ from .counts import (
 from .errors import (
     OVERWRITE,
     RESUME,
+    ArgumentError,
     CurateError,
     cannot_read,
     counted,
     option,
+    path_argument,
     spelled_out,
     whole_number,
 )
@@ -148,6 +150,22 @@ class Options:
             raise CurateError(
                 f"unknown {option('--format')} {self.format!r}: choose one of {', '.join(FORMATS)}"
             )
+        for name in ("processes", "quiet", "overwrite", "resume", "keep_unmatched"):
+            # (Any truthy value was taken for True: overwrite="False" replaced a run.)
+            value = getattr(self, name)
+            if not isinstance(value, bool | np.bool_):
+                raise ArgumentError(f"{name} must be True or False, got {value!r}")
+            setattr(self, name, bool(value))
+        for name in ("text_column", "id_column"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ArgumentError(f"{name} must be a column's name (a str), got {value!r}")
+        if self.scheduler is not None and not isinstance(self.scheduler, str):
+            raise ArgumentError(
+                f"scheduler must be a Dask scheduler's address (a str), got {self.scheduler!r}"
+            )
+        if not callable(self.echo):
+            raise ArgumentError(f"echo must be a function of one str, got {self.echo!r}")
         for name in ("workers", "partition_rows"):
             value = getattr(self, name)
             if value is not None:
@@ -161,6 +179,16 @@ class Options:
                 f"{flags} shapes a local cluster, and {option('--scheduler')} runs on an existing "
                 "one, whose workers are as they were started: leave out one of the two"
             )
+
+
+def _inputs_argument(inputs) -> list[str]:
+    """``inputs`` (one path, or several) as a list of str; an ArgumentError otherwise."""
+    if isinstance(inputs, str | os.PathLike | bytes):
+        return [path_argument(inputs, "inputs")]
+    try:
+        return [path_argument(i, "each of inputs") for i in inputs]
+    except TypeError:  # (not iterable)
+        raise ArgumentError(f"inputs must be a path or a list of paths, got {inputs!r}") from None
 
 
 def _checked_options(options: Options | None) -> Options:
@@ -910,7 +938,10 @@ def curate(
     opts = _checked_options(options)
     t = check_t(t)
     seed = check_seed(seed)
-    inputs = [str(inputs)] if isinstance(inputs, str | os.PathLike) else [str(i) for i in inputs]
+    inputs = _inputs_argument(inputs)
+    out = path_argument(out, "out")
+    if not isinstance(match_only, bool | np.bool_):
+        raise ArgumentError(f"match_only must be True or False, got {match_only!r}")
     md = Metadata.coerce(metadata)
     _check_local_backend(opts)
     # (Fails on missing inputs before the output is touched.)
@@ -981,6 +1012,7 @@ def balance_matched(
     opts = _checked_options(options)
     t = check_t(t)
     seed = check_seed(seed)
+    matched_dir, out = path_argument(matched_dir, "matched_dir"), path_argument(out, "out")
     _check_local_backend(opts)
     # (Held until the run ends: no other run overwrites the matched dataset while it is read.)
     with reading(matched_dir, writes=out):

@@ -29,7 +29,7 @@ from . import balance
 from .backend import BackendError, resolve
 from .cli_options import backend_option, threshold
 from .counts import counts_by_id, read_counts_table
-from .errors import RESUME, CurateError, option, whole_number
+from .errors import RESUME, CurateError, option, path_argument, whole_number
 from .io import read_parquet_columns
 from .outdir import not_matched_why, reading, run_folder_why, success_parts
 from .steps import list_chunk_csr
@@ -420,7 +420,7 @@ def plan(
         raise CurateError(
             f"give at least one t ({option('--t')}) or a target size ({option('--target-rows')})"
         )
-    matched_dir = local_folder(matched_dir)
+    matched_dir = local_folder(path_argument(matched_dir, "matched_dir"))
     with reading(str(matched_dir)):  # (no run overwrites it while it is read)
         counts_h, entries = load_entry_counts(matched_dir)
         offsets_h, values_h, _ = load_matched_csr(matched_dir, with_uids=False)

@@ -933,9 +933,32 @@ def test_the_api_checks_its_options_as_the_cli_checks_its_flags(small, tmp_path)
         # (Both were ignored: the run went on the scheduler's workers, as they were.)
         ({"scheduler": "tcp://h:8786", "workers": 3}, "workers shapes a local cluster"),
         ({"scheduler": "tcp://h:8786", "processes": True}, "processes=True shapes a local cluster"),
+        # (Any truthy value was True: overwrite="False" replaced a finished run.)
+        ({"overwrite": "False"}, "overwrite must be True or False, got 'False'"),
+        ({"quiet": 1}, "quiet must be True or False, got 1"),
+        ({"processes": "no"}, "processes must be True or False, got 'no'"),
+        ({"text_column": 3}, "text_column must be a column's name (a str), got 3"),
+        ({"scheduler": 8786}, "scheduler must be a Dask scheduler's address (a str), got 8786"),
+        ({"echo": None}, "echo must be a function of one str, got None"),
     ]:
         with pytest.raises(CurateError, match=re.escape(message)):
             Options(**kw)
+    assert Options(overwrite=np.True_).overwrite is True
+    # Paths and flags of the functions themselves (a path of None failed inside fsspec;
+    # bytes were read as a list of numbers: "input not found: 47").
+    o = str(tmp_path / "o")
+    for call, message in [
+        (lambda: gpu_curate.curate(None, md, o), "inputs must be a path or a list of paths"),
+        (lambda: gpu_curate.curate(b"pool", md, o), "inputs must be a path (a str or os.Path"),
+        (lambda: gpu_curate.curate([str(path)], md, None), "out must be a path (a str or os.P"),
+        (lambda: gpu_curate.curate([str(path)], md, o, t=np.True_), "t must be a number"),
+        (lambda: gpu_curate.curate([str(path)], md, o, match_only="no"), "match_only must be "),
+        (lambda: gpu_curate.balance_matched(None, o, 5), "matched_dir must be a path"),
+        (lambda: gpu_curate.plan(5, [2.0]), "matched_dir must be a path"),
+    ]:
+        with pytest.raises(ArgumentError, match=re.escape(message)):
+            call()
+    assert not (tmp_path / "o").exists()
     assert Options(workers=np.int64(2), partition_rows=np.int32(7)).partition_rows == 7
     assert Options(partition_rows=5e3).partition_rows == 5000  # (a float without fraction)
     for bad in (2.5, float("inf")):
