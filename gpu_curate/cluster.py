@@ -122,16 +122,16 @@ def open_client(
         # device memory (docs/benchmarks.md); each thread holds one tile's scratch (a 4-thread
         # worker's device pool was 1.1 GB in a 4M-row run).
         per = max(1, min(GPU_THREADS, (os.cpu_count() or 1) // n_gpus))
-        with dask.config.set(LOCAL_CLUSTER_CONFIG):
+        with _environ_kept(), dask.config.set(LOCAL_CLUSTER_CONFIG):
             cluster = LocalCUDACluster(
                 n_workers=n_gpus,
                 threads_per_worker=per,
                 preload=[WORKER_SETUP],
-                dashboard_address=":0",  # (two runs at once: no "port 8787 in use")
+                dashboard_address=None,  # (see the cpu cluster's)
                 silence_logs=logging.CRITICAL,
             )
         n = len(cluster.workers)
-        with cluster, Client(cluster) as client:
+        with _environ_kept(), cluster, Client(cluster) as client:
             yield client, ClusterInfo("local-cuda", n, n * per, cluster.scheduler_address, "gpu")
         return
     n = workers or os.cpu_count() or 1
@@ -144,20 +144,41 @@ def open_client(
             f"{option('--workers')} {n} {procs}: {n} worker processes on {cores} cores; "
             f"at most {_PROCESSES_PER_CORE * cores} (threads, without {procs}, may be more)"
         )
-    with dask.config.set(LOCAL_CLUSTER_CONFIG):
+    with _environ_kept(), dask.config.set(LOCAL_CLUSTER_CONFIG):
         cluster = LocalCluster(
             n_workers=n if processes else 1,
             threads_per_worker=1 if processes else n,
             processes=processes,
-            dashboard_address=":0",
+            # No dashboard: nobody is shown its address. Without bokeh, each start tried to
+            # import distributed's dashboard again (two runs started at once from threads
+            # failed: "Cluster failed to start") and added a route to Dask's configuration.
+            dashboard_address=None,
             silence_logs=logging.CRITICAL,
             # (Worker processes only: in-process workers share this process's Ctrl-C.)
             **({"preload": [WORKER_SETUP]} if processes else {}),
         )
     kind = "local-processes" if processes else "local-threads"
-    with cluster, Client(cluster) as client:
+    with _environ_kept(), cluster, Client(cluster) as client:
         address = cluster.scheduler_address
         yield client, ClusterInfo(kind, n if processes else 1, n, address, "cpu", note)
+
+
+@contextlib.contextmanager
+def _environ_kept() -> Iterator[None]:
+    """This process's environment as it was, once the block ends.
+
+    A nanny writes its worker processes' settings (Dask's ``nanny.pre-spawn-environ``:
+    OMP_NUM_THREADS=1, PYTHONHASHSEED, ...) into the environment of the process that
+    starts (or restarts) them: a notebook kept them, and each later subprocess (a
+    ``!gpu-curate`` run, pyarrow's thread count) inherited them.
+    """
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        if dict(os.environ) != before:
+            os.environ.clear()
+            os.environ.update(before)
 
 
 # Local worker processes a core, at most: beyond, they only wait for it (and take memory).
@@ -176,36 +197,52 @@ def _connected(scheduler: str, seconds: float = CONNECT_SECONDS):
     Client's own timeout covers the connection, not the handshake after it: at an address
     that accepts and never answers (the dashboard's port, an HTTP server) it waited for
     ever, and one that speaks another protocol first (SSH's banner) or a scheme without
-    its settings (tls://) failed with a traceback. So it connects in a thread of its own,
-    waited for at most that long.
+    its settings (tls://) failed with a traceback. So the address is first tried with a
+    handshake of its own, on an event loop of its own (a notebook's runs already), given
+    up after that long.
     """
     from distributed import Client
 
+    hint = "is it a Dask scheduler's address, as tcp://HOST:8786 (not its dashboard's)?"
     found: list = []
 
-    def connect() -> None:
-        try:
-            found.append(Client(scheduler, timeout=f"{seconds}s"))
-        except Exception as exc:  # (any: reported below, in one line)
-            found.append(exc)
+    def probe() -> None:
+        from distributed.comm import connect
 
-    thread = threading.Thread(target=connect, name="gpu-curate-connect", daemon=True)
+        async def handshake():
+            comm = await asyncio.wait_for(connect(scheduler, timeout=seconds), seconds)
+            await comm.close()
+
+        try:
+            asyncio.run(handshake())
+            found.append(None)
+        except TimeoutError:
+            found.append(f"no Dask scheduler answered at {scheduler} in {seconds:g} s: {hint}")
+        except Exception as exc:  # (any: reported in one line)
+            found.append(_unreachable(scheduler, exc, hint))
+
+    thread = threading.Thread(target=probe, name="gpu-curate-connect", daemon=True)
     thread.start()
     thread.join(seconds + 5)
-    hint = "is it a Dask scheduler's address, as tcp://HOST:8786 (not its dashboard's)?"
-    if not found:
+    if not found:  # (the probe's own deadline did not hold: not to be waited for further)
         raise CurateError(f"no Dask scheduler answered at {scheduler} in {seconds:g} s: {hint}")
-    if isinstance(found[0], Exception):
-        exc = found[0]
-        # (OSError: refused, unreachable; ValueError: not an address at all.)
-        why = first_line(exc)
-        if scheduler.startswith("tls://") and isinstance(exc, TypeError):
-            why += "; a tls:// scheduler needs Dask's TLS settings (distributed.comm.tls)"
-        elif not isinstance(exc, OSError | ValueError):
-            why += f"; {hint}"
-        raise CurateError(f"cannot reach the Dask scheduler at {scheduler}: {why}")
-    with found[0] as client:
+    if found[0] is not None:
+        raise CurateError(found[0])
+    try:
+        client = Client(scheduler, timeout=f"{seconds}s")
+    except Exception as exc:
+        raise CurateError(_unreachable(scheduler, exc, hint)) from None
+    with client:
         yield client
+
+
+def _unreachable(scheduler: str, exc: Exception, hint: str) -> str:
+    why = first_line(exc)
+    if scheduler.startswith("tls://") and isinstance(exc, TypeError):
+        why += "; a tls:// scheduler needs Dask's TLS settings (distributed.comm.tls)"
+    elif not isinstance(exc, OSError | ValueError):  # (refused, unreachable; no address)
+        why += f"; {hint}"
+    return f"cannot reach the Dask scheduler at {scheduler}: {why}"
 
 
 def dask_noise(record: logging.LogRecord) -> bool:

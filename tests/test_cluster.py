@@ -98,11 +98,11 @@ def test_gpu_workers_get_the_ctrl_c_preload(monkeypatch):
     with open_client(Backend("gpu", np)) as (_, info):
         assert info.kind == "local-cuda"
     assert started[0]["preload"] == ["gpu_curate.worker_setup"]
-    # Started as the cpu cluster is: a dashboard port of its own (two runs at once on one
-    # machine: no "port 8787 is already in use"), and distributed's logs quiet.
+    # Started as the cpu cluster is: no dashboard (two runs at once on one machine: no
+    # "port 8787 is already in use"), and distributed's logs quiet.
     import logging
 
-    assert started[0]["dashboard_address"] == ":0"
+    assert started[0]["dashboard_address"] is None
     assert started[0]["silence_logs"] == logging.CRITICAL
 
 
@@ -123,6 +123,21 @@ def test_auto_on_a_gpu_without_dask_cuda_runs_the_cpu_backend(monkeypatch):
     with pytest.raises(CurateError, match="^the gpu backend needs dask-cuda"):
         with open_client("gpu", workers=1):
             pass
+
+
+def test_a_local_cluster_leaves_the_environment_and_dask_config_as_they_were():
+    # Worker processes' nannies wrote OMP_NUM_THREADS=1, PYTHONHASHSEED, ... into this
+    # process's environment, which a notebook kept for every later subprocess; each start
+    # without bokeh added a dashboard route to Dask's configuration.
+    import os
+
+    environ, routes = dict(os.environ), list(dask.config.get("distributed.scheduler.http.routes"))
+    with open_client(resolve("cpu"), workers=2, processes=True) as (client, info):
+        assert client.run(lambda: os.environ.get("OMP_NUM_THREADS")) != {}
+    assert dict(os.environ) == environ
+    with open_client(resolve("cpu"), workers=1):
+        pass
+    assert dask.config.get("distributed.scheduler.http.routes") == routes
 
 
 # ------------------------------------------------------- the backend of a --scheduler run
