@@ -119,7 +119,7 @@ def _metadata_file(path: str | os.PathLike) -> tuple[str, str, Callable[[], byte
         shown, suffix = text, PurePosixPath(key).suffix.lower()
         exists, is_dir, read = fs.exists(key), fs.isdir(key), lambda: fs.cat_file(key)
     else:
-        p = Path(text)
+        p = Path(text).expanduser()  # (inputs and --out take "~", as fsspec reads them)
         shown, suffix = str(p), p.suffix.lower()
         exists, is_dir, read = p.exists(), p.is_dir(), p.read_bytes
     if not exists:
@@ -133,7 +133,7 @@ def _absolute(path: str | os.PathLike) -> str:
     """A local ``path`` made absolute (a URL as it is): where the file is, whatever the
     working folder later. (Joined, not normalised: ``link/..`` is where the link leads.)"""
     text = os.fspath(path)
-    return text if "://" in text else os.path.join(os.getcwd(), text)
+    return text if "://" in text else os.path.join(os.getcwd(), os.path.expanduser(text))
 
 
 def sources_path_for(out: str | os.PathLike) -> Path:

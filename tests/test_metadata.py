@@ -219,6 +219,14 @@ def test_not_json(tmp_path, content):
     assert "line" in msg
 
 
+def test_a_metadata_path_under_home(tmp_path, monkeypatch):
+    # (--metadata '~/md.json' was "not found", where inputs and --out take "~".)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "md.json").write_text(json.dumps(["dog"]))
+    md = Metadata.from_file("~/md.json")
+    assert md.entries == ("dog",) and md.path == str(tmp_path / "md.json")
+
+
 def test_a_metadata_file_at_a_url(tmp_path):
     # (As the inputs may be: Path folded "s3://b/m.json" into "s3:/b/m.json", not found.)
     import fsspec
