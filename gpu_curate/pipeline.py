@@ -164,6 +164,9 @@ class Options:
             raise ArgumentError(
                 f"scheduler must be a Dask scheduler's address (a str), got {self.scheduler!r}"
             )
+        if self.scheduler is not None and not self.scheduler.strip():
+            # (--scheduler "$UNSET" ran a local cluster without a word.)
+            raise ArgumentError(f"{option('--scheduler')} is empty: give the scheduler's address")
         if not callable(self.echo):
             raise ArgumentError(f"echo must be a function of one str, got {self.echo!r}")
         for name in ("workers", "partition_rows"):

@@ -940,6 +940,7 @@ def test_the_api_checks_its_options_as_the_cli_checks_its_flags(small, tmp_path)
         ({"text_column": 3}, "text_column must be a column's name (a str), got 3"),
         ({"scheduler": 8786}, "scheduler must be a Dask scheduler's address (a str), got 8786"),
         ({"echo": None}, "echo must be a function of one str, got None"),
+        ({"scheduler": " "}, "scheduler is empty: give the scheduler's address"),
     ]:
         with pytest.raises(CurateError, match=re.escape(message)):
             Options(**kw)
