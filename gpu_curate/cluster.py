@@ -245,6 +245,32 @@ def _unreachable(scheduler: str, exc: Exception, hint: str) -> str:
     return f"cannot reach the Dask scheduler at {scheduler}: {why}"
 
 
+def check_shared(client, info: ClusterInfo, paths: list[str]) -> None:
+    """On a cluster of its own (``--scheduler``), a CurateError unless every worker sees
+    each local path of ``paths`` (an input file; the folder that will hold the output).
+
+    The workers of a cluster on several machines read the inputs and write the output
+    themselves: a path on one machine's own disk failed at the first part with a bare
+    "[Errno 2] No such file or directory", naming no worker.
+    """
+    if info.kind != "scheduler":
+        return
+    for path in paths:
+        if "://" in path and not path.startswith("file://"):
+            continue  # (an object store's URL reads alike everywhere)
+        local = path.removeprefix("file://")
+        seen = client.run(os.path.exists, local, on_error="return")
+        blind = sorted(w for w, ok in seen.items() if ok is not True)
+        if blind:
+            more = f" (and {len(blind) - 1} more)" if len(blind) > 1 else ""
+            raise CurateError(
+                f"the Dask worker {blind[0]}{more} cannot see {local}: the workers of a "
+                "cluster read the inputs and write the output themselves, so these must be on "
+                "storage that every worker shares (a shared file system, or an fsspec URL "
+                "such as s3://)"
+            )
+
+
 def dask_noise(record: logging.LogRecord) -> bool:
     """False for the log records of Dask's that are noise, not a run's news (a filter of
     the ``asyncio`` and ``distributed.client`` loggers, which :func:`open_client` installs).

@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import posixpath
 import sys
 import time
 import uuid
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .backend import check_name, resolved_name
 from .balance import EXPECTED_UNITS_PER_ROW, check_seed, check_t, entry_probabilities
-from .cluster import ClusterInfo, gathered, graph_key, open_client
+from .cluster import ClusterInfo, check_shared, gathered, graph_key, open_client
 from .counts import (
     add_counts,
     counts_by_id,
@@ -960,6 +961,7 @@ def curate(
     cluster = open_client(opts.backend, opts.workers, opts.scheduler, opts.processes)
     with cluster as (client, info):
         report = _header(opts, info)
+        check_shared(client, info, [f.path for f in files[:1]] + [_existing(out)])
         step = MatchStep(md, opts.text_column, opts.id_column, opts.keep_unmatched, info.backend)
         t0 = time.perf_counter()
         parts = _plan(client, files, opts, step)
@@ -984,6 +986,14 @@ def curate(
             claim(fs, path, BALANCE_MANIFEST, manifest, "balance", resume=opts.resume)
             report.update(balance_stage(client, info, out, counts, t, seed, fs, path, opts))
             return _finish(fs, path, md, report, report["_kept_counts"], opts)
+
+
+def _existing(path: str) -> str:
+    """``path``, or its nearest folder above that exists (a new output folder's)."""
+    fs, key = fsspec.core.url_to_fs(path)
+    while not fs.exists(key) and key not in ("", "/") and posixpath.dirname(key) != key:
+        key = posixpath.dirname(key)
+    return full_path(fs, key)
 
 
 def _check_resumable(fs, path: str, out: str, t: float, seed: int, match_only: bool) -> None:
@@ -1085,6 +1095,7 @@ def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Opti
     cluster = open_client(opts.backend, opts.workers, opts.scheduler, opts.processes)
     with cluster as (client, info):
         report = _header(opts, info)
+        check_shared(client, info, [full_path(mfs, mpath), _existing(out)])
         if opts.overwrite and replaces:
             # (What --overwrite would replace stays until the matched parts have been seen
             # to read, each with the rows matched/_SUCCESS lists.)

@@ -336,3 +336,35 @@ def test_more_worker_processes_than_four_a_core_is_refused(monkeypatch):
     )
     with open_client(resolve("cpu"), workers=9) as (client, info):  # (threads)
         assert info.threads == 9
+
+
+def test_paths_the_workers_of_a_scheduler_cannot_see_are_named(tmp_path):
+    # (A path on one machine's own disk failed at the first part: "[Errno 2] No such file
+    # or directory", naming no worker.) Workers on other machines are stand-ins here.
+    from gpu_curate.cluster import ClusterInfo, check_shared
+    from gpu_curate.errors import CurateError
+
+    class Cluster:
+        def __init__(self, sees):
+            self.sees, self.asked = sees, []
+
+        def run(self, function, path, on_error="raise"):
+            self.asked.append(path)
+            return {w: function(path) if w in self.sees else False for w in ("tcp://a", "tcp://b")}
+
+    info = ClusterInfo("scheduler", 2, 2, "tcp://s:8786", "cpu")
+    (tmp_path / "pool.parquet").write_bytes(b"")
+    paths = [f"file://{tmp_path / 'pool.parquet'}", str(tmp_path), "s3://bucket/out"]
+    both = Cluster({"tcp://a", "tcp://b"})
+    check_shared(both, info, paths)
+    assert both.asked == [str(tmp_path / "pool.parquet"), str(tmp_path)]  # (not the URL)
+    with pytest.raises(CurateError) as caught:
+        check_shared(Cluster({"tcp://a"}), info, paths)
+    assert str(caught.value) == (
+        f"the Dask worker tcp://b cannot see {tmp_path / 'pool.parquet'}: the workers of a "
+        "cluster read the inputs and write the output themselves, so these must be on "
+        "storage that every worker shares (a shared file system, or an fsspec URL such as "
+        "s3://)"
+    )
+    local = ClusterInfo("local-threads", 1, 2, "inproc://x", "cpu")
+    check_shared(Cluster(set()), local, paths)  # (a local cluster sees what this process sees)
