@@ -968,6 +968,9 @@ def curate(
         planned = time.perf_counter() - t0
         # (Held until the run ends: no other run resumes or overwrites it meanwhile.)
         with prepare_out(out, opts.overwrite, opts.resume, MATCH_MANIFEST) as (fs, path):
+            # (Again, now that it exists: a folder above it may be one that each machine
+            # has of its own, as /tmp.)
+            check_shared(client, info, [full_path(fs, path)])
             _check_resumable(fs, path, out, t, seed, match_only)  # (again, under the lock)
             report.update(match_stage(client, info, step, parts, files, fs, path, opts))
             # (The match stage's time includes its plan, as it did before the plan moved.)
@@ -1104,6 +1107,7 @@ def _balance_matched(matched_dir: str, out: str, t: float, seed: int, opts: Opti
             _check_matched_parts(client, [(f"{prefix}/{f}", rows) for f, rows in parts])
         folder = prepare_out(out, opts.overwrite, opts.resume, BALANCE_MANIFEST, keep=matched_dir)
         with folder as (fs, path):  # (held until the run ends)
+            check_shared(client, info, [full_path(fs, path)])  # (as curate's)
             # Claimed before anything is written: a resume with another t, seed, matched
             # dataset or codec is refused before it replaces the counts beside the finished
             # parts.
