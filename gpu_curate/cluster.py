@@ -127,7 +127,7 @@ def open_client(
                 n_workers=n_gpus,
                 threads_per_worker=per,
                 preload=[WORKER_SETUP],
-                dashboard_address=None,  # (see the cpu cluster's)
+                **_NO_DASHBOARD,  # (see the cpu cluster's)
                 silence_logs=logging.CRITICAL,
             )
         n = len(cluster.workers)
@@ -149,10 +149,7 @@ def open_client(
             n_workers=n if processes else 1,
             threads_per_worker=1 if processes else n,
             processes=processes,
-            # No dashboard: nobody is shown its address. Without bokeh, each start tried to
-            # import distributed's dashboard again (two runs started at once from threads
-            # failed: "Cluster failed to start") and added a route to Dask's configuration.
-            dashboard_address=None,
+            **_NO_DASHBOARD,
             silence_logs=logging.CRITICAL,
             # (Worker processes only: in-process workers share this process's Ctrl-C.)
             **({"preload": [WORKER_SETUP]} if processes else {}),
@@ -179,6 +176,13 @@ def _environ_kept() -> Iterator[None]:
         if dict(os.environ) != before:
             os.environ.clear()
             os.environ.update(before)
+
+
+# No dashboard: nobody is shown its address. Without bokeh, each start tried to import
+# distributed's dashboard again (two runs started at once from threads failed: "Cluster
+# failed to start") and added a route to Dask's configuration. The scheduler's HTTP server
+# (its health and metrics) takes any free port: 8787 may be another cluster's.
+_NO_DASHBOARD = {"dashboard_address": ":0", "scheduler_kwargs": {"dashboard": False}}
 
 
 # Local worker processes a core, at most: beyond, they only wait for it (and take memory).

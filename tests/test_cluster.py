@@ -102,7 +102,8 @@ def test_gpu_workers_get_the_ctrl_c_preload(monkeypatch):
     # "port 8787 is already in use"), and distributed's logs quiet.
     import logging
 
-    assert started[0]["dashboard_address"] is None
+    assert started[0]["dashboard_address"] == ":0"
+    assert started[0]["scheduler_kwargs"] == {"dashboard": False}
     assert started[0]["silence_logs"] == logging.CRITICAL
 
 
