@@ -464,7 +464,8 @@ def _task_seconds(stream: list[dict]) -> dict:
 
     out: dict = {}
     for task in stream:
-        name = key_split(task["key"]).lstrip("_").replace("_task", "")
+        # (Part tasks are keyed match-part-NNNNN-RUN and balance-part-NNNNN-RUN.)
+        name = key_split(task["key"]).lstrip("_").replace("_task", "").split("-")[0]
         if name not in ("match", "balance"):
             continue
         secs = sum(s["stop"] - s["start"] for s in task["startstops"] if s["action"] == "compute")

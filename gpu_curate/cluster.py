@@ -79,11 +79,22 @@ def open_client(
     'cpu'
     """
     import dask
-    from distributed import Client, LocalCluster
 
     if workers is not None and workers < 1:
         raise CurateError(f"{option('--workers')} must be at least 1, got {workers}")
     _quiet_dask_noise()
+    # The step that every part task reads is one key of the graph (graph_key): the
+    # metadata's entries, 4.4 MB pickled for 375k and past Dask's 10 MB warning ("Sending
+    # large graph") for a million, as a MetaCLIP 2-size one is. Sent once, as intended.
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GiB"}):
+        yield from _open_client(backend, workers, scheduler, processes)
+
+
+def _open_client(backend, workers, scheduler, processes) -> Iterator[tuple[object, ClusterInfo]]:
+    """:func:`open_client`'s clusters, once its arguments are checked."""
+    import dask
+    from distributed import Client, LocalCluster
+
     if scheduler:
         with _connected(scheduler, CONNECT_SECONDS) as client:
             info = client.scheduler_info(n_workers=-1)
@@ -212,9 +223,13 @@ def _connected(scheduler: str, seconds: float = CONNECT_SECONDS):
 
     def probe() -> None:
         from distributed.comm import connect
+        from distributed.security import Security
+
+        # (As Client connects: with Dask's TLS settings, for a tls:// scheduler.)
+        args = Security().get_connection_args("client")
 
         async def handshake():
-            comm = await asyncio.wait_for(connect(scheduler, timeout=seconds), seconds)
+            comm = await asyncio.wait_for(connect(scheduler, timeout=seconds, **args), seconds)
             await comm.close()
 
         try:
@@ -359,6 +374,15 @@ def _workers_backend(client, backend: str | Backend, scheduler: str) -> str:
     name = backend.name if isinstance(backend, Backend) else backend
     found = client.run(worker_state, name, on_error="return")
     failed = sorted((w, r) for w, r in found.items() if isinstance(r, BaseException))
+    older = [w for w, r in failed if _lacks_worker_state(r)]
+    if older:
+        # (A gpu-curate from before this check cannot unpickle the question itself.)
+        raise CurateError(
+            f"the Dask cluster at {scheduler}: worker {older[0]} runs another gpu-curate (an "
+            "older version, or none)"
+            + (f" ({len(older)} of {len(found)} workers)" if len(older) > 1 else "")
+            + ": install the same gpu-curate on every node"
+        )
     if failed:
         worker, exc = failed[0]
         raise CurateError(
@@ -382,6 +406,14 @@ def _workers_backend(client, backend: str | Backend, scheduler: str) -> str:
     # ("auto" on workers with and without a GPU: the cpu backend is the one all can run,
     # and both give the same result.)
     return "gpu" if {b for b, _ in found.values()} == {"gpu"} else "cpu"
+
+
+def _lacks_worker_state(exc: BaseException) -> bool:
+    """Whether a worker failed to unpickle :func:`worker_state`: no gpu_curate, or one
+    without it."""
+    if isinstance(exc, ModuleNotFoundError):
+        return (exc.name or "").split(".")[0] == "gpu_curate"
+    return isinstance(exc, AttributeError) and "worker_state" in str(exc)
 
 
 def worker_state(backend: str) -> tuple[str, tuple[str, str]]:

@@ -1008,8 +1008,9 @@ def _check_resumable(fs, path: str, out: str, t: float, seed: int, match_only: b
     elif fs.exists(f"{path}/{BALANCE_MANIFEST}") or fs.exists(f"{path}/{CURATED}"):
         # (A match would rewrite report.json beside a curated/ it does not describe.)
         raise CurateError(
-            f"--resume: {out} holds a curate run, which `gpu-curate match` would leave "
-            "half described: continue it with `gpu-curate curate --resume`"
+            f"{RESUME}: {out} holds a curate run, which a match (`gpu-curate match`, "
+            "match_only=True) would leave half described: continue it as a curate "
+            "(`gpu-curate curate --resume`, or curate(..., resume=True))"
         )
 
 

@@ -137,7 +137,9 @@ def test_a_local_cluster_leaves_the_environment_and_dask_config_as_they_were():
         assert client.run(lambda: os.environ.get("OMP_NUM_THREADS")) != {}
     assert dict(os.environ) == environ
     with open_client(resolve("cpu"), workers=1):
-        pass
+        # (The step, one key of the graph, is the metadata: past Dask's 10 MB "Sending
+        # large graph" warning for a million entries, in every run.)
+        assert dask.config.get("distributed.admin.large-graph-warning-threshold") == "1GiB"
     assert dask.config.get("distributed.scheduler.http.routes") == routes
 
 
@@ -269,6 +271,49 @@ def test_workers_backend_names_a_worker_that_cannot_run_it():
     assert _workers_backend(mixed, "auto", "s") == "cpu"
     both = _FakeClient({"a": ("gpu", ours), "b": ("gpu", ours)})
     assert _workers_backend(both, "auto", "s") == "gpu"
+
+
+def test_a_worker_of_a_version_before_the_check_is_named():
+    # (A gpu-curate from before the check cannot unpickle the question: it was reported
+    # as a bare AttributeError of Dask's.)
+    from gpu_curate.cluster import _workers_backend, code_identity
+    from gpu_curate.errors import CurateError
+
+    old = AttributeError("Can't get attribute 'worker_state' on <module 'gpu_curate.cluster'>")
+    none = ModuleNotFoundError("No module named 'gpu_curate'", name="gpu_curate")
+    ours = ("cpu", code_identity())
+    for answers, tail in [
+        ({"tcp://a:1": ours, "tcp://b:2": old}, ""),
+        ({"tcp://b:2": none, "tcp://c:3": old}, " (2 of 2 workers)"),
+    ]:
+        with pytest.raises(CurateError) as caught:
+            _workers_backend(_FakeClient(answers), "cpu", "tcp://s:8786")
+        assert str(caught.value) == (
+            "the Dask cluster at tcp://s:8786: worker tcp://b:2 runs another gpu-curate (an "
+            f"older version, or none){tail}: install the same gpu-curate on every node"
+        )
+
+
+def test_the_scheduler_probe_connects_with_dasks_security_settings(monkeypatch):
+    # (The probe connected without them: every tls:// cluster was refused, its settings
+    # configured or not.)
+    import distributed.comm
+
+    from gpu_curate import cluster
+    from gpu_curate.errors import CurateError
+
+    seen = {}
+
+    async def connect(address, timeout=None, **kwargs):
+        seen.update(kwargs)
+        raise OSError("stand-in: no scheduler")
+
+    monkeypatch.setattr(distributed.comm, "connect", connect)
+    with dask.config.set({"distributed.comm.require-encryption": False}):
+        with pytest.raises(CurateError, match="stand-in: no scheduler"):
+            with cluster._connected("tls://127.0.0.1:1", 2):
+                pass
+    assert "ssl_context" in seen and "require_encryption" in seen
 
 
 def test_a_worker_running_other_gpu_curate_code_is_refused():
