@@ -83,6 +83,8 @@ def open_client(
     if workers is not None and workers < 1:
         raise CurateError(f"{option('--workers')} must be at least 1, got {workers}")
     _quiet_dask_noise()
+    import distributed  # noqa: F401  (its defaults first: set before, a key hid them)
+
     # The step that every part task reads is one key of the graph (graph_key): the
     # metadata's entries, 4.4 MB pickled for 375k and past Dask's 10 MB warning ("Sending
     # large graph") for a million, as a MetaCLIP 2-size one is. Sent once, as intended.
