@@ -88,7 +88,9 @@ def open_client(
     # The step that every part task reads is one key of the graph (graph_key): the
     # metadata's entries, 4.4 MB pickled for 375k and past Dask's 10 MB warning ("Sending
     # large graph") for a million, as a MetaCLIP 2-size one is. Sent once, as intended.
-    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GiB"}):
+    # (_environ_kept: a local cluster's nannies write into this process's environment.)
+    threshold = {"distributed.admin.large-graph-warning-threshold": "1GiB"}
+    with _environ_kept(), dask.config.set(threshold):
         yield from _open_client(backend, workers, scheduler, processes)
 
 
@@ -135,7 +137,7 @@ def _open_client(backend, workers, scheduler, processes) -> Iterator[tuple[objec
         # device memory (docs/benchmarks.md); each thread holds one tile's scratch (a 4-thread
         # worker's device pool was 1.1 GB in a 4M-row run).
         per = max(1, min(GPU_THREADS, (os.cpu_count() or 1) // n_gpus))
-        with _environ_kept(), dask.config.set(LOCAL_CLUSTER_CONFIG):
+        with dask.config.set(LOCAL_CLUSTER_CONFIG):
             cluster = LocalCUDACluster(
                 n_workers=n_gpus,
                 threads_per_worker=per,
@@ -144,7 +146,7 @@ def _open_client(backend, workers, scheduler, processes) -> Iterator[tuple[objec
                 silence_logs=logging.CRITICAL,
             )
         n = len(cluster.workers)
-        with _environ_kept(), cluster, Client(cluster) as client:
+        with cluster, Client(cluster) as client:
             yield client, ClusterInfo("local-cuda", n, n * per, cluster.scheduler_address, "gpu")
         return
     n = workers or os.cpu_count() or 1
@@ -157,7 +159,7 @@ def _open_client(backend, workers, scheduler, processes) -> Iterator[tuple[objec
             f"{option('--workers')} {n} {procs}: {n} worker processes on {cores} cores; "
             f"at most {_PROCESSES_PER_CORE * cores} (threads, without {procs}, may be more)"
         )
-    with _environ_kept(), dask.config.set(LOCAL_CLUSTER_CONFIG):
+    with dask.config.set(LOCAL_CLUSTER_CONFIG):
         cluster = LocalCluster(
             n_workers=n if processes else 1,
             threads_per_worker=1 if processes else n,
@@ -168,7 +170,7 @@ def _open_client(backend, workers, scheduler, processes) -> Iterator[tuple[objec
             **({"preload": [WORKER_SETUP]} if processes else {}),
         )
     kind = "local-processes" if processes else "local-threads"
-    with _environ_kept(), cluster, Client(cluster) as client:
+    with cluster, Client(cluster) as client:
         address = cluster.scheduler_address
         yield client, ClusterInfo(kind, n if processes else 1, n, address, "cpu", note)
 
@@ -221,6 +223,7 @@ def _connected(scheduler: str, seconds: float = CONNECT_SECONDS):
     from distributed import Client
 
     hint = "is it a Dask scheduler's address, as tcp://HOST:8786 (not its dashboard's)?"
+    silent = f"no Dask scheduler answered at {scheduler} in {seconds:g} s: {hint}"
     found: list = []
 
     def probe() -> None:
@@ -238,7 +241,7 @@ def _connected(scheduler: str, seconds: float = CONNECT_SECONDS):
             asyncio.run(handshake())
             found.append(None)
         except TimeoutError:
-            found.append(f"no Dask scheduler answered at {scheduler} in {seconds:g} s: {hint}")
+            found.append(silent)
         except Exception as exc:  # (any: reported in one line)
             found.append(_unreachable(scheduler, exc, hint))
 
@@ -246,7 +249,7 @@ def _connected(scheduler: str, seconds: float = CONNECT_SECONDS):
     thread.start()
     thread.join(seconds + 5)
     if not found:  # (the probe's own deadline did not hold: not to be waited for further)
-        raise CurateError(f"no Dask scheduler answered at {scheduler} in {seconds:g} s: {hint}")
+        raise CurateError(silent)
     if found[0] is not None:
         raise CurateError(found[0])
     try:
@@ -376,35 +379,30 @@ def _workers_backend(client, backend: str | Backend, scheduler: str) -> str:
     name = backend.name if isinstance(backend, Backend) else backend
     found = client.run(worker_state, name, on_error="return")
     failed = sorted((w, r) for w, r in found.items() if isinstance(r, BaseException))
+    same = ": install the same gpu-curate on every node"
+
+    def refused(workers: list, says: str, then: str = "") -> CurateError:
+        share = f" ({len(workers)} of {len(found)} workers)" if len(workers) > 1 else ""
+        return CurateError(
+            f"the Dask cluster at {scheduler}: worker {workers[0]}{says}{share}{then}"
+        )
+
     older = [w for w, r in failed if _lacks_worker_state(r)]
     if older:
         # (A gpu-curate from before this check cannot unpickle the question itself.)
-        raise CurateError(
-            f"the Dask cluster at {scheduler}: worker {older[0]} runs another gpu-curate (an "
-            "older version, or none)"
-            + (f" ({len(older)} of {len(found)} workers)" if len(older) > 1 else "")
-            + ": install the same gpu-curate on every node"
-        )
+        raise refused(older, " runs another gpu-curate (an older version, or none)", same)
     if failed:
-        worker, exc = failed[0]
-        raise CurateError(
-            f"the Dask cluster at {scheduler}: worker {worker}: {exc}"
-            + (f" ({len(failed)} of {len(found)} workers)" if len(failed) > 1 else "")
-        )
+        raise refused([w for w, _ in failed], f": {failed[0][1]}")
     ours = code_identity()
     other = sorted((w, code) for w, (_, code) in found.items() if code != ours)
     if other:
-        worker, (version, _) = other[0]
+        version = other[0][1][0]
         what = (
             f"gpu-curate {version}, this process {ours[0]}"
             if version != ours[0]
             else f"another copy of gpu-curate {version} (its source files differ)"
         )
-        raise CurateError(
-            f"the Dask cluster at {scheduler}: worker {worker} runs {what}"
-            + (f" ({len(other)} of {len(found)} workers)" if len(other) > 1 else "")
-            + ": install the same gpu-curate on every node"
-        )
+        raise refused([w for w, _ in other], f" runs {what}", same)
     # ("auto" on workers with and without a GPU: the cpu backend is the one all can run,
     # and both give the same result.)
     return "gpu" if {b for b, _ in found.values()} == {"gpu"} else "cpu"
