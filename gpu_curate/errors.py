@@ -101,13 +101,9 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C while a run wrote its output folder: ``hint`` says what the user can do next
     (the CLI prints it). A KeyboardInterrupt, as Ctrl-C is to any caller."""
 
-    def __init__(self, hint: str):
-        super().__init__(hint)
-        self._hint = hint
-
     @property
     def hint(self) -> str:
-        return spelled_out(self._hint)
+        return spelled_out(self.args[0])
 
     def __str__(self) -> str:
         return spelled_out(super().__str__())
@@ -162,11 +158,28 @@ def path_argument(value, name: str) -> str:
     """
     import os
 
-    if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
+    if isinstance(value, str | os.PathLike):
         text = os.fspath(value)
         if isinstance(text, str):
             return text
     raise ArgumentError(f"{name} must be a path (a str or os.PathLike), got {value!r}")
+
+
+def switch_argument(value, name: str) -> bool:
+    """``value`` as a bool, or an :class:`ArgumentError` naming the argument ``name`` unless
+    it is True or False (NumPy's too): any truthy value taken for True made
+    ``overwrite="False"`` replace a finished run.
+
+    Examples
+    --------
+    >>> switch_argument(True, "overwrite")
+    True
+    """
+    import numpy as np
+
+    if not isinstance(value, bool | np.bool_):
+        raise ArgumentError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def first_line(exc: BaseException) -> str:

@@ -57,6 +57,7 @@ from .errors import (
     option,
     path_argument,
     spelled_out,
+    switch_argument,
     whole_number,
 )
 from .io import (
@@ -152,11 +153,7 @@ class Options:
                 f"unknown {option('--format')} {self.format!r}: choose one of {', '.join(FORMATS)}"
             )
         for name in ("processes", "quiet", "overwrite", "resume", "keep_unmatched"):
-            # (Any truthy value was taken for True: overwrite="False" replaced a run.)
-            value = getattr(self, name)
-            if not isinstance(value, bool | np.bool_):
-                raise ArgumentError(f"{name} must be True or False, got {value!r}")
-            setattr(self, name, bool(value))
+            setattr(self, name, switch_argument(getattr(self, name), name))
         for name in ("text_column", "id_column"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -944,8 +941,7 @@ def curate(
     seed = check_seed(seed)
     inputs = _inputs_argument(inputs)
     out = path_argument(out, "out")
-    if not isinstance(match_only, bool | np.bool_):
-        raise ArgumentError(f"match_only must be True or False, got {match_only!r}")
+    match_only = switch_argument(match_only, "match_only")
     md = Metadata.coerce(metadata)
     _check_local_backend(opts)
     # (Fails on missing inputs before the output is touched.)
